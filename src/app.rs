@@ -1,0 +1,213 @@
+//! From a parsed command line to an exit status: settings, log, lock, hooks,
+//! then the phase(s).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cli::{Cli, Command};
+use crate::config::Settings;
+use crate::duration::{format_duration, format_limit};
+use crate::hooks::{self, Discovery, escape_path};
+use crate::journal::{self, Recorded, StateLock};
+use crate::log::Log;
+use crate::report;
+use crate::runner::{End, Phase, Runner};
+use crate::sys;
+
+/// Exit statuses; documented in the README.
+pub const EXIT_OK: u8 = 0;
+/// A hook failed: the freeze was aborted and rolled back, or a thaw hook failed.
+pub const EXIT_HOOK_FAILED: u8 = 1;
+/// Nothing was run: bad config, unusable hooks dir or state dir, lock busy.
+pub const EXIT_SETUP: u8 = 3;
+
+pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
+    let mut settings = match Settings::load(argv0, &cli.global.overrides()) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_SETUP, &e.to_string()),
+    };
+    if let Ok(abs) = std::path::absolute(&settings.hooks_dir) {
+        settings.hooks_dir = abs;
+    }
+    let log = Log::open(&settings.log_file, !sys::is_root());
+    match cli.command {
+        Command::Freeze => phase(&settings, &log, Phase::Freeze),
+        Command::Thaw => phase(&settings, &log, Phase::Thaw),
+        Command::Rehearse { hold } => rehearse(&settings, &log, hold),
+    }
+}
+
+/// Prints the one line a failure gets on stderr (qemu-ga 9.1+ hands it to the
+/// hypervisor as the error text) and returns `code`.
+fn fail(code: u8, line: &str) -> ExitCode {
+    eprintln!("fsfreeze-hook: {line}");
+    ExitCode::from(code)
+}
+
+fn header(settings: &Settings, log: &Log, what: &str) {
+    log.line(&format!(
+        "fsfreeze-hook {} pid {}: {what}; hooks dir {}; config {}; on_error {}, timeout {}, phase_timeout {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        escape_path(&settings.hooks_dir),
+        settings
+            .config_file
+            .as_deref()
+            .map_or_else(|| "none".to_string(), escape_path),
+        settings.on_error.as_str(),
+        format_limit(settings.timeout),
+        format_limit(settings.phase_timeout),
+    ));
+}
+
+/// Takes the state dir and lock. A thaw goes on without a usable state dir
+/// (it must never be the reason something stays held); a freeze does not.
+fn lock(settings: &Settings, log: &Log, phase: Phase) -> Result<Option<StateLock>, ExitCode> {
+    let refuse = |e: anyhow::Error| {
+        log.line(&format!("{phase} refused: {e:#}"));
+        fail(EXIT_SETUP, &format!("{phase} refused, no hook run: {e:#}"))
+    };
+    if let Err(e) = journal::ensure_state_dir(&settings.state_dir) {
+        if phase == Phase::Freeze {
+            return Err(refuse(e));
+        }
+        log.warn(&format!("{e:#}; thawing without journal or lock"));
+        return Ok(None);
+    }
+    match StateLock::acquire(&settings.state_dir, settings.phase_timeout) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) => Err(refuse(e)),
+    }
+}
+
+fn discover(settings: &Settings, log: &Log) -> Result<Option<Discovery>, String> {
+    let found = hooks::discover(&settings.hooks_dir).map_err(|e| {
+        format!(
+            "cannot read hooks dir {}: {e}",
+            escape_path(&settings.hooks_dir)
+        )
+    })?;
+    if let Some(d) = &found {
+        for s in &d.skipped {
+            log.line(&format!(
+                "skip {}: {}",
+                escape_path(&settings.hooks_dir.join(&s.name)),
+                s.reason
+            ));
+        }
+    }
+    Ok(found)
+}
+
+fn phase(settings: &Settings, log: &Log, phase: Phase) -> ExitCode {
+    header(settings, log, &phase.to_string());
+    let start = Instant::now();
+    let _lock = match lock(settings, log, phase) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let found = match discover(settings, log) {
+        Ok(f) => f,
+        Err(msg) => {
+            log.line(&format!("{phase} refused: {msg}"));
+            return fail(EXIT_SETUP, &format!("{phase} refused, no hook run: {msg}"));
+        }
+    };
+    let mut runner = Runner::new(settings, log);
+    let held = matches!(runner.journal().read(), Recorded::Held { .. });
+    if found.is_none() && !(phase == Phase::Thaw && held) {
+        // The stock script's behaviour: no hooks dir, nothing to do.
+        log.line(&format!(
+            "hooks dir {} does not exist; nothing to run",
+            escape_path(&settings.hooks_dir)
+        ));
+        return ExitCode::from(EXIT_OK);
+    }
+    let end = match phase {
+        Phase::Freeze => runner.freeze(&found.unwrap_or_default().hooks),
+        Phase::Thaw => runner.thaw(found.as_ref()),
+    };
+    finish(log, &phase.to_string(), start, end)
+}
+
+fn finish(log: &Log, phase: &str, start: Instant, end: End) -> ExitCode {
+    let took = format_duration(start.elapsed());
+    match end {
+        End::Done => {
+            log.line(&format!("{phase} finished in {took}: ok"));
+            ExitCode::from(EXIT_OK)
+        }
+        End::Failed(line) => {
+            log.line(&format!("{phase} finished in {took}: {line}"));
+            fail(EXIT_HOOK_FAILED, &line)
+        }
+        End::Interrupted(sig, line) => {
+            log.line(&format!(
+                "{phase} interrupted by {} after {took}: {line}",
+                sig.as_str()
+            ));
+            fail(128 + sig as u8, &line)
+        }
+    }
+}
+
+fn rehearse(settings: &Settings, log: &Log, hold: Duration) -> ExitCode {
+    header(settings, log, "rehearse");
+    println!(
+        "Rehearsal of {}: freeze then thaw of the hooks; no filesystem is frozen.",
+        escape_path(&settings.hooks_dir)
+    );
+    if let Some(note) = &settings.fallback_note {
+        println!("{note}");
+    } else {
+        println!(
+            "log in {}, state in {}",
+            escape_path(&settings.log_file),
+            escape_path(&settings.state_dir)
+        );
+    }
+    let _lock = match lock(settings, log, Phase::Freeze) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let mut runner = Runner::new(settings, log);
+    if let Recorded::Held { .. } = runner.journal().read() {
+        let msg = "a freeze is in progress (the journal holds hooks not yet thawed); a rehearsal \
+                   would thaw them. Run `fsfreeze-hook thaw` first if that freeze is stale";
+        log.line(&format!("rehearse refused: {msg}"));
+        return fail(EXIT_SETUP, msg);
+    }
+    let found = match discover(settings, log) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let msg = format!(
+                "hooks dir {} does not exist",
+                escape_path(&settings.hooks_dir)
+            );
+            return fail(EXIT_SETUP, &msg);
+        }
+        Err(msg) => return fail(EXIT_SETUP, &msg),
+    };
+    for s in &found.skipped {
+        println!("skip {}: {}", hooks::escape(&s.name), s.reason);
+    }
+    let start = Instant::now();
+    let end = match runner.freeze(&found.hooks) {
+        End::Done => {
+            if !hold.is_zero() {
+                println!(
+                    "holding for {} (the snapshot would be taken now)",
+                    format_duration(hold)
+                );
+                thread::sleep(hold);
+            }
+            runner.thaw(Some(&found))
+        }
+        failed => failed,
+    };
+    print!("{}", report::table(&found.hooks, &runner.records));
+    println!("log: {}", escape_path(log.path()));
+    finish(log, "rehearse", start, end)
+}

@@ -1,0 +1,146 @@
+//! The command line. These definitions are the one source of the help text
+//! (and, later, of the man page and completions).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{OnError, Overrides};
+use crate::duration::{parse_duration, parse_limit_arg};
+
+/// Runs the scripts of fsfreeze-hook.d around a filesystem freeze: in order,
+/// logged, time-bounded, and rolled back when one fails.
+///
+/// qemu-ga runs `fsfreeze-hook freeze` before it freezes the guest's
+/// filesystems and `fsfreeze-hook thaw` after it thaws them. Install this
+/// binary as qemu-ga's hook (`-F/etc/qemu/fsfreeze-hook`, or `fsfreeze-hook=`
+/// in /etc/qemu/qemu-ga.conf) and it runs /etc/qemu/fsfreeze-hook.d/* as the
+/// stock script does, but stops and rolls back when a script fails, bounds each
+/// one in time, and thaws in reverse order.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fsfreeze-hook",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after the command word (qemu-ga passes none:
+/// each can be set in the config file too).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file to read [default: first found of $FSFREEZE_HOOK_CONFIG,
+    /// fsfreeze-hook.conf beside the invoked path, /etc/qemu/fsfreeze-hook.conf]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Directory of hook scripts [default: fsfreeze-hook.d beside the invoked
+    /// path; /etc/qemu/fsfreeze-hook.d when invoked through PATH]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub hooks_dir: Option<PathBuf>,
+
+    /// Log file [default: /var/log/qga-fsfreeze-hook.log; for a normal user
+    /// $XDG_STATE_HOME/fsfreeze-hook/fsfreeze-hook.log]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// Directory of the journal and lock [default: /run/fsfreeze-hook; for a
+    /// normal user $XDG_RUNTIME_DIR/fsfreeze-hook]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Time limit of each hook, e.g. 500ms, 30s, 5m; 0 for none. Overrides the
+    /// config's timeout and its per-hook timeouts [default: 60s]
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_limit_flag)]
+    pub timeout: Option<LimitArg>,
+
+    /// What a failing freeze hook does [default: abort]
+    #[arg(long, global = true, value_enum, value_name = "POLICY")]
+    pub on_error: Option<OnError>,
+}
+
+/// A `--timeout` value: `None` inside means no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct LimitArg(pub Option<Duration>);
+
+fn parse_limit_flag(text: &str) -> Result<LimitArg, String> {
+    parse_limit_arg(text).map(LimitArg)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the freeze hooks in order; on a failure, thaw the ones started, in
+    /// reverse (what qemu-ga calls before the freeze)
+    Freeze,
+
+    /// Run the thaw hooks of what the last freeze left held, in reverse order
+    /// (what qemu-ga calls after the thaw)
+    Thaw,
+
+    /// Freeze then thaw the hooks, no filesystem frozen, and show how long each
+    /// took and how long applications were held: to test hooks by hand
+    Rehearse {
+        /// Time to wait between the freeze and the thaw, standing in for the
+        /// snapshot
+        #[arg(long, value_name = "DUR", default_value = "0", value_parser = parse_duration)]
+        hold: Duration,
+    },
+}
+
+impl GlobalArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            hooks_dir: self.hooks_dir.clone(),
+            log_file: self.log_file.clone(),
+            state_dir: self.state_dir.clone(),
+            timeout: self.timeout.map(|t| t.0),
+            on_error: self.on_error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_go_before_or_after_the_phase() {
+        let before = Cli::try_parse_from(["fh", "--timeout", "5s", "freeze"]).unwrap();
+        let after = Cli::try_parse_from(["fh", "freeze", "--timeout", "5s"]).unwrap();
+        for cli in [before, after] {
+            assert!(matches!(cli.command, Command::Freeze));
+            assert_eq!(cli.global.timeout.unwrap().0, Some(Duration::from_secs(5)));
+        }
+        let cli = Cli::try_parse_from(["fh", "thaw", "--timeout", "0"]).unwrap();
+        assert_eq!(cli.global.timeout.unwrap().0, None);
+    }
+
+    #[test]
+    fn wrong_phase_or_flag_is_a_usage_error() {
+        for args in [
+            vec!["fh", "freze"],
+            vec!["fh", "freeze", "--bogus"],
+            vec!["fh", "freeze", "--on-error", "ignore"],
+            vec!["fh", "freeze", "--timeout", "5x"],
+            vec!["fh"],
+        ] {
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

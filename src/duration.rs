@@ -1,0 +1,113 @@
+//! Durations as people write them in configs: "500ms", "30s", "5m", "1h30m";
+//! "0" means no limit.
+
+use std::time::Duration;
+
+/// Parses a duration: one or more `<number><unit>` parts, unit one of `ms`,
+/// `s`, `m`, `h`; or a bare `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "invalid duration \"{text}\" (use e.g. \"500ms\", \"30s\", \"5m\", or \"0\" for no limit)"
+        )
+    };
+    let s = text.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let part = Duration::try_from_secs_f64(number * scale).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// Shows a duration the way the config spells it, compactly: "1.5s", "250ms".
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Like [`format_duration`], with "no limit" for `None`.
+pub fn format_limit(limit: Option<Duration>) -> String {
+    limit.map_or_else(|| "no limit".to_string(), format_duration)
+}
+
+/// Parser for clap: the same syntax, "0" meaning no limit.
+pub fn parse_limit_arg(text: &str) -> Result<Option<Duration>, String> {
+    parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_forms() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration(" 2s "), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn rejects_what_is_ambiguous_or_garbage() {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "1.2.3s",
+            "-1s",
+            "ms5",
+            "5 s",
+            "1e3s",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn formats_compactly() {
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_limit(None), "no limit");
+    }
+}

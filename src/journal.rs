@@ -1,0 +1,362 @@
+//! What the last freeze left holding, so that a thaw runs exactly those hooks,
+//! and the lock that keeps two phases from interleaving.
+//!
+//! The journal is a small text file in the state dir (tmpfs `/run` by default:
+//! gone at boot, which is right, since nothing is held after a reboot):
+//!
+//! ```text
+//! fsfreeze-hook journal 1
+//! freeze <unix-ms> <pid>
+//! start <name>          one line before each hook's freeze starts
+//! frozen <unix-ms>      the freeze phase completed
+//! ```
+//!
+//! or, once nothing is held, the header and `idle <unix-ms> <why>`. Names are
+//! percent-encoded so any byte string fits on a line.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+const HEADER: &str = "fsfreeze-hook journal 1";
+
+/// What the journal says is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// No journal: first run since boot, or the state dir was lost.
+    Absent,
+    /// The last freeze was thawed or rolled back.
+    Idle,
+    /// Hooks whose freeze started, in start order; `complete` once the whole
+    /// freeze phase finished (otherwise the runner died during it).
+    Held {
+        since_ms: u64,
+        names: Vec<OsString>,
+        complete: bool,
+    },
+    /// Unreadable, or written by another version: treated as absent.
+    Corrupt(String),
+}
+
+pub struct Journal {
+    path: PathBuf,
+    append: Option<File>,
+}
+
+impl Journal {
+    pub fn new(state_dir: &Path) -> Journal {
+        Journal {
+            path: state_dir.join("journal"),
+            append: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn read(&self) -> Recorded {
+        match fs::read(&self.path) {
+            Ok(bytes) => parse(&bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Recorded::Absent,
+            Err(e) => Recorded::Corrupt(format!("cannot read: {e}")),
+        }
+    }
+
+    /// Starts a freeze record; later [`Journal::started`] calls append to it.
+    /// Returns the record's start time.
+    pub fn begin_freeze(&mut self) -> Result<u64> {
+        let since_ms = now_ms();
+        let text = format!("{HEADER}\nfreeze {since_ms} {}\n", std::process::id());
+        self.replace(&text)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open journal {}", self.path.display()))?;
+        self.append = Some(file);
+        Ok(since_ms)
+    }
+
+    /// Records that a hook's freeze is about to start. Written before the
+    /// spawn, so a runner killed mid-hook still leaves that hook to be thawed.
+    pub fn started(&mut self, name: &std::ffi::OsStr) -> Result<()> {
+        self.append_line(&format!("start {}\n", encode(name.as_bytes())))
+    }
+
+    pub fn mark_frozen(&mut self) -> Result<()> {
+        self.append_line(&format!("frozen {}\n", now_ms()))
+    }
+
+    /// Ends a freeze record: after a thaw or rollback, `still_held` lists the
+    /// hooks whose thaw never started (a phase timeout cut the phase short), so
+    /// the next thaw retries them; empty means nothing is held.
+    pub fn finish(&mut self, since_ms: u64, still_held: &[OsString], why: &str) -> Result<()> {
+        self.append = None;
+        let text = if still_held.is_empty() {
+            format!("{HEADER}\nidle {} {why}\n", now_ms())
+        } else {
+            let mut t = format!("{HEADER}\nfreeze {since_ms} {}\n", std::process::id());
+            for name in still_held {
+                t.push_str(&format!("start {}\n", encode(name.as_bytes())));
+            }
+            t.push_str(&format!("frozen {}\n", now_ms()));
+            t
+        };
+        self.replace(&text)
+    }
+
+    fn append_line(&mut self, line: &str) -> Result<()> {
+        let file = self
+            .append
+            .as_mut()
+            .context("journal is not open for a freeze")?;
+        file.write_all(line.as_bytes())
+            .with_context(|| format!("cannot write journal {}", self.path.display()))
+    }
+
+    /// Writes a whole new journal atomically (temp file, then rename), so a
+    /// crash leaves either the old or the new record, never a mix.
+    fn replace(&self, text: &str) -> Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            fs::rename(&tmp, &self.path)
+        };
+        write().with_context(|| format!("cannot write journal {}", self.path.display()))
+    }
+}
+
+fn parse(bytes: &[u8]) -> Recorded {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Recorded::Corrupt("not UTF-8".into());
+    };
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(HEADER) => {}
+        Some(other) if other.starts_with("fsfreeze-hook journal ") => {
+            return Recorded::Corrupt(format!("written by another version ({other})"));
+        }
+        _ => return Recorded::Corrupt("no journal header".into()),
+    }
+    let mut state = None;
+    for line in lines {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match (word, &mut state) {
+            ("idle", None) => state = Some(Recorded::Idle),
+            ("freeze", None) => {
+                let Some(since_ms) = rest.split(' ').next().and_then(|s| s.parse().ok()) else {
+                    return Recorded::Corrupt(format!("bad line: {line}"));
+                };
+                state = Some(Recorded::Held {
+                    since_ms,
+                    names: Vec::new(),
+                    complete: false,
+                });
+            }
+            (
+                "start",
+                Some(Recorded::Held {
+                    names,
+                    complete: false,
+                    ..
+                }),
+            ) => match decode(rest) {
+                Some(name) if !name.is_empty() => names.push(OsString::from_vec(name)),
+                _ => return Recorded::Corrupt(format!("bad line: {line}")),
+            },
+            ("frozen", Some(Recorded::Held { complete, .. })) => *complete = true,
+            _ => return Recorded::Corrupt(format!("unexpected line: {line}")),
+        }
+    }
+    state.unwrap_or_else(|| Recorded::Corrupt("empty journal".into()))
+}
+
+/// Percent-encodes every byte that is not printable ASCII, and `%` itself.
+fn encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Creates the state dir (mode 0700) if needed and checks that it is a directory.
+pub fn ensure_state_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    if !fs::metadata(dir)?.is_dir() {
+        bail!("state dir {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `<state dir>/lock`, released when dropped (or when the
+/// process dies: flock locks belong to the open file).
+pub struct StateLock {
+    _lock: Flock<File>,
+}
+
+impl StateLock {
+    /// Waits for the lock up to `wait` (`None`: no limit).
+    pub fn acquire(state_dir: &Path, wait: Option<Duration>) -> Result<StateLock> {
+        let path = state_dir.join("lock");
+        let deadline = wait.map(|w| Instant::now() + w);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open lock {}", path.display()))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(StateLock { _lock: lock }),
+                Err((f, Errno::EWOULDBLOCK)) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        bail!(
+                            "another fsfreeze-hook run holds {} (waited {})",
+                            path.display(),
+                            crate::duration::format_limit(wait)
+                        );
+                    }
+                    file = f;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fh-journal-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        ensure_state_dir(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn freeze_then_finish_round_trips() {
+        let dir = temp_dir("rt");
+        let mut j = Journal::new(&dir);
+        assert_eq!(j.read(), Recorded::Absent);
+        j.begin_freeze().unwrap();
+        let odd = OsString::from_vec(b"20 my\nsql%\xff".to_vec());
+        j.started("10-app".as_ref()).unwrap();
+        j.started(&odd).unwrap();
+        match j.read() {
+            Recorded::Held {
+                names, complete, ..
+            } => {
+                assert_eq!(names, vec![OsString::from("10-app"), odd.clone()]);
+                assert!(!complete);
+            }
+            other => panic!("{other:?}"),
+        }
+        j.mark_frozen().unwrap();
+        let Recorded::Held {
+            since_ms,
+            complete: true,
+            ..
+        } = j.read()
+        else {
+            panic!("not complete");
+        };
+        j.finish(since_ms, std::slice::from_ref(&odd), "thaw")
+            .unwrap();
+        assert!(
+            matches!(j.read(), Recorded::Held { ref names, complete: true, .. } if names == &vec![odd.clone()])
+        );
+        j.finish(since_ms, &[], "thaw").unwrap();
+        assert_eq!(j.read(), Recorded::Idle);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_corrupt() {
+        assert!(matches!(parse(b"\xff\xfe"), Recorded::Corrupt(_)));
+        assert!(matches!(parse(b"hello\n"), Recorded::Corrupt(_)));
+        assert!(
+            matches!(parse(b"fsfreeze-hook journal 9\nidle 1 x\n"), Recorded::Corrupt(m) if m.contains("another version"))
+        );
+        assert!(matches!(
+            parse(b"fsfreeze-hook journal 1\nstart x\n"),
+            Recorded::Corrupt(_)
+        ));
+        assert!(matches!(
+            parse(b"fsfreeze-hook journal 1\nfreeze 1 2\nstart %zz\n"),
+            Recorded::Corrupt(_)
+        ));
+        assert!(matches!(
+            parse(b"fsfreeze-hook journal 1\n"),
+            Recorded::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn lock_excludes_a_second_holder_until_dropped() {
+        let dir = temp_dir("lock");
+        let first = StateLock::acquire(&dir, Some(Duration::from_millis(50))).unwrap();
+        let err = StateLock::acquire(&dir, Some(Duration::from_millis(100)))
+            .err()
+            .expect("second lock must fail");
+        assert!(
+            err.to_string().contains("another fsfreeze-hook run"),
+            "{err}"
+        );
+        drop(first);
+        StateLock::acquire(&dir, Some(Duration::from_millis(50))).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,164 @@
+//! The run log: one appended file shared by the runner's own lines and the
+//! hooks' output. Logging never fails a phase: when the file cannot be opened or
+//! written, lines go to syslog, and without syslog to stderr.
+
+use std::cell::Cell;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::syslog::{Facility, LogFlags, Priority, Severity};
+
+use crate::hooks::escape_path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sink {
+    File,
+    Syslog,
+    Stderr,
+}
+
+pub struct Log {
+    path: PathBuf,
+    file: Option<File>,
+    sink: Cell<Sink>,
+}
+
+impl Log {
+    /// Opens (creating with mode 0600) the log at `path`. A missing parent is
+    /// created only for the per-user fallback location, never under /var.
+    pub fn open(path: &Path, create_parent: bool) -> Log {
+        if create_parent && let Some(parent) = path.parent() {
+            let _ = fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent);
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path);
+        let log = Log {
+            path: path.to_path_buf(),
+            file: file.as_ref().ok().and_then(|f| f.try_clone().ok()),
+            sink: Cell::new(Sink::File),
+        };
+        if let Err(e) = file {
+            log.fall_back(&format!("cannot open log {}: {e}", escape_path(path)));
+        }
+        log
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where hooks write: the log file itself (so output a background process
+    /// prints after we exit still lands there), or /dev/null when the file is
+    /// unusable. Never the runner's stdout/stderr: qemu-ga 9.1+ reads those
+    /// until EOF.
+    pub fn hook_output(&self) -> Stdio {
+        match (self.sink.get(), &self.file) {
+            (Sink::File, Some(f)) => f
+                .try_clone()
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            _ => Stdio::null(),
+        }
+    }
+
+    /// Appends one line, `<date>: <msg>`, in a single write.
+    pub fn line(&self, msg: &str) {
+        if self.sink.get() == Sink::File
+            && let Some(mut f) = self.file.as_ref()
+        {
+            let text = format!("{}: {msg}\n", timestamp());
+            match f.write_all(text.as_bytes()) {
+                Ok(()) => return,
+                Err(e) => self.fall_back(&format!(
+                    "cannot write log {}: {e}",
+                    escape_path(&self.path)
+                )),
+            }
+        }
+        self.emit_fallback(Severity::LOG_INFO, msg);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.line(&format!("warning: {msg}"));
+    }
+
+    fn fall_back(&self, why: &str) {
+        let sink = if Path::new("/dev/log").exists() {
+            let _ = nix::syslog::openlog(
+                Some(c"fsfreeze-hook"),
+                LogFlags::LOG_PID,
+                Facility::LOG_DAEMON,
+            );
+            Sink::Syslog
+        } else {
+            Sink::Stderr
+        };
+        self.sink.set(sink);
+        self.emit_fallback(
+            Severity::LOG_WARNING,
+            &format!(
+                "{why}; logging to {}",
+                match sink {
+                    Sink::Syslog => "syslog",
+                    _ => "stderr",
+                }
+            ),
+        );
+    }
+
+    fn emit_fallback(&self, severity: Severity, msg: &str) {
+        match self.sink.get() {
+            Sink::Syslog => {
+                let pri = Priority::new(severity, Facility::LOG_DAEMON);
+                let _ = nix::syslog::syslog(pri, &msg);
+            }
+            _ => {
+                let _ = writeln!(std::io::stderr(), "fsfreeze-hook: {msg}");
+            }
+        }
+    }
+}
+
+/// Local time with milliseconds and offset: sortable, unambiguous across
+/// time-zone changes.
+pub fn timestamp() -> String {
+    chrono::Local::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn lines_are_appended_with_a_date_and_the_file_is_private() {
+        let dir = std::env::temp_dir().join(format!("fh-log-{}", std::process::id()));
+        let path = dir.join("sub/x.log");
+        let log = Log::open(&path, true);
+        log.line("one");
+        log.warn("two");
+        drop(log);
+        Log::open(&path, false).line("three");
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].ends_with(": one"));
+        assert!(lines[1].ends_with(": warning: two"));
+        assert!(lines[2].ends_with(": three"));
+        assert!(lines[0].as_bytes()[4] == b'-' && lines[0].as_bytes()[10] == b'T');
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

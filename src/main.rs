@@ -1,0 +1,29 @@
+//! fsfreeze-hook: runs fsfreeze-hook.d scripts for qemu-ga's filesystem freeze.
+
+mod app;
+mod cli;
+mod config;
+mod duration;
+mod hooks;
+mod journal;
+mod log;
+mod process;
+mod report;
+mod runner;
+mod sys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // First, before any child exists: signal mask, descriptors, umask.
+    sys::prepare_process();
+    let argv0 = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cli = cli::Cli::parse();
+    app::run(cli, &argv0)
+}

@@ -1,0 +1,95 @@
+//! The rehearsal's closing table: each hook's time per phase, and how long
+//! applications were held.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::hooks::{Hook, escape};
+use crate::runner::{Phase, Record, held_window};
+
+pub fn table(hooks: &[Hook], records: &[Record]) -> String {
+    let secs = |d: Duration| format!("{:.3}s", d.as_secs_f64());
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let (mut freeze_total, mut thaw_total) = (Duration::ZERO, Duration::ZERO);
+    for hook in hooks {
+        let find = |phase: Phase| {
+            records
+                .iter()
+                .find(|r| r.name == hook.name && r.phase == phase)
+        };
+        let freeze = find(Phase::Freeze);
+        let thaw = find(Phase::Thaw);
+        freeze_total += freeze.map_or(Duration::ZERO, |r| r.finished.elapsed);
+        thaw_total += thaw.map_or(Duration::ZERO, |r| r.finished.elapsed);
+        let held = match (freeze, thaw) {
+            (Some(f), Some(t)) => {
+                secs((t.started + t.finished.elapsed).saturating_duration_since(f.started))
+            }
+            _ => "-".into(),
+        };
+        let result = match (freeze, thaw) {
+            (None, _) => "not run".to_string(),
+            (Some(f), _) if !f.finished.outcome.success() => {
+                format!("freeze {}", f.finished.outcome.describe())
+            }
+            (Some(_), Some(t)) if !t.finished.outcome.success() => {
+                format!("thaw {}", t.finished.outcome.describe())
+            }
+            (Some(_), Some(t)) if t.rollback => "ok, rolled back".to_string(),
+            (Some(_), Some(_)) => "ok".to_string(),
+            (Some(_), None) => "not thawed".to_string(),
+        };
+        rows.push([
+            escape(&hook.name),
+            freeze.map_or_else(|| "-".into(), |r| secs(r.finished.elapsed)),
+            thaw.map_or_else(|| "-".into(), |r| secs(r.finished.elapsed)),
+            held,
+            result,
+        ]);
+    }
+    let held = held_window(records);
+    rows.push([
+        "total".into(),
+        secs(freeze_total),
+        secs(thaw_total),
+        held.map_or_else(|| "-".into(), secs),
+        String::new(),
+    ]);
+    let header = ["HOOK", "FREEZE", "THAW", "HELD", "RESULT"].map(String::from);
+    let width = |i: usize| {
+        rows.iter()
+            .chain(std::iter::once(&header))
+            .map(|r| r[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let w: Vec<usize> = (0..4).map(width).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line = format!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    match held {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "Applications were held for {} (first freeze hook's start to last thaw hook's end).",
+                secs(d)
+            );
+        }
+        None if hooks.is_empty() => out.push_str("No hooks to run.\n"),
+        None => {}
+    }
+    out
+}

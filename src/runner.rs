@@ -1,0 +1,425 @@
+//! One phase: which hooks run in which order, what a failure does to the
+//! others (rollback), and what the journal records.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{OnError, Settings, ThawOrder};
+use crate::duration::{format_duration, format_limit};
+use crate::hooks::{Discovery, Hook, escape, escape_path};
+use crate::journal::{Journal, Recorded};
+use crate::log::Log;
+use crate::process::{self, Finished, LimitKind, Limits, Outcome, Spawn};
+use crate::sys;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Freeze,
+    Thaw,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Freeze => "freeze",
+            Phase::Thaw => "thaw",
+        })
+    }
+}
+
+/// One hook run, kept for the rehearsal table.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub name: OsString,
+    pub phase: Phase,
+    pub rollback: bool,
+    pub started: Instant,
+    pub finished: Finished,
+}
+
+/// How a phase ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Every hook succeeded, or failures were accepted (`on_error = "continue"`).
+    Done,
+    /// One line for stderr: what failed and what was rolled back.
+    Failed(String),
+    /// The runner got a stop signal; cleanup is done.
+    Interrupted(Signal, String),
+}
+
+pub struct Runner<'a> {
+    settings: &'a Settings,
+    log: &'a Log,
+    journal: Journal,
+    signal_seen: Option<Signal>,
+    pub records: Vec<Record>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(settings: &'a Settings, log: &'a Log) -> Runner<'a> {
+        Runner {
+            settings,
+            log,
+            journal: Journal::new(&settings.state_dir),
+            signal_seen: None,
+            records: Vec::new(),
+        }
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Runs the freeze hooks in order. The first failure under `abort` stops
+    /// the phase and thaws, in reverse, every hook whose freeze started.
+    pub fn freeze(&mut self, hooks: &[Hook]) -> End {
+        if let Recorded::Held { names, .. } = self.journal.read() {
+            self.log.warn(&format!(
+                "the previous freeze was never thawed (hooks {}); starting a new one",
+                list(&names)
+            ));
+        }
+        let since_ms = match self.journal.begin_freeze() {
+            Ok(t) => t,
+            Err(e) => return End::Failed(format!("freeze refused, no hook run: {e:#}")),
+        };
+        let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
+        let mut started: Vec<Hook> = Vec::new();
+        let mut failure = None;
+        for (i, hook) in hooks.iter().enumerate() {
+            if let Some(sig) = self.stop_signal() {
+                failure = Some(format!(
+                    "runner got {} before {} started",
+                    sig.as_str(),
+                    hook.display_name()
+                ));
+                break;
+            }
+            let Some(limits) = self.limits_for(hook, deadline, true) else {
+                let cause = format!(
+                    "phase_timeout ({}) expired before {} started",
+                    format_limit(self.settings.phase_timeout),
+                    hook.display_name()
+                );
+                self.log_not_run(&hooks[i..], "phase_timeout expired");
+                failure = Some(cause);
+                break;
+            };
+            if let Err(e) = self.journal.started(&hook.name) {
+                failure = Some(format!("{}: {e:#}", hook.display_name()));
+                break;
+            }
+            started.push(hook.clone());
+            let fin = self.run(hook, Phase::Freeze, false, limits);
+            if fin.outcome.success() {
+                continue;
+            }
+            let cause = format!(
+                "{} {} after {}",
+                hook.display_name(),
+                fin.outcome.describe(),
+                format_duration(fin.elapsed)
+            );
+            if self.settings.on_error == OnError::Abort || self.signal_seen.is_some() {
+                failure = Some(cause);
+                break;
+            }
+            self.log
+                .line(&format!("{cause}; going on (on_error = continue)"));
+        }
+        let Some(cause) = failure else {
+            if let Err(e) = self.journal.mark_frozen() {
+                self.log.warn(&format!("{e:#}"));
+            }
+            return End::Done;
+        };
+        self.log.line(&format!(
+            "freeze aborted: {cause}; rolling back {} hook(s)",
+            started.len()
+        ));
+        let rollback = self.rollback(&started);
+        if let Err(e) = self.journal.finish(since_ms, &rollback.not_run, "rollback") {
+            self.log.warn(&format!("{e:#}"));
+        }
+        let mut line = format!("freeze aborted: {cause}");
+        if !started.is_empty() {
+            let names: Vec<OsString> = started.iter().rev().map(|h| h.name.clone()).collect();
+            line.push_str(&format!("; rolled back {}", list(&names)));
+        }
+        for f in &rollback.failures {
+            line.push_str(&format!("; rollback: {f}"));
+        }
+        self.ended(line)
+    }
+
+    /// Runs the thaw hooks of what the journal says is held, in reverse of the
+    /// freeze order (or forward, `thaw_order = "forward"`). Every hook runs even
+    /// when an earlier one fails.
+    pub fn thaw(&mut self, found: Option<&Discovery>) -> End {
+        let all: &[Hook] = found.map_or(&[], |d| &d.hooks);
+        let (since_ms, mut plan, mut failures) = match self.journal.read() {
+            Recorded::Idle => {
+                self.log
+                    .line("no freeze recorded since the last thaw or rollback; no hook runs");
+                return End::Done;
+            }
+            Recorded::Absent => {
+                self.log.line("no journal (first run since boot); thawing every hook, as the stock script does");
+                (crate::journal::now_ms(), all.to_vec(), Vec::new())
+            }
+            Recorded::Corrupt(why) => {
+                self.log.warn(&format!(
+                    "journal {} is unusable ({why}); treated as absent: thawing every hook",
+                    escape_path(self.journal.path())
+                ));
+                (crate::journal::now_ms(), all.to_vec(), Vec::new())
+            }
+            Recorded::Held {
+                since_ms,
+                names,
+                complete,
+            } => {
+                if !complete {
+                    self.log.warn(&format!(
+                        "the last freeze did not complete (its runner died); thawing the {} hook(s) it started",
+                        names.len()
+                    ));
+                }
+                let (plan, missing) = resolve(&names, found);
+                for m in &missing {
+                    self.log.warn(m);
+                }
+                (since_ms, plan, missing)
+            }
+        };
+        if self.settings.thaw_order == ThawOrder::Reverse {
+            plan.reverse();
+        }
+        let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
+        let mut not_run: Vec<OsString> = Vec::new();
+        for (i, hook) in plan.iter().enumerate() {
+            let stop = self.stop_signal();
+            let limits = self.limits_for(hook, deadline, true);
+            let Some(limits) = limits.filter(|_| stop.is_none()) else {
+                let why = match stop {
+                    Some(sig) => format!("runner got {}", sig.as_str()),
+                    None => format!(
+                        "phase_timeout ({}) expired",
+                        format_limit(self.settings.phase_timeout)
+                    ),
+                };
+                self.log_not_run(&plan[i..], &why);
+                failures.push(format!(
+                    "{why}; {} hook(s) not thawed, kept for the next thaw",
+                    plan.len() - i
+                ));
+                not_run = plan[i..].iter().map(|h| h.name.clone()).collect();
+                break;
+            };
+            let fin = self.run(hook, Phase::Thaw, false, limits);
+            if !fin.outcome.success() {
+                failures.push(format!(
+                    "{} {} after {}",
+                    hook.display_name(),
+                    fin.outcome.describe(),
+                    format_duration(fin.elapsed)
+                ));
+            }
+        }
+        if self.settings.thaw_order == ThawOrder::Reverse {
+            not_run.reverse();
+        }
+        if let Err(e) = crate::journal::ensure_state_dir(&self.settings.state_dir)
+            .and_then(|()| self.journal.finish(since_ms, &not_run, "thaw"))
+        {
+            self.log.warn(&format!("{e:#}"));
+        }
+        if failures.is_empty()
+            || (self.settings.on_error == OnError::Continue && self.signal_seen.is_none())
+        {
+            return End::Done;
+        }
+        self.ended(format!("thaw failed: {}", failures.join("; ")))
+    }
+
+    fn ended(&self, line: String) -> End {
+        match self.signal_seen {
+            Some(sig) => End::Interrupted(sig, line),
+            None => End::Failed(line),
+        }
+    }
+
+    fn stop_signal(&mut self) -> Option<Signal> {
+        if let Some(sig) = sys::take_pending_stop_signal() {
+            self.signal_seen = Some(sig);
+        }
+        self.signal_seen
+    }
+
+    /// The rollback after a failed freeze: thaw, in reverse, every hook whose
+    /// freeze started. It has its own phase budget, and signals do not cut it
+    /// short: it is what releases the locks.
+    fn rollback(&mut self, started: &[Hook]) -> Rollback {
+        let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
+        let mut out = Rollback::default();
+        for (i, hook) in started.iter().enumerate().rev() {
+            let Some(limits) = self.limits_for(hook, deadline, false) else {
+                self.log_not_run(&started[..=i], "phase_timeout expired during rollback");
+                out.failures.push(format!(
+                    "phase_timeout expired, {} hook(s) not rolled back",
+                    i + 1
+                ));
+                out.not_run = started[..=i].iter().map(|h| h.name.clone()).collect();
+                break;
+            };
+            let fin = self.run(hook, Phase::Thaw, true, limits);
+            if !fin.outcome.success() {
+                out.failures.push(format!(
+                    "{} {}",
+                    hook.display_name(),
+                    fin.outcome.describe()
+                ));
+            }
+        }
+        out
+    }
+
+    /// The limit of one hook: its own timeout or what is left of the phase,
+    /// whichever is shorter. `None` when the phase has no time left.
+    fn limits_for(
+        &self,
+        hook: &Hook,
+        deadline: Option<Instant>,
+        interruptible: bool,
+    ) -> Option<Limits> {
+        let own = self
+            .settings
+            .timeout_for(&hook.name)
+            .map(|d| (d, LimitKind::Hook));
+        let phase = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                Some((left, LimitKind::Phase))
+            }
+            None => None,
+        };
+        let timeout = match (own, phase) {
+            (Some(o), Some(p)) => Some(if p.0 < o.0 { p } else { o }),
+            (o, p) => o.or(p),
+        };
+        Some(Limits {
+            timeout,
+            grace: self.settings.kill_grace,
+            interruptible,
+        })
+    }
+
+    fn run(&mut self, hook: &Hook, phase: Phase, rollback: bool, limits: Limits) -> Finished {
+        let path = escape_path(&hook.path);
+        let phase_word = phase.to_string();
+        // The stock line, which existing monitoring greps for.
+        self.log.line(&format!(
+            "execute {path} {phase_word}{}",
+            if rollback { " (rollback)" } else { "" }
+        ));
+        let started = Instant::now();
+        let output = || self.log.hook_output();
+        let fin = process::run(
+            Spawn {
+                path: &hook.path,
+                phase: &phase_word,
+                rollback,
+                log_path: self.log.path(),
+                output: &output,
+            },
+            limits,
+            &mut self.signal_seen,
+        );
+        if fin.via_sh {
+            self.log
+                .warn(&format!("{path} has no #! line; ran it with /bin/sh"));
+        }
+        let detail = match &fin.outcome {
+            Outcome::Exited(_) => String::new(),
+            other => format!(", {}", other.describe()),
+        };
+        self.log.line(&format!(
+            "{path} finished with status={} in {:.3}s{detail}",
+            fin.outcome.status_code(),
+            fin.elapsed.as_secs_f64()
+        ));
+        self.records.push(Record {
+            name: hook.name.clone(),
+            phase,
+            rollback,
+            started,
+            finished: fin.clone(),
+        });
+        fin
+    }
+
+    fn log_not_run(&self, hooks: &[Hook], why: &str) {
+        for h in hooks {
+            self.log
+                .line(&format!("not run: {} ({why})", escape_path(&h.path)));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Rollback {
+    failures: Vec<String>,
+    not_run: Vec<OsString>,
+}
+
+/// Maps the journal's names to hooks of the current dir, in journal order.
+/// A recorded hook that is gone or no longer runnable cannot be thawed: that
+/// is reported, since whatever it holds stays held.
+fn resolve(names: &[OsString], found: Option<&Discovery>) -> (Vec<Hook>, Vec<String>) {
+    let mut plan = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        let hook = found.and_then(|d| d.hooks.iter().find(|h| &h.name == name));
+        if let Some(h) = hook {
+            plan.push(h.clone());
+            continue;
+        }
+        let skipped = found.and_then(|d| d.skipped.iter().find(|s| &s.name == name));
+        missing.push(match skipped {
+            Some(s) => format!(
+                "{} froze but is now skipped ({}); not thawed",
+                escape(name),
+                s.reason
+            ),
+            None => format!("{} froze but no longer exists; not thawed", escape(name)),
+        });
+    }
+    (plan, missing)
+}
+
+fn list(names: &[OsString]) -> String {
+    names
+        .iter()
+        .map(|n| escape(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Total wall time from the first freeze hook's start to the last thaw hook's
+/// end: how long applications were held.
+pub fn held_window(records: &[Record]) -> Option<Duration> {
+    let first = records.iter().find(|r| r.phase == Phase::Freeze)?.started;
+    let last = records
+        .iter()
+        .filter(|r| r.phase == Phase::Thaw)
+        .map(|r| r.started + r.finished.elapsed)
+        .max()?;
+    Some(last.saturating_duration_since(first))
+}

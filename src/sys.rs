@@ -1,0 +1,202 @@
+//! Every libc call that nix does not wrap safely lives here, behind a small
+//! safe function, with a `SAFETY:` note on each `unsafe` block.
+
+use std::fs;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::unistd::Pid;
+
+/// The signals the runner waits for synchronously with [`wait_for_signal`].
+/// Blocking them before any child exists means none is lost between a spawn
+/// and the wait; [`unblock_signals_in_child`] gives hooks an empty mask again.
+pub const WAITED_SIGNALS: [Signal; 4] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+];
+
+/// Puts the process in the state the runner relies on: the waited signals
+/// blocked (see [`unblock_signals_in_child`] for the children), SIGCHLD at its
+/// default disposition (an inherited SIG_IGN would make the kernel reap our
+/// hooks before we can read their status), and every inherited descriptor above
+/// 2 marked close-on-exec so hooks never inherit qemu-ga's socket or anything
+/// else the caller leaked.
+pub fn prepare_process() {
+    let mut set = SigSet::empty();
+    for sig in WAITED_SIGNALS {
+        set.add(sig);
+    }
+    // Failure is impossible for a valid set and SIG_BLOCK.
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal
+    // context; changing a disposition is process-wide and we are single-threaded
+    // at this point.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) };
+    mark_inherited_fds_cloexec();
+    // Hooks must start with a known umask (files they create are not world-
+    // writable by accident); the runner sets explicit modes on its own files.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+}
+
+fn mark_inherited_fds_cloexec() {
+    // close_range(2) with CLOSE_RANGE_CLOEXEC needs Linux 5.11; older guests
+    // (RHEL 8 runs 4.18) take the /proc walk below.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags; the arguments are
+    // plain integers and no memory is passed to the kernel.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: the descriptor number came from /proc/self/fd of this
+        // single-threaded process; it is only borrowed for one fcntl call, and
+        // if it was the directory stream's own (now closed) descriptor, fcntl
+        // fails with EBADF, which is ignored.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
+/// Makes `cmd`'s child start with no blocked signal. std's posix_spawn path
+/// passes the parent's mask through to the new program, so without this a
+/// hook would start with SIGTERM blocked and ignore our timeout's TERM (and
+/// any `kill` of its own). Setting a pre-exec hook makes std fork and exec.
+pub fn unblock_signals_in_child(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec; it calls
+    // only sigprocmask, which is async-signal-safe, allocates nothing and
+    // touches no lock or memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Waits until one of [`WAITED_SIGNALS`] is pending or `timeout` passes
+/// (`None`: no limit). Returns the signal taken, or `None` on timeout.
+pub fn wait_for_signal(timeout: Option<Duration>) -> Option<Signal> {
+    let mut set = SigSet::empty();
+    for sig in WAITED_SIGNALS {
+        set.add(sig);
+    }
+    // A day stands in for "no limit"; callers loop anyway.
+    timed_wait(&set, timeout.unwrap_or(Duration::from_secs(86_400)))
+}
+
+fn timed_wait(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    loop {
+        // SAFETY: `set` is a valid, initialised sigset_t borrowed for the
+        // call; a null siginfo pointer is allowed; `ts` is a valid timespec.
+        let rc = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+        if rc > 0 {
+            return Signal::try_from(rc).ok();
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Takes a TERM, INT or HUP that arrived while no hook was being waited for
+/// (between hooks), without blocking. SIGCHLD is left pending.
+pub fn take_pending_stop_signal() -> Option<Signal> {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    timed_wait(&set, Duration::ZERO)
+}
+
+/// True while a live (not zombie) process is left in process group `pgid`.
+/// Zombies are skipped: a grandchild orphaned to an init that does not reap
+/// (some container and microVM inits) would otherwise look alive forever.
+pub fn group_alive(pgid: Pid) -> bool {
+    if matches!(nix::sys::signal::killpg(pgid, None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .any(|stat| stat_is_live_member(&stat, pgid.as_raw()))
+}
+
+/// Reads `/proc/PID/stat`: "pid (comm) state ppid pgrp ...". comm may hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+fn stat_is_live_member(stat: &str, pgid: i32) -> bool {
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+    pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+}
+
+/// Sends `sig` to every process of group `pgid`; a group already gone is fine.
+pub fn signal_group(pgid: Pid, sig: Signal) {
+    let _ = nix::sys::signal::killpg(pgid, sig);
+}
+
+/// True when running with effective uid 0.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_alive_tracks_a_real_group() {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pgid = Pid::from_raw(child.id() as i32);
+        assert!(group_alive(pgid));
+        signal_group(pgid, Signal::SIGKILL);
+        child.wait().expect("reap");
+        assert!(!group_alive(pgid));
+    }
+
+    #[test]
+    fn stat_parsing_skips_zombies_and_odd_names() {
+        assert!(stat_is_live_member("10 (a) b) S 1 77 77 0", 77));
+        assert!(!stat_is_live_member("10 (sleep) Z 1 77 77 0", 77));
+        assert!(!stat_is_live_member("10 (sleep) S 1 78 78 0", 77));
+        assert!(!stat_is_live_member("garbage", 77));
+    }
+}

@@ -1,0 +1,179 @@
+//! The test builder: a temp dir with a hooks dir, a config, a log and a state
+//! dir, and the real binary run against them.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fsfreeze-hook");
+
+pub struct Env {
+    pub dir: TempDir,
+    pub hooks: PathBuf,
+    pub log: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub trace: PathBuf,
+}
+
+/// What one run left: exit code, its own stdout/stderr, and the log.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub log: String,
+    pub elapsed: Duration,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("fsfreeze-hook-test.")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let hooks = root.join("fsfreeze-hook.d");
+        fs::create_dir(&hooks).unwrap();
+        let config = root.join("fsfreeze-hook.conf");
+        fs::write(&config, "").unwrap();
+        Env {
+            hooks,
+            log: root.join("hook.log"),
+            state: root.join("state"),
+            trace: root.join("trace"),
+            config,
+            dir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes an executable hook: `#!/bin/sh`, then `body`.
+    pub fn hook(&self, name: impl AsRef<OsStr>, body: &str) -> PathBuf {
+        let path = self.hooks.join(name.as_ref());
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// A hook that appends "<name> <phase> rollback=<0|1>" to the trace file,
+    /// then runs `extra`.
+    pub fn tracing_hook(&self, name: &str, extra: &str) -> PathBuf {
+        self.hook(
+            name,
+            &format!(
+                "echo \"{name} $1 rollback=$FSFREEZE_ROLLBACK\" >> '{}'\n{extra}",
+                self.trace.display()
+            ),
+        )
+    }
+
+    pub fn trace(&self) -> Vec<String> {
+        fs::read_to_string(&self.trace)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn clear_trace(&self) {
+        let _ = fs::remove_file(&self.trace);
+    }
+
+    pub fn set_config(&self, text: &str) {
+        fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The binary with this env's config, hooks dir, log and state dir.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        // The env's options first, so that a test's own (later) ones win.
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--hooks-dir")
+            .arg(&self.hooks)
+            .arg("--log-file")
+            .arg(&self.log)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .env_remove("FSFREEZE_HOOK_CONFIG");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let start = Instant::now();
+        let out = self.command(args).output().expect("run fsfreeze-hook");
+        self.finish(out, start)
+    }
+
+    pub fn finish(&self, out: Output, start: Instant) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            log: self.log_text(),
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+/// Whether a pid is a live process (not gone, not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            !matches!(state, Some("Z" | "X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn read_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(text) = fs::read_to_string(path)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `cond` every 20 ms for up to `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The lines of `log` that contain `needle`.
+pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}

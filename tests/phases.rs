@@ -1,0 +1,297 @@
+//! Order, failure policy, rollback and the journal-driven thaw.
+
+use crate::common::{Env, lines_with};
+
+fn three_hooks(env: &Env) {
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-b", "");
+    env.tracing_hook("30-c", "");
+}
+
+#[test]
+fn freeze_ascending_thaw_in_exact_reverse() {
+    let env = Env::new();
+    // Created out of order: the order is by name bytes, not creation.
+    env.tracing_hook("30-c", "");
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-b", "");
+    env.tracing_hook("B-upper", "");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.stderr, "", "a successful phase prints nothing");
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-b freeze rollback=0",
+            "30-c freeze rollback=0",
+            "B-upper freeze rollback=0",
+            "B-upper thaw rollback=0",
+            "30-c thaw rollback=0",
+            "20-b thaw rollback=0",
+            "10-a thaw rollback=0",
+        ]
+    );
+}
+
+#[test]
+fn thaw_order_forward_restores_the_stock_order() {
+    let env = Env::new();
+    three_hooks(&env);
+    env.set_config("thaw_order = \"forward\"\n");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert_eq!(
+        env.trace()[3..],
+        [
+            "10-a thaw rollback=0",
+            "20-b thaw rollback=0",
+            "30-c thaw rollback=0"
+        ]
+    );
+}
+
+#[test]
+fn failing_freeze_rolls_back_started_hooks_in_reverse_and_names_the_cause() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-mysql", "[ \"$1\" = freeze ] && exit 1\nexit 0");
+    env.tracing_hook("30-c", "");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-mysql freeze rollback=0",
+            "20-mysql thaw rollback=1",
+            "10-a thaw rollback=1",
+        ],
+        "30-c must not run; the failed hook and the ones before it get a rollback thaw"
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line for qemu-ga: {:?}", run.stderr);
+    assert!(
+        lines[0].starts_with("fsfreeze-hook: freeze aborted: 20-mysql exited with status 1 after "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].ends_with("; rolled back 20-mysql, 10-a"),
+        "{}",
+        lines[0]
+    );
+    // After a rollback nothing is held: qemu-ga's later thaw runs no hook.
+    env.clear_trace();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0));
+    assert!(env.trace().is_empty(), "{:?}", env.trace());
+}
+
+#[test]
+fn on_error_continue_runs_every_hook_and_exits_zero() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-b", "exit 3");
+    env.tracing_hook("30-c", "");
+    env.set_config("on_error = \"continue\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stderr, "");
+    assert_eq!(env.trace().len(), 3);
+    assert_eq!(lines_with(&run.log, "20-b finished with status=3").len(), 1);
+    assert_eq!(
+        lines_with(&run.log, "going on (on_error = continue)").len(),
+        1
+    );
+    // The flag overrides the file.
+    env.clear_trace();
+    let run = env.run(&["freeze", "--on-error", "abort"]);
+    assert_eq!(run.code, Some(1));
+    assert_eq!(env.trace().len(), 4, "{:?}", env.trace());
+}
+
+#[test]
+fn thaw_runs_every_hook_even_when_some_fail() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-b", "[ \"$1\" = thaw ] && exit 4\nexit 0");
+    env.tracing_hook("30-c", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(
+        env.trace()[3..],
+        [
+            "30-c thaw rollback=0",
+            "20-b thaw rollback=0",
+            "10-a thaw rollback=0"
+        ]
+    );
+    assert!(
+        run.stderr
+            .starts_with("fsfreeze-hook: thaw failed: 20-b exited with status 4"),
+        "{}",
+        run.stderr
+    );
+    // Under continue the same failure is logged and the exit status is 0.
+    env.set_config("on_error = \"continue\"\n");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+}
+
+#[test]
+fn thaw_runs_exactly_what_froze_and_nothing_twice() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-b", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    // A hook added between freeze and thaw froze nothing: it is not thawed.
+    env.tracing_hook("15-new", "");
+    env.clear_trace();
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert_eq!(
+        env.trace(),
+        ["20-b thaw rollback=0", "10-a thaw rollback=0"]
+    );
+    // qemu-ga sends thaw again: nothing recorded, nothing runs, exit 0.
+    env.clear_trace();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0));
+    assert!(env.trace().is_empty());
+    assert_eq!(
+        lines_with(&run.log, "no freeze recorded since the last thaw").len(),
+        1
+    );
+}
+
+#[test]
+fn thaw_without_any_journal_runs_every_hook_like_stock() {
+    let env = Env::new();
+    three_hooks(&env);
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        [
+            "30-c thaw rollback=0",
+            "20-b thaw rollback=0",
+            "10-a thaw rollback=0"
+        ]
+    );
+    assert_eq!(
+        lines_with(&run.log, "no journal (first run since boot)").len(),
+        1
+    );
+}
+
+#[test]
+fn corrupt_journal_is_treated_as_absent_with_a_warning() {
+    let env = Env::new();
+    three_hooks(&env);
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::write(env.state.join("journal"), b"\x00\x01garbage").unwrap();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0));
+    assert_eq!(env.trace().len(), 3);
+    assert_eq!(
+        lines_with(&run.log, "warning: journal").len(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+#[test]
+fn recorded_hook_that_vanished_is_reported_at_thaw() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let gone = env.tracing_hook("20-b", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    std::fs::remove_file(gone).unwrap();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("20-b froze but no longer exists"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.trace().last().unwrap(), "10-a thaw rollback=0");
+}
+
+#[test]
+fn missing_hooks_dir_is_one_log_line_and_success() {
+    let env = Env::new();
+    std::fs::remove_dir(&env.hooks).unwrap();
+    for phase in ["freeze", "thaw"] {
+        let before = env.log_text().lines().count();
+        let run = env.run(&[phase]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert_eq!(run.stderr, "");
+        let new: Vec<&str> = run.log.lines().skip(before).collect();
+        // The run header, then exactly one line about the dir.
+        assert_eq!(new.len(), 2, "{new:?}");
+        assert!(
+            new[1].ends_with("does not exist; nothing to run"),
+            "{new:?}"
+        );
+    }
+}
+
+#[test]
+fn rehearse_prints_a_table_and_leaves_nothing_held() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-slow", "sleep 0.3");
+    let run = env.run(&["rehearse", "--hold", "200ms"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let row = |name: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name}: {}", run.stdout))
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("HOOK"), ["HOOK", "FREEZE", "THAW", "HELD", "RESULT"]);
+    let slow = row("20-slow");
+    let secs = |s: &str| s.trim_end_matches('s').parse::<f64>().unwrap();
+    assert!(secs(&slow[1]) >= 0.3 && secs(&slow[2]) >= 0.3, "{slow:?}");
+    assert_eq!(slow[4], "ok");
+    // 10-a is held from its freeze to its thaw: both slow phases and the hold.
+    assert!(secs(&row("10-a")[3]) >= 0.8, "{:?}", row("10-a"));
+    assert!(secs(&row("total")[3]) >= 0.8);
+    assert!(run.stdout.contains("Applications were held for"));
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-slow freeze rollback=0",
+            "20-slow thaw rollback=0",
+            "10-a thaw rollback=0"
+        ]
+    );
+    // Nothing is held afterwards: a thaw runs no hook.
+    env.clear_trace();
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert!(env.trace().is_empty());
+}
+
+#[test]
+fn rehearse_refuses_while_a_real_freeze_holds_hooks() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let run = env.run(&["rehearse"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr.contains("a freeze is in progress"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.trace(), ["10-a freeze rollback=0"]);
+}

@@ -1,0 +1,287 @@
+//! Time limits, process groups, background processes left by hooks, signals
+//! to the runner, and the lock between runs.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::{Env, alive, eventually, lines_with, read_pid};
+
+#[test]
+fn timed_out_hook_and_its_term_ignoring_grandchild_are_killed() {
+    let env = Env::new();
+    let gc = env.path().join("grandchild.pid");
+    env.hook(
+        "10-hang",
+        &format!(
+            "sh -c 'trap \"\" TERM; echo $$ > \"{gc}\"; while :; do sleep 0.1; done' &\n\
+             trap '' TERM\n\
+             while :; do sleep 0.1; done",
+            gc = gc.display()
+        ),
+    );
+    env.set_config("kill_grace = \"300ms\"\n");
+    let run = env.run(&["freeze", "--timeout", "1s"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let gc_pid = read_pid(&gc);
+    assert!(!alive(gc_pid), "grandchild {gc_pid} outlived the timeout");
+    // 1 s limit + 0.3 s grace, then KILL; rollback thaw gets its own 1 s.
+    assert!(
+        run.elapsed >= Duration::from_millis(1300),
+        "{:?}",
+        run.elapsed
+    );
+    assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
+    let line = lines_with(&run.log, "10-hang finished with status=137");
+    assert_eq!(
+        line.len(),
+        2,
+        "freeze and rollback both time out: {}",
+        run.log
+    );
+    assert!(
+        line[0].ends_with("timed out after 1.0s, needed SIGKILL"),
+        "{}",
+        line[0]
+    );
+    assert!(
+        run.stderr.contains("10-hang timed out after 1.0s"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn hook_that_exits_on_term_is_not_killed() {
+    let env = Env::new();
+    env.hook("10-slow", "sleep 30 & wait");
+    let run = env.run(&["freeze", "--timeout", "500ms", "--on-error", "continue"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let line = lines_with(&run.log, "10-slow finished with status=143");
+    assert_eq!(line.len(), 1, "{}", run.log);
+    assert!(line[0].ends_with("timed out after 500ms"), "{}", line[0]);
+    assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
+}
+
+#[test]
+fn phase_timeout_bounds_the_whole_phase() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "sleep 0.8");
+    env.tracing_hook("20-b", "[ \"$1\" = freeze ] && sleep 30\nexit 0");
+    env.tracing_hook("30-c", "");
+    env.set_config("timeout = \"0\"\nphase_timeout = \"1500ms\"\nkill_grace = \"100ms\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
+    assert!(
+        run.stderr.contains("20-b timed out after"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("(phase_timeout)"), "{}", run.stderr);
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-b freeze rollback=0",
+            "20-b thaw rollback=1",
+            "10-a thaw rollback=1"
+        ]
+    );
+}
+
+#[test]
+fn per_hook_timeout_from_the_config() {
+    let env = Env::new();
+    env.hook("10-fast-limit", "sleep 5");
+    env.hook("20-long-limit", "sleep 0.5");
+    env.set_config(
+        "timeout = \"300ms\"\nkill_grace = \"100ms\"\non_error = \"continue\"\n\
+         [hooks.\"20-long-limit\"]\ntimeout = \"10s\"\n",
+    );
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0));
+    assert_eq!(
+        lines_with(&run.log, "10-fast-limit finished with status=143").len(),
+        1,
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        lines_with(&run.log, "20-long-limit finished with status=0").len(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+/// The way qemu-ga 9.1+ runs its hook: stdout and stderr are one pipe, read
+/// until EOF. A lock holder left by a hook must not keep that pipe open.
+#[test]
+fn background_holder_does_not_delay_the_runner_and_keeps_logging() {
+    let env = Env::new();
+    let pid = env.path().join("holder.pid");
+    let done = env.path().join("holder.done");
+    env.hook(
+        "10-lock-holder",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\n\
+             ( trap 'echo SIGPIPE >> \"{done}\"' PIPE; sleep 2; echo 'late line from the holder'; echo ok >> \"{done}\" ) &\n\
+             echo $! > \"{pid}\"",
+            pid = pid.display(),
+            done = done.display()
+        ),
+    );
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let writer2 = writer.try_clone().unwrap();
+    let start = Instant::now();
+    let mut child = env
+        .command(&["freeze"])
+        .stdin(Stdio::null())
+        .stdout(OwnedFd::from(writer))
+        .stderr(OwnedFd::from(writer2))
+        .spawn()
+        .unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        all
+    });
+    // Drop our copies of the write end (moved into the Command and consumed).
+    let output = reading.join().unwrap();
+    let eof_after = start.elapsed();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(output, b"", "nothing on the runner's streams");
+    assert!(
+        eof_after < Duration::from_secs(1),
+        "EOF after {eof_after:?}"
+    );
+    let holder = read_pid(&pid);
+    assert!(alive(holder), "the holder must outlive the runner");
+    assert!(
+        eventually(Duration::from_secs(10), || fs::read_to_string(&done)
+            .is_ok()),
+        "holder never finished"
+    );
+    assert_eq!(
+        fs::read_to_string(&done).unwrap(),
+        "ok\n",
+        "holder was hit by SIGPIPE"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || env
+            .log_text()
+            .contains("late line from the holder")),
+        "{}",
+        env.log_text()
+    );
+}
+
+#[test]
+fn sigterm_to_the_runner_ends_the_hook_rolls_back_and_exits_143() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let started = env.path().join("started");
+    env.tracing_hook(
+        "20-slow",
+        &format!(
+            "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 30; }}\nexit 0",
+            started.display()
+        ),
+    );
+    env.set_config("kill_grace = \"200ms\"\n");
+    let start = Instant::now();
+    let child = env
+        .command(&["freeze"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || started.exists()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let run = env.finish(child.wait_with_output().unwrap(), start);
+    assert_eq!(run.code, Some(143), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(10));
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-slow freeze rollback=0",
+            "20-slow thaw rollback=1",
+            "10-a thaw rollback=1"
+        ]
+    );
+    // The journal is left true: nothing is held.
+    env.clear_trace();
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert!(env.trace().is_empty());
+}
+
+#[test]
+fn sigkill_of_the_runner_mid_freeze_leaves_a_journal_the_thaw_follows() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let started = env.path().join("started");
+    env.tracing_hook(
+        "20-b",
+        &format!(
+            "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 30; }}\nexit 0",
+            started.display()
+        ),
+    );
+    env.tracing_hook("30-c", "");
+    let mut child = env.command(&["freeze"]).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(5), || started.exists()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.clear_trace();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        ["20-b thaw rollback=0", "10-a thaw rollback=0"]
+    );
+    assert_eq!(
+        lines_with(&run.log, "the last freeze did not complete").len(),
+        1
+    );
+}
+
+#[test]
+fn second_run_waits_for_the_lock_then_fails_clearly() {
+    let env = Env::new();
+    let started = env.path().join("started");
+    env.hook(
+        "10-slow",
+        &format!(
+            "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 3; }}\nexit 0",
+            started.display()
+        ),
+    );
+    let first = env.command(&["freeze"]).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(5), || started.exists()));
+    // This run's phase_timeout (1 s) is its wait for the lock.
+    env.set_config("phase_timeout = \"1s\"\n");
+    let start = Instant::now();
+    let run = env.command(&["thaw"]).output().unwrap();
+    let waited = start.elapsed();
+    assert_eq!(run.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("another fsfreeze-hook run holds"), "{err}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // Without a short limit the second run waits and then proceeds.
+    env.set_config("");
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(first.wait_with_output().unwrap().status.success());
+}

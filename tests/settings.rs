@@ -1,0 +1,134 @@
+//! The config file, flags, and where things are found by default.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::common::{BIN, Env, lines_with};
+
+#[test]
+fn bad_config_is_one_line_naming_file_line_and_key_and_runs_nothing() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    for (text, line, key) in [
+        (
+            "timeout = \"30s\"\nphase_timeout = \"soon\"\n",
+            2,
+            "phase_timeout",
+        ),
+        ("\n\nhook_dir = \"/x\"\n", 3, "hook_dir"),
+        ("on_error = \"retry\"\n", 1, "on_error"),
+        (
+            "[hooks.\"20-mysql\"]\ntimeout = 5\n",
+            2,
+            "hooks.\"20-mysql\".timeout",
+        ),
+    ] {
+        env.set_config(text);
+        let run = env.run(&["freeze"]);
+        assert_eq!(run.code, Some(3), "{text}: {run:?}");
+        let expect = format!(
+            "fsfreeze-hook: config {}:{line}: key `{key}`: ",
+            env.config.display()
+        );
+        assert!(run.stderr.starts_with(&expect), "{text}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    }
+    env.set_config("timeout = \n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(3));
+    assert!(run.stderr.contains(":1: not valid TOML"), "{}", run.stderr);
+    assert!(env.trace().is_empty(), "no hook may run on a bad config");
+}
+
+#[test]
+fn explicit_config_that_is_missing_is_an_error() {
+    let env = Env::new();
+    fs::remove_file(&env.config).unwrap();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(3));
+    assert!(run.stderr.contains("cannot read"), "{}", run.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["freze"][..],
+        &["freeze", "--bogus"],
+        &["freeze", "--timeout", "x"],
+        &[],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+/// Installed the way qemu-ga calls it: no flags, the config and hooks dir
+/// found beside the invoked path.
+#[test]
+fn installed_copy_finds_its_config_and_hooks_beside_itself() {
+    let env = Env::new();
+    let bin = env.path().join("fsfreeze-hook");
+    fs::copy(BIN, &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    env.tracing_hook("10-a", "");
+    let log = env.path().join("beside.log");
+    fs::write(
+        env.path().join("fsfreeze-hook.conf"),
+        format!(
+            "log_file = \"{}\"\nstate_dir = \"{}\"\n",
+            log.display(),
+            env.state.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .arg("freeze")
+        .env_remove("FSFREEZE_HOOK_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(env.trace(), ["10-a freeze rollback=0"]);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!(
+            "config {}/fsfreeze-hook.conf",
+            env.path().display()
+        )),
+        "{text}"
+    );
+    // The environment variable wins over the file beside the binary.
+    let other_log = env.path().join("env.log");
+    let env_conf = env.path().join("env.conf");
+    fs::write(
+        &env_conf,
+        format!(
+            "log_file = \"{}\"\nstate_dir = \"{}\"\n",
+            other_log.display(),
+            env.state.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .arg("thaw")
+        .env("FSFREEZE_HOOK_CONFIG", &env_conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        lines_with(&fs::read_to_string(&other_log).unwrap(), "execute ").len(),
+        1
+    );
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let env = Env::new();
+    env.hook("10-slow", "sleep 2");
+    env.set_config(
+        "timeout = \"100ms\"\nkill_grace = \"100ms\"\n[hooks.\"10-slow\"]\ntimeout = \"200ms\"\n",
+    );
+    assert_eq!(env.run(&["freeze"]).code, Some(1));
+    let run = env.run(&["freeze", "--timeout", "0"]);
+    assert_eq!(run.code, Some(0), "--timeout 0 lifts every limit: {run:?}");
+}
