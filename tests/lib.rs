@@ -2,7 +2,10 @@
 //! under the real qemu-ga on a loop-mounted filesystem the test made.
 
 mod common;
+mod loopfs;
 mod phases;
 mod processes;
+mod qemu_ga;
 mod selection;
 mod settings;
+mod user;

@@ -132,3 +132,18 @@ fn flags_override_the_config_file() {
     let run = env.run(&["freeze", "--timeout", "0"]);
     assert_eq!(run.code, Some(0), "--timeout 0 lifts every limit: {run:?}");
 }
+
+/// The build is static: nothing is loaded from disk when it runs.
+#[test]
+fn binary_is_statically_linked() {
+    let out = Command::new("file")
+        .arg("-L")
+        .arg(BIN)
+        .output()
+        .expect("file(1)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("statically linked") || text.contains("static-pie linked"),
+        "{text}"
+    );
+}

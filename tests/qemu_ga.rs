@@ -1,0 +1,396 @@
+//! End to end under the real qemu-ga, as root: the agent serves QMP on a temp
+//! unix socket, may only freeze through guest-fsfreeze-freeze-list (plain
+//! guest-fsfreeze-freeze is blocked), and is given the test's own loop mount.
+//! Run for every agent in $FSFREEZE_HOOK_TEST_AGENTS (colon-separated; the
+//! test command puts Debian's 7.2 and bookworm-backports' 10.0 there).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{BIN, alive, eventually, read_pid};
+use crate::loopfs::LoopFs;
+
+/// Whether the test may do what only root can. Under CI=true not being root
+/// is a failure, never a skip.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root and CI=true: a missing prerequisite is a failure"
+    );
+    eprintln!("skipped {test}: needs root (run the test command with sudo)");
+    false
+}
+
+/// The qemu-ga binaries to test against; a missing one fails under CI.
+fn agents() -> Vec<PathBuf> {
+    let list =
+        std::env::var("FSFREEZE_HOOK_TEST_AGENTS").unwrap_or_else(|_| "/usr/sbin/qemu-ga".into());
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let mut out = Vec::new();
+    for path in list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from) {
+        if path.exists() {
+            out.push(path);
+        } else {
+            assert!(
+                !ci,
+                "qemu-ga {} is missing; the test command installs it",
+                path.display()
+            );
+            eprintln!("skipped qemu-ga {}: not installed", path.display());
+        }
+    }
+    out
+}
+
+fn major_version(qga: &Path) -> u32 {
+    let out = Command::new(qga).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "QEMU Guest Agent 10.0.2"
+    text.split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {text:?}"))
+}
+
+/// An installed hook: our binary as <dir>/etc/fsfreeze-hook, its hooks dir
+/// and config beside it, as `enable` would lay them out under /etc/qemu.
+struct Install {
+    dir: tempfile::TempDir,
+    hook: PathBuf,
+    hooks_dir: PathBuf,
+    log: PathBuf,
+    trace: PathBuf,
+}
+
+impl Install {
+    fn new() -> Install {
+        let dir = tempfile::Builder::new()
+            .prefix("fsfreeze-hook-qga.")
+            .tempdir()
+            .unwrap();
+        let etc = dir.path().join("etc");
+        let hooks_dir = etc.join("fsfreeze-hook.d");
+        fs::create_dir_all(&hooks_dir).unwrap();
+        let hook = etc.join("fsfreeze-hook");
+        fs::copy(BIN, &hook).unwrap();
+        let log = dir.path().join("hook.log");
+        fs::write(
+            etc.join("fsfreeze-hook.conf"),
+            format!(
+                "log_file = \"{}\"\nstate_dir = \"{}\"\ntimeout = \"10s\"\nkill_grace = \"1s\"\n",
+                log.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let trace = dir.path().join("trace");
+        Install {
+            dir,
+            hook,
+            hooks_dir,
+            log,
+            trace,
+        }
+    }
+
+    /// A hook that records its phase in the trace (outside the frozen
+    /// filesystem) and writes a file named after itself and the phase into
+    /// the frozen filesystem: possible only while it is not frozen.
+    fn add(&self, name: &str, mnt: &Path, extra: &str) {
+        let path = self.hooks_dir.join(name);
+        fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n\
+                 echo \"{name} $1 rollback=$FSFREEZE_ROLLBACK\" >> '{trace}'\n\
+                 echo written > '{mnt}/{name}'.\"$1\"\n\
+                 {extra}\n",
+                trace = self.trace.display(),
+                mnt = mnt.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn trace(&self) -> Vec<String> {
+        fs::read_to_string(&self.trace)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// qemu-ga on a temp socket with its own statedir and pidfile, killed by its
+/// pid on drop.
+struct Agent {
+    child: Child,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(qga: &Path, install: &Install) -> Agent {
+        let dir = install.dir.path();
+        let sock = dir.join("qga.sock");
+        let statedir = dir.join("qga-state");
+        fs::create_dir_all(&statedir).unwrap();
+        let log = dir.join("qga.log");
+        let child = Command::new(qga)
+            .arg("-m")
+            .arg("unix-listen")
+            .arg("-p")
+            .arg(&sock)
+            .arg("-t")
+            .arg(&statedir)
+            .arg("-f")
+            .arg(dir.join("qga.pid"))
+            .arg("-l")
+            .arg(&log)
+            .arg("-b")
+            .arg("guest-fsfreeze-freeze")
+            .arg(format!("-F{}", install.hook.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut agent_child = Some(child);
+        assert!(
+            eventually(Duration::from_secs(10), || sock.exists()),
+            "qemu-ga did not create its socket"
+        );
+        let stream = UnixStream::connect(&sock).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut agent = Agent {
+            child: agent_child.take().unwrap(),
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            log,
+        };
+        let id = 4711;
+        assert_eq!(agent.call("guest-sync", json!({ "id": id })), Ok(json!(id)));
+        agent
+    }
+
+    /// One QMP command: Ok(return value) or Err(error description).
+    fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+        let msg = json!({ "execute": command, "arguments": arguments });
+        self.writer
+            .write_all(format!("{msg}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap_or_else(|e| {
+            panic!(
+                "{command}: no answer from qemu-ga: {e}; log: {}",
+                self.log_text()
+            )
+        });
+        let v: Value =
+            serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        if let Some(ret) = v.get("return") {
+            return Ok(ret.clone());
+        }
+        Err(v["error"]["desc"].as_str().unwrap_or("").to_string())
+    }
+
+    fn status(&mut self) -> String {
+        self.call("guest-fsfreeze-status", json!({}))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn freeze_list(agent: &mut Agent, mnt: &Path) -> Result<Value, String> {
+    agent.call(
+        "guest-fsfreeze-freeze-list",
+        json!({ "mountpoints": [mnt] }),
+    )
+}
+
+#[test]
+fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
+    if !require_root("qemu_ga_cycle") {
+        return;
+    }
+    for qga in agents() {
+        let install = Install::new();
+        let fs = LoopFs::ext4(install.dir.path());
+        install.add("10-first", &fs.mnt, "");
+        install.add("20-second", &fs.mnt, "");
+        let mut agent = Agent::start(&qga, &install);
+        // Plain freeze (every filesystem) is blocked for this agent.
+        assert!(agent.call("guest-fsfreeze-freeze", json!({})).is_err());
+        assert_eq!(
+            freeze_list(&mut agent, &fs.mnt),
+            Ok(json!(1)),
+            "{}",
+            fs::read_to_string(&install.log).unwrap_or_default()
+        );
+        assert_eq!(agent.status(), "frozen");
+        assert!(
+            fs.frozen(),
+            "{}: the test's mount must be frozen now",
+            qga.display()
+        );
+        assert_eq!(
+            install.trace(),
+            ["10-first freeze rollback=0", "20-second freeze rollback=0"]
+        );
+        assert_eq!(agent.call("guest-fsfreeze-thaw", json!({})), Ok(json!(1)));
+        assert_eq!(agent.status(), "thawed");
+        assert!(!fs.frozen());
+        assert_eq!(
+            install.trace(),
+            [
+                "10-first freeze rollback=0",
+                "20-second freeze rollback=0",
+                "20-second thaw rollback=0",
+                "10-first thaw rollback=0"
+            ],
+            "{}",
+            qga.display()
+        );
+        // Freeze hooks wrote before FIFREEZE, thaw hooks after FITHAW (a
+        // write to a frozen filesystem would have blocked until the timeout).
+        for f in [
+            "10-first.freeze",
+            "20-second.freeze",
+            "20-second.thaw",
+            "10-first.thaw",
+        ] {
+            let listing: Vec<_> = fs::read_dir(&fs.mnt)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(
+                fs.mnt.join(f).exists(),
+                "{f} missing under {}: {listing:?}",
+                qga.display()
+            );
+        }
+        let log = fs::read_to_string(&install.log).unwrap();
+        assert_eq!(log.matches(": freeze finished in").count(), 1, "{log}");
+        assert_eq!(log.matches(": thaw finished in").count(), 1, "{log}");
+    }
+}
+
+#[test]
+fn qemu_ga_failing_hook_is_reported_and_rolled_back_nothing_frozen() {
+    if !require_root("qemu_ga_failing_hook") {
+        return;
+    }
+    for qga in agents() {
+        let install = Install::new();
+        let fs = LoopFs::ext4(install.dir.path());
+        install.add("10-first", &fs.mnt, "");
+        install.add(
+            "20-db",
+            &fs.mnt,
+            "[ \"$1\" = freeze ] && { echo 'flush failed' >&2; exit 1; }\nexit 0",
+        );
+        install.add("30-never", &fs.mnt, "");
+        let mut agent = Agent::start(&qga, &install);
+        let err = freeze_list(&mut agent, &fs.mnt).expect_err("the freeze must fail");
+        if major_version(&qga) >= 9 {
+            // 9.1+ hands the hook's output to the hypervisor: our one line.
+            assert!(
+                err.contains("fsfreeze-hook: freeze aborted: 20-db exited with status 1 after"),
+                "{}: {err}",
+                qga.display()
+            );
+            assert!(err.contains("rolled back 20-db, 10-first"), "{err}");
+        } else {
+            assert!(
+                err.contains("fsfreeze hook has failed with status"),
+                "{}: {err}",
+                qga.display()
+            );
+        }
+        assert_eq!(agent.status(), "thawed");
+        assert!(!fs.frozen(), "nothing may stay frozen");
+        assert_eq!(
+            install.trace(),
+            [
+                "10-first freeze rollback=0",
+                "20-db freeze rollback=0",
+                "20-db thaw rollback=1",
+                "10-first thaw rollback=1"
+            ]
+        );
+        let log = fs::read_to_string(&install.log).unwrap();
+        assert!(
+            log.contains("flush failed"),
+            "hook output is in the log: {log}"
+        );
+    }
+}
+
+/// The stock MySQL sample leaves a lock holder running. Under qemu-ga 9.1+
+/// that holder would keep qemu-ga's pipe open and stall the freeze; with us
+/// in between, the freeze returns at once and the holder lives until thaw.
+#[test]
+fn qemu_ga_freeze_returns_promptly_while_a_lock_holder_lives_on() {
+    if !require_root("qemu_ga_lock_holder") {
+        return;
+    }
+    for qga in agents() {
+        let install = Install::new();
+        let fs = LoopFs::ext4(install.dir.path());
+        let pid = install.dir.path().join("holder.pid");
+        let stop = install.dir.path().join("holder.stop");
+        install.add(
+            "10-holder",
+            &fs.mnt,
+            &format!(
+                "case \"$1\" in\n\
+                 freeze) ( while [ ! -e '{stop}' ]; do sleep 0.1; done ) & echo $! > '{pid}' ;;\n\
+                 thaw) touch '{stop}' ;;\n\
+                 esac",
+                stop = stop.display(),
+                pid = pid.display()
+            ),
+        );
+        let mut agent = Agent::start(&qga, &install);
+        let start = Instant::now();
+        assert_eq!(freeze_list(&mut agent, &fs.mnt), Ok(json!(1)));
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "{}: freeze took {took:?}",
+            qga.display()
+        );
+        let holder = read_pid(&pid);
+        assert!(alive(holder), "the lock holder must live until thaw");
+        assert_eq!(agent.call("guest-fsfreeze-thaw", json!({})), Ok(json!(1)));
+        assert!(
+            eventually(Duration::from_secs(5), || !alive(holder)),
+            "the thaw hook ends the holder"
+        );
+        assert!(!fs.frozen());
+    }
+}
