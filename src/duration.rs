@@ -55,6 +55,8 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}h", ms / 3_600_000)
     } else if ms % 60_000 == 0 {
         format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", d.as_secs_f64())
     }
@@ -108,6 +110,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
         assert_eq!(format_limit(None), "no limit");
     }
 }

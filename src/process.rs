@@ -79,13 +79,13 @@ impl Outcome {
                 kind,
                 killed,
             } => format!(
-                "timed out after {}{}{}",
+                "timed out after {}{}, ended by {}",
                 format_duration(*limit),
                 match kind {
                     LimitKind::Hook => "",
                     LimitKind::Phase => " (phase_timeout)",
                 },
-                if *killed { ", needed SIGKILL" } else { "" }
+                if *killed { "SIGKILL" } else { "SIGTERM" }
             ),
             Outcome::Interrupted(s) => format!("was stopped because the runner got {}", s.as_str()),
             Outcome::NotStarted(why) => format!("could not be executed: {why}"),
@@ -110,6 +110,22 @@ pub struct Finished {
     pub elapsed: Duration,
     /// It had no `#!` line and ran under /bin/sh.
     pub via_sh: bool,
+}
+
+impl Finished {
+    /// How it ended and after how long, for the one-line summary:
+    /// "exited with status 1 after 0.4s", "timed out after 60s, ended by SIGTERM".
+    pub fn summary(&self) -> String {
+        match self.outcome {
+            // The limit already says how long.
+            Outcome::TimedOut { .. } => self.outcome.describe(),
+            _ => format!(
+                "{} after {}",
+                self.outcome.describe(),
+                crate::duration::format_duration(self.elapsed)
+            ),
+        }
+    }
 }
 
 /// Limits for one run.

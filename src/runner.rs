@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{OnError, Settings, ThawOrder};
-use crate::duration::{format_duration, format_limit};
+use crate::duration::format_limit;
 use crate::hooks::{Discovery, Hook, escape, escape_path};
 use crate::journal::{Journal, Recorded};
 use crate::log::Log;
@@ -118,12 +118,7 @@ impl<'a> Runner<'a> {
             if fin.outcome.success() {
                 continue;
             }
-            let cause = format!(
-                "{} {} after {}",
-                hook.display_name(),
-                fin.outcome.describe(),
-                format_duration(fin.elapsed)
-            );
+            let cause = format!("{} {}", hook.display_name(), fin.summary());
             if self.settings.on_error == OnError::Abort || self.signal_seen.is_some() {
                 failure = Some(cause);
                 break;
@@ -222,12 +217,7 @@ impl<'a> Runner<'a> {
             };
             let fin = self.run(hook, Phase::Thaw, false, limits);
             if !fin.outcome.success() {
-                failures.push(format!(
-                    "{} {} after {}",
-                    hook.display_name(),
-                    fin.outcome.describe(),
-                    format_duration(fin.elapsed)
-                ));
+                failures.push(format!("{} {}", hook.display_name(), fin.summary()));
             }
         }
         if self.settings.thaw_order == ThawOrder::Reverse {

@@ -42,12 +42,13 @@ fn timed_out_hook_and_its_term_ignoring_grandchild_are_killed() {
         run.log
     );
     assert!(
-        line[0].ends_with("timed out after 1.0s, needed SIGKILL"),
+        line[0].ends_with("timed out after 1s, ended by SIGKILL"),
         "{}",
         line[0]
     );
     assert!(
-        run.stderr.contains("10-hang timed out after 1.0s"),
+        run.stderr
+            .contains("10-hang timed out after 1s, ended by SIGKILL;"),
         "{}",
         run.stderr
     );
@@ -61,7 +62,11 @@ fn hook_that_exits_on_term_is_not_killed() {
     assert_eq!(run.code, Some(0), "{run:?}");
     let line = lines_with(&run.log, "10-slow finished with status=143");
     assert_eq!(line.len(), 1, "{}", run.log);
-    assert!(line[0].ends_with("timed out after 500ms"), "{}", line[0]);
+    assert!(
+        line[0].ends_with("timed out after 500ms, ended by SIGTERM"),
+        "{}",
+        line[0]
+    );
     assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
 }
 
