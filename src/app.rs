@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cli::{Cli, Command};
@@ -153,6 +152,29 @@ fn finish(log: &Log, phase: &str, start: Instant, end: End) -> ExitCode {
     }
 }
 
+/// The rehearsal's stand-in for the snapshot: waits `hold`, or less if a
+/// stop signal comes (returned).
+fn hold_for(hold: Duration) -> Option<nix::sys::signal::Signal> {
+    if hold.is_zero() {
+        return None;
+    }
+    println!(
+        "holding for {} (the snapshot would be taken now)",
+        format_duration(hold)
+    );
+    let end = Instant::now() + hold;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match sys::wait_for_signal(Some(left)) {
+            None | Some(nix::sys::signal::Signal::SIGCHLD) => {}
+            Some(sig) => return Some(sig),
+        }
+    }
+}
+
 fn rehearse(settings: &Settings, log: &Log, hold: Duration) -> ExitCode {
     header(settings, log, "rehearse");
     println!(
@@ -196,14 +218,16 @@ fn rehearse(settings: &Settings, log: &Log, hold: Duration) -> ExitCode {
     let start = Instant::now();
     let end = match runner.freeze(&found.hooks) {
         End::Done => {
-            if !hold.is_zero() {
-                println!(
-                    "holding for {} (the snapshot would be taken now)",
-                    format_duration(hold)
-                );
-                thread::sleep(hold);
+            let interrupted = hold_for(hold);
+            // Interrupted while holding: thaw first (that is what releases the
+            // applications), then report the interruption.
+            match (runner.thaw(Some(&found)), interrupted) {
+                (End::Done, Some(sig)) => End::Interrupted(
+                    sig,
+                    format!("rehearsal interrupted by {}; thawed", sig.as_str()),
+                ),
+                (end, _) => end,
             }
-            runner.thaw(Some(&found))
         }
         failed => failed,
     };

@@ -290,3 +290,36 @@ fn second_run_waits_for_the_lock_then_fails_clearly() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(first.wait_with_output().unwrap().status.success());
 }
+
+#[test]
+fn ctrl_c_during_a_rehearsal_hold_thaws_at_once() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let start = Instant::now();
+    let child = env
+        .command(&["rehearse", "--hold", "30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || env.trace().len() == 1));
+    std::thread::sleep(Duration::from_millis(100));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
+    let run = env.finish(child.wait_with_output().unwrap(), start);
+    assert_eq!(run.code, Some(130), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "10-a thaw rollback=0"]
+    );
+    assert!(
+        run.stderr
+            .contains("rehearsal interrupted by SIGINT; thawed"),
+        "{}",
+        run.stderr
+    );
+}
