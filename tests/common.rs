@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -74,6 +74,37 @@ impl Env {
                 self.trace.display()
             ),
         )
+    }
+
+    /// A tracing hook whose freeze touches a marker file and then hangs for
+    /// 30 s; returns the marker, which says the freeze is under way.
+    pub fn hanging_freeze_hook(&self, name: &str) -> PathBuf {
+        let started = self.path().join(format!("{name}.started"));
+        self.tracing_hook(
+            name,
+            &format!(
+                "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 30; }}\nexit 0",
+                started.display()
+            ),
+        );
+        started
+    }
+
+    /// Starts a run with captured streams and waits until `marker` exists.
+    pub fn spawn_until(&self, args: &[&str], marker: &Path) -> (Child, Instant) {
+        let start = Instant::now();
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || marker.exists()),
+            "{} never appeared",
+            marker.display()
+        );
+        (child, start)
     }
 
     pub fn trace(&self) -> Vec<String> {
@@ -176,4 +207,9 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// The lines of `log` that contain `needle`.
 pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
+}
+
+/// Sends `sig` to a running child.
+pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }

@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, eventually, lines_with, read_pid};
+use crate::common::{Env, alive, eventually, lines_with, read_pid, signal};
 
 #[test]
 fn timed_out_hook_and_its_term_ignoring_grandchild_are_killed() {
@@ -189,28 +189,10 @@ fn background_holder_does_not_delay_the_runner_and_keeps_logging() {
 fn sigterm_to_the_runner_ends_the_hook_rolls_back_and_exits_143() {
     let env = Env::new();
     env.tracing_hook("10-a", "");
-    let started = env.path().join("started");
-    env.tracing_hook(
-        "20-slow",
-        &format!(
-            "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 30; }}\nexit 0",
-            started.display()
-        ),
-    );
+    let started = env.hanging_freeze_hook("20-slow");
     env.set_config("kill_grace = \"200ms\"\n");
-    let start = Instant::now();
-    let child = env
-        .command(&["freeze"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(5), || started.exists()));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::SIGTERM,
-    )
-    .unwrap();
+    let (child, start) = env.spawn_until(&["freeze"], &started);
+    signal(&child, nix::sys::signal::SIGTERM);
     let run = env.finish(child.wait_with_output().unwrap(), start);
     assert_eq!(run.code, Some(143), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(10));
@@ -233,17 +215,9 @@ fn sigterm_to_the_runner_ends_the_hook_rolls_back_and_exits_143() {
 fn sigkill_of_the_runner_mid_freeze_leaves_a_journal_the_thaw_follows() {
     let env = Env::new();
     env.tracing_hook("10-a", "");
-    let started = env.path().join("started");
-    env.tracing_hook(
-        "20-b",
-        &format!(
-            "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 30; }}\nexit 0",
-            started.display()
-        ),
-    );
+    let started = env.hanging_freeze_hook("20-b");
     env.tracing_hook("30-c", "");
-    let mut child = env.command(&["freeze"]).spawn().unwrap();
-    assert!(eventually(Duration::from_secs(5), || started.exists()));
+    let (mut child, _) = env.spawn_until(&["freeze"], &started);
     child.kill().unwrap();
     child.wait().unwrap();
     env.clear_trace();
@@ -262,16 +236,8 @@ fn sigkill_of_the_runner_mid_freeze_leaves_a_journal_the_thaw_follows() {
 #[test]
 fn second_run_waits_for_the_lock_then_fails_clearly() {
     let env = Env::new();
-    let started = env.path().join("started");
-    env.hook(
-        "10-slow",
-        &format!(
-            "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 3; }}\nexit 0",
-            started.display()
-        ),
-    );
-    let first = env.command(&["freeze"]).spawn().unwrap();
-    assert!(eventually(Duration::from_secs(5), || started.exists()));
+    let started = env.hanging_freeze_hook("10-slow");
+    let (mut first, _) = env.spawn_until(&["freeze"], &started);
     // This run's phase_timeout (1 s) is its wait for the lock.
     env.set_config("phase_timeout = \"1s\"\n");
     let start = Instant::now();
@@ -284,31 +250,27 @@ fn second_run_waits_for_the_lock_then_fails_clearly() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
-    // Without a short limit the second run waits and then proceeds.
+    // With the default limit the second run waits until the first is done.
     env.set_config("");
-    let run = env.run(&["thaw"]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(first.wait_with_output().unwrap().status.success());
+    let mut second = env.command(&["thaw"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the second run must wait"
+    );
+    signal(&first, nix::sys::signal::SIGTERM);
+    assert_eq!(first.wait().unwrap().code(), Some(143));
+    assert_eq!(second.wait().unwrap().code(), Some(0));
 }
 
 #[test]
 fn ctrl_c_during_a_rehearsal_hold_thaws_at_once() {
     let env = Env::new();
-    env.tracing_hook("10-a", "");
-    let start = Instant::now();
-    let child = env
-        .command(&["rehearse", "--hold", "30s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(5), || env.trace().len() == 1));
+    let frozen = env.path().join("frozen");
+    env.tracing_hook("10-a", &format!("touch '{}'", frozen.display()));
+    let (child, start) = env.spawn_until(&["rehearse", "--hold", "30s"], &frozen);
     std::thread::sleep(Duration::from_millis(100));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::SIGINT,
-    )
-    .unwrap();
+    signal(&child, nix::sys::signal::SIGINT);
     let run = env.finish(child.wait_with_output().unwrap(), start);
     assert_eq!(run.code, Some(130), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
