@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{Cli, Command};
 use crate::config::Settings;
-use crate::duration::{format_duration, format_limit};
 use crate::hooks::{self, Discovery, escape_path};
 use crate::journal::{self, Recorded, StateLock};
 use crate::log::Log;
 use crate::report;
 use crate::runner::{End, Phase, Runner};
-use crate::sys;
+use crate::sys::{self, Event, Events};
+use crate::trust::Policy;
+use crate::units::{format_duration, format_limit};
 
 /// Exit statuses; documented in the README.
 pub const EXIT_OK: u8 = 0;
@@ -30,11 +31,24 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
     if let Ok(abs) = std::path::absolute(&settings.hooks_dir) {
         settings.hooks_dir = abs;
     }
+    // The config decides what runs as root: it must be as trusted as a hook.
+    if let Some(config) = &settings.config_file
+        && let Err(u) = Policy::current().check_path(config)
+    {
+        return fail(
+            EXIT_SETUP,
+            &format!("config is not trusted, no hook run: {u}"),
+        );
+    }
     let log = Log::open(&settings.log_file, !sys::is_root());
+    let events = match Events::new() {
+        Ok(e) => e,
+        Err(e) => return fail(EXIT_SETUP, &format!("cannot set up signal handling: {e}")),
+    };
     match cli.command {
-        Command::Freeze => phase(&settings, &log, Phase::Freeze),
-        Command::Thaw => phase(&settings, &log, Phase::Thaw),
-        Command::Rehearse { hold } => rehearse(&settings, &log, hold),
+        Command::Freeze => phase(&settings, &log, &events, Phase::Freeze),
+        Command::Thaw => phase(&settings, &log, &events, Phase::Thaw),
+        Command::Rehearse { hold } => rehearse(&settings, &log, &events, hold),
     }
 }
 
@@ -88,6 +102,11 @@ fn discover(settings: &Settings, log: &Log) -> Result<Option<Discovery>, String>
             escape_path(&settings.hooks_dir)
         )
     })?;
+    if found.is_some() {
+        Policy::current()
+            .check_dir(&settings.hooks_dir)
+            .map_err(|u| format!("hooks dir is not trusted: {u}"))?;
+    }
     if let Some(d) = &found {
         for s in &d.skipped {
             log.line(&format!(
@@ -100,7 +119,7 @@ fn discover(settings: &Settings, log: &Log) -> Result<Option<Discovery>, String>
     Ok(found)
 }
 
-fn phase(settings: &Settings, log: &Log, phase: Phase) -> ExitCode {
+fn phase(settings: &Settings, log: &Log, events: &Events, phase: Phase) -> ExitCode {
     header(settings, log, &phase.to_string());
     let start = Instant::now();
     let _lock = match lock(settings, log, phase) {
@@ -114,7 +133,7 @@ fn phase(settings: &Settings, log: &Log, phase: Phase) -> ExitCode {
             return fail(EXIT_SETUP, &format!("{phase} refused, no hook run: {msg}"));
         }
     };
-    let mut runner = Runner::new(settings, log);
+    let mut runner = Runner::new(settings, log, events);
     let held = matches!(runner.journal().read(), Recorded::Held { .. });
     if found.is_none() && !(phase == Phase::Thaw && held) {
         // The stock script's behaviour: no hooks dir, nothing to do.
@@ -154,7 +173,7 @@ fn finish(log: &Log, phase: &str, start: Instant, end: End) -> ExitCode {
 
 /// The rehearsal's stand-in for the snapshot: waits `hold`, or less if a
 /// stop signal comes (returned).
-fn hold_for(hold: Duration) -> Option<nix::sys::signal::Signal> {
+fn hold_for(events: &Events, hold: Duration) -> Option<nix::sys::signal::Signal> {
     if hold.is_zero() {
         return None;
     }
@@ -168,14 +187,15 @@ fn hold_for(hold: Duration) -> Option<nix::sys::signal::Signal> {
         if left.is_zero() {
             return None;
         }
-        match sys::wait_for_signal(Some(left)) {
-            None | Some(nix::sys::signal::Signal::SIGCHLD) => {}
-            Some(sig) => return Some(sig),
+        match events.wait(None, Some(left)) {
+            Event::Signal(nix::sys::signal::Signal::SIGCHLD) | Event::Timeout | Event::Readable => {
+            }
+            Event::Signal(sig) => return Some(sig),
         }
     }
 }
 
-fn rehearse(settings: &Settings, log: &Log, hold: Duration) -> ExitCode {
+fn rehearse(settings: &Settings, log: &Log, events: &Events, hold: Duration) -> ExitCode {
     header(settings, log, "rehearse");
     println!(
         "Rehearsal of {}: freeze then thaw of the hooks; no filesystem is frozen.",
@@ -194,7 +214,7 @@ fn rehearse(settings: &Settings, log: &Log, hold: Duration) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut runner = Runner::new(settings, log);
+    let mut runner = Runner::new(settings, log, events);
     if let Recorded::Held { .. } = runner.journal().read() {
         let msg = "a freeze is in progress (the journal holds hooks not yet thawed); a rehearsal \
                    would thaw them. Run `fsfreeze-hook thaw` first if that freeze is stale";
@@ -218,7 +238,7 @@ fn rehearse(settings: &Settings, log: &Log, hold: Duration) -> ExitCode {
     let start = Instant::now();
     let end = match runner.freeze(&found.hooks) {
         End::Done => {
-            let interrupted = hold_for(hold);
+            let interrupted = hold_for(events, hold);
             // Interrupted while holding: thaw first (that is what releases the
             // applications), then report the interruption.
             match (runner.thaw(Some(&found)), interrupted) {

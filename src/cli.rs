@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{OnError, Overrides};
-use crate::duration::{parse_duration, parse_limit_arg};
+use crate::units::{parse_duration, parse_limit_arg};
 
 /// Runs the scripts of fsfreeze-hook.d around a filesystem freeze: in order,
 /// logged, time-bounded, and rolled back when one fails.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::duration::{format_limit, parse_duration};
+use crate::units::{format_limit, format_size, parse_duration, parse_size};
 
 /// A time limit; `None` means no limit (written "0").
 pub type Limit = Option<Duration>;
@@ -56,6 +56,8 @@ const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longer than any backup tool waits for a freeze (Proxmox: 600 s).
 const MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
 const MAX_KILL_GRACE: Duration = Duration::from_secs(600);
+const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
+const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
 
 /// What the command line sets; `None` leaves the file's or default value.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +81,8 @@ pub struct Settings {
     pub kill_grace: Duration,
     pub on_error: OnError,
     pub thaw_order: ThawOrder,
+    /// Bytes of output one hook may add to the log per run; `None`: no limit.
+    pub output_limit: Option<u64>,
     /// `[hooks."NAME"] timeout = ...`; a `--timeout` flag overrides these too.
     pub hook_timeouts: BTreeMap<String, Limit>,
     /// Where the log and state went when not running as root, for `rehearse`.
@@ -165,6 +169,7 @@ impl Settings {
             kill_grace: file.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
             on_error: flags.on_error.or(file.on_error).unwrap_or(OnError::Abort),
             thaw_order: file.thaw_order.unwrap_or(ThawOrder::Reverse),
+            output_limit: file.output_limit.unwrap_or(Some(DEFAULT_OUTPUT_LIMIT)),
             hook_timeouts,
             fallback_note: fallback_note.filter(|_| !(log_explicit && state_explicit)),
         })
@@ -235,6 +240,7 @@ struct FileConfig {
     kill_grace: Option<Duration>,
     on_error: Option<OnError>,
     thaw_order: Option<ThawOrder>,
+    output_limit: Option<Option<u64>>,
     hook_timeouts: BTreeMap<String, Limit>,
 }
 
@@ -306,6 +312,7 @@ impl FileConfig {
                             _ => ThawOrder::Forward,
                         })
                 }
+                "output_limit" => cfg.output_limit = Some(size_value((key, value))?),
                 "hooks" => cfg.hook_timeouts = hooks_table((key, value))?,
                 other => {
                     return Err(Located::at(
@@ -363,6 +370,28 @@ fn limit_value((key, value): Entry<'_>, max: Duration) -> Result<Limit, Located>
         )));
     }
     Ok((!d.is_zero()).then_some(d))
+}
+
+fn size_value((key, value): Entry<'_>) -> Result<Option<u64>, Located> {
+    let bad = |msg: String| Located::at(value.span(), key.get_ref(), msg);
+    let n = match value.get_ref() {
+        DeValue::String(s) => parse_size(s).map_err(bad)?,
+        DeValue::Integer(i) => u64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .map_err(|_| {
+                bad(format!(
+                    "invalid size {i} (a count of bytes, or e.g. \"1MiB\")"
+                ))
+            })?,
+        _ => return Err(bad("expected a size such as \"1MiB\"".into())),
+    };
+    if n > MAX_OUTPUT_LIMIT {
+        return Err(bad(format!(
+            "{} is out of range (at most {})",
+            format_size(n),
+            format_size(MAX_OUTPUT_LIMIT)
+        )));
+    }
+    Ok((n != 0).then_some(n))
 }
 
 fn word_value<'a>((key, value): Entry<'a>, allowed: &[&str]) -> Result<&'a str, Located> {
@@ -472,6 +501,7 @@ phase_timeout = "0"
 kill_grace = "500ms"
 on_error = "continue"
 thaw_order = "forward"
+output_limit = "64KiB"
 
 [hooks."20-mysql"]
 timeout = "5m"
@@ -484,6 +514,7 @@ timeout = "5m"
         assert_eq!(cfg.kill_grace, Some(Duration::from_millis(500)));
         assert_eq!(cfg.on_error, Some(OnError::Continue));
         assert_eq!(cfg.thaw_order, Some(ThawOrder::Forward));
+        assert_eq!(cfg.output_limit, Some(Some(64 << 10)));
         assert_eq!(
             cfg.hook_timeouts["20-mysql"],
             Some(Duration::from_secs(300))
@@ -510,6 +541,8 @@ timeout = "5m"
             ("thaw_order = \"sideways\"", 1, "thaw_order"),
             ("timeout = \"48h\"", 1, "timeout"),
             ("log_file = \"\"", 1, "log_file"),
+            ("output_limit = \"2GiB\"", 1, "output_limit"),
+            ("output_limit = -1", 1, "output_limit"),
             ("[hooks.\"a\"]\ntimeout = \"x\"", 2, "hooks.\"a\".timeout"),
             ("[hooks.\"a\"]\ntimout = \"1s\"", 2, "hooks.\"a\".timout"),
         ];
@@ -581,6 +614,7 @@ timeout = "5m"
             kill_grace: Duration::from_secs(5),
             on_error: OnError::Abort,
             thaw_order: ThawOrder::Reverse,
+            output_limit: None,
             hook_timeouts,
             fallback_note: None,
         };

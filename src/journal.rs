@@ -263,7 +263,7 @@ impl StateLock {
                         bail!(
                             "another fsfreeze-hook run holds {} (waited {})",
                             path.display(),
-                            crate::duration::format_limit(wait)
+                            crate::units::format_limit(wait)
                         );
                     }
                     file = f;

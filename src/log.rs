@@ -5,9 +5,9 @@
 use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use nix::syslog::{Facility, LogFlags, Priority, Severity};
 
@@ -56,17 +56,28 @@ impl Log {
         &self.path
     }
 
-    /// Where hooks write: the log file itself (so output a background process
-    /// prints after we exit still lands there), or /dev/null when the file is
-    /// unusable. Never the runner's stdout/stderr: qemu-ga 9.1+ reads those
-    /// until EOF.
-    pub fn hook_output(&self) -> Stdio {
+    /// The open log file while it is usable: where a detached relay writes.
+    pub fn file_fd(&self) -> Option<BorrowedFd<'_>> {
         match (self.sink.get(), &self.file) {
-            (Sink::File, Some(f)) => f
-                .try_clone()
-                .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
-            _ => Stdio::null(),
+            (Sink::File, Some(f)) => Some(f.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// Appends a hook's output as it is. Without a usable log file it is
+    /// dropped: hook output is never sent to the runner's own streams, which
+    /// qemu-ga 9.1+ reads until EOF.
+    pub fn output(&self, bytes: &[u8]) {
+        if self.sink.get() != Sink::File {
+            return;
+        }
+        if let Some(mut f) = self.file.as_ref()
+            && let Err(e) = f.write_all(bytes)
+        {
+            self.fall_back(&format!(
+                "cannot write log {}: {e}",
+                escape_path(&self.path)
+            ));
         }
     }
 

@@ -3,14 +3,17 @@
 mod app;
 mod cli;
 mod config;
-mod duration;
+mod hookfile;
 mod hooks;
 mod journal;
 mod log;
+mod output;
 mod process;
 mod report;
 mod runner;
 mod sys;
+mod trust;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,17 +1,23 @@
-//! Running one hook: spawn it in its own process group, wait with a deadline,
-//! and on expiry end the whole group (TERM, grace, KILL), the way
-//! coreutils' timeout does, so no grandchild outlives a timed-out hook.
+//! Running one hook: start the checked open file in its own process group,
+//! wait with a deadline while its output flows into the log, and on expiry
+//! end the whole group (TERM, grace, KILL), the way coreutils' timeout does,
+//! so no grandchild outlives a timed-out hook.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::sys;
+use crate::hookfile::{Kind, Opened};
+use crate::log::Log;
+use crate::output::Capture;
+use crate::sys::{self, Event, Events, Exec, Exit};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
 /// init may not set one).
@@ -42,6 +48,8 @@ pub enum Outcome {
     },
     /// The runner itself received `signal`; the hook's group was ended.
     Interrupted(Signal),
+    /// Checked and not run (untrusted, missing interpreter, ...): why.
+    Refused(String),
     /// Could not be executed at all.
     NotStarted(String),
 }
@@ -64,13 +72,13 @@ impl Outcome {
                     Signal::SIGTERM
                 } as i32
             }
-            Outcome::NotStarted(_) => 126,
+            Outcome::Refused(_) | Outcome::NotStarted(_) => 126,
         }
     }
 
     /// A phrase for messages: "exited with status 1", "timed out after 60s".
     pub fn describe(&self) -> String {
-        use crate::duration::format_duration;
+        use crate::units::format_duration;
         match self {
             Outcome::Exited(c) => format!("exited with status {c}"),
             Outcome::Signaled(s) => format!("was killed by {}", s.as_str()),
@@ -88,6 +96,7 @@ impl Outcome {
                 if *killed { "SIGKILL" } else { "SIGTERM" }
             ),
             Outcome::Interrupted(s) => format!("was stopped because the runner got {}", s.as_str()),
+            Outcome::Refused(why) => format!("was not run: it {why}"),
             Outcome::NotStarted(why) => format!("could not be executed: {why}"),
         }
     }
@@ -96,11 +105,16 @@ impl Outcome {
 /// What a hook is run with.
 pub struct Spawn<'a> {
     pub path: &'a Path,
+    pub opened: &'a Opened,
     pub phase: &'a str,
     pub rollback: bool,
-    pub log_path: &'a Path,
-    /// Makes a handle for the hook's stdout or stderr (called twice a spawn).
-    pub output: &'a dyn Fn() -> Stdio,
+}
+
+/// Where the runner's side of a hook run lives.
+pub struct Context<'a> {
+    pub events: &'a Events,
+    pub log: &'a Log,
+    pub output_limit: Option<u64>,
 }
 
 /// A hook that has finished.
@@ -108,21 +122,26 @@ pub struct Spawn<'a> {
 pub struct Finished {
     pub outcome: Outcome,
     pub elapsed: Duration,
-    /// It had no `#!` line and ran under /bin/sh.
-    pub via_sh: bool,
 }
 
 impl Finished {
+    pub fn refused(why: String) -> Finished {
+        Finished {
+            outcome: Outcome::Refused(why),
+            elapsed: Duration::ZERO,
+        }
+    }
+
     /// How it ended and after how long, for the one-line summary:
     /// "exited with status 1 after 0.4s", "timed out after 60s, ended by SIGTERM".
     pub fn summary(&self) -> String {
         match self.outcome {
-            // The limit already says how long.
-            Outcome::TimedOut { .. } => self.outcome.describe(),
+            // The limit already says how long; a refused hook never ran.
+            Outcome::TimedOut { .. } | Outcome::Refused(_) => self.outcome.describe(),
             _ => format!(
                 "{} after {}",
                 self.outcome.describe(),
-                crate::duration::format_duration(self.elapsed)
+                crate::units::format_duration(self.elapsed)
             ),
         }
     }
@@ -140,176 +159,209 @@ pub struct Limits {
 
 /// Runs one hook to its end. Signals the runner receives meanwhile are
 /// recorded in `signal_seen`.
-pub fn run(spawn: Spawn<'_>, limits: Limits, signal_seen: &mut Option<Signal>) -> Finished {
+pub fn run(
+    spawn: Spawn<'_>,
+    limits: Limits,
+    ctx: &Context<'_>,
+    signal_seen: &mut Option<Signal>,
+) -> Finished {
     let start = Instant::now();
-    let Spawn {
-        path,
-        phase,
-        rollback,
-        log_path,
-        output,
-    } = spawn;
-    let build = |program: &Path, via_sh: bool| {
-        let mut cmd = Command::new(program);
-        if via_sh {
-            cmd.arg(path);
-        }
-        cmd.arg(phase)
-            .stdin(Stdio::null())
-            .stdout(output())
-            .stderr(output())
-            .process_group(0)
-            .env("FSFREEZE_PHASE", phase)
-            .env("FSFREEZE_ROLLBACK", if rollback { "1" } else { "0" })
-            .env("FSFREEZE_HOOK_LOG", log_path);
-        if std::env::var_os("PATH").is_none() {
-            cmd.env("PATH", DEFAULT_PATH);
-        }
-        sys::unblock_signals_in_child(&mut cmd);
-        cmd
+    let not_started = |why: String| Finished {
+        outcome: Outcome::NotStarted(why),
+        elapsed: start.elapsed(),
     };
-    // No #! line: a shell runs the file as a script, as it did under the
-    // stock hook's shell. Decided here rather than left to execvp's fallback
-    // so that the log can say so.
-    let via_sh = needs_shell(path);
-    let spawned = if via_sh {
-        build(Path::new("/bin/sh"), true).spawn()
-    } else {
-        build(path, false).spawn()
-    };
-    let child = match spawned {
+    let (mut capture, write) = match Capture::new(ctx.output_limit) {
         Ok(c) => c,
-        Err(e) => {
-            return Finished {
-                outcome: Outcome::NotStarted(e.to_string()),
-                elapsed: start.elapsed(),
-                via_sh,
+        Err(e) => return not_started(format!("no output pipe: {e}")),
+    };
+    let devnull = match File::open("/dev/null") {
+        Ok(f) => f,
+        Err(e) => return not_started(format!("/dev/null: {e}")),
+    };
+    let shell;
+    let hook_fd = spawn.opened.file.as_fd();
+    // The kernel runs a script by handing its interpreter /dev/fd/N, the open
+    // file we checked; for a file without #! we do the same with /bin/sh.
+    let by_fd = format!("/dev/fd/{}", hook_fd.as_raw_fd());
+    let (program, argv, keep_open) = match spawn.opened.kind {
+        Kind::Elf => (
+            hook_fd,
+            vec![spawn.path.as_os_str(), OsStr::new(spawn.phase)],
+            None,
+        ),
+        Kind::Script => (
+            hook_fd,
+            vec![spawn.path.as_os_str(), OsStr::new(spawn.phase)],
+            Some(hook_fd),
+        ),
+        Kind::Shell => {
+            shell = match File::open("/bin/sh") {
+                Ok(f) => f,
+                Err(e) => return not_started(format!("/bin/sh: {e}")),
             };
+            (
+                shell.as_fd(),
+                vec![
+                    OsStr::new("/bin/sh"),
+                    OsStr::new(&by_fd),
+                    OsStr::new(spawn.phase),
+                ],
+                Some(hook_fd),
+            )
         }
     };
-    let outcome = supervise(child, start, limits, signal_seen);
+    let argv: Vec<CString> = argv.into_iter().filter_map(c_string).collect();
+    let envp = environment(&spawn, ctx.log.path());
+    let exec = Exec {
+        program,
+        argv: &argv,
+        envp: &envp,
+        keep_open,
+        stdin: devnull.as_fd(),
+        output: write.as_fd(),
+    };
+    let pid = match sys::spawn(&exec) {
+        Ok(pid) => pid,
+        Err(e) => return not_started(e.to_string()),
+    };
+    drop(write);
+    let mut watch = Watch {
+        pid,
+        capture: &mut capture,
+        ctx,
+        signal_seen,
+    };
+    let outcome = watch.supervise(start, limits);
+    capture.finish(ctx.log, &crate::hooks::escape_path(spawn.path));
     Finished {
         outcome,
         elapsed: start.elapsed(),
-        via_sh,
     }
 }
 
-/// True for a file that is neither a `#!` script nor an ELF binary. A file
-/// we cannot read is left to the kernel.
-fn needs_shell(path: &Path) -> bool {
-    let mut head = [0u8; 4];
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let n = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
-    let head = &head[..n];
-    !(head.starts_with(b"#!") || head.starts_with(b"\x7fELF"))
+fn c_string(s: &OsStr) -> Option<CString> {
+    CString::new(s.as_bytes()).ok()
 }
 
-fn supervise(
-    mut child: Child,
-    start: Instant,
-    limits: Limits,
-    signal_seen: &mut Option<Signal>,
-) -> Outcome {
-    let pgid = Pid::from_raw(child.id() as i32);
-    let deadline = limits.timeout.map(|(d, _)| start + d);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return exit_outcome(status),
-            Ok(None) => {}
-            Err(e) => return Outcome::NotStarted(format!("cannot wait: {e}")),
-        }
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining == Some(Duration::ZERO) {
-            let (limit, kind) = limits.timeout.expect("deadline implies a limit");
-            let killed = end_group(&mut child, pgid, limits.grace, signal_seen);
-            return Outcome::TimedOut {
-                limit,
-                kind,
-                killed,
-            };
-        }
-        match sys::wait_for_signal(remaining) {
-            None | Some(Signal::SIGCHLD) => {}
-            Some(sig) => {
-                *signal_seen = Some(sig);
-                if limits.interruptible {
-                    end_group(&mut child, pgid, limits.grace, signal_seen);
-                    return Outcome::Interrupted(sig);
+/// The caller's environment (qemu-ga's), with ours on top.
+fn environment(spawn: &Spawn<'_>, log_path: &Path) -> Vec<CString> {
+    let ours: [(&str, &OsStr); 4] = [
+        ("FSFREEZE_PHASE", OsStr::new(spawn.phase)),
+        (
+            "FSFREEZE_ROLLBACK",
+            OsStr::new(if spawn.rollback { "1" } else { "0" }),
+        ),
+        ("FSFREEZE_HOOK_LOG", log_path.as_os_str()),
+        ("FSFREEZE_HOOK_PATH", spawn.path.as_os_str()),
+    ];
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !ours.iter().any(|(name, _)| k == *name))
+        .collect();
+    if !vars.iter().any(|(k, _)| k == "PATH") {
+        vars.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    vars.extend(
+        ours.iter()
+            .map(|(k, v)| (OsString::from(k), v.to_os_string())),
+    );
+    vars.into_iter()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect()
+}
+
+/// The runner's side of one running hook.
+struct Watch<'a, 'b> {
+    pid: Pid,
+    capture: &'a mut Capture,
+    ctx: &'a Context<'b>,
+    signal_seen: &'a mut Option<Signal>,
+}
+
+impl Watch<'_, '_> {
+    fn supervise(&mut self, start: Instant, limits: Limits) -> Outcome {
+        let deadline = limits.timeout.map(|(d, _)| start + d);
+        loop {
+            match sys::try_reap(self.pid) {
+                Ok(Some(Exit::Code(c))) => return Outcome::Exited(c),
+                Ok(Some(Exit::Signal(s))) => return Outcome::Signaled(s),
+                Ok(None) => {}
+                Err(e) => return Outcome::NotStarted(format!("cannot wait: {e}")),
+            }
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if remaining == Some(Duration::ZERO) {
+                let (limit, kind) = limits.timeout.expect("deadline implies a limit");
+                let killed = self.end_group(limits.grace);
+                return Outcome::TimedOut {
+                    limit,
+                    kind,
+                    killed,
+                };
+            }
+            match self.ctx.events.wait(self.capture.fd(), remaining) {
+                Event::Readable => self.capture.pump(self.ctx.log),
+                Event::Timeout | Event::Signal(Signal::SIGCHLD) => {}
+                Event::Signal(sig) => {
+                    *self.signal_seen = Some(sig);
+                    if limits.interruptible {
+                        self.end_group(limits.grace);
+                        return Outcome::Interrupted(sig);
+                    }
                 }
             }
         }
     }
-}
 
-fn exit_outcome(status: ExitStatus) -> Outcome {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => Outcome::Exited(code),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(s) => Outcome::Signaled(s),
-            Err(_) => Outcome::Exited(128 + sig),
-        },
-        (None, None) => Outcome::Exited(-1),
-    }
-}
-
-/// SIGTERM to the group, up to `grace` for every member to go, then SIGKILL.
-/// Returns whether SIGKILL was needed. The hook itself is reaped here.
-fn end_group(
-    child: &mut Child,
-    pgid: Pid,
-    grace: Duration,
-    signal_seen: &mut Option<Signal>,
-) -> bool {
-    sys::signal_group(pgid, Signal::SIGTERM);
-    let grace_end = Instant::now() + grace;
-    if wait_group_gone(child, pgid, grace_end, signal_seen) {
-        return false;
-    }
-    sys::signal_group(pgid, Signal::SIGKILL);
-    let kill_end = Instant::now() + KILL_WAIT;
-    while !wait_group_gone(
-        child,
-        pgid,
-        Instant::now() + Duration::from_millis(50),
-        signal_seen,
-    ) && Instant::now() < kill_end
-    {
-        // Members forked between the first SIGKILL and now.
-        sys::signal_group(pgid, Signal::SIGKILL);
-    }
-    true
-}
-
-/// Waits until the hook is reaped and its group is empty, or `until`.
-fn wait_group_gone(
-    child: &mut Child,
-    pgid: Pid,
-    until: Instant,
-    signal_seen: &mut Option<Signal>,
-) -> bool {
-    let mut reaped = false;
-    loop {
-        if !reaped {
-            reaped = matches!(child.try_wait(), Ok(Some(_)) | Err(_));
-        }
-        // Grandchildren are not ours to reap; init does that, so poll.
-        if reaped && !sys::group_alive(pgid) {
-            return true;
-        }
-        let now = Instant::now();
-        if now >= until {
+    /// SIGTERM to the group, up to `grace` for every member to go, then
+    /// SIGKILL. Returns whether SIGKILL was needed. The hook is reaped here.
+    fn end_group(&mut self, grace: Duration) -> bool {
+        let pgid = self.pid;
+        sys::signal_group(pgid, Signal::SIGTERM);
+        let mut reaped = false;
+        if self.wait_gone(&mut reaped, Instant::now() + grace) {
             return false;
         }
-        let step = (until - now).min(Duration::from_millis(10));
-        if reaped {
-            thread::sleep(step);
-        } else if let Some(sig) = sys::wait_for_signal(Some(step))
-            && sig != Signal::SIGCHLD
+        sys::signal_group(pgid, Signal::SIGKILL);
+        let kill_end = Instant::now() + KILL_WAIT;
+        while !self.wait_gone(&mut reaped, Instant::now() + Duration::from_millis(50))
+            && Instant::now() < kill_end
         {
-            *signal_seen = Some(sig);
+            // Members forked between the first SIGKILL and now.
+            sys::signal_group(pgid, Signal::SIGKILL);
+        }
+        true
+    }
+
+    /// Waits until the hook is reaped and its group is empty, or `until`,
+    /// draining output meanwhile so no member blocks on a full pipe.
+    fn wait_gone(&mut self, reaped: &mut bool, until: Instant) -> bool {
+        loop {
+            if !*reaped {
+                *reaped = !matches!(sys::try_reap(self.pid), Ok(None));
+            }
+            // Grandchildren are not ours to reap; init does that, so poll.
+            if *reaped && !sys::group_alive(self.pid) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            let step = (until - now).min(Duration::from_millis(10));
+            if *reaped {
+                self.capture.pump(self.ctx.log);
+                thread::sleep(step);
+                continue;
+            }
+            match self.ctx.events.wait(self.capture.fd(), Some(step)) {
+                Event::Readable => self.capture.pump(self.ctx.log),
+                Event::Signal(sig) if sig != Signal::SIGCHLD => *self.signal_seen = Some(sig),
+                _ => {}
+            }
         }
     }
 }

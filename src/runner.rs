@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{OnError, Settings, ThawOrder};
-use crate::duration::format_limit;
+use crate::hookfile::{self, Kind, Opened};
 use crate::hooks::{Discovery, Hook, escape, escape_path};
 use crate::journal::{Journal, Recorded};
 use crate::log::Log;
-use crate::process::{self, Finished, LimitKind, Limits, Outcome, Spawn};
+use crate::process::{self, Context, Finished, LimitKind, Limits, Outcome, Spawn};
 use crate::sys;
+use crate::sys::Events;
+use crate::trust::Policy;
+use crate::units::format_limit;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -54,16 +57,20 @@ pub enum End {
 pub struct Runner<'a> {
     settings: &'a Settings,
     log: &'a Log,
+    events: &'a Events,
+    policy: Policy,
     journal: Journal,
     signal_seen: Option<Signal>,
     pub records: Vec<Record>,
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(settings: &'a Settings, log: &'a Log) -> Runner<'a> {
+    pub fn new(settings: &'a Settings, log: &'a Log, events: &'a Events) -> Runner<'a> {
         Runner {
             settings,
             log,
+            events,
+            policy: Policy::current(),
             journal: Journal::new(&settings.state_dir),
             signal_seen: None,
             records: Vec::new(),
@@ -109,12 +116,17 @@ impl<'a> Runner<'a> {
                 failure = Some(cause);
                 break;
             };
-            if let Err(e) = self.journal.started(&hook.name) {
-                failure = Some(format!("{}: {e:#}", hook.display_name()));
-                break;
-            }
-            started.push(hook.clone());
-            let fin = self.run(hook, Phase::Freeze, false, limits);
+            let fin = match self.open(hook, Phase::Freeze, false) {
+                Err(refused) => refused,
+                Ok(opened) => {
+                    if let Err(e) = self.journal.started(&hook.name) {
+                        failure = Some(format!("{}: {e:#}", hook.display_name()));
+                        break;
+                    }
+                    started.push(hook.clone());
+                    self.run(hook, &opened, Phase::Freeze, false, limits)
+                }
+            };
             if fin.outcome.success() {
                 continue;
             }
@@ -215,7 +227,7 @@ impl<'a> Runner<'a> {
                 not_run = plan[i..].iter().map(|h| h.name.clone()).collect();
                 break;
             };
-            let fin = self.run(hook, Phase::Thaw, false, limits);
+            let fin = self.open_and_run(hook, Phase::Thaw, false, limits);
             if !fin.outcome.success() {
                 failures.push(format!("{} {}", hook.display_name(), fin.summary()));
             }
@@ -266,7 +278,7 @@ impl<'a> Runner<'a> {
                 out.not_run = started[..=i].iter().map(|h| h.name.clone()).collect();
                 break;
             };
-            let fin = self.run(hook, Phase::Thaw, true, limits);
+            let fin = self.open_and_run(hook, Phase::Thaw, true, limits);
             if !fin.outcome.success() {
                 out.failures.push(format!(
                     "{} {}",
@@ -311,7 +323,46 @@ impl<'a> Runner<'a> {
         })
     }
 
-    fn run(&mut self, hook: &Hook, phase: Phase, rollback: bool, limits: Limits) -> Finished {
+    /// Opens and checks a hook; a refusal is logged and recorded.
+    fn open(&mut self, hook: &Hook, phase: Phase, rollback: bool) -> Result<Opened, Finished> {
+        hookfile::open(&hook.path, &self.policy).map_err(|why| {
+            self.log.line(&format!(
+                "refused {} {phase}: it {why}",
+                escape_path(&hook.path)
+            ));
+            let fin = Finished::refused(why);
+            self.records.push(Record {
+                name: hook.name.clone(),
+                phase,
+                rollback,
+                started: Instant::now(),
+                finished: fin.clone(),
+            });
+            fin
+        })
+    }
+
+    fn open_and_run(
+        &mut self,
+        hook: &Hook,
+        phase: Phase,
+        rollback: bool,
+        limits: Limits,
+    ) -> Finished {
+        match self.open(hook, phase, rollback) {
+            Ok(opened) => self.run(hook, &opened, phase, rollback, limits),
+            Err(refused) => refused,
+        }
+    }
+
+    fn run(
+        &mut self,
+        hook: &Hook,
+        opened: &Opened,
+        phase: Phase,
+        rollback: bool,
+        limits: Limits,
+    ) -> Finished {
         let path = escape_path(&hook.path);
         let phase_word = phase.to_string();
         // The stock line, which existing monitoring greps for.
@@ -319,23 +370,26 @@ impl<'a> Runner<'a> {
             "execute {path} {phase_word}{}",
             if rollback { " (rollback)" } else { "" }
         ));
+        if opened.kind == Kind::Shell {
+            self.log
+                .warn(&format!("{path} has no #! line; running it with /bin/sh"));
+        }
         let started = Instant::now();
-        let output = || self.log.hook_output();
         let fin = process::run(
             Spawn {
                 path: &hook.path,
+                opened,
                 phase: &phase_word,
                 rollback,
-                log_path: self.log.path(),
-                output: &output,
             },
             limits,
+            &Context {
+                events: self.events,
+                log: self.log,
+                output_limit: self.settings.output_limit,
+            },
             &mut self.signal_seen,
         );
-        if fin.via_sh {
-            self.log
-                .warn(&format!("{path} has no #! line; ran it with /bin/sh"));
-        }
         let detail = match &fin.outcome {
             Outcome::Exited(_) => String::new(),
             other => format!(", {}", other.describe()),

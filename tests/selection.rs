@@ -144,7 +144,7 @@ fn hook_without_shebang_runs_under_sh_with_a_warning() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(env.trace(), ["legacy freeze"]);
     assert_eq!(
-        lines_with(&run.log, "has no #! line; ran it with /bin/sh").len(),
+        lines_with(&run.log, "has no #! line; running it with /bin/sh").len(),
         1
     );
 }
@@ -198,16 +198,29 @@ fn hook_sees_phase_env_null_stdin_and_no_extra_descriptors() {
         "umask=0022".to_string(),
     ];
     assert_eq!(seen.lines().collect::<Vec<_>>(), expect, "{seen}");
-    // What the exec'd ls inherited, less its own handle on /proc/self/fd.
+    // What the exec'd ls inherited, less its own handle on /proc/self/fd:
+    // 0-2, and the script file itself, which the kernel handed the shell as
+    // /dev/fd/N (the checked open file is what runs). Not the leaked fd, the
+    // runner's lock or journal, nor anything else.
     let listing = fs::read_to_string(&fds).unwrap();
-    let mut inherited: Vec<u32> = listing
+    let hook = env.hooks.join("10-inspect");
+    let mut inherited: Vec<(u32, String)> = listing
         .lines()
         .filter_map(|l| l.split_once(" -> "))
         .filter(|(_, target)| !target.ends_with("/fd"))
-        .filter_map(|(left, _)| left.split_whitespace().last()?.parse().ok())
+        .filter_map(|(left, target)| {
+            Some((
+                left.split_whitespace().last()?.parse().ok()?,
+                target.to_string(),
+            ))
+        })
         .collect();
     inherited.sort();
-    assert_eq!(inherited, [0, 1, 2], "{listing}");
+    let numbers: Vec<u32> = inherited.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers[..3], [0, 1, 2], "{listing}");
+    assert_eq!(inherited.len(), 4, "{listing}");
+    assert_eq!(inherited[3].1, hook.display().to_string(), "{listing}");
+    assert_ne!(inherited[3].0 as i32, fd, "{listing}");
     drop(leaked);
 }
 

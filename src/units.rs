@@ -1,5 +1,5 @@
-//! Durations as people write them in configs: "500ms", "30s", "5m", "1h30m";
-//! "0" means no limit.
+//! Durations and sizes as people write them in configs: "500ms", "30s",
+//! "5m", "1h30m"; "1MiB", "512KiB"; "0" means no limit.
 
 use std::time::Duration;
 
@@ -72,6 +72,44 @@ pub fn parse_limit_arg(text: &str) -> Result<Option<Duration>, String> {
     parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
 }
 
+/// Parses a size: bytes as a number, or a number with `B`, `KiB`, `MiB`,
+/// `GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("invalid size \"{text}\" (use e.g. \"1MiB\", \"512KiB\", or \"0\" for no limit)")
+    };
+    let s = text.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if split == 0 {
+        return Err(bad());
+    }
+    let number: u64 = s[..split].parse().map_err(|_| bad())?;
+    let scale: u64 = match s[split..].trim_start() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(scale).ok_or_else(bad)
+}
+
+/// Shows a byte count compactly: "1 MiB", "1.5 KiB", "12 bytes".
+pub fn format_size(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (scale, unit) in UNITS {
+        if n >= scale {
+            let v = n as f64 / scale as f64;
+            return if n % scale == 0 {
+                format!("{} {unit}", n / scale)
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+    }
+    format!("{n} bytes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +141,20 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "MiB", "1.5MiB", "-1", "1TiB", "99999999999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_size(1 << 20), "1 MiB");
+        assert_eq!(format_size(1536), "1.5 KiB");
+        assert_eq!(format_size(12), "12 bytes");
     }
 
     #[test]

@@ -1,40 +1,32 @@
-//! Every libc call that nix does not wrap safely lives here, behind a small
-//! safe function, with a `SAFETY:` note on each `unsafe` block.
+//! Every libc call that nix does not wrap safely lives in this module,
+//! behind a small safe function, with a `SAFETY:` note on each `unsafe` block.
+//! The runner is single-threaded: `spawn` and `detach` rely on it.
+
+mod signals;
+mod spawn;
 
 use std::fs;
-use std::os::fd::{BorrowedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::signal::{SigHandler, SigmaskHow, Signal, sigprocmask};
+use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
-/// The signals the runner waits for synchronously with [`wait_for_signal`].
-/// Blocking them before any child exists means none is lost between a spawn
-/// and the wait; [`unblock_signals_in_child`] gives hooks an empty mask again.
-pub const WAITED_SIGNALS: [Signal; 4] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-];
+pub use signals::{Event, Events, take_pending_stop_signal, waited_signals};
+pub use spawn::{Exec, Exit, detach, spawn, try_reap};
 
-/// Puts the process in the state the runner relies on: the waited signals
-/// blocked (see [`unblock_signals_in_child`] for the children), SIGCHLD at its
-/// default disposition (an inherited SIG_IGN would make the kernel reap our
-/// hooks before we can read their status), and every inherited descriptor above
-/// 2 marked close-on-exec so hooks never inherit qemu-ga's socket or anything
-/// else the caller leaked.
+/// Puts the process in the state the runner relies on: fds 0-2 open (so no
+/// file we open lands on them), the waited signals blocked (children get an
+/// empty mask again, see `spawn`), SIGCHLD at its default disposition (an
+/// inherited SIG_IGN would make the kernel reap our hooks before we can read
+/// their status), and every inherited descriptor above 2 marked close-on-exec
+/// so hooks never inherit qemu-ga's socket or anything else the caller leaked.
 pub fn prepare_process() {
-    let mut set = SigSet::empty();
-    for sig in WAITED_SIGNALS {
-        set.add(sig);
-    }
+    ensure_std_fds();
     // Failure is impossible for a valid set and SIG_BLOCK.
-    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited_signals()), None);
     // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal
     // context; changing a disposition is process-wide and we are single-threaded
     // at this point.
@@ -42,7 +34,25 @@ pub fn prepare_process() {
     mark_inherited_fds_cloexec();
     // Hooks must start with a known umask (files they create are not world-
     // writable by accident); the runner sets explicit modes on its own files.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+}
+
+/// Opens /dev/null on any of fds 0-2 that the caller left closed.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: the number is only borrowed for one fcntl call that reads
+        // flags; EBADF (closed) is the answer we look for.
+        let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+        if fcntl(probe, FcntlArg::F_GETFD) == Err(Errno::EBADF) {
+            // open returns the lowest free number, which is this one; the
+            // descriptor is kept for the life of the process on purpose.
+            if let Ok(null) = nix::fcntl::open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
+                if null.as_raw_fd() == fd {
+                    std::mem::forget(null);
+                }
+            }
+        }
+    }
 }
 
 fn mark_inherited_fds_cloexec() {
@@ -77,62 +87,6 @@ fn mark_inherited_fds_cloexec() {
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
-}
-
-/// Makes `cmd`'s child start with no blocked signal. std's posix_spawn path
-/// passes the parent's mask through to the new program, so without this a
-/// hook would start with SIGTERM blocked and ignore our timeout's TERM (and
-/// any `kill` of its own). Setting a pre-exec hook makes std fork and exec.
-pub fn unblock_signals_in_child(cmd: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec; it calls
-    // only sigprocmask, which is async-signal-safe, allocates nothing and
-    // touches no lock or memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-                .map_err(std::io::Error::from)
-        });
-    }
-}
-
-/// Waits until one of [`WAITED_SIGNALS`] is pending or `timeout` passes
-/// (`None`: no limit). Returns the signal taken, or `None` on timeout.
-pub fn wait_for_signal(timeout: Option<Duration>) -> Option<Signal> {
-    let mut set = SigSet::empty();
-    for sig in WAITED_SIGNALS {
-        set.add(sig);
-    }
-    // A day stands in for "no limit"; callers loop anyway.
-    timed_wait(&set, timeout.unwrap_or(Duration::from_secs(86_400)))
-}
-
-fn timed_wait(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    loop {
-        // SAFETY: `set` is a valid, initialised sigset_t borrowed for the
-        // call; a null siginfo pointer is allowed; `ts` is a valid timespec.
-        let rc = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
-        if rc > 0 {
-            return Signal::try_from(rc).ok();
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// Takes a TERM, INT or HUP that arrived while no hook was being waited for
-/// (between hooks), without blocking. SIGCHLD is left pending.
-pub fn take_pending_stop_signal() -> Option<Signal> {
-    let mut set = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        set.add(sig);
-    }
-    timed_wait(&set, Duration::ZERO)
 }
 
 /// True while a live (not zombie) process is left in process group `pgid`.
@@ -180,6 +134,7 @@ mod tests {
     #[test]
     fn group_alive_tracks_a_real_group() {
         use std::os::unix::process::CommandExt;
+        use std::process::Command;
         let mut child = Command::new("sleep")
             .arg("5")
             .process_group(0)

@@ -1,0 +1,165 @@
+//! A hook's output: through a pipe into the log, at most `output_limit`
+//! bytes per hook and run, so a runaway hook can neither fill the disk nor
+//! slow the runner (what is over the limit is read and dropped). Processes a
+//! hook leaves behind (a lock holder) keep the pipe open after the hook
+//! exits; a detached relay then goes on copying what they print, so they are
+//! never cut off by SIGPIPE and never hold up the runner or qemu-ga.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+
+use crate::log::{Log, timestamp};
+use crate::units::format_size;
+
+pub struct Capture {
+    read: Option<OwnedFd>,
+    limit: Option<u64>,
+    kept: u64,
+    dropped: u64,
+}
+
+impl Capture {
+    /// A pipe: the capture keeps the read end, the hook gets the write end
+    /// (returned) as stdout and stderr. `limit`: `None` keeps everything.
+    pub fn new(limit: Option<u64>) -> io::Result<(Capture, OwnedFd)> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // Only our end is non-blocking: the hook's writes block as usual.
+        fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let capture = Capture {
+            read: Some(read),
+            limit,
+            kept: 0,
+            dropped: 0,
+        };
+        Ok((capture, write))
+    }
+
+    /// The read end while it is open, for polling.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.read.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Moves everything readable now into the log.
+    pub fn pump(&mut self, log: &Log) {
+        let Some(fd) = &self.read else { return };
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => {
+                    self.read = None;
+                    return;
+                }
+                Ok(n) => {
+                    let room = self.limit.map_or(n as u64, |l| l.saturating_sub(self.kept));
+                    let keep = (n as u64).min(room) as usize;
+                    if keep > 0 {
+                        log.output(&buf[..keep]);
+                    }
+                    self.kept += keep as u64;
+                    self.dropped += (n - keep) as u64;
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(_) => {
+                    self.read = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After the hook ended: takes what is left, hands the pipe to a relay
+    /// if something still holds it open, and logs what was cut.
+    pub fn finish(mut self, log: &Log, label: &str) {
+        self.pump(log);
+        if self.dropped > 0 {
+            log.line(&cut_note(label, self.limit, self.dropped));
+        }
+        let Some(read) = self.read.take() else { return };
+        let budget = Budget {
+            limit: self.limit,
+            remaining: self.limit.map(|l| l.saturating_sub(self.kept)),
+        };
+        let handed = match log.file_fd() {
+            Some(log_fd) => crate::sys::detach(&[read.as_fd(), log_fd], |fds| {
+                relay(fds[0], Some(fds[1]), budget, label)
+            }),
+            None => crate::sys::detach(&[read.as_fd()], |fds| relay(fds[0], None, budget, label)),
+        };
+        match handed {
+            Ok(()) => log.line(&format!(
+                "{label} left processes holding its output open; a detached relay logs what they print"
+            )),
+            Err(e) => log.warn(&format!(
+                "{label} left processes holding its output open, and no relay could start ({e}); they may get SIGPIPE"
+            )),
+        }
+    }
+}
+
+fn cut_note(label: &str, limit: Option<u64>, dropped: u64) -> String {
+    format!(
+        "{label}: output cut at {} (output_limit); {} more discarded",
+        format_size(limit.unwrap_or(0)),
+        format_size(dropped)
+    )
+}
+
+/// The limit of one hook's output and what the hook itself left of it.
+#[derive(Clone, Copy)]
+struct Budget {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+}
+
+/// The relay's loop, in the detached process: copy until every writer is
+/// gone, within what is left of the limit.
+fn relay(read: RawFd, log: Option<RawFd>, budget: Budget, label: &str) {
+    let mut remaining = budget.remaining;
+    // SAFETY: in the detached process these numbers are the descriptors
+    // `detach` placed for us; they stay open until this process exits.
+    let read = unsafe { BorrowedFd::borrow_raw(read) };
+    // SAFETY: as above.
+    let log = log.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+    let _ = fcntl(read, FcntlArg::F_SETFL(OFlag::empty()));
+    let mut dropped = 0u64;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match nix::unistd::read(read, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let keep = remaining.map_or(n as u64, |r| r.min(n as u64)) as usize;
+                if let (Some(fd), true) = (log, keep > 0) {
+                    write_all(fd, &buf[..keep]);
+                }
+                if let Some(r) = remaining.as_mut() {
+                    *r -= keep as u64;
+                }
+                dropped += (n - keep) as u64;
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    if let (Some(fd), true) = (log, dropped > 0) {
+        let line = format!(
+            "{}: {}\n",
+            timestamp(),
+            cut_note(label, budget.limit, dropped)
+        );
+        write_all(fd, line.as_bytes());
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
