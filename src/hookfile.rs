@@ -51,7 +51,7 @@ pub fn open(path: &Path, policy: &Policy) -> Result<Opened, String> {
         return Err("is not executable".into());
     }
     policy
-        .check_file(path, &meta)
+        .check_open_file(&file, &meta)
         .map_err(|u| format!("is not trusted: {u}"))?;
     let mut head = [0u8; SHEBANG_MAX];
     let n = read_head(&file, &mut head).map_err(|e| format!("cannot be read: {e}"))?;

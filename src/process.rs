@@ -180,35 +180,35 @@ pub fn run(
     };
     let shell;
     let hook_fd = spawn.opened.file.as_fd();
-    // The kernel runs a script by handing its interpreter /dev/fd/N, the open
-    // file we checked; for a file without #! we do the same with /bin/sh.
-    let by_fd = format!("/dev/fd/{}", hook_fd.as_raw_fd());
-    let (program, argv, keep_open) = match spawn.opened.kind {
-        Kind::Elf => (
-            hook_fd,
-            vec![spawn.path.as_os_str(), OsStr::new(spawn.phase)],
-            None,
-        ),
-        Kind::Script => (
-            hook_fd,
-            vec![spawn.path.as_os_str(), OsStr::new(spawn.phase)],
-            Some(hook_fd),
-        ),
-        Kind::Shell => {
+    // The kernel runs a script by handing its interpreter the file's name;
+    // here that is /proc/self/fd/N or /dev/fd/N, the open file we checked,
+    // which must therefore be inherited. A file without #! goes to /bin/sh
+    // the same way.
+    let inherited = match spawn.opened.kind {
+        Kind::Elf => None,
+        Kind::Script | Kind::Shell => match sys::dup_inheritable(hook_fd) {
+            Ok(fd) => Some(fd),
+            Err(e) => return not_started(format!("cannot pass the file on: {e}")),
+        },
+    };
+    let by_fd = inherited
+        .as_ref()
+        .map(|fd| format!("/dev/fd/{}", fd.as_raw_fd()))
+        .unwrap_or_default();
+    let phase = OsStr::new(spawn.phase);
+    let (program, argv) = match (spawn.opened.kind, &inherited) {
+        (Kind::Script, Some(fd)) => (fd.as_fd(), vec![spawn.path.as_os_str(), phase]),
+        (Kind::Shell, Some(_)) => {
             shell = match File::open("/bin/sh") {
                 Ok(f) => f,
                 Err(e) => return not_started(format!("/bin/sh: {e}")),
             };
             (
                 shell.as_fd(),
-                vec![
-                    OsStr::new("/bin/sh"),
-                    OsStr::new(&by_fd),
-                    OsStr::new(spawn.phase),
-                ],
-                Some(hook_fd),
+                vec![OsStr::new("/bin/sh"), OsStr::new(&by_fd), phase],
             )
         }
+        _ => (hook_fd, vec![spawn.path.as_os_str(), phase]),
     };
     let argv: Vec<CString> = argv.into_iter().filter_map(c_string).collect();
     let envp = environment(&spawn, ctx.log.path());
@@ -216,7 +216,6 @@ pub fn run(
         program,
         argv: &argv,
         envp: &envp,
-        keep_open,
         stdin: devnull.as_fd(),
         output: write.as_fd(),
     };
@@ -225,6 +224,7 @@ pub fn run(
         Err(e) => return not_started(e.to_string()),
     };
     drop(write);
+    drop(inherited);
     let mut watch = Watch {
         pid,
         capture: &mut capture,

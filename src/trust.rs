@@ -5,8 +5,11 @@
 //! (/tmp): only the owner of an entry can replace it, and the entry below is
 //! checked in turn. Not as root, the invoking user may own them too.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, Metadata};
+use std::fs::{self, File, Metadata};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -23,11 +26,14 @@ impl fmt::Display for Untrusted {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Policy {
     /// Besides root, the one other owner allowed (the invoking user when not
     /// root).
     user: Option<u32>,
+    /// Directories already found trusted during this run (every hook of a
+    /// dir shares its chain).
+    trusted_dirs: RefCell<HashSet<PathBuf>>,
 }
 
 const STICKY: u32 = 0o1000;
@@ -37,6 +43,7 @@ impl Policy {
         let uid = nix::unistd::geteuid();
         Policy {
             user: (!uid.is_root()).then_some(uid.as_raw()),
+            trusted_dirs: RefCell::default(),
         }
     }
 
@@ -44,6 +51,7 @@ impl Policy {
     pub fn for_user(uid: u32) -> Policy {
         Policy {
             user: (uid != 0).then_some(uid),
+            trusted_dirs: RefCell::default(),
         }
     }
 
@@ -88,6 +96,14 @@ impl Policy {
             path: dir.to_path_buf(),
             rule: format!("cannot be resolved: {e}"),
         })?;
+        self.check_real_dir(&real)
+    }
+
+    /// [`Policy::check_dir`] for a path without symlinks.
+    fn check_real_dir(&self, real: &Path) -> Result<(), Untrusted> {
+        if self.trusted_dirs.borrow().contains(real) {
+            return Ok(());
+        }
         let mut at = PathBuf::from("/");
         let mut chain = vec![at.clone()];
         for part in real.components().skip(1) {
@@ -101,38 +117,34 @@ impl Policy {
             })?;
             self.check_meta(&p, &meta, true)?;
         }
+        self.trusted_dirs.borrow_mut().insert(real.to_path_buf());
         Ok(())
     }
 
-    /// Checks an open file (`meta` from fstat) and the directories above the
-    /// path it was opened by, after resolving symlinks; the resolved path must
-    /// still name the open file.
-    pub fn check_file(&self, path: &Path, meta: &Metadata) -> Result<(), Untrusted> {
-        let real = fs::canonicalize(path).map_err(|e| Untrusted {
-            path: path.to_path_buf(),
-            rule: format!("cannot be resolved: {e}"),
+    /// Checks an open file: `meta` from fstat, and the directories above the
+    /// path the kernel has for it (its /proc/self/fd link: symlinks resolved,
+    /// and no second lookup that could find another file).
+    pub fn check_open_file(&self, file: &File, meta: &Metadata) -> Result<(), Untrusted> {
+        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let real = fs::read_link(&link).map_err(|e| Untrusted {
+            path: PathBuf::from(&link),
+            rule: format!("cannot be resolved (is /proc mounted?): {e}"),
         })?;
-        let now = fs::metadata(&real).map_err(|e| Untrusted {
-            path: real.clone(),
-            rule: format!("cannot be examined: {e}"),
-        })?;
-        if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
-            return Err(Untrusted {
-                path: real,
-                rule: "was replaced while being checked".into(),
-            });
-        }
         self.check_meta(&real, meta, false)?;
-        self.check_dir(real.parent().unwrap_or(Path::new("/")))
+        self.check_real_dir(real.parent().unwrap_or(Path::new("/")))
     }
 
     /// Checks a file by path (the config): the file and its directories.
     pub fn check_path(&self, path: &Path) -> Result<(), Untrusted> {
-        let meta = fs::metadata(path).map_err(|e| Untrusted {
+        let file = File::open(path).map_err(|e| Untrusted {
+            path: path.to_path_buf(),
+            rule: format!("cannot be opened: {e}"),
+        })?;
+        let meta = file.metadata().map_err(|e| Untrusted {
             path: path.to_path_buf(),
             rule: format!("cannot be examined: {e}"),
         })?;
-        self.check_file(path, &meta)
+        self.check_open_file(&file, &meta)
     }
 }
 
@@ -147,20 +159,21 @@ mod tests {
 
     #[test]
     fn modes_are_judged_for_the_running_user() {
-        // Runs as whoever runs the tests: that user is the allowed owner.
+        // Runs as whoever runs the tests: that user is the allowed owner. A
+        // policy caches trusted dirs for one run, so each check gets a new one.
         let me = nix::unistd::geteuid().as_raw();
-        let policy = Policy::for_user(me);
+        let policy = || Policy::for_user(me);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hook");
         fs::write(&file, "").unwrap();
         chmod(&file, 0o755);
-        assert_eq!(policy.check_path(&file), Ok(()));
+        assert_eq!(policy().check_path(&file), Ok(()));
         chmod(&file, 0o775);
-        let err = policy.check_path(&file).unwrap_err();
+        let err = policy().check_path(&file).unwrap_err();
         assert!(err.rule.starts_with("is writable by group"), "{err}");
         chmod(&file, 0o757);
         assert!(
-            policy
+            policy()
                 .check_path(&file)
                 .unwrap_err()
                 .rule
@@ -168,11 +181,11 @@ mod tests {
         );
         chmod(&file, 0o755);
         chmod(dir.path(), 0o777);
-        let err = policy.check_path(&file).unwrap_err();
+        let err = policy().check_path(&file).unwrap_err();
         assert_eq!(err.path, fs::canonicalize(dir.path()).unwrap(), "{err}");
         chmod(dir.path(), 0o1777);
         assert_eq!(
-            policy.check_path(&file),
+            policy().check_path(&file),
             Ok(()),
             "sticky: the entry's owner decides"
         );

@@ -50,9 +50,6 @@ impl Events {
     /// Waits for a waited signal, for `input` to become readable, or for
     /// `timeout` (`None`: no limit) to pass.
     pub fn wait(&self, input: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Event {
-        if let Some(sig) = self.take() {
-            return Event::Signal(sig);
-        }
         let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
         if let Some(fd) = input {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
