@@ -2,6 +2,7 @@
 //! under the real qemu-ga on a loop-mounted filesystem the test made.
 
 mod common;
+mod faults;
 mod loopfs;
 mod phases;
 mod processes;

@@ -1,0 +1,606 @@
+//! Hostile and broken input: each case gets a clear error and loses nothing.
+//! The README's "what happens when" table names these tests.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::{BIN, Env, alive, eventually, lines_with, read_pid, signal};
+use crate::qemu_ga::require_root;
+
+const NOBODY: u32 = 65534;
+
+fn chown_nobody(path: &Path) {
+    nix::unistd::chown(path, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+// ---- trust ----------------------------------------------------------------
+
+#[test]
+fn untrusted_hook_owned_by_another_user_fails_the_freeze_and_names_the_rule() {
+    if !require_root("untrusted_hook_owner") {
+        return;
+    }
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let evil = env.tracing_hook("20-evil", "");
+    chown_nobody(&evil);
+    env.tracing_hook("30-c", "");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let expect = format!(
+        "20-evil was not run: it is not trusted: {} is owned by uid 65534, not by root",
+        evil.display()
+    );
+    assert!(run.stderr.contains(&expect), "{}", run.stderr);
+    assert!(run.stderr.contains("rolled back 10-a"), "{}", run.stderr);
+    // The untrusted hook never ran, not even for the rollback.
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "10-a thaw rollback=1"]
+    );
+    assert_eq!(
+        lines_with(
+            &run.log,
+            &format!("refused {} freeze: it is not trusted", evil.display())
+        )
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn untrusted_hook_under_continue_is_logged_and_skipped() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let loose = env.tracing_hook("20-group-writable", "");
+    chmod(&loose, 0o775);
+    env.tracing_hook("30-c", "");
+    env.set_config("on_error = \"continue\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "30-c freeze rollback=0"]
+    );
+    let refused = lines_with(&run.log, "refused ");
+    assert_eq!(refused.len(), 1, "{}", run.log);
+    assert!(
+        refused[0].contains("is writable by group (mode 0775; chmod go-w)"),
+        "{}",
+        refused[0]
+    );
+}
+
+#[test]
+fn hook_symlinked_into_a_writable_dir_is_refused() {
+    let env = Env::new();
+    let open_dir = env.path().join("open");
+    fs::create_dir(&open_dir).unwrap();
+    let target = open_dir.join("hook");
+    fs::write(&target, "#!/bin/sh\nexit 0\n").unwrap();
+    chmod(&target, 0o755);
+    chmod(&open_dir, 0o777);
+    symlink(&target, env.hooks.join("10-link")).unwrap();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let expect = format!(
+        "{} is writable by group and others (mode 0777",
+        open_dir.display()
+    );
+    assert!(run.stderr.contains(&expect), "{}", run.stderr);
+}
+
+#[test]
+fn hooks_dir_writable_by_others_is_refused_and_nothing_runs() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    chmod(&env.hooks, 0o777);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "hooks dir is not trusted: {} is writable by group and others",
+            env.hooks.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(env.trace().is_empty());
+}
+
+/// A world-writable dir counts when it is sticky and the entry below it is
+/// trusted: a root-owned dir under /tmp is fine (every test relies on that),
+/// a user-owned one is not.
+#[test]
+fn user_owned_dir_under_sticky_tmp_is_refused() {
+    if !require_root("user_owned_dir_under_tmp") {
+        return;
+    }
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let run = env.run(&["freeze"]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "root-owned temp dir under /tmp is trusted: {run:?}"
+    );
+    let user_dir = tempfile::Builder::new()
+        .prefix("fsfreeze-hook-user-owned.")
+        .tempdir()
+        .unwrap();
+    chown_nobody(user_dir.path());
+    let hooks = user_dir.path().join("hooks");
+    fs::create_dir(&hooks).unwrap();
+    let run = env.run(&["freeze", "--hooks-dir", hooks.to_str().unwrap()]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    let expect = format!(
+        "{} is owned by uid 65534, not by root",
+        user_dir.path().display()
+    );
+    assert!(run.stderr.contains(&expect), "{}", run.stderr);
+}
+
+#[test]
+fn config_writable_by_others_is_refused() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    chmod(&env.config, 0o666);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "config is not trusted, no hook run: {} is writable by group and others",
+            env.config.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(env.trace().is_empty());
+}
+
+// ---- what a hook file can be ------------------------------------------------
+
+#[test]
+fn missing_interpreter_is_named() {
+    let env = Env::new();
+    let path = env.hooks.join("10-py");
+    fs::write(&path, "#!/usr/bin/python9 -u\nprint('hi')\n").unwrap();
+    chmod(&path, 0o755);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("10-py was not run: it names interpreter /usr/bin/python9 in its #! line, which does not exist"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn overlong_shebang_and_binary_garbage_are_refused() {
+    let env = Env::new();
+    let long = env.hooks.join("10-long");
+    fs::write(&long, format!("#!/bin/sh {}\nexit 0\n", "x".repeat(300))).unwrap();
+    chmod(&long, 0o755);
+    let garbage = env.hooks.join("20-garbage");
+    fs::write(&garbage, b"\x00\x13\x37\xff garbage \x00\x00").unwrap();
+    chmod(&garbage, 0o755);
+    env.set_config("on_error = \"continue\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let refused = lines_with(&run.log, "refused ");
+    assert_eq!(refused.len(), 2, "{}", run.log);
+    assert!(
+        refused[0].ends_with("has a #! line longer than 255 bytes, the kernel's limit"),
+        "{}",
+        refused[0]
+    );
+    assert!(
+        refused[1].ends_with("is binary data: neither a #! script nor an ELF executable"),
+        "{}",
+        refused[1]
+    );
+}
+
+#[test]
+fn socket_in_the_hooks_dir_is_skipped() {
+    let env = Env::new();
+    let _listener = UnixListener::bind(env.hooks.join("10-socket")).unwrap();
+    env.tracing_hook("20-a", "");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        lines_with(&run.log, "10-socket: not a regular file (socket)").len(),
+        1,
+        "{}",
+        run.log
+    );
+    assert_eq!(env.trace(), ["20-a freeze rollback=0"]);
+}
+
+#[test]
+fn unreadable_hooks_dir_is_a_clear_error() {
+    if !require_root("unreadable_hooks_dir") {
+        return;
+    }
+    // Root reads any dir, so the run is made as nobody, in nobody's own dir.
+    let dir = tempfile::Builder::new()
+        .prefix("fsfreeze-hook-unreadable.")
+        .tempdir()
+        .unwrap();
+    chmod(dir.path(), 0o755);
+    let home = dir.path().join("home");
+    fs::create_dir(&home).unwrap();
+    let hooks = home.join("hooks");
+    fs::create_dir(&hooks).unwrap();
+    chown_nobody(&home);
+    chown_nobody(&hooks);
+    chmod(&hooks, 0o000);
+    let out = Command::new(BIN)
+        .args(["freeze", "--hooks-dir", hooks.to_str().unwrap()])
+        .env_clear()
+        .env("HOME", &home)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot read hooks dir {}: Permission denied",
+            hooks.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn ten_thousand_hooks_run_in_order() {
+    let env = Env::new();
+    let target = env.path().join("shared-hook");
+    fs::write(
+        &target,
+        format!(
+            "#!/bin/sh\necho \"${{FSFREEZE_HOOK_PATH##*/}}\" >> '{}'\n",
+            env.trace.display()
+        ),
+    )
+    .unwrap();
+    chmod(&target, 0o755);
+    for i in 0..10_000 {
+        symlink(&target, env.hooks.join(format!("{i:05}"))).unwrap();
+    }
+    let start = Instant::now();
+    let run = env.run(&["freeze", "--timeout", "0"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let trace = env.trace();
+    assert_eq!(trace.len(), 10_000);
+    assert!(trace.windows(2).all(|w| w[0] < w[1]), "byte order");
+    assert_eq!(trace[0], "00000");
+    assert_eq!(trace[9_999], "09999");
+    // A generous bound: about 1 ms a hook on the 2-core test machines.
+    assert!(
+        start.elapsed() < Duration::from_secs(240),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+// ---- output -------------------------------------------------------------------
+
+#[test]
+fn hook_printing_100_mb_is_capped_at_the_output_limit() {
+    let env = Env::new();
+    env.hook(
+        "10-flood",
+        "head -c 104857600 /dev/zero | tr '\\0' 'x'\necho done-flooding >&2",
+    );
+    env.tracing_hook("20-after", "");
+    let start = Instant::now();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    let log_size = fs::metadata(&env.log).unwrap().len();
+    assert!(
+        log_size < (1 << 20) + 64 * 1024,
+        "log grew to {log_size} bytes"
+    );
+    assert!(log_size > (1 << 20), "the first MiB is kept: {log_size}");
+    let note = lines_with(
+        &run.log,
+        "10-flood: output cut at 1 MiB (output_limit); 99.0 MiB more discarded",
+    );
+    assert_eq!(note.len(), 1);
+    assert_eq!(env.trace(), ["20-after freeze rollback=0"]);
+}
+
+#[test]
+fn output_limit_is_configurable() {
+    let env = Env::new();
+    env.hook("10-chatty", "head -c 5000 /dev/zero | tr '\\0' '~'");
+    env.set_config("output_limit = \"1KiB\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0));
+    assert_eq!(run.log.matches('~').count(), 1024);
+    assert_eq!(
+        lines_with(
+            &run.log,
+            "output cut at 1 KiB (output_limit); 3.9 KiB more discarded"
+        )
+        .len(),
+        1
+    );
+    env.set_config("output_limit = \"0\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.log.matches('~').count(), 1024 + 5000, "0: no limit");
+}
+
+#[test]
+fn hook_that_closes_stdout_early_still_logs_stderr() {
+    let env = Env::new();
+    env.hook(
+        "10-closer",
+        "exec 1>&-\nsleep 0.2\necho 'still here on stderr' >&2",
+    );
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        lines_with(&run.log, "still here on stderr").len(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+#[test]
+fn hook_that_daemonizes_with_setsid_does_not_hold_up_the_runner() {
+    let env = Env::new();
+    let pid = env.path().join("daemon.pid");
+    env.hook(
+        "10-daemon",
+        &format!(
+            "setsid sh -c 'echo $$ > \"{pid}\"; sleep 1; echo \"daemon says hello\"' &\nexit 0",
+            pid = pid.display()
+        ),
+    );
+    let start = Instant::now();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    let daemon = read_pid(&pid);
+    assert!(alive(daemon));
+    assert!(
+        eventually(Duration::from_secs(5), || env
+            .log_text()
+            .contains("daemon says hello")),
+        "{}",
+        env.log_text()
+    );
+    assert_eq!(
+        lines_with(&run.log, "left processes holding its output open").len(),
+        1
+    );
+}
+
+#[test]
+fn hook_killed_by_sigkill_fails_the_freeze() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.hook("20-dies", "[ \"$1\" = freeze ] && kill -KILL $$\nexit 0");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("20-dies was killed by SIGKILL after"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        lines_with(&run.log, "20-dies finished with status=137").len(),
+        1
+    );
+}
+
+/// A log on a full filesystem: a tiny tmpfs the test mounts and fills.
+#[test]
+fn log_on_a_full_filesystem_never_fails_a_phase() {
+    if !require_root("log_on_full_fs") {
+        return;
+    }
+    let env = Env::new();
+    let mnt = env.path().join("full");
+    fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=16k",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&mnt);
+    let log = mnt.join("hook.log");
+    fs::write(&log, "").unwrap();
+    let filler = fs::write(mnt.join("filler"), vec![b'.'; 64 * 1024]);
+    assert!(filler.is_err(), "the tmpfs must be full");
+    env.tracing_hook("10-a", "echo some output");
+    env.tracing_hook("20-b", "");
+    let run = env.run(&["freeze", "--log-file", log.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(env.trace().len(), 2);
+    assert!(
+        run.stderr.contains("No space left on device") || Path::new("/dev/log").exists(),
+        "the fallback (stderr without syslog) says why: {}",
+        run.stderr
+    );
+    assert_eq!(
+        env.run(&["thaw", "--log-file", log.to_str().unwrap()]).code,
+        Some(0)
+    );
+}
+
+#[test]
+fn state_dir_that_vanished_between_freeze_and_thaw() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("20-b", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    fs::remove_dir_all(&env.state).unwrap();
+    env.clear_trace();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        ["20-b thaw rollback=0", "10-a thaw rollback=0"],
+        "every hook, as stock"
+    );
+    assert_eq!(
+        lines_with(&run.log, "no journal (first run since boot)").len(),
+        1
+    );
+    assert!(env.state.join("journal").exists(), "recreated");
+}
+
+#[test]
+fn journal_from_another_version_is_treated_as_absent() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    fs::create_dir_all(&env.state).unwrap();
+    fs::write(
+        env.state.join("journal"),
+        "fsfreeze-hook journal 7\nidle 1 thaw\n",
+    )
+    .unwrap();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0));
+    assert_eq!(env.trace(), ["10-a thaw rollback=0"]);
+    assert_eq!(
+        lines_with(
+            &run.log,
+            "written by another version (fsfreeze-hook journal 7)"
+        )
+        .len(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+// ---- config ---------------------------------------------------------------------
+
+#[test]
+fn config_out_of_range_duplicate_keys_and_non_utf8_are_clear_errors() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    for (text, needle) in [
+        (
+            b"timeout = \"25h\"\n".to_vec(),
+            ":1: key `timeout`: \"25h\" is out of range (at most 24h)",
+        ),
+        (
+            b"kill_grace = \"11m\"\n".to_vec(),
+            ":1: key `kill_grace`: \"11m\" is out of range (at most 10m)",
+        ),
+        (
+            b"output_limit = \"2GiB\"\n".to_vec(),
+            ":1: key `output_limit`: 2 GiB is out of range (at most 1 GiB)",
+        ),
+        (
+            b"timeout = \"1s\"\ntimeout = \"2s\"\n".to_vec(),
+            ":2: not valid TOML: duplicate key",
+        ),
+        (
+            b"log_file = \"/tmp/\xff.log\"\n".to_vec(),
+            ":1: not valid UTF-8",
+        ),
+    ] {
+        fs::write(&env.config, &text).unwrap();
+        let run = env.run(&["freeze"]);
+        assert_eq!(run.code, Some(3), "{needle}");
+        assert!(run.stderr.contains(needle), "{needle}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1);
+    }
+    assert!(env.trace().is_empty());
+}
+
+// ---- the environment hooks start with ---------------------------------------
+
+#[test]
+fn hooks_get_a_default_path_and_inherit_resource_limits() {
+    let env = Env::new();
+    let out = env.path().join("seen");
+    env.hook(
+        "10-env",
+        &format!(
+            "echo \"$PATH\" > '{o}'\nulimit -n >> '{o}'",
+            o = out.display()
+        ),
+    );
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 777 && exec \"$@\"")
+        .arg("sh")
+        .arg(BIN)
+        .args(env.command(&["freeze"]).get_args())
+        .env_clear();
+    let status = cmd.status().unwrap();
+    assert!(status.success());
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n777\n"
+    );
+}
+
+// ---- signals ----------------------------------------------------------------------
+
+#[test]
+fn sigint_and_sighup_mid_freeze_roll_back_and_exit_128_plus_signal() {
+    for (sig, code) in [
+        (nix::sys::signal::SIGINT, 130),
+        (nix::sys::signal::SIGHUP, 129),
+    ] {
+        let env = Env::new();
+        env.tracing_hook("10-a", "");
+        let started = env.hanging_freeze_hook("20-slow");
+        env.set_config("kill_grace = \"200ms\"\n");
+        let (child, start) = env.spawn_until(&["freeze"], &started);
+        signal(&child, sig);
+        let run = env.finish(child.wait_with_output().unwrap(), start);
+        assert_eq!(run.code, Some(code), "{sig}: {run:?}");
+        assert_eq!(
+            env.trace(),
+            [
+                "10-a freeze rollback=0",
+                "20-slow freeze rollback=0",
+                "20-slow thaw rollback=1",
+                "10-a thaw rollback=1"
+            ]
+        );
+    }
+}
