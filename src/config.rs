@@ -484,6 +484,7 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         FileConfig::parse(text).map_err(|e| e.in_file(Path::new("/x.conf"), text))
@@ -560,6 +561,71 @@ timeout = "5m"
         let err = parse("a = = 1").unwrap_err();
         assert_eq!(err.line, Some(1), "{err}");
         assert!(err.to_string().contains("not valid TOML"));
+    }
+
+    /// Lines made of the config's own vocabulary, mixed with noise, so that
+    /// the generator reaches the value checks and not only the TOML parser.
+    fn config_texts() -> impl Strategy<Value = String> {
+        let key = proptest::sample::select(vec![
+            "hooks_dir",
+            "log_file",
+            "state_dir",
+            "timeout",
+            "phase_timeout",
+            "kill_grace",
+            "on_error",
+            "thaw_order",
+            "output_limit",
+            "hooks",
+            "[hooks.\"a\"]",
+            "[hooks]",
+            "bogus",
+        ]);
+        let value = prop_oneof![
+            proptest::sample::select(vec![
+                "\"30s\"",
+                "\"0\"",
+                "\"abort\"",
+                "\"forward\"",
+                "\"1MiB\"",
+                "\"\"",
+                "5",
+                "-1",
+                "1.5",
+                "true",
+                "[]",
+                "{}",
+                "\"99999999999999999999h\"",
+                "\"1e9s\"",
+                "{ timeout = \"1s\" }",
+                "\"/x\"",
+                "0x10",
+            ])
+            .prop_map(String::from),
+            any::<String>(),
+        ];
+        let line = prop_oneof![
+            (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+            any::<String>(),
+        ];
+        proptest::collection::vec(line, 0..8).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics_and_errors_are_one_located_line(text in config_texts()) {
+            if let Err(e) = parse(&text) {
+                let shown = e.to_string();
+                prop_assert!(!shown.contains('\n'), "{}", shown);
+                prop_assert!(shown.starts_with("config /x.conf"), "{}", shown);
+            }
+        }
+
+        #[test]
+        fn value_parsers_never_panic(text in any::<String>()) {
+            let _ = crate::units::parse_duration(&text);
+            let _ = crate::units::parse_size(&text);
+        }
     }
 
     #[test]

@@ -205,6 +205,7 @@ pub fn escape_path(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::os::unix::ffi::OsStringExt;
 
     fn verdict(name: &str) -> Result<(), SkipReason> {
@@ -240,6 +241,59 @@ mod tests {
             "line\nbreak",
         ] {
             assert!(verdict(name).is_ok(), "{name:?} must run");
+        }
+    }
+
+    /// The stock script's filter: its glob skips dotfiles, and its case
+    /// statement skips these endings (QEMU scripts/qemu-guest-agent/fsfreeze-hook).
+    fn stock_skips(name: &[u8]) -> bool {
+        const STOCK: [&str; 14] = [
+            "~",
+            ".bak",
+            ".orig",
+            ".rpmnew",
+            ".rpmorig",
+            ".rpmsave",
+            ".sample",
+            ".dpkg-old",
+            ".dpkg-new",
+            ".dpkg-tmp",
+            ".dpkg-dist",
+            ".dpkg-bak",
+            ".dpkg-backup",
+            ".dpkg-remove",
+        ];
+        name.starts_with(b".") || STOCK.iter().any(|s| name.ends_with(s.as_bytes()))
+    }
+
+    fn file_names() -> impl Strategy<Value = Vec<u8>> {
+        let byte = any::<u8>().prop_filter("not in file names", |b| *b != b'/' && *b != 0);
+        let base = proptest::collection::vec(byte, 0..24);
+        let ending = proptest::sample::select(
+            IGNORED_SUFFIXES
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        );
+        prop_oneof![
+            base.clone().prop_filter("non-empty", |n| !n.is_empty()),
+            (base.clone(), ending).prop_map(|(mut b, e)| {
+                b.extend(e);
+                b
+            }),
+            base.prop_map(|b| [b".".to_vec(), b].concat()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_runs_a_name_the_stock_script_skips(name in file_names()) {
+            let verdict = name_verdict(OsStr::from_bytes(&name));
+            if stock_skips(&name) {
+                prop_assert!(verdict.is_err(), "{:?} would run", String::from_utf8_lossy(&name));
+            }
+            // Any name prints as one line.
+            prop_assert!(!escape(OsStr::from_bytes(&name)).contains('\n'));
         }
     }
 

@@ -73,6 +73,10 @@ struct Install {
 
 impl Install {
     fn new() -> Install {
+        Install::with_config("timeout = \"10s\"\nkill_grace = \"1s\"\n")
+    }
+
+    fn with_config(settings: &str) -> Install {
         let dir = tempfile::Builder::new()
             .prefix("fsfreeze-hook-qga.")
             .tempdir()
@@ -86,7 +90,7 @@ impl Install {
         fs::write(
             etc.join("fsfreeze-hook.conf"),
             format!(
-                "log_file = \"{}\"\nstate_dir = \"{}\"\ntimeout = \"10s\"\nkill_grace = \"1s\"\n",
+                "log_file = \"{}\"\nstate_dir = \"{}\"\n{settings}",
                 log.display(),
                 dir.path().join("state").display()
             ),
@@ -392,5 +396,59 @@ fn qemu_ga_freeze_returns_promptly_while_a_lock_holder_lives_on() {
             "the thaw hook ends the holder"
         );
         assert!(!fs.frozen());
+    }
+}
+
+/// A hook that hangs forever must not hang qemu-ga: our timeout ends it, the
+/// agent answers with an error, nothing is frozen, and the next cycle works.
+#[test]
+fn qemu_ga_hanging_hook_is_cut_off_and_the_next_cycle_works() {
+    if !require_root("qemu_ga_hanging_hook") {
+        return;
+    }
+    for qga in agents() {
+        let install = Install::with_config("timeout = \"2s\"\nkill_grace = \"500ms\"\n");
+        let fs = LoopFs::ext4(install.dir.path());
+        let hang = install.dir.path().join("hang");
+        fs::write(&hang, "").unwrap();
+        install.add("10-first", &fs.mnt, "");
+        install.add(
+            "20-hangs",
+            &fs.mnt,
+            &format!(
+                "[ \"$1\" = freeze ] && [ -e '{}' ] && while :; do sleep 1; done\nexit 0",
+                hang.display()
+            ),
+        );
+        let mut agent = Agent::start(&qga, &install);
+        let start = Instant::now();
+        let err = freeze_list(&mut agent, &fs.mnt).expect_err("the freeze must fail");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+            "{}: answered after {took:?}",
+            qga.display()
+        );
+        if major_version(&qga) >= 9 {
+            assert!(err.contains("20-hangs timed out after 2s"), "{err}");
+        }
+        assert_eq!(agent.status(), "thawed");
+        assert!(!fs.frozen());
+        // The next cycle, with the hook no longer hanging, works.
+        fs::remove_file(&hang).unwrap();
+        fs::remove_file(&install.trace).unwrap();
+        assert_eq!(freeze_list(&mut agent, &fs.mnt), Ok(json!(1)));
+        assert!(fs.frozen());
+        assert_eq!(agent.call("guest-fsfreeze-thaw", json!({})), Ok(json!(1)));
+        assert!(!fs.frozen());
+        assert_eq!(
+            install.trace(),
+            [
+                "10-first freeze rollback=0",
+                "20-hangs freeze rollback=0",
+                "20-hangs thaw rollback=0",
+                "10-first thaw rollback=0"
+            ]
+        );
     }
 }
