@@ -10,3 +10,4 @@ mod qemu_ga;
 mod selection;
 mod settings;
 mod user;
+mod readme;
