@@ -80,6 +80,60 @@ fn untrusted_hook_under_continue_is_logged_and_skipped() {
     );
 }
 
+/// Not as root, the invoking user may own hooks too, but nobody else.
+#[test]
+fn normal_user_runs_own_hooks_but_not_another_users() {
+    if !require_root("normal_user_trust") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("fsfreeze-hook-nobody.")
+        .tempdir()
+        .unwrap();
+    chmod(dir.path(), 0o755);
+    let home = dir.path().join("home");
+    let hooks = home.join("hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    let trace = home.join("trace");
+    for (name, owner) in [("10-mine", NOBODY), ("20-root", 0), ("30-other", 4242)] {
+        let hook = hooks.join(name);
+        fs::write(
+            &hook,
+            format!("#!/bin/sh\necho {name} >> '{}'\n", trace.display()),
+        )
+        .unwrap();
+        chmod(&hook, 0o755);
+        nix::unistd::chown(&hook, Some(owner.into()), Some(owner.into())).unwrap();
+    }
+    chown_nobody(&home);
+    chown_nobody(&hooks);
+    let out = Command::new(BIN)
+        .args([
+            "freeze",
+            "--on-error",
+            "continue",
+            "--hooks-dir",
+            hooks.to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("HOME", &home)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(fs::read_to_string(&trace).unwrap(), "10-mine\n20-root\n");
+    let log =
+        fs::read_to_string(home.join(".local/state/fsfreeze-hook/fsfreeze-hook.log")).unwrap();
+    let refused = lines_with(&log, "refused ");
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(
+        refused[0].contains("30-other is owned by uid 4242, not by root or uid 65534"),
+        "{}",
+        refused[0]
+    );
+}
+
 #[test]
 fn hook_symlinked_into_a_writable_dir_is_refused() {
     let env = Env::new();
@@ -552,19 +606,20 @@ fn config_out_of_range_duplicate_keys_and_non_utf8_are_clear_errors() {
 // ---- the environment hooks start with ---------------------------------------
 
 #[test]
-fn hooks_get_a_default_path_and_inherit_resource_limits() {
+fn hooks_get_a_default_path_umask_022_and_inherit_resource_limits() {
     let env = Env::new();
     let out = env.path().join("seen");
     env.hook(
         "10-env",
         &format!(
-            "echo \"$PATH\" > '{o}'\nulimit -n >> '{o}'",
+            "echo \"$PATH\" > '{o}'\nulimit -n >> '{o}'\numask >> '{o}'",
             o = out.display()
         ),
     );
+    // The caller's umask is not passed on (022 is); its limits are.
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg("ulimit -n 777 && exec \"$@\"")
+        .arg("umask 077 && ulimit -n 777 && exec \"$@\"")
         .arg("sh")
         .arg(BIN)
         .args(env.command(&["freeze"]).get_args())
@@ -573,7 +628,7 @@ fn hooks_get_a_default_path_and_inherit_resource_limits() {
     assert!(status.success());
     assert_eq!(
         fs::read_to_string(&out).unwrap(),
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n777\n"
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n777\n0022\n"
     );
 }
 

@@ -7,7 +7,7 @@ mod loopfs;
 mod phases;
 mod processes;
 mod qemu_ga;
+mod readme;
 mod selection;
 mod settings;
 mod user;
-mod readme;
