@@ -158,17 +158,19 @@ fn hooks_dir_writable_by_others_is_refused_and_nothing_runs() {
     let env = Env::new();
     env.tracing_hook("10-a", "");
     chmod(&env.hooks, 0o777);
+    let why = format!(
+        "hooks dir is not trusted: {} is writable by group and others",
+        env.hooks.display()
+    );
+    refused_before_any_hook(&env, &why);
+}
+
+/// The run stops before any hook (exit 3) and says `why` on stderr.
+fn refused_before_any_hook(env: &Env, why: &str) {
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(3), "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "hooks dir is not trusted: {} is writable by group and others",
-            env.hooks.display()
-        )),
-        "{}",
-        run.stderr
-    );
-    assert!(env.trace().is_empty());
+    assert!(run.stderr.contains(why), "{}", run.stderr);
+    assert!(env.trace().is_empty(), "no hook may run");
 }
 
 /// A world-writable dir counts when it is sticky and the entry below it is
@@ -208,17 +210,11 @@ fn config_writable_by_others_is_refused() {
     let env = Env::new();
     env.tracing_hook("10-a", "");
     chmod(&env.config, 0o666);
-    let run = env.run(&["freeze"]);
-    assert_eq!(run.code, Some(3), "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "config is not trusted, no hook run: {} is writable by group and others",
-            env.config.display()
-        )),
-        "{}",
-        run.stderr
+    let why = format!(
+        "config is not trusted, no hook run: {} is writable by group and others",
+        env.config.display()
     );
-    assert!(env.trace().is_empty());
+    refused_before_any_hook(&env, &why);
 }
 
 // ---- what a hook file can be ------------------------------------------------
