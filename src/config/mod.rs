@@ -1,0 +1,321 @@
+//! Settings: built-in defaults, overridden by the config file, overridden by
+//! command-line flags. qemu-ga passes no flags, so everything a flag can set can
+//! be set in the file too.
+
+mod file;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use file::{FileConfig, line_of};
+
+/// A time limit; `None` means no limit (written "0").
+pub type Limit = Option<Duration>;
+
+/// What a failing freeze hook does to the rest of the phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Stop the phase, thaw every hook whose freeze started (in reverse), exit non-zero.
+    Abort,
+    /// Log the failure and go on, exit 0: what the stock script does.
+    Continue,
+}
+
+impl OnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Abort => "abort",
+            OnError::Continue => "continue",
+        }
+    }
+}
+
+/// The order of the thaw phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThawOrder {
+    /// Exact reverse of the freeze order, like a stack of locks (VMware Tools).
+    Reverse,
+    /// Same order as the freeze, as the stock script does.
+    Forward,
+}
+
+pub const SYSTEM_HOOKS_DIR: &str = "/etc/qemu/fsfreeze-hook.d";
+pub const SYSTEM_CONFIG: &str = "/etc/qemu/fsfreeze-hook.conf";
+pub const ROOT_LOG_FILE: &str = "/var/log/qga-fsfreeze-hook.log";
+pub const ROOT_STATE_DIR: &str = "/run/fsfreeze-hook";
+pub const CONFIG_ENV: &str = "FSFREEZE_HOOK_CONFIG";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+/// Longer than any backup tool waits for a freeze (Proxmox: 600 s).
+const MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
+const MAX_KILL_GRACE: Duration = Duration::from_secs(600);
+const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
+const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
+
+/// What the command line sets; `None` leaves the file's or default value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub hooks_dir: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub timeout: Option<Limit>,
+    pub on_error: Option<OnError>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub config_file: Option<PathBuf>,
+    pub hooks_dir: PathBuf,
+    pub log_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub timeout: Limit,
+    pub phase_timeout: Limit,
+    pub kill_grace: Duration,
+    pub on_error: OnError,
+    pub thaw_order: ThawOrder,
+    /// Bytes of output one hook may add to the log per run; `None`: no limit.
+    pub output_limit: Option<u64>,
+    /// `[hooks."NAME"] timeout = ...`; a `--timeout` flag overrides these too.
+    pub hook_timeouts: BTreeMap<String, Limit>,
+    /// Where the log and state went when not running as root, for `rehearse`.
+    pub fallback_note: Option<String>,
+}
+
+impl Settings {
+    /// The time limit of one hook.
+    pub fn timeout_for(&self, name: &OsStr) -> Limit {
+        name.to_str()
+            .and_then(|n| self.hook_timeouts.get(n))
+            .copied()
+            .unwrap_or(self.timeout)
+    }
+
+    /// Loads the settings for a run invoked as `argv0`.
+    pub fn load(argv0: &Path, flags: &Overrides) -> Result<Settings, ConfigError> {
+        let env = std::env::var_os(CONFIG_ENV);
+        let file = match locate_config(flags.config.as_deref(), env.as_deref(), argv0) {
+            Some(path) => {
+                let text = std::fs::read(&path).map_err(|e| ConfigError {
+                    file: path.clone(),
+                    line: None,
+                    key: None,
+                    message: format!("cannot read: {e}"),
+                })?;
+                let text = String::from_utf8(text).map_err(|e| ConfigError {
+                    file: path.clone(),
+                    line: Some(line_of(e.as_bytes(), e.utf8_error().valid_up_to())),
+                    key: None,
+                    message: "not valid UTF-8".into(),
+                })?;
+                let parsed = FileConfig::parse(&text).map_err(|e| e.in_file(&path, &text))?;
+                Some((path, parsed))
+            }
+            None => None,
+        };
+        let (config_file, file) = match file {
+            Some((p, f)) => (Some(p), f),
+            None => (None, FileConfig::default()),
+        };
+        let root = crate::sys::is_root();
+        let (log_default, state_default, fallback_note) = if root {
+            (ROOT_LOG_FILE.into(), ROOT_STATE_DIR.into(), None)
+        } else {
+            let (log, state) = user_locations();
+            let note = format!(
+                "not root: log in {}, state in {} (root uses {ROOT_LOG_FILE} and {ROOT_STATE_DIR})",
+                log.display(),
+                state.display()
+            );
+            (log, state, Some(note))
+        };
+        let log_explicit = flags.log_file.is_some() || file.log_file.is_some();
+        let state_explicit = flags.state_dir.is_some() || file.state_dir.is_some();
+        let mut hook_timeouts = file.hook_timeouts;
+        // `--timeout` is how an administrator bounds a rehearsal: it wins over
+        // the file's per-hook values too.
+        if flags.timeout.is_some() {
+            hook_timeouts.clear();
+        }
+        Ok(Settings {
+            config_file,
+            hooks_dir: flags
+                .hooks_dir
+                .clone()
+                .or(file.hooks_dir)
+                .unwrap_or_else(|| default_hooks_dir(argv0)),
+            log_file: flags
+                .log_file
+                .clone()
+                .or(file.log_file)
+                .unwrap_or(log_default),
+            state_dir: flags
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or(state_default),
+            timeout: flags
+                .timeout
+                .or(file.timeout)
+                .unwrap_or(Some(DEFAULT_TIMEOUT)),
+            phase_timeout: file.phase_timeout.unwrap_or(Some(DEFAULT_PHASE_TIMEOUT)),
+            kill_grace: file.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
+            on_error: flags.on_error.or(file.on_error).unwrap_or(OnError::Abort),
+            thaw_order: file.thaw_order.unwrap_or(ThawOrder::Reverse),
+            output_limit: file.output_limit.unwrap_or(Some(DEFAULT_OUTPUT_LIMIT)),
+            hook_timeouts,
+            fallback_note: fallback_note.filter(|_| !(log_explicit && state_explicit)),
+        })
+    }
+}
+
+/// The stock script reads `$(dirname "$0")/fsfreeze-hook.d`. Typed through
+/// `PATH` (no slash in argv[0]) we look where qemu-ga's hook looks instead of
+/// in the directory of whatever `PATH` entry matched.
+pub fn default_hooks_dir(argv0: &Path) -> PathBuf {
+    beside_invoked(argv0, "fsfreeze-hook.d").unwrap_or_else(|| SYSTEM_HOOKS_DIR.into())
+}
+
+fn beside_invoked(argv0: &Path, name: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if !argv0.as_os_str().as_bytes().contains(&b'/') {
+        return None;
+    }
+    let dir = argv0.parent().filter(|d| !d.as_os_str().is_empty());
+    Some(dir.unwrap_or(Path::new("/")).join(name))
+}
+
+/// First found of: `--config`, `$FSFREEZE_HOOK_CONFIG`, `fsfreeze-hook.conf`
+/// beside the invoked path, `/etc/qemu/fsfreeze-hook.conf`. The first two are
+/// returned even when missing, so that a wrong explicit path is an error
+/// rather than silently ignored.
+fn locate_config(flag: Option<&Path>, env: Option<&OsStr>, argv0: &Path) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env.filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let beside = beside_invoked(argv0, "fsfreeze-hook.conf");
+    beside
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from(SYSTEM_CONFIG)))
+        .find(|p| p.exists())
+}
+
+/// Where a normal user's log and state go: the XDG state and runtime dirs.
+fn user_locations() -> (PathBuf, PathBuf) {
+    let env_dir = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = env_dir("HOME");
+    let uid = nix::unistd::geteuid();
+    let state_home = env_dir("XDG_STATE_HOME")
+        .or_else(|| home.as_ref().map(|h| h.join(".local/state")))
+        .map(|d| d.join("fsfreeze-hook"))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/fsfreeze-hook-{uid}")));
+    let runtime = env_dir("XDG_RUNTIME_DIR")
+        .map(|d| d.join("fsfreeze-hook"))
+        .unwrap_or_else(|| state_home.join("run"));
+    (state_home.join("fsfreeze-hook.log"), runtime)
+}
+
+/// A config that cannot be used. Displayed as one line:
+/// `FILE:LINE: key `KEY`: MESSAGE`.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config {}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message.replace('\n', " "))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_dir_beside_invoked_path_or_system() {
+        assert_eq!(
+            default_hooks_dir(Path::new("/etc/qemu/fsfreeze-hook")),
+            PathBuf::from("/etc/qemu/fsfreeze-hook.d")
+        );
+        assert_eq!(
+            default_hooks_dir(Path::new("./fsfreeze-hook")),
+            PathBuf::from("./fsfreeze-hook.d")
+        );
+        assert_eq!(
+            default_hooks_dir(Path::new("fsfreeze-hook")),
+            PathBuf::from(SYSTEM_HOOKS_DIR)
+        );
+        assert_eq!(
+            default_hooks_dir(Path::new("/fsfreeze-hook")),
+            PathBuf::from("/fsfreeze-hook.d")
+        );
+    }
+
+    #[test]
+    fn config_search_order() {
+        let dir = std::env::temp_dir().join(format!("fh-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let beside = dir.join("fsfreeze-hook.conf");
+        std::fs::write(&beside, "").unwrap();
+        let argv0 = dir.join("fsfreeze-hook");
+        let flag = Path::new("/nonexistent/flag.conf");
+        let env = OsStr::new("/nonexistent/env.conf");
+        assert_eq!(locate_config(Some(flag), Some(env), &argv0).unwrap(), flag);
+        assert_eq!(
+            locate_config(None, Some(env), &argv0).unwrap(),
+            Path::new(env)
+        );
+        assert_eq!(locate_config(None, None, &argv0).unwrap(), beside);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn per_hook_timeout_applies_to_that_hook_only() {
+        let mut hook_timeouts = BTreeMap::new();
+        hook_timeouts.insert("20-mysql".to_string(), None);
+        let s = Settings {
+            config_file: None,
+            hooks_dir: "/d".into(),
+            log_file: "/l".into(),
+            state_dir: "/s".into(),
+            timeout: Some(Duration::from_secs(60)),
+            phase_timeout: None,
+            kill_grace: Duration::from_secs(5),
+            on_error: OnError::Abort,
+            thaw_order: ThawOrder::Reverse,
+            output_limit: None,
+            hook_timeouts,
+            fallback_note: None,
+        };
+        assert_eq!(s.timeout_for(OsStr::new("20-mysql")), None);
+        assert_eq!(
+            s.timeout_for(OsStr::new("10-app")),
+            Some(Duration::from_secs(60))
+        );
+    }
+}
