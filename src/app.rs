@@ -12,6 +12,7 @@ use crate::journal::{self, Recorded, StateLock};
 use crate::log::Log;
 use crate::report;
 use crate::runner::{End, Phase, Runner};
+use crate::standalone;
 use crate::sys::{self, Event, Events};
 use crate::trust::Policy;
 use crate::units::{format_duration, format_limit};
@@ -40,26 +41,46 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
             &format!("config is not trusted, no hook run: {u}"),
         );
     }
-    let log = Log::open(&settings.log_file, !sys::is_root());
     let events = match Events::new() {
         Ok(e) => e,
         Err(e) => return fail(EXIT_SETUP, &format!("cannot set up signal handling: {e}")),
     };
+    // A thaw may run while the log's filesystem is frozen, and status
+    // writes nothing: neither opens the log up front.
+    let open_log = || Log::open(&settings.log_file, !sys::is_root());
     match cli.command {
-        Command::Freeze => phase(&settings, &log, &events, Phase::Freeze),
-        Command::Thaw => phase(&settings, &log, &events, Phase::Thaw),
-        Command::Rehearse { hold } => rehearse(&settings, &log, &events, hold),
+        Command::Freeze { fs: false, .. } => freeze_hooks(&settings, &open_log(), &events),
+        Command::Freeze {
+            fs: true,
+            mountpoints,
+            auto_thaw,
+        } => standalone::freeze_fs(&settings, &open_log(), &events, &mountpoints, auto_thaw.0),
+        Command::Thaw { all, .. } => standalone::thaw(&settings, &events, all),
+        Command::Snapshot {
+            mountpoints,
+            max_frozen,
+            command,
+        } => standalone::snapshot(
+            &settings,
+            &open_log(),
+            &events,
+            &mountpoints,
+            max_frozen.0,
+            &command,
+        ),
+        Command::Status { json } => standalone::status(&settings, json),
+        Command::Rehearse { hold } => rehearse(&settings, &open_log(), &events, hold),
     }
 }
 
 /// Prints the one line a failure gets on stderr (qemu-ga 9.1+ hands it to the
 /// hypervisor as the error text) and returns `code`.
-fn fail(code: u8, line: &str) -> ExitCode {
+pub fn fail(code: u8, line: &str) -> ExitCode {
     eprintln!("fsfreeze-hook: {line}");
     ExitCode::from(code)
 }
 
-fn header(settings: &Settings, log: &Log, what: &str) {
+pub fn header(settings: &Settings, log: &Log, what: &str) {
     log.line(&format!(
         "fsfreeze-hook {} pid {}: {what}; hooks dir {}; config {}; on_error {}, timeout {}, phase_timeout {}",
         env!("CARGO_PKG_VERSION"),
@@ -77,7 +98,7 @@ fn header(settings: &Settings, log: &Log, what: &str) {
 
 /// Takes the state dir and lock. A thaw goes on without a usable state dir
 /// (it must never be the reason something stays held); a freeze does not.
-fn lock(settings: &Settings, log: &Log, phase: Phase) -> Result<Option<StateLock>, ExitCode> {
+pub fn lock(settings: &Settings, log: &Log, phase: Phase) -> Result<Option<StateLock>, ExitCode> {
     let refuse = |e: anyhow::Error| {
         log.line(&format!("{phase} refused: {e:#}"));
         fail(EXIT_SETUP, &format!("{phase} refused, no hook run: {e:#}"))
@@ -95,7 +116,7 @@ fn lock(settings: &Settings, log: &Log, phase: Phase) -> Result<Option<StateLock
     }
 }
 
-fn discover(settings: &Settings, log: &Log) -> Result<Option<Discovery>, String> {
+pub fn discover(settings: &Settings, log: &Log) -> Result<Option<Discovery>, String> {
     let found = hooks::discover(&settings.hooks_dir).map_err(|e| {
         format!(
             "cannot read hooks dir {}: {e}",
@@ -119,40 +140,46 @@ fn discover(settings: &Settings, log: &Log) -> Result<Option<Discovery>, String>
     Ok(found)
 }
 
-fn phase(settings: &Settings, log: &Log, events: &Events, phase: Phase) -> ExitCode {
-    header(settings, log, &phase.to_string());
+/// qemu-ga's `freeze`: the hooks only.
+fn freeze_hooks(settings: &Settings, log: &Log, events: &Events) -> ExitCode {
+    header(settings, log, "freeze");
     let start = Instant::now();
-    let _lock = match lock(settings, log, phase) {
+    let _lock = match lock(settings, log, Phase::Freeze) {
         Ok(l) => l,
         Err(code) => return code,
     };
     let found = match discover(settings, log) {
         Ok(f) => f,
         Err(msg) => {
-            log.line(&format!("{phase} refused: {msg}"));
-            return fail(EXIT_SETUP, &format!("{phase} refused, no hook run: {msg}"));
+            log.line(&format!("freeze refused: {msg}"));
+            return fail(EXIT_SETUP, &format!("freeze refused, no hook run: {msg}"));
         }
     };
     let mut runner = Runner::new(settings, log, events);
-    let held = matches!(runner.journal().read(), Recorded::Held { .. });
-    if found.is_none() && !(phase == Phase::Thaw && held) {
+    if let Recorded::Held(h) = runner.journal().read()
+        && !h.filesystems.is_empty()
+    {
+        // A new record would lose them, and with it the thaw.
+        let msg = "filesystems are frozen by a standalone freeze; run `fsfreeze-hook thaw` first";
+        log.line(&format!("freeze refused: {msg}"));
+        return fail(EXIT_SETUP, &format!("freeze refused, no hook run: {msg}"));
+    }
+    let Some(found) = found else {
         // The stock script's behaviour: no hooks dir, nothing to do.
         log.line(&format!(
             "hooks dir {} does not exist; nothing to run",
             escape_path(&settings.hooks_dir)
         ));
         return ExitCode::from(EXIT_OK);
-    }
-    let end = match phase {
-        Phase::Freeze => runner.freeze(&found.unwrap_or_default().hooks),
-        Phase::Thaw => runner.thaw(found.as_ref()),
     };
-    finish(log, &phase.to_string(), start, end)
+    let end = runner.freeze(&found.hooks);
+    finish(log, "freeze", start, end)
 }
 
-fn finish(log: &Log, phase: &str, start: Instant, end: End) -> ExitCode {
+pub fn finish(log: &Log, phase: &str, start: Instant, end: End) -> ExitCode {
     let took = format_duration(start.elapsed());
     match end {
+        End::Nothing => ExitCode::from(EXIT_OK),
         End::Done => {
             log.line(&format!("{phase} finished in {took}: ok"));
             ExitCode::from(EXIT_OK)
@@ -215,7 +242,7 @@ fn rehearse(settings: &Settings, log: &Log, events: &Events, hold: Duration) -> 
         Err(code) => return code,
     };
     let mut runner = Runner::new(settings, log, events);
-    if let Recorded::Held { .. } = runner.journal().read() {
+    if let Recorded::Held(_) = runner.journal().read() {
         let msg = "a freeze is in progress (the journal holds hooks not yet thawed); a rehearsal \
                    would thaw them. Run `fsfreeze-hook thaw` first if that freeze is stale";
         log.line(&format!("rehearse refused: {msg}"));

@@ -78,12 +78,72 @@ fn parse_limit_flag(text: &str) -> Result<LimitArg, String> {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the freeze hooks in order; on a failure, thaw the ones started, in
-    /// reverse (what qemu-ga calls before the freeze)
-    Freeze,
+    /// reverse (what qemu-ga calls before the freeze). With --fs, then freeze
+    /// the filesystems too (standalone mode, without qemu-ga)
+    Freeze {
+        /// Freeze filesystems after the hooks (FIFREEZE), every one qemu-ga
+        /// would freeze unless -m names some; needs root
+        #[arg(long)]
+        fs: bool,
 
-    /// Run the thaw hooks of what the last freeze left held, in reverse order
-    /// (what qemu-ga calls after the thaw)
-    Thaw,
+        /// Freeze only the filesystem mounted here (repeatable)
+        #[arg(
+            short = 'm',
+            long = "mountpoint",
+            value_name = "MOUNTPOINT",
+            requires = "fs"
+        )]
+        mountpoints: Vec<PathBuf>,
+
+        /// With --fs: if no thaw comes within DUR, the watchdog thaws the
+        /// filesystems and runs the thaw hooks; 0 for never (it still thaws
+        /// when interrupted)
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_limit_flag)]
+        auto_thaw: LimitArg,
+    },
+
+    /// Thaw what the last freeze left held: the filesystems it froze (if any),
+    /// then its thaw hooks, in reverse order (what qemu-ga calls after the thaw)
+    Thaw {
+        /// Accepted for symmetry with `freeze --fs`: every thaw thaws the
+        /// filesystems a freeze recorded, so none is ever left frozen
+        #[arg(long)]
+        fs: bool,
+
+        /// Recovery: FITHAW every filesystem qemu-ga would freeze, whoever
+        /// froze it (one that is not frozen is left alone)
+        #[arg(long, requires = "fs")]
+        all: bool,
+    },
+
+    /// Freeze hooks, freeze the filesystems, run COMMAND, thaw the
+    /// filesystems, thaw hooks: an application-consistent snapshot without
+    /// qemu-ga. Exits with COMMAND's status; 124 if the frozen window expired
+    /// (filesystems thawed, COMMAND ended), 125 if the freeze failed (rolled
+    /// back, COMMAND not run); needs root
+    Snapshot {
+        /// Freeze only the filesystem mounted here (repeatable); default: every
+        /// filesystem qemu-ga would freeze
+        #[arg(short = 'm', long = "mountpoint", value_name = "MOUNTPOINT")]
+        mountpoints: Vec<PathBuf>,
+
+        /// Longest time filesystems stay frozen; then they are thawed and
+        /// COMMAND is ended (Windows VSS gives writers 60 s too)
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_limit_flag)]
+        max_frozen: LimitArg,
+
+        /// The command that takes the snapshot, run while frozen
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
+
+    /// Show what is frozen now and since when, which hooks hold, and whether
+    /// a watchdog is armed
+    Status {
+        /// One JSON document instead of text
+        #[arg(long)]
+        json: bool,
+    },
 
     /// Freeze then thaw the hooks, no filesystem frozen, and show how long each
     /// took and how long applications were held: to test hooks by hand
@@ -123,11 +183,58 @@ mod tests {
         let before = Cli::try_parse_from(["fh", "--timeout", "5s", "freeze"]).unwrap();
         let after = Cli::try_parse_from(["fh", "freeze", "--timeout", "5s"]).unwrap();
         for cli in [before, after] {
-            assert!(matches!(cli.command, Command::Freeze));
+            assert!(matches!(cli.command, Command::Freeze { fs: false, .. }));
             assert_eq!(cli.global.timeout.unwrap().0, Some(Duration::from_secs(5)));
         }
         let cli = Cli::try_parse_from(["fh", "thaw", "--timeout", "0"]).unwrap();
         assert_eq!(cli.global.timeout.unwrap().0, None);
+    }
+
+    #[test]
+    fn standalone_forms_parse() {
+        let cli = Cli::try_parse_from([
+            "fh",
+            "snapshot",
+            "-m",
+            "/a",
+            "-m",
+            "/b",
+            "--max-frozen",
+            "5s",
+            "--",
+            "cp",
+            "-a",
+            "x",
+        ])
+        .unwrap();
+        let Command::Snapshot {
+            mountpoints,
+            max_frozen,
+            command,
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(mountpoints, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(max_frozen.0, Some(Duration::from_secs(5)));
+        assert_eq!(command, ["cp", "-a", "x"]);
+        let cli = Cli::try_parse_from(["fh", "freeze", "--fs", "--auto-thaw", "0"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Freeze {
+                fs: true,
+                auto_thaw: LimitArg(None),
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["fh", "thaw", "--fs", "--all"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Thaw {
+                fs: true,
+                all: true
+            }
+        ));
     }
 
     #[test]
@@ -138,6 +245,9 @@ mod tests {
             vec!["fh", "freeze", "--on-error", "ignore"],
             vec!["fh", "freeze", "--timeout", "5x"],
             vec!["fh"],
+            vec!["fh", "freeze", "-m", "/x"],
+            vec!["fh", "thaw", "--all"],
+            vec!["fh", "snapshot", "-m", "/x"],
         ] {
             let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

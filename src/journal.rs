@@ -9,10 +9,17 @@
 //! freeze <unix-ms> <pid>
 //! start <name>          one line before each hook's freeze starts
 //! frozen <unix-ms>      the freeze phase completed
+//! watchdog <pid> <ms>   standalone: the watchdog, and its deadline (0: none)
+//! fs <mountpoint>       standalone: one line before each FIFREEZE
+//! fs-skip <mountpoint>  ... which did not freeze it (unsupported, frozen by
+//!                       someone else, failed): not ours to thaw
+//! fs-frozen <unix-ms>   every filesystem is frozen
 //! ```
 //!
-//! or, once nothing is held, the header and `idle <unix-ms> <why>`. Names are
-//! percent-encoded so any byte string fits on a line.
+//! or, once nothing is held, the header and `idle <unix-ms> <why>`. Names and
+//! paths are percent-encoded so any byte string fits on a line. A filesystem
+//! is recorded before its FIFREEZE: a runner killed right after the ioctl
+//! still leaves it listed, and thawing one that is not frozen is harmless.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -36,15 +43,26 @@ pub enum Recorded {
     Absent,
     /// The last freeze was thawed or rolled back.
     Idle,
-    /// Hooks whose freeze started, in start order; `complete` once the whole
-    /// freeze phase finished (otherwise the runner died during it).
-    Held {
-        since_ms: u64,
-        names: Vec<OsString>,
-        complete: bool,
-    },
+    /// A freeze that was not thawed yet.
+    Held(Held),
     /// Unreadable, or written by another version: treated as absent.
     Corrupt(String),
+}
+
+/// What a freeze holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub since_ms: u64,
+    /// Hooks whose freeze started, in start order.
+    pub names: Vec<OsString>,
+    /// The whole hook phase finished (otherwise the runner died during it).
+    pub complete: bool,
+    /// Filesystems frozen (or about to be), in freeze order.
+    pub filesystems: Vec<PathBuf>,
+    /// When every filesystem was frozen.
+    pub frozen_at_ms: Option<u64>,
+    /// The watchdog's pid and deadline (unix ms), if one is armed.
+    pub watchdog: Option<(i32, Option<u64>)>,
 }
 
 pub struct Journal {
@@ -96,22 +114,66 @@ impl Journal {
         self.append_line(&format!("frozen {}\n", now_ms()))
     }
 
+    /// Records the watchdog guarding this freeze.
+    pub fn watchdog(&mut self, pid: i32, deadline_ms: Option<u64>) -> Result<()> {
+        self.append_line(&format!("watchdog {pid} {}\n", deadline_ms.unwrap_or(0)))
+    }
+
+    /// Records a filesystem about to be frozen.
+    pub fn fs_freezing(&mut self, mountpoint: &Path) -> Result<()> {
+        self.append_line(&format!(
+            "fs {}\n",
+            encode(mountpoint.as_os_str().as_bytes())
+        ))
+    }
+
+    /// Records that the last FIFREEZE did not freeze `mountpoint` for us.
+    pub fn fs_skipped(&mut self, mountpoint: &Path) -> Result<()> {
+        self.append_line(&format!(
+            "fs-skip {}\n",
+            encode(mountpoint.as_os_str().as_bytes())
+        ))
+    }
+
+    pub fn fs_all_frozen(&mut self) -> Result<()> {
+        self.append_line(&format!("fs-frozen {}\n", now_ms()))
+    }
+
     /// Ends a freeze record: after a thaw or rollback, `still_held` lists the
     /// hooks whose thaw never started (a phase timeout cut the phase short), so
     /// the next thaw retries them; empty means nothing is held.
     pub fn finish(&mut self, since_ms: u64, still_held: &[OsString], why: &str) -> Result<()> {
+        self.finish_held(
+            &Held {
+                since_ms,
+                names: still_held.to_vec(),
+                complete: true,
+                ..Held::default()
+            },
+            why,
+        )
+    }
+
+    /// Ends a freeze record, keeping what `rest` still holds (hooks not
+    /// thawed, filesystems whose thaw failed); idle when it holds nothing.
+    pub fn finish_held(&mut self, rest: &Held, why: &str) -> Result<()> {
         self.append = None;
-        let text = if still_held.is_empty() {
-            format!("{HEADER}\nidle {} {why}\n", now_ms())
-        } else {
-            let mut t = format!("{HEADER}\nfreeze {since_ms} {}\n", std::process::id());
-            for name in still_held {
-                t.push_str(&format!("start {}\n", encode(name.as_bytes())));
-            }
-            t.push_str(&format!("frozen {}\n", now_ms()));
-            t
-        };
-        self.replace(&text)
+        if rest.names.is_empty() && rest.filesystems.is_empty() {
+            return self.replace(&format!("{HEADER}\nidle {} {why}\n", now_ms()));
+        }
+        let mut t = format!(
+            "{HEADER}\nfreeze {} {}\n",
+            rest.since_ms,
+            std::process::id()
+        );
+        for name in &rest.names {
+            t.push_str(&format!("start {}\n", encode(name.as_bytes())));
+        }
+        t.push_str(&format!("frozen {}\n", now_ms()));
+        for fs in &rest.filesystems {
+            t.push_str(&format!("fs {}\n", encode(fs.as_os_str().as_bytes())));
+        }
+        self.replace(&t)
     }
 
     fn append_line(&mut self, line: &str) -> Result<()> {
@@ -153,33 +215,57 @@ fn parse(bytes: &[u8]) -> Recorded {
         }
         _ => return Recorded::Corrupt("no journal header".into()),
     }
-    let mut state = None;
+    let mut state: Option<Recorded> = None;
     for line in lines {
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        match (word, &mut state) {
-            ("idle", None) => state = Some(Recorded::Idle),
-            ("freeze", None) => {
-                let Some(since_ms) = rest.split(' ').next().and_then(|s| s.parse().ok()) else {
-                    return Recorded::Corrupt(format!("bad line: {line}"));
-                };
-                state = Some(Recorded::Held {
-                    since_ms,
-                    names: Vec::new(),
-                    complete: false,
-                });
+        let bad = || Recorded::Corrupt(format!("bad line: {line}"));
+        let held = match (&mut state, word) {
+            (None, "idle") => {
+                state = Some(Recorded::Idle);
+                continue;
             }
-            (
-                "start",
-                Some(Recorded::Held {
-                    names,
-                    complete: false,
-                    ..
-                }),
-            ) => match decode(rest) {
-                Some(name) if !name.is_empty() => names.push(OsString::from_vec(name)),
-                _ => return Recorded::Corrupt(format!("bad line: {line}")),
+            (None, "freeze") => {
+                let Some(since_ms) = rest.split(' ').next().and_then(|s| s.parse().ok()) else {
+                    return bad();
+                };
+                state = Some(Recorded::Held(Held {
+                    since_ms,
+                    ..Held::default()
+                }));
+                continue;
+            }
+            (Some(Recorded::Held(h)), _) => h,
+            _ => return Recorded::Corrupt(format!("unexpected line: {line}")),
+        };
+        let path = || {
+            decode(rest)
+                .filter(|p| !p.is_empty())
+                .map(|p| PathBuf::from(OsString::from_vec(p)))
+        };
+        match word {
+            "start" if !held.complete => match decode(rest) {
+                Some(name) if !name.is_empty() => held.names.push(OsString::from_vec(name)),
+                _ => return bad(),
             },
-            ("frozen", Some(Recorded::Held { complete, .. })) => *complete = true,
+            "frozen" => held.complete = true,
+            "watchdog" => {
+                let mut parts = rest.split(' ').map(|p| p.parse::<u64>().ok());
+                match (parts.next().flatten(), parts.next().flatten()) {
+                    (Some(pid), Some(deadline)) => {
+                        held.watchdog = Some((pid as i32, (deadline != 0).then_some(deadline)));
+                    }
+                    _ => return bad(),
+                }
+            }
+            "fs" => match path() {
+                Some(p) => held.filesystems.push(p),
+                None => return bad(),
+            },
+            "fs-skip" => match path() {
+                Some(p) => held.filesystems.retain(|f| f != &p),
+                None => return bad(),
+            },
+            "fs-frozen" => held.frozen_at_ms = rest.parse().ok(),
             _ => return Recorded::Corrupt(format!("unexpected line: {line}")),
         }
     }
@@ -296,29 +382,38 @@ mod tests {
         j.started("10-app".as_ref()).unwrap();
         j.started(&odd).unwrap();
         match j.read() {
-            Recorded::Held {
-                names, complete, ..
-            } => {
-                assert_eq!(names, vec![OsString::from("10-app"), odd.clone()]);
-                assert!(!complete);
+            Recorded::Held(h) => {
+                assert_eq!(h.names, vec![OsString::from("10-app"), odd.clone()]);
+                assert!(!h.complete);
             }
             other => panic!("{other:?}"),
         }
         j.mark_frozen().unwrap();
-        let Recorded::Held {
-            since_ms,
-            complete: true,
-            ..
-        } = j.read()
-        else {
-            panic!("not complete");
+        j.watchdog(4242, Some(99)).unwrap();
+        let spaced = PathBuf::from("/srv/with space");
+        j.fs_freezing(&spaced).unwrap();
+        j.fs_freezing(Path::new("/busy")).unwrap();
+        j.fs_skipped(Path::new("/busy")).unwrap();
+        j.fs_all_frozen().unwrap();
+        let Recorded::Held(h) = j.read() else {
+            panic!("not held");
         };
-        j.finish(since_ms, std::slice::from_ref(&odd), "thaw")
-            .unwrap();
-        assert!(
-            matches!(j.read(), Recorded::Held { ref names, complete: true, .. } if names == &vec![odd.clone()])
+        assert!(h.complete);
+        assert_eq!(
+            h.filesystems,
+            vec![spaced.clone()],
+            "skipped ones are not ours"
         );
-        j.finish(since_ms, &[], "thaw").unwrap();
+        assert_eq!(h.watchdog, Some((4242, Some(99))));
+        assert!(h.frozen_at_ms.is_some());
+        j.finish(h.since_ms, std::slice::from_ref(&odd), "thaw")
+            .unwrap();
+        let Recorded::Held(rest) = j.read() else {
+            panic!("hooks still held");
+        };
+        assert_eq!(rest.names, vec![odd.clone()]);
+        assert!(rest.complete && rest.filesystems.is_empty());
+        j.finish(h.since_ms, &[], "thaw").unwrap();
         assert_eq!(j.read(), Recorded::Idle);
         fs::remove_dir_all(&dir).unwrap();
     }

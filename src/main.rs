@@ -3,17 +3,21 @@
 mod app;
 mod cli;
 mod config;
+mod freeze;
 mod hookfile;
 mod hooks;
 mod journal;
 mod log;
+mod mounts;
 mod output;
 mod process;
 mod report;
 mod runner;
+mod standalone;
 mod sys;
 mod trust;
 mod units;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

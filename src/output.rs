@@ -6,7 +6,7 @@
 //! never cut off by SIGPIPE and never hold up the runner or qemu-ga.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -117,13 +117,8 @@ struct Budget {
 
 /// The relay's loop, in the detached process: copy until every writer is
 /// gone, within what is left of the limit.
-fn relay(read: RawFd, log: Option<RawFd>, budget: Budget, label: &str) {
+fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, label: &str) {
     let mut remaining = budget.remaining;
-    // SAFETY: in the detached process these numbers are the descriptors
-    // `detach` placed for us; they stay open until this process exits.
-    let read = unsafe { BorrowedFd::borrow_raw(read) };
-    // SAFETY: as above.
-    let log = log.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
     let _ = fcntl(read, FcntlArg::F_SETFL(OFlag::empty()));
     let mut dropped = 0u64;
     let mut buf = [0u8; 64 * 1024];

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use crate::hookfile::{Kind, Opened};
 use crate::log::Log;
 use crate::output::Capture;
-use crate::sys::{self, Event, Events, Exec, Exit};
+use crate::sys::{self, Event, Events, Exec, Exit, Program};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
 /// init may not set one).
@@ -213,11 +213,12 @@ pub fn run(
     let argv: Vec<CString> = argv.into_iter().filter_map(c_string).collect();
     let envp = environment(&spawn, ctx.log.path());
     let exec = Exec {
-        program,
+        program: Program::Open(program),
         argv: &argv,
         envp: &envp,
         stdin: devnull.as_fd(),
-        output: write.as_fd(),
+        stdout: write.as_fd(),
+        stderr: write.as_fd(),
     };
     let pid = match sys::spawn(&exec) {
         Ok(pid) => pid,
@@ -225,13 +226,7 @@ pub fn run(
     };
     drop(write);
     drop(inherited);
-    let mut watch = Watch {
-        pid,
-        capture: &mut capture,
-        ctx,
-        signal_seen,
-    };
-    let outcome = watch.supervise(start, limits);
+    let outcome = Watch::new(pid, Some(&mut capture), ctx, signal_seen).supervise(start, limits);
     capture.finish(ctx.log, &crate::hooks::escape_path(spawn.path));
     Finished {
         outcome,
@@ -274,51 +269,99 @@ fn environment(spawn: &Spawn<'_>, log_path: &Path) -> Vec<CString> {
         .collect()
 }
 
-/// The runner's side of one running hook.
-struct Watch<'a, 'b> {
+/// How a wait for a child ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    Ended(Outcome),
+    Deadline,
+    /// A stop signal (TERM, INT, HUP) reached the runner.
+    Stopped(Signal),
+}
+
+/// The runner's side of one running child: a hook (with its output capture)
+/// or a snapshot's COMMAND (without).
+pub struct Watch<'a, 'b> {
     pid: Pid,
-    capture: &'a mut Capture,
+    capture: Option<&'a mut Capture>,
     ctx: &'a Context<'b>,
     signal_seen: &'a mut Option<Signal>,
 }
 
-impl Watch<'_, '_> {
-    fn supervise(&mut self, start: Instant, limits: Limits) -> Outcome {
-        let deadline = limits.timeout.map(|(d, _)| start + d);
+impl<'a, 'b> Watch<'a, 'b> {
+    pub fn new(
+        pid: Pid,
+        capture: Option<&'a mut Capture>,
+        ctx: &'a Context<'b>,
+        signal_seen: &'a mut Option<Signal>,
+    ) -> Watch<'a, 'b> {
+        Watch {
+            pid,
+            capture,
+            ctx,
+            signal_seen,
+        }
+    }
+
+    fn pump(&mut self) {
+        if let Some(c) = self.capture.as_deref_mut() {
+            c.pump(self.ctx.log);
+        }
+    }
+
+    fn capture_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.capture.as_deref().and_then(|c| c.fd())
+    }
+
+    /// Waits until the child ends, `deadline` passes, or a stop signal comes
+    /// (recorded in `signal_seen`; returned only when `interruptible`).
+    pub fn wait_until(&mut self, deadline: Option<Instant>, interruptible: bool) -> WaitEnd {
         loop {
             match sys::try_reap(self.pid) {
-                Ok(Some(Exit::Code(c))) => return Outcome::Exited(c),
-                Ok(Some(Exit::Signal(s))) => return Outcome::Signaled(s),
+                Ok(Some(Exit::Code(c))) => return WaitEnd::Ended(Outcome::Exited(c)),
+                Ok(Some(Exit::Signal(s))) => return WaitEnd::Ended(Outcome::Signaled(s)),
                 Ok(None) => {}
-                Err(e) => return Outcome::NotStarted(format!("cannot wait: {e}")),
+                Err(e) => return WaitEnd::Ended(Outcome::NotStarted(format!("cannot wait: {e}"))),
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if remaining == Some(Duration::ZERO) {
-                let (limit, kind) = limits.timeout.expect("deadline implies a limit");
-                let killed = self.end_group(limits.grace);
-                return Outcome::TimedOut {
-                    limit,
-                    kind,
-                    killed,
-                };
+                return WaitEnd::Deadline;
             }
-            match self.ctx.events.wait(self.capture.fd(), remaining) {
-                Event::Readable => self.capture.pump(self.ctx.log),
+            match self.ctx.events.wait(self.capture_fd(), remaining) {
+                Event::Readable => self.pump(),
                 Event::Timeout | Event::Signal(Signal::SIGCHLD) => {}
                 Event::Signal(sig) => {
                     *self.signal_seen = Some(sig);
-                    if limits.interruptible {
-                        self.end_group(limits.grace);
-                        return Outcome::Interrupted(sig);
+                    if interruptible {
+                        return WaitEnd::Stopped(sig);
                     }
                 }
             }
         }
     }
 
+    fn supervise(&mut self, start: Instant, limits: Limits) -> Outcome {
+        let deadline = limits.timeout.map(|(d, _)| start + d);
+        match self.wait_until(deadline, limits.interruptible) {
+            WaitEnd::Ended(outcome) => outcome,
+            WaitEnd::Deadline => {
+                let (limit, kind) = limits.timeout.expect("deadline implies a limit");
+                let killed = self.end_group(limits.grace);
+                Outcome::TimedOut {
+                    limit,
+                    kind,
+                    killed,
+                }
+            }
+            WaitEnd::Stopped(sig) => {
+                self.end_group(limits.grace);
+                Outcome::Interrupted(sig)
+            }
+        }
+    }
+
     /// SIGTERM to the group, up to `grace` for every member to go, then
-    /// SIGKILL. Returns whether SIGKILL was needed. The hook is reaped here.
-    fn end_group(&mut self, grace: Duration) -> bool {
+    /// SIGKILL. Returns whether SIGKILL was needed. The child is reaped here.
+    pub fn end_group(&mut self, grace: Duration) -> bool {
         let pgid = self.pid;
         sys::signal_group(pgid, Signal::SIGTERM);
         let mut reaped = false;
@@ -336,7 +379,7 @@ impl Watch<'_, '_> {
         true
     }
 
-    /// Waits until the hook is reaped and its group is empty, or `until`,
+    /// Waits until the child is reaped and its group is empty, or `until`,
     /// draining output meanwhile so no member blocks on a full pipe.
     fn wait_gone(&mut self, reaped: &mut bool, until: Instant) -> bool {
         loop {
@@ -353,12 +396,12 @@ impl Watch<'_, '_> {
             }
             let step = (until - now).min(Duration::from_millis(10));
             if *reaped {
-                self.capture.pump(self.ctx.log);
+                self.pump();
                 thread::sleep(step);
                 continue;
             }
-            match self.ctx.events.wait(self.capture.fd(), Some(step)) {
-                Event::Readable => self.capture.pump(self.ctx.log),
+            match self.ctx.events.wait(self.capture_fd(), Some(step)) {
+                Event::Readable => self.pump(),
                 Event::Signal(sig) if sig != Signal::SIGCHLD => *self.signal_seen = Some(sig),
                 _ => {}
             }

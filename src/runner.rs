@@ -48,6 +48,8 @@ pub struct Record {
 pub enum End {
     /// Every hook succeeded, or failures were accepted (`on_error = "continue"`).
     Done,
+    /// There was nothing to do (no hooks dir); said in the log already.
+    Nothing,
     /// One line for stderr: what failed and what was rolled back.
     Failed(String),
     /// The runner got a stop signal; cleanup is done.
@@ -81,13 +83,18 @@ impl<'a> Runner<'a> {
         &self.journal
     }
 
+    /// The journal of the freeze under way, for standalone mode's records.
+    pub fn journal_mut(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
     /// Runs the freeze hooks in order. The first failure under `abort` stops
     /// the phase and thaws, in reverse, every hook whose freeze started.
     pub fn freeze(&mut self, hooks: &[Hook]) -> End {
-        if let Recorded::Held { names, .. } = self.journal.read() {
+        if let Recorded::Held(held) = self.journal.read() {
             self.log.warn(&format!(
                 "the previous freeze was never thawed (hooks {}); starting a new one",
-                list(&names)
+                list(&held.names)
             ));
         }
         let since_ms = match self.journal.begin_freeze() {
@@ -167,6 +174,12 @@ impl<'a> Runner<'a> {
     /// freeze order (or forward, `thaw_order = "forward"`). Every hook runs even
     /// when an earlier one fails.
     pub fn thaw(&mut self, found: Option<&Discovery>) -> End {
+        self.thaw_as(found, false)
+    }
+
+    /// [`Runner::thaw`]; with `rollback`, as the undoing of a freeze that
+    /// failed after its hooks (a FIFREEZE failure): `FSFREEZE_ROLLBACK=1`.
+    pub fn thaw_as(&mut self, found: Option<&Discovery>, rollback: bool) -> End {
         let all: &[Hook] = found.map_or(&[], |d| &d.hooks);
         let (since_ms, mut plan, mut failures) = match self.journal.read() {
             Recorded::Idle => {
@@ -185,22 +198,18 @@ impl<'a> Runner<'a> {
                 ));
                 (crate::journal::now_ms(), all.to_vec(), Vec::new())
             }
-            Recorded::Held {
-                since_ms,
-                names,
-                complete,
-            } => {
-                if !complete {
+            Recorded::Held(held) => {
+                if !held.complete {
                     self.log.warn(&format!(
                         "the last freeze did not complete (its runner died); thawing the {} hook(s) it started",
-                        names.len()
+                        held.names.len()
                     ));
                 }
-                let (plan, missing) = resolve(&names, found);
+                let (plan, missing) = resolve(&held.names, found);
                 for m in &missing {
                     self.log.warn(m);
                 }
-                (since_ms, plan, missing)
+                (held.since_ms, plan, missing)
             }
         };
         if self.settings.thaw_order == ThawOrder::Reverse {
@@ -227,7 +236,7 @@ impl<'a> Runner<'a> {
                 not_run = plan[i..].iter().map(|h| h.name.clone()).collect();
                 break;
             };
-            let fin = self.open_and_run(hook, Phase::Thaw, false, limits);
+            let fin = self.open_and_run(hook, Phase::Thaw, rollback, limits);
             if !fin.outcome.success() {
                 failures.push(format!("{} {}", hook.display_name(), fin.summary()));
             }
@@ -235,9 +244,10 @@ impl<'a> Runner<'a> {
         if self.settings.thaw_order == ThawOrder::Reverse {
             not_run.reverse();
         }
-        if let Err(e) = crate::journal::ensure_state_dir(&self.settings.state_dir)
-            .and_then(|()| self.journal.finish(since_ms, &not_run, "thaw"))
-        {
+        if let Err(e) = crate::journal::ensure_state_dir(&self.settings.state_dir).and_then(|()| {
+            let why = if rollback { "rollback" } else { "thaw" };
+            self.journal.finish(since_ms, &not_run, why)
+        }) {
             self.log.warn(&format!("{e:#}"));
         }
         if failures.is_empty()

@@ -292,7 +292,13 @@ timeout = "5m"
         );
         assert!(!text.contains('\n'));
         // The list of known keys is complete.
-        for key in ["hooks_dir", "phase_timeout", "thaw_order", "output_limit", "hooks."] {
+        for key in [
+            "hooks_dir",
+            "phase_timeout",
+            "thaw_order",
+            "output_limit",
+            "hooks.",
+        ] {
             assert!(text.contains(key), "{text}");
         }
     }

@@ -2,6 +2,7 @@
 //! behind a small safe function, with a `SAFETY:` note on each `unsafe` block.
 //! The runner is single-threaded: `spawn` and `detach` rely on it.
 
+mod freeze;
 mod signals;
 mod spawn;
 
@@ -14,8 +15,9 @@ use nix::sys::signal::{SigHandler, SigmaskHow, Signal, sigprocmask};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
+pub use freeze::{fifreeze, fithaw};
 pub use signals::{Event, Events, take_pending_stop_signal, waited_signals};
-pub use spawn::{Exec, Exit, detach, dup_inheritable, spawn, try_reap};
+pub use spawn::{Exec, Exit, Program, detach, dup_inheritable, spawn, try_reap};
 
 /// Puts the process in the state the runner relies on: fds 0-2 open (so no
 /// file we open lands on them), the waited signals blocked (children get an

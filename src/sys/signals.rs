@@ -40,10 +40,20 @@ pub struct Events {
 impl Events {
     /// Needs the signals blocked first (`prepare_process`).
     pub fn new() -> std::io::Result<Events> {
-        let fd = SignalFd::with_flags(
-            &waited_signals(),
-            SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
-        )?;
+        Events::from_set(&waited_signals())
+    }
+
+    /// Events for `signals`, which the caller has blocked.
+    pub fn with(signals: &[Signal]) -> std::io::Result<Events> {
+        let mut set = SigSet::empty();
+        for sig in signals {
+            set.add(*sig);
+        }
+        Events::from_set(&set)
+    }
+
+    fn from_set(set: &SigSet) -> std::io::Result<Events> {
+        let fd = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         Ok(Events { fd })
     }
 

@@ -9,17 +9,24 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+/// Which program to execute.
+pub enum Program<'a> {
+    /// An open file, run through its /proc/self/fd path, which names this
+    /// open file and nothing else, so no other file can be swapped in between
+    /// our checks and the exec.
+    Open(BorrowedFd<'a>),
+    /// A command name looked up in `PATH` (posix_spawnp), as a shell would.
+    Search(&'a std::ffi::CStr),
+}
+
 /// What to execute.
 pub struct Exec<'a> {
-    /// The open file to execute. It is run through its /proc/self/fd path,
-    /// which names this open file and nothing else, so no other file can be
-    /// swapped in between our checks and the exec.
-    pub program: BorrowedFd<'a>,
+    pub program: Program<'a>,
     pub argv: &'a [CString],
     pub envp: &'a [CString],
     pub stdin: BorrowedFd<'a>,
-    /// Stdout and stderr.
-    pub output: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
 }
 
 /// How a child ended.
@@ -55,8 +62,13 @@ pub fn dup_inheritable(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// uses a vfork-style clone: no copy of the runner's page tables, which made
 /// a fork per hook measurably slower than a shell's.
 pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
-    let path = CString::new(format!("/proc/self/fd/{}", exec.program.as_raw_fd()))
-        .expect("no NUL in a number");
+    let (path, search) = match exec.program {
+        Program::Open(fd) => (
+            CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number"),
+            false,
+        ),
+        Program::Search(name) => (name.to_owned(), true),
+    };
     let argv = pointers(exec.argv);
     let envp = pointers(exec.envp);
     // Dispositions do not change while the runner runs: read them once.
@@ -88,11 +100,20 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         rc |= libc::posix_spawnattr_setpgroup(attr, 0);
         rc |= libc::posix_spawnattr_setsigmask(attr, empty.as_ref());
         rc |= libc::posix_spawnattr_setsigdefault(attr, defaults.as_ref());
-        rc |= libc::posix_spawn_file_actions_adddup2(actions, exec.stdin.as_raw_fd(), 0);
-        rc |= libc::posix_spawn_file_actions_adddup2(actions, exec.output.as_raw_fd(), 1);
-        rc |= libc::posix_spawn_file_actions_adddup2(actions, exec.output.as_raw_fd(), 2);
+        for (fd, target) in [(exec.stdin, 0), (exec.stdout, 1), (exec.stderr, 2)] {
+            // dup2 onto itself would leave close-on-exec set; our fds 0-2 are
+            // never close-on-exec, so those need no action.
+            if fd.as_raw_fd() != target {
+                rc |= libc::posix_spawn_file_actions_adddup2(actions, fd.as_raw_fd(), target);
+            }
+        }
         if rc == 0 {
-            rc = libc::posix_spawn(
+            let spawn = if search {
+                libc::posix_spawnp
+            } else {
+                libc::posix_spawn
+            };
+            rc = spawn(
                 &mut pid,
                 path.as_ptr(),
                 actions,
@@ -140,10 +161,10 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<Exit>> {
 
 /// Runs `body` in a process detached from the runner: a grandchild (the
 /// intermediate child exits at once, so init adopts it and the runner never
-/// waits for it), in its own session, with fds 0-2 on /dev/null and no other
-/// descriptor than `keep`, renumbered 3, 4, ... and passed to `body`. It never
-/// holds the runner's lock, journal, or qemu-ga's pipe.
-pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[RawFd])) -> io::Result<()> {
+/// waits for it), in its own session, in `/`, with fds 0-2 on /dev/null and no
+/// other descriptor than `keep`, renumbered 3, 4, ... and passed to `body`. It
+/// never holds the runner's lock, journal, or qemu-ga's pipe.
+pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[BorrowedFd<'_>])) -> io::Result<()> {
     let keep: Vec<RawFd> = keep.iter().map(|f| f.as_raw_fd()).collect();
     // SAFETY: single-threaded runner; the intermediate child only forks and
     // exits; the grandchild rearranges its own descriptors and runs `body`,
@@ -161,6 +182,8 @@ pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[RawFd])) -> io::Resul
                     libc::_exit(0);
                 }
                 libc::setsid();
+                // Pin no mountpoint (an unmount would fail with EBUSY).
+                libc::chdir(c"/".as_ptr());
                 // First out of the way (above any target number), then into
                 // place, then everything else closed.
                 let high: Vec<RawFd> = keep
@@ -199,7 +222,12 @@ pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[RawFd])) -> io::Resul
                     SigSet::empty().as_ref(),
                     std::ptr::null_mut(),
                 );
-                body(&placed);
+                // The placed numbers stay open until this process exits.
+                let fds: Vec<BorrowedFd<'_>> = placed
+                    .iter()
+                    .map(|&fd| BorrowedFd::borrow_raw(fd))
+                    .collect();
+                body(&fds);
                 libc::_exit(0)
             }
         }

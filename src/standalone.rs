@@ -1,0 +1,594 @@
+//! Standalone mode: freezing filesystems without qemu-ga (`freeze --fs`,
+//! `snapshot`), the thaw that undoes either (and qemu-ga's plain thaw), and
+//! `status`. Ordering rule everywhere: nothing is written to any filesystem
+//! while one is frozen (log lines wait in memory, the journal is on tmpfs),
+//! and a thaw thaws filesystems first, then runs the thaw hooks.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use crate::app::{self, EXIT_SETUP, fail};
+use crate::config::{Limit, Settings};
+use crate::freeze::{self, Kernel};
+use crate::hooks::{Discovery, escape_path};
+use crate::journal::{Held, Journal, Recorded, StateLock, now_ms};
+use crate::log::Log;
+use crate::mounts::Target;
+use crate::process::{Context, Outcome, WaitEnd, Watch};
+use crate::runner::{End, Phase, Runner};
+use crate::sys::{self, Events, Exec, Program};
+use crate::units::{format_duration, format_limit};
+use crate::watchdog::{self, Watchdog};
+
+/// A snapshot's frozen window expired: the filesystems were thawed and
+/// COMMAND ended. (As timeout(1).)
+pub const EXIT_FROZEN_TOO_LONG: u8 = 124;
+/// A snapshot could not freeze (hooks or FIFREEZE): everything was rolled
+/// back and COMMAND did not run. (As timeout(1)'s own failure.)
+pub const EXIT_FREEZE_FAILED: u8 = 125;
+/// What the watchdog waits beyond `--max-frozen` before it acts on its own,
+/// in case the runner is alive but stuck.
+const WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
+
+fn parked(settings: &Settings) -> PathBuf {
+    settings.state_dir.join("held.log")
+}
+
+/// After the filesystems are thawed: open the log, then write what an
+/// earlier run parked and what this one held.
+pub fn open_log_after_thaw(log: &mut Log, settings: &Settings) {
+    log.attach(!sys::is_root());
+    log.unpark(&parked(settings));
+    log.release();
+}
+
+/// The thaw hooks of what the journal records, after its filesystems were
+/// thawed; filesystems whose thaw failed stay recorded.
+pub fn thaw_hooks(
+    settings: &Settings,
+    log: &Log,
+    events: &Events,
+    fs_failed: &[(PathBuf, Errno)],
+) -> End {
+    let found = match app::discover(settings, log) {
+        Ok(f) => f,
+        Err(msg) => return End::Failed(format!("thaw refused, no hook run: {msg}")),
+    };
+    let mut runner = Runner::new(settings, log, events);
+    let held = matches!(runner.journal().read(), Recorded::Held(_));
+    let end = if found.is_none() && !held {
+        // The stock script's behaviour: no hooks dir, nothing to do.
+        log.line(&format!(
+            "hooks dir {} does not exist; nothing to run",
+            escape_path(&settings.hooks_dir)
+        ));
+        End::Nothing
+    } else {
+        runner.thaw(found.as_ref())
+    };
+    if fs_failed.is_empty() {
+        return end;
+    }
+    let keep = Held {
+        since_ms: now_ms(),
+        complete: true,
+        filesystems: fs_failed.iter().rev().map(|(p, _)| p.clone()).collect(),
+        ..Held::default()
+    };
+    if let Err(e) = Journal::new(&settings.state_dir).finish_held(&keep, "thaw") {
+        log.warn(&format!("{e:#}"));
+    }
+    let fs = fs_failed
+        .iter()
+        .map(|(p, e)| format!("FITHAW of {} failed: {}", escape_path(p), e.desc()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match end {
+        End::Done | End::Nothing => End::Failed(format!("thaw failed: {fs}")),
+        End::Failed(line) => End::Failed(format!("{line}; {fs}")),
+        End::Interrupted(sig, line) => End::Interrupted(sig, format!("{line}; {fs}")),
+    }
+}
+
+/// The watchdog's thaw of the hooks: under the lock, like any thaw.
+pub fn thaw_hooks_locked(
+    settings: &Settings,
+    log: &Log,
+    events: &Events,
+    fs_failed: &[(PathBuf, Errno)],
+) -> End {
+    match StateLock::acquire(&settings.state_dir, settings.phase_timeout) {
+        Ok(_lock) => thaw_hooks(settings, log, events, fs_failed),
+        Err(e) => End::Failed(format!("filesystems thawed, hooks not: {e:#}")),
+    }
+}
+
+/// `thaw` (qemu-ga's, hooks) and `thaw --fs [--all]`: the filesystems the
+/// journal records (every frozen one with `--all`), then the thaw hooks.
+/// Even a plain thaw thaws recorded filesystems: no thaw leaves one frozen.
+pub fn thaw(settings: &Settings, events: &Events, all: bool) -> ExitCode {
+    // The log may be on a frozen filesystem: hold lines until the thaw.
+    let mut log = Log::held(&settings.log_file);
+    app::header(settings, &log, if all { "thaw --fs --all" } else { "thaw" });
+    let start = Instant::now();
+    let lock = app::lock(settings, &log, Phase::Thaw);
+    let held = match Journal::new(&settings.state_dir).read() {
+        Recorded::Held(h) => Some(h),
+        _ => None,
+    };
+    let mut frozen: Vec<PathBuf> = held
+        .as_ref()
+        .map_or_else(Vec::new, |h| h.filesystems.clone());
+    if all {
+        match freeze::targets(&Kernel, &[]) {
+            // Freeze order (children first), so that thaw_all goes in mount order.
+            Ok(targets) => {
+                for t in targets.iter().rev() {
+                    if !frozen.contains(&t.mountpoint) {
+                        frozen.push(t.mountpoint.clone());
+                    }
+                }
+            }
+            Err(e) => log.warn(&e),
+        }
+    }
+    let fs_failed = freeze::thaw_all(&Kernel, &frozen, &log);
+    open_log_after_thaw(&mut log, settings);
+    let _lock = match lock {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let end = thaw_hooks(settings, &log, events, &fs_failed);
+    if let Some((pid, _)) = held.and_then(|h| h.watchdog) {
+        watchdog::disarm(pid);
+    }
+    app::finish(&log, "thaw", start, end)
+}
+
+/// What a standalone freeze needs before anything is frozen.
+struct Prepared {
+    _lock: Option<StateLock>,
+    targets: Vec<Target>,
+    found: Discovery,
+}
+
+fn prepare(
+    settings: &Settings,
+    log: &Log,
+    what: &str,
+    mountpoints: &[PathBuf],
+) -> Result<Prepared, ExitCode> {
+    app::header(settings, log, what);
+    let refuse = |msg: String| {
+        log.line(&format!("{what} refused: {msg}"));
+        fail(
+            EXIT_SETUP,
+            &format!("{what} refused, nothing frozen: {msg}"),
+        )
+    };
+    if !sys::is_root() {
+        return Err(refuse(
+            "freezing filesystems needs root (CAP_SYS_ADMIN)".into(),
+        ));
+    }
+    let lock = app::lock(settings, log, Phase::Freeze)?;
+    if let Recorded::Held(h) = Journal::new(&settings.state_dir).read() {
+        return Err(refuse(format!(
+            "a freeze is held (hooks {}, {} filesystem(s)); run `fsfreeze-hook thaw` first",
+            h.names.len(),
+            h.filesystems.len()
+        )));
+    }
+    let targets = freeze::targets(&Kernel, mountpoints).map_err(refuse)?;
+    if targets.is_empty() {
+        return Err(refuse("no filesystem to freeze".into()));
+    }
+    // The journal must stay writable while everything else is frozen.
+    let state_dev = std::fs::metadata(&settings.state_dir)
+        .map(|m| {
+            (
+                nix::sys::stat::major(m.dev()) as u32,
+                nix::sys::stat::minor(m.dev()) as u32,
+            )
+        })
+        .map_err(|e| {
+            refuse(format!(
+                "state dir {}: {e}",
+                escape_path(&settings.state_dir)
+            ))
+        })?;
+    if let Some(t) = targets.iter().find(|t| t.dev == state_dev) {
+        return Err(refuse(format!(
+            "state dir {} is on {}, which would be frozen; use a tmpfs such as /run/fsfreeze-hook",
+            escape_path(&settings.state_dir),
+            escape_path(&t.mountpoint)
+        )));
+    }
+    let found = app::discover(settings, log)
+        .map_err(refuse)?
+        .unwrap_or_default();
+    Ok(Prepared {
+        _lock: lock,
+        targets,
+        found,
+    })
+}
+
+/// Freeze hooks, watchdog, FIFREEZE. On success the log is held and the
+/// watchdog armed; on failure everything is rolled back and `Err` says why.
+fn freeze_everything(
+    settings: &Settings,
+    log: &Log,
+    runner: &mut Runner<'_>,
+    prepared: &Prepared,
+    deadline: Limit,
+) -> Result<(Watchdog, Vec<PathBuf>), End> {
+    match runner.freeze(&prepared.found.hooks) {
+        End::Done | End::Nothing => {}
+        other => return Err(other),
+    }
+    let undo_hooks = |runner: &mut Runner<'_>, cause: String| {
+        let end = runner.thaw_as(Some(&prepared.found), true);
+        Err(match end {
+            End::Done | End::Nothing => {
+                End::Failed(format!("freeze aborted: {cause}; hooks rolled back"))
+            }
+            End::Failed(l) | End::Interrupted(_, l) => {
+                End::Failed(format!("freeze aborted: {cause}; {l}"))
+            }
+        })
+    };
+    let dog = match Watchdog::arm(settings, deadline) {
+        Ok(d) => d,
+        Err(e) => return undo_hooks(runner, format!("cannot start the watchdog: {e}")),
+    };
+    let deadline_ms = deadline.map(|d| now_ms() + d.as_millis() as u64);
+    if let Err(e) = runner.journal_mut().watchdog(dog.pid(), deadline_ms) {
+        dog.done();
+        return undo_hooks(runner, format!("{e:#}"));
+    }
+    log.hold();
+    match freeze::freeze_all(&Kernel, &prepared.targets, runner.journal_mut(), log) {
+        Ok(frozen) => {
+            let _ = runner.journal_mut().fs_all_frozen();
+            Ok((dog, frozen))
+        }
+        Err(failed) => {
+            log.release();
+            dog.done();
+            undo_hooks(runner, failed.to_string())
+        }
+    }
+}
+
+/// `freeze --fs`: freeze hooks, then the filesystems; return with them
+/// frozen, the watchdog thawing them after `auto_thaw` unless a thaw comes.
+pub fn freeze_fs(
+    settings: &Settings,
+    log: &Log,
+    events: &Events,
+    mountpoints: &[PathBuf],
+    auto_thaw: Limit,
+) -> ExitCode {
+    let start = Instant::now();
+    let prepared = match prepare(settings, log, "freeze --fs", mountpoints) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut runner = Runner::new(settings, log, events);
+    let (dog, frozen) = match freeze_everything(settings, log, &mut runner, &prepared, auto_thaw) {
+        Ok(x) => x,
+        Err(end) => return app::finish(log, "freeze --fs", start, end),
+    };
+    if let Some(sig) = sys::take_pending_stop_signal() {
+        // Stopped while freezing: undo all of it.
+        let failed = freeze::thaw_all(&Kernel, &frozen, log);
+        log.release();
+        let end = thaw_hooks(settings, log, events, &failed);
+        dog.done();
+        let line = format!(
+            "freeze --fs interrupted by {}; thawed and rolled back",
+            sig.as_str()
+        );
+        return app::finish(
+            log,
+            "freeze --fs",
+            start,
+            End::Interrupted(sig, merge(line, end)),
+        );
+    }
+    log.line(&format!(
+        "froze {} filesystem(s) in {}; watchdog pid {} thaws them {}",
+        frozen.len(),
+        format_duration(start.elapsed()),
+        dog.pid(),
+        match auto_thaw {
+            Some(d) => format!(
+                "after {} unless `fsfreeze-hook thaw` comes first",
+                format_duration(d)
+            ),
+            None => "only if this freeze is abandoned (no --auto-thaw)".into(),
+        }
+    ));
+    log.park(&parked(settings));
+    dog.hand_over();
+    ExitCode::from(app::EXIT_OK)
+}
+
+fn merge(line: String, end: End) -> String {
+    match end {
+        End::Done | End::Nothing => line,
+        End::Failed(l) | End::Interrupted(_, l) => format!("{line}; {l}"),
+    }
+}
+
+/// `snapshot -- COMMAND`: freeze hooks, FIFREEZE, COMMAND, FITHAW, thaw hooks.
+pub fn snapshot(
+    settings: &Settings,
+    log: &Log,
+    events: &Events,
+    mountpoints: &[PathBuf],
+    max_frozen: Limit,
+    command: &[OsString],
+) -> ExitCode {
+    let start = Instant::now();
+    let prepared = match prepare(settings, log, "snapshot", mountpoints) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut runner = Runner::new(settings, log, events);
+    let deadline = max_frozen.map(|d| d + WATCHDOG_MARGIN);
+    let (dog, frozen) = match freeze_everything(settings, log, &mut runner, &prepared, deadline) {
+        Ok(x) => x,
+        Err(end) => {
+            let _ = app::finish(log, "snapshot", start, end);
+            return ExitCode::from(EXIT_FREEZE_FAILED);
+        }
+    };
+    let frozen_at = Instant::now();
+    let ctx = Context {
+        events,
+        log,
+        output_limit: settings.output_limit,
+    };
+    let mut signal_seen = None;
+    let (code, why) = match spawn_command(command) {
+        Err(e) => {
+            let code = if e == Errno::ENOENT { 127 } else { 126 };
+            (
+                code,
+                Some(format!("cannot run {}: {}", shown(command), e.desc())),
+            )
+        }
+        Ok(pid) => {
+            let mut watch = Watch::new(pid, None, &ctx, &mut signal_seen);
+            let end = watch.wait_until(max_frozen.map(|d| frozen_at + d), true);
+            let (code, why) = match &end {
+                WaitEnd::Ended(outcome) => (command_status(outcome), None),
+                WaitEnd::Deadline => (
+                    EXIT_FROZEN_TOO_LONG,
+                    Some(format!(
+                        "frozen window of {} expired; thawed, then ended {}",
+                        format_limit(max_frozen),
+                        shown(command)
+                    )),
+                ),
+                WaitEnd::Stopped(sig) => (
+                    128 + *sig as u8,
+                    Some(format!(
+                        "got {}; thawed, then ended {}",
+                        sig.as_str(),
+                        shown(command)
+                    )),
+                ),
+            };
+            if !matches!(end, WaitEnd::Ended(_)) {
+                // Thaw first: the guarantee comes before the courtesy to COMMAND.
+                let failed = freeze::thaw_all(&Kernel, &frozen, log);
+                log.line(&format!(
+                    "{} after {}",
+                    why.clone().unwrap_or_default(),
+                    format_duration(frozen_at.elapsed())
+                ));
+                watch.end_group(settings.kill_grace);
+                log.release();
+                let end = thaw_hooks(settings, log, events, &failed);
+                dog.done();
+                let _ = app::finish(log, "snapshot", start, end);
+                eprintln!("fsfreeze-hook: {}", why.unwrap_or_default());
+                return ExitCode::from(code);
+            }
+            (code, why)
+        }
+    };
+    let failed = freeze::thaw_all(&Kernel, &frozen, log);
+    log.line(&format!(
+        "{} exited with status {code}; filesystems were frozen for {}",
+        shown(command),
+        format_duration(frozen_at.elapsed())
+    ));
+    log.release();
+    let end = thaw_hooks(settings, log, events, &failed);
+    dog.done();
+    let hooks_failed = !matches!(end, End::Done | End::Nothing);
+    let _ = app::finish(log, "snapshot", start, end);
+    if let Some(why) = why {
+        eprintln!("fsfreeze-hook: {why}");
+    }
+    if hooks_failed && code == 0 {
+        // COMMAND succeeded but the thaw did not: say so in the status.
+        return ExitCode::from(app::EXIT_HOOK_FAILED);
+    }
+    ExitCode::from(code)
+}
+
+fn shown(command: &[OsString]) -> String {
+    crate::hooks::escape(
+        command
+            .first()
+            .map_or(std::ffi::OsStr::new("?"), |c| c.as_os_str()),
+    )
+}
+
+fn command_status(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Exited(c) => *c as u8,
+        Outcome::Signaled(s) => 128 + *s as u8,
+        _ => 126,
+    }
+}
+
+/// COMMAND runs in its own process group (so it can be ended whole) with the
+/// runner's stdin, stdout, stderr and environment, looked up in `PATH`.
+fn spawn_command(command: &[OsString]) -> Result<nix::unistd::Pid, Errno> {
+    let argv: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| Errno::EINVAL))
+        .collect::<Result<_, _>>()?;
+    let first = argv.first().ok_or(Errno::EINVAL)?;
+    let envp: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    sys::spawn(&Exec {
+        program: Program::Search(first),
+        argv: &argv,
+        envp: &envp,
+        stdin: stdin.as_fd(),
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
+    })
+    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// `status`: what the journal holds, and whether its watchdog runs.
+pub fn status(settings: &Settings, json: bool) -> ExitCode {
+    let recorded = Journal::new(&settings.state_dir).read();
+    let held = match &recorded {
+        Recorded::Held(h) => Some(h),
+        _ => None,
+    };
+    if json {
+        println!("{}", status_json(held));
+    } else {
+        print!("{}", status_text(held, &recorded));
+    }
+    ExitCode::from(app::EXIT_OK)
+}
+
+fn when(ms: u64) -> String {
+    use chrono::TimeZone;
+    chrono::Local
+        .timestamp_millis_opt(ms as i64)
+        .single()
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        )
+}
+
+fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
+    let Some(h) = held else {
+        return match recorded {
+            Recorded::Corrupt(why) => format!("nothing held (journal unusable: {why})\n"),
+            _ => "nothing held: no freeze since the last thaw\n".into(),
+        };
+    };
+    let mut out = format!("frozen since {}\n", when(h.since_ms));
+    let names: Vec<String> = h.names.iter().map(|n| crate::hooks::escape(n)).collect();
+    out.push_str(&format!(
+        "hooks holding: {}\n",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    ));
+    if !h.filesystems.is_empty() {
+        let fs: Vec<String> = h.filesystems.iter().map(|p| escape_path(p)).collect();
+        out.push_str(&format!(
+            "filesystems frozen{}: {}\n",
+            h.frozen_at_ms
+                .map(|t| format!(" since {}", when(t)))
+                .unwrap_or_default(),
+            fs.join(", ")
+        ));
+    }
+    match h.watchdog {
+        Some((pid, deadline)) => out.push_str(&format!(
+            "watchdog: pid {pid}, {}{}\n",
+            if watchdog::alive(pid) {
+                "armed"
+            } else {
+                "NOT RUNNING"
+            },
+            deadline
+                .map(|d| format!(", thaws at {}", when(d)))
+                .unwrap_or_default()
+        )),
+        None if !h.filesystems.is_empty() => out.push_str("watchdog: none\n"),
+        None => {}
+    }
+    out
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn status_json(held: Option<&Held>) -> String {
+    let Some(h) = held else {
+        return r#"{"held":false,"hooks":[],"filesystems":[],"watchdog":null}"#.into();
+    };
+    let list = |items: Vec<String>| {
+        format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| json_string(i))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let watchdog = match h.watchdog {
+        Some((pid, deadline)) => format!(
+            r#"{{"pid":{pid},"alive":{},"deadline_ms":{}}}"#,
+            watchdog::alive(pid),
+            deadline.map_or_else(|| "null".into(), |d| d.to_string())
+        ),
+        None => "null".into(),
+    };
+    format!(
+        r#"{{"held":true,"since_ms":{},"hooks":{},"filesystems":{},"frozen_since_ms":{},"watchdog":{}}}"#,
+        h.since_ms,
+        list(h.names.iter().map(|n| crate::hooks::escape(n)).collect()),
+        list(h.filesystems.iter().map(|p| escape_path(p)).collect()),
+        h.frozen_at_ms
+            .map_or_else(|| "null".into(), |t| t.to_string()),
+        watchdog
+    )
+}

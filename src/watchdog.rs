@@ -1,0 +1,175 @@
+//! The guarantee that nothing stays frozen. A process of its own (a detached
+//! grandchild of the runner, its own session, no descriptor but a pipe from
+//! the runner), armed before the first FIFREEZE. It thaws exactly what the
+//! journal records, then runs the thaw hooks, when:
+//! - the runner dies (the pipe closes without a word: SIGKILL included);
+//! - its deadline passes (`--auto-thaw`, or a snapshot's `--max-frozen` plus
+//!   a margin, in case the runner is stuck);
+//! - it gets SIGTERM, SIGINT or SIGHUP (a shutdown must not leave a frozen
+//!   filesystem behind).
+//!
+//! The runner tells it `D` (done: it thawed everything itself) or `H` (handed
+//! over: `freeze --fs` exits on purpose, leaving the thaw to `thaw --fs` or to
+//! the deadline). `thaw` sends it SIGUSR1 when it has thawed: it then exits if
+//! the journal holds no filesystem any more. Everything it needs is in memory
+//! or on tmpfs: the binary is static, the journal lives under /run, and it
+//! opens the log only after the thaw.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+
+use crate::config::Settings;
+use crate::freeze::{self, Kernel};
+use crate::journal::{Journal, Recorded};
+use crate::log::Log;
+use crate::sys::{self, Event, Events};
+
+const DONE: u8 = b'D';
+const HAND_OVER: u8 = b'H';
+const SIGNALS: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
+
+pub struct Watchdog {
+    tx: OwnedFd,
+    pid: i32,
+}
+
+impl Watchdog {
+    /// Starts the watchdog and waits until it is ready (its signals are set
+    /// up), so that nothing is frozen before it watches.
+    pub fn arm(settings: &Settings, deadline: Option<Duration>) -> io::Result<Watchdog> {
+        let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (ready_rx, ready_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let until = deadline.map(|d| Instant::now() + d);
+        sys::detach(&[rx.as_fd(), ready_tx.as_fd()], |fds| {
+            watch(fds[0], fds[1], settings, until)
+        })?;
+        drop(rx);
+        drop(ready_tx);
+        let mut buf = [0u8; 4];
+        let mut n = 0;
+        while n < buf.len() {
+            match nix::unistd::read(&ready_rx, &mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if n < buf.len() {
+            return Err(io::Error::other("the watchdog did not start"));
+        }
+        Ok(Watchdog {
+            tx,
+            pid: i32::from_ne_bytes(buf),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The runner thawed everything itself: the watchdog exits.
+    pub fn done(self) {
+        let _ = nix::unistd::write(&self.tx, &[DONE]);
+    }
+
+    /// The runner exits on purpose with filesystems frozen: the watchdog
+    /// keeps its deadline and waits for `thaw`.
+    pub fn hand_over(self) {
+        let _ = nix::unistd::write(&self.tx, &[HAND_OVER]);
+    }
+}
+
+/// Wakes the watchdog `pid` after a thaw, if it is still ours.
+pub fn disarm(pid: i32) {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim_end() == "fsfreeze-hook" {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR1);
+    }
+}
+
+/// Whether a watchdog process is running as `pid`.
+pub fn alive(pid: i32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    comm.trim_end() == "fsfreeze-hook" && !matches!(state, Some("Z" | "X") | None)
+}
+
+/// The watchdog's life, in the detached process.
+fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: Option<Instant>) {
+    let mut set = SigSet::empty();
+    for sig in SIGNALS {
+        set.add(sig);
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+    let Ok(events) = Events::with(&SIGNALS) else {
+        return; // the runner reads no pid, and freezes nothing
+    };
+    let pid = std::process::id() as i32;
+    if nix::unistd::write(ready, &pid.to_ne_bytes()).is_err() {
+        return;
+    }
+    let mut runner_attached = true;
+    let why = loop {
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            break "its deadline passed".to_string();
+        }
+        match events.wait(runner_attached.then_some(rx), left) {
+            Event::Readable => {
+                let mut byte = [0u8; 1];
+                match nix::unistd::read(rx, &mut byte) {
+                    Ok(1) if byte[0] == DONE => return,
+                    Ok(1) if byte[0] == HAND_OVER => runner_attached = false,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    _ => break "the runner died before it thawed".to_string(),
+                }
+            }
+            Event::Signal(Signal::SIGUSR1) => {
+                if !holds_filesystems(settings) {
+                    return;
+                }
+            }
+            Event::Signal(Signal::SIGCHLD) | Event::Timeout => {}
+            Event::Signal(sig) => break format!("it got {}", sig.as_str()),
+        }
+    };
+    thaw_for(settings, &events, &why);
+}
+
+fn holds_filesystems(settings: &Settings) -> bool {
+    matches!(Journal::new(&settings.state_dir).read(), Recorded::Held(h) if !h.filesystems.is_empty())
+}
+
+/// Thaws what the journal holds: filesystems first, without waiting for the
+/// lock (a stuck runner may hold it; FITHAW of a filesystem already thawed
+/// only says EINVAL), then, under the lock, the thaw hooks.
+fn thaw_for(settings: &Settings, events: &Events, why: &str) {
+    let Recorded::Held(held) = Journal::new(&settings.state_dir).read() else {
+        return;
+    };
+    let start = Instant::now();
+    let mut log = Log::held(&settings.log_file);
+    log.line(&format!(
+        "watchdog pid {}: {why}; thawing what the journal holds",
+        std::process::id()
+    ));
+    let failed = freeze::thaw_all(&Kernel, &held.filesystems, &log);
+    crate::standalone::open_log_after_thaw(&mut log, settings);
+    let end = crate::standalone::thaw_hooks_locked(settings, &log, events, &failed);
+    let _ = crate::app::finish(&log, "watchdog thaw", start, end);
+}
