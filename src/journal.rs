@@ -14,6 +14,7 @@
 //! fs-skip <mountpoint>  ... which did not freeze it (unsupported, frozen by
 //!                       someone else, failed): not ours to thaw
 //! fs-frozen <unix-ms>   every filesystem is frozen
+//! fs-thawed <unix-ms>   ... and thawed again; the hooks' thaw comes next
 //! ```
 //!
 //! or, once nothing is held, the header and `idle <unix-ms> <why>`. Names and
@@ -137,6 +138,12 @@ impl Journal {
 
     pub fn fs_all_frozen(&mut self) -> Result<()> {
         self.append_line(&format!("fs-frozen {}\n", now_ms()))
+    }
+
+    /// Records that every filesystem of this freeze is thawed again (the
+    /// hooks may still hold).
+    pub fn fs_all_thawed(&mut self) -> Result<()> {
+        self.append_line(&format!("fs-thawed {}\n", now_ms()))
     }
 
     /// Ends a freeze record: after a thaw or rollback, `still_held` lists the
@@ -266,6 +273,10 @@ fn parse(bytes: &[u8]) -> Recorded {
                 None => return bad(),
             },
             "fs-frozen" => held.frozen_at_ms = rest.parse().ok(),
+            "fs-thawed" => {
+                held.filesystems.clear();
+                held.frozen_at_ms = None;
+            }
             _ => return Recorded::Corrupt(format!("unexpected line: {line}")),
         }
     }
@@ -406,6 +417,12 @@ mod tests {
         );
         assert_eq!(h.watchdog, Some((4242, Some(99))));
         assert!(h.frozen_at_ms.is_some());
+        j.fs_all_thawed().unwrap();
+        let Recorded::Held(after) = j.read() else {
+            panic!("hooks still held");
+        };
+        assert!(after.filesystems.is_empty() && after.frozen_at_ms.is_none());
+        assert_eq!(after.names.len(), 2);
         j.finish(h.since_ms, std::slice::from_ref(&odd), "thaw")
             .unwrap();
         let Recorded::Held(rest) = j.read() else {

@@ -26,7 +26,25 @@ pub struct Log {
     sink: Cell<Sink>,
     /// While filesystems are frozen, lines wait here: the log may live on one
     /// of them, and a write there would block until the thaw.
-    held: RefCell<Option<Vec<u8>>>,
+    held: RefCell<Option<Held>>,
+}
+
+/// Lines kept while frozen: in memory, and copied to a spill file on tmpfs
+/// (the state dir) so that a runner killed while frozen loses none: whoever
+/// thaws appends the spill file to the log.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    spill: Option<(PathBuf, File)>,
+}
+
+impl Held {
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+        if let Some((_, f)) = self.spill.as_mut() {
+            let _ = f.write_all(bytes);
+        }
+    }
 }
 
 impl Log {
@@ -48,7 +66,7 @@ impl Log {
             path: path.to_path_buf(),
             file: None,
             sink: Cell::new(Sink::File),
-            held: RefCell::new(Some(Vec::new())),
+            held: RefCell::new(Some(Held::default())),
         }
     }
 
@@ -89,7 +107,7 @@ impl Log {
     /// qemu-ga 9.1+ reads until EOF.
     pub fn output(&self, bytes: &[u8]) {
         if let Some(held) = self.held.borrow_mut().as_mut() {
-            held.extend_from_slice(bytes);
+            held.push(bytes);
             return;
         }
         self.write_file(bytes);
@@ -109,26 +127,39 @@ impl Log {
         }
     }
 
-    /// From now on keep lines in memory (filesystems are about to freeze).
-    pub fn hold(&self) {
-        self.held.borrow_mut().get_or_insert_with(Vec::new);
+    /// From now on keep lines (filesystems are about to freeze), in memory
+    /// and in `spill`, a file on tmpfs.
+    pub fn hold(&self, spill: Option<&Path>) {
+        let spill = spill.and_then(|p| {
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(p)
+                .ok()
+                .map(|f| (p.to_path_buf(), f))
+        });
+        *self.held.borrow_mut() = Some(Held {
+            bytes: Vec::new(),
+            spill,
+        });
     }
 
     /// Writes the lines kept since [`Log::hold`] and writes directly again.
     pub fn release(&self) {
         let held = self.held.borrow_mut().take();
-        if let Some(bytes) = held {
-            self.write_file(&bytes);
+        if let Some(held) = held {
+            self.write_file(&held.bytes);
+            if let Some((path, _)) = held.spill {
+                let _ = fs::remove_file(path);
+            }
         }
     }
 
-    /// Hands the kept lines to a file (in the state dir, on tmpfs) for
-    /// whoever thaws later, when this process exits while frozen.
-    pub fn park(&self, path: &Path) {
-        let held = self.held.borrow_mut().take();
-        if let Some(bytes) = held {
-            let _ = fs::write(path, bytes);
-        }
+    /// Leaves the kept lines in the spill file for whoever thaws later: this
+    /// process exits while frozen.
+    pub fn park(&self) {
+        self.held.borrow_mut().take();
     }
 
     /// Appends lines parked by an earlier run, once filesystems are thawed,
@@ -143,7 +174,7 @@ impl Log {
     /// Appends one line, `<date>: <msg>`, in a single write.
     pub fn line(&self, msg: &str) {
         if let Some(held) = self.held.borrow_mut().as_mut() {
-            held.extend_from_slice(format!("{}: {msg}\n", timestamp()).as_bytes());
+            held.push(format!("{}: {msg}\n", timestamp()).as_bytes());
             return;
         }
         if self.sink.get() == Sink::File
@@ -235,8 +266,10 @@ mod tests {
         assert_eq!(mode, 0o600);
         // Held lines reach the file only when released.
         let log = Log::open(&path, false);
-        log.hold();
+        let spill = dir.join("spill");
+        log.hold(Some(&spill));
         log.line("while frozen");
+        assert!(fs::read_to_string(&spill).unwrap().ends_with(": while frozen\n"));
         assert!(!fs::read_to_string(&path).unwrap().contains("while frozen"));
         log.release();
         assert!(

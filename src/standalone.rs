@@ -254,7 +254,12 @@ fn freeze_everything(
         dog.done();
         return undo_hooks(runner, format!("{e:#}"));
     }
-    log.hold();
+    log.line(&format!(
+        "watchdog pid {} armed{}",
+        dog.pid(),
+        deadline.map(|d| format!("; it thaws on its own after {}", format_duration(d))).unwrap_or_default()
+    ));
+    log.hold(Some(&parked(settings)));
     match freeze::freeze_all(&Kernel, &prepared.targets, runner.journal_mut(), log) {
         Ok(frozen) => {
             let _ = runner.journal_mut().fs_all_frozen();
@@ -289,8 +294,7 @@ pub fn freeze_fs(
     };
     if let Some(sig) = sys::take_pending_stop_signal() {
         // Stopped while freezing: undo all of it.
-        let failed = freeze::thaw_all(&Kernel, &frozen, log);
-        log.release();
+        let failed = thaw_frozen(&mut runner, &frozen, log);
         let end = thaw_hooks(settings, log, events, &failed);
         dog.done();
         let line = format!(
@@ -317,9 +321,20 @@ pub fn freeze_fs(
             None => "only if this freeze is abandoned (no --auto-thaw)".into(),
         }
     ));
-    log.park(&parked(settings));
+    log.park();
     dog.hand_over();
     ExitCode::from(app::EXIT_OK)
+}
+
+/// The runner's own thaw of what it froze: FITHAW, record it, and write the
+/// held log lines now that writing is safe.
+fn thaw_frozen(runner: &mut Runner<'_>, frozen: &[PathBuf], log: &Log) -> Vec<(PathBuf, Errno)> {
+    let failed = freeze::thaw_all(&Kernel, frozen, log);
+    if failed.is_empty() && let Err(e) = runner.journal_mut().fs_all_thawed() {
+        log.warn(&format!("{e:#}"));
+    }
+    log.release();
+    failed
 }
 
 fn merge(line: String, end: End) -> String {
@@ -391,14 +406,13 @@ pub fn snapshot(
             };
             if !matches!(end, WaitEnd::Ended(_)) {
                 // Thaw first: the guarantee comes before the courtesy to COMMAND.
-                let failed = freeze::thaw_all(&Kernel, &frozen, log);
+                let failed = thaw_frozen(&mut runner, &frozen, log);
                 log.line(&format!(
                     "{} after {}",
                     why.clone().unwrap_or_default(),
                     format_duration(frozen_at.elapsed())
                 ));
                 watch.end_group(settings.kill_grace);
-                log.release();
                 let end = thaw_hooks(settings, log, events, &failed);
                 dog.done();
                 let _ = app::finish(log, "snapshot", start, end);
@@ -408,13 +422,12 @@ pub fn snapshot(
             (code, why)
         }
     };
-    let failed = freeze::thaw_all(&Kernel, &frozen, log);
+    let failed = thaw_frozen(&mut runner, &frozen, log);
     log.line(&format!(
         "{} exited with status {code}; filesystems were frozen for {}",
         shown(command),
         format_duration(frozen_at.elapsed())
     ));
-    log.release();
     let end = thaw_hooks(settings, log, events, &failed);
     dog.done();
     let hooks_failed = !matches!(end, End::Done | End::Nothing);

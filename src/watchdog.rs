@@ -124,9 +124,16 @@ fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: 
         return;
     }
     let mut runner_attached = true;
+    let mut until = until;
     let why = loop {
         let left = until.map(|u| u.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
+            if runner_attached && !holds_filesystems(settings) {
+                // The runner thawed the filesystems and is busy with the thaw
+                // hooks: nothing to bound any more; its death still counts.
+                until = None;
+                continue;
+            }
             break "its deadline passed".to_string();
         }
         match events.wait(runner_attached.then_some(rx), left) {
