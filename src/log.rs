@@ -269,7 +269,11 @@ mod tests {
         let spill = dir.join("spill");
         log.hold(Some(&spill));
         log.line("while frozen");
-        assert!(fs::read_to_string(&spill).unwrap().ends_with(": while frozen\n"));
+        assert!(
+            fs::read_to_string(&spill)
+                .unwrap()
+                .ends_with(": while frozen\n")
+        );
         assert!(!fs::read_to_string(&path).unwrap().contains("while frozen"));
         log.release();
         assert!(

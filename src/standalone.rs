@@ -8,6 +8,8 @@ use std::ffi::{CString, OsString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -123,22 +125,10 @@ pub fn thaw(settings: &Settings, events: &Events, all: bool) -> ExitCode {
         Recorded::Held(h) => Some(h),
         _ => None,
     };
-    let mut frozen: Vec<PathBuf> = held
+    let recorded = held
         .as_ref()
         .map_or_else(Vec::new, |h| h.filesystems.clone());
-    if all {
-        match freeze::targets(&Kernel, &[]) {
-            // Freeze order (children first), so that thaw_all goes in mount order.
-            Ok(targets) => {
-                for t in targets.iter().rev() {
-                    if !frozen.contains(&t.mountpoint) {
-                        frozen.push(t.mountpoint.clone());
-                    }
-                }
-            }
-            Err(e) => log.warn(&e),
-        }
-    }
+    let frozen = to_thaw(&Kernel, recorded, all, &log);
     let fs_failed = freeze::thaw_all(&Kernel, &frozen, &log);
     open_log_after_thaw(&mut log, settings);
     let _lock = match lock {
@@ -150,6 +140,35 @@ pub fn thaw(settings: &Settings, events: &Events, all: bool) -> ExitCode {
         watchdog::disarm(pid);
     }
     app::finish(&log, "thaw", start, end)
+}
+
+/// The filesystems a thaw thaws, in freeze order: those the journal
+/// records, and with `all` (recovery) every filesystem qemu-ga would freeze,
+/// whoever froze it.
+fn to_thaw(
+    fs: &dyn freeze::Filesystems,
+    recorded: Vec<PathBuf>,
+    all: bool,
+    log: &Log,
+) -> Vec<PathBuf> {
+    if !all {
+        return recorded;
+    }
+    let targets = match freeze::targets(fs, &[]) {
+        Ok(t) => t,
+        Err(e) => {
+            log.warn(&e);
+            return recorded;
+        }
+    };
+    // Children first, as a freeze goes, so that thaw_all runs in mount
+    // order; recorded ones no longer mounted come first (thawed last).
+    let mut out: Vec<PathBuf> = recorded
+        .into_iter()
+        .filter(|r| !targets.iter().any(|t| &t.mountpoint == r))
+        .collect();
+    out.extend(targets.iter().rev().map(|t| t.mountpoint.clone()));
+    out
 }
 
 /// What a standalone freeze needs before anything is frozen.
@@ -257,7 +276,9 @@ fn freeze_everything(
     log.line(&format!(
         "watchdog pid {} armed{}",
         dog.pid(),
-        deadline.map(|d| format!("; it thaws on its own after {}", format_duration(d))).unwrap_or_default()
+        deadline
+            .map(|d| format!("; it thaws on its own after {}", format_duration(d)))
+            .unwrap_or_default()
     ));
     log.hold(Some(&parked(settings)));
     match freeze::freeze_all(&Kernel, &prepared.targets, runner.journal_mut(), log) {
@@ -330,7 +351,9 @@ pub fn freeze_fs(
 /// held log lines now that writing is safe.
 fn thaw_frozen(runner: &mut Runner<'_>, frozen: &[PathBuf], log: &Log) -> Vec<(PathBuf, Errno)> {
     let failed = freeze::thaw_all(&Kernel, frozen, log);
-    if failed.is_empty() && let Err(e) = runner.journal_mut().fs_all_thawed() {
+    if failed.is_empty()
+        && let Err(e) = runner.journal_mut().fs_all_thawed()
+    {
         log.warn(&format!("{e:#}"));
     }
     log.release();
@@ -604,4 +627,37 @@ fn status_json(held: Option<&Held>) -> String {
             .map_or_else(|| "null".into(), |t| t.to_string()),
         watchdog
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freeze::Filesystems;
+    use crate::freeze::tests::Fake;
+
+    #[test]
+    fn thaw_all_covers_every_freezable_filesystem_in_mount_order() {
+        let fake = Fake {
+            mountinfo: "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                        2 1 0:20 / /run rw - tmpfs tmpfs rw\n\
+                        3 1 7:0 / /a rw - ext4 /dev/loop0 rw\n\
+                        4 3 7:1 / /a/b rw - xfs /dev/loop1 rw\n\
+                        5 1 7:0 / /bind rw - ext4 /dev/loop0 rw\n"
+                .into(),
+            ..Fake::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("log"), false);
+        let recorded = vec![PathBuf::from("/a"), PathBuf::from("/gone")];
+        assert_eq!(to_thaw(&fake, recorded.clone(), false, &log), recorded);
+        let all = to_thaw(&fake, recorded, true, &log);
+        assert_eq!(all, ["/gone", "/a/b", "/a", "/"].map(PathBuf::from));
+        // thaw_all walks that backwards: parents before children.
+        for p in ["/a/b", "/a", "/"] {
+            fake.freeze(Path::new(p)).unwrap();
+        }
+        assert!(freeze::thaw_all(&fake, &all, &log).is_empty());
+        let calls = fake.calls.borrow();
+        assert_eq!(calls[3..], ["thaw /", "thaw /a", "thaw /a/b", "thaw /gone"]);
+    }
 }

@@ -10,4 +10,5 @@ mod qemu_ga;
 mod readme;
 mod selection;
 mod settings;
+mod standalone;
 mod user;

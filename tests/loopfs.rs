@@ -39,12 +39,28 @@ fn run(cmd: &str, args: &[&str]) -> String {
 impl LoopFs {
     /// A 64 MiB ext4 filesystem mounted at `<dir>/mnt`.
     pub fn ext4(dir: &Path) -> LoopFs {
-        let image = dir.join("fs.img");
-        File::create(&image).unwrap().set_len(64 << 20).unwrap();
+        LoopFs::make(dir, "ext4", &dir.join("mnt"))
+    }
+
+    /// A filesystem of `fstype` (ext4, xfs, btrfs) on a sparse image in
+    /// `dir`, mounted at `mnt` (created if missing; may be inside another
+    /// test mount: drop the inner one first).
+    pub fn make(dir: &Path, fstype: &str, mnt: &Path) -> LoopFs {
+        let image = dir.join(format!(
+            "{fstype}-{}.img",
+            mnt.file_name().unwrap().to_string_lossy()
+        ));
+        // xfs wants 300 MiB at least; sparse, so it costs nothing.
+        File::create(&image).unwrap().set_len(320 << 20).unwrap();
         let img = image.to_str().unwrap();
-        run("mkfs.ext4", &["-q", "-F", img]);
-        let mnt = dir.join("mnt");
-        fs::create_dir(&mnt).unwrap();
+        match fstype {
+            "ext4" => run("mkfs.ext4", &["-q", "-F", img]),
+            "xfs" => run("mkfs.xfs", &["-q", "-f", img]),
+            "btrfs" => run("mkfs.btrfs", &["-q", "-f", img]),
+            other => panic!("no mkfs for {other}"),
+        };
+        let mnt = mnt.to_path_buf();
+        fs::create_dir_all(&mnt).unwrap();
         let mut guard = LoopFs {
             mnt: mnt.clone(),
             dev: None,
@@ -130,5 +146,29 @@ impl Drop for LoopFs {
         if let Some(dev) = &self.dev {
             let _ = Command::new("losetup").args(["-d", dev]).status();
         }
+    }
+}
+
+/// A bind mount made by a test, unmounted on drop.
+pub struct BindMount {
+    pub target: PathBuf,
+}
+
+impl BindMount {
+    pub fn new(source: &Path, target: &Path) -> BindMount {
+        fs::create_dir_all(target).unwrap();
+        run(
+            "mount",
+            &["--bind", source.to_str().unwrap(), target.to_str().unwrap()],
+        );
+        BindMount {
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.target).status();
     }
 }

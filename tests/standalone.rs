@@ -1,0 +1,447 @@
+//! Standalone mode, for real, as root, on filesystems the tests made:
+//! loop-mounted ext4, xfs and btrfs images, a mount nested in another, a bind
+//! mount. Frozen state is probed with FIFREEZE (EBUSY: frozen), never with a
+//! write. The "all filesystems" selection is tested on fixtures in
+//! src/mounts.rs and src/freeze.rs, never here.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::{Env, alive, eventually, lines_with, read_pid, signal};
+use crate::loopfs::{BindMount, LoopFs};
+use crate::qemu_ga::require_root;
+
+/// A hook that records its phase in the trace and writes a file into each
+/// of `mounts` (possible only while they are not frozen).
+fn writing_hook(env: &Env, name: &str, mounts: &[&Path]) {
+    let writes: String = mounts
+        .iter()
+        .map(|m| format!("echo written > '{}/{name}'.\"$1\"\n", m.display()))
+        .collect();
+    env.tracing_hook(name, &writes);
+}
+
+fn run_args<'a>(mounts: &'a [&'a Path], tail: &[&'a str]) -> Vec<&'a str> {
+    let mut args = Vec::new();
+    for m in mounts {
+        args.push("-m");
+        args.push(m.to_str().unwrap());
+    }
+    args.extend_from_slice(tail);
+    args
+}
+
+fn froze_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split(": froze ").nth(1))
+        .filter(|rest| rest.starts_with('/'))
+        .map(|rest| rest.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn snapshot_freezes_ext4_xfs_btrfs_runs_command_while_frozen_then_thaws() {
+    if !require_root("snapshot_three_filesystems") {
+        return;
+    }
+    let env = Env::new();
+    let filesystems: Vec<LoopFs> = ["ext4", "xfs", "btrfs"]
+        .iter()
+        .map(|t| LoopFs::make(env.path(), t, &env.path().join(t)))
+        .collect();
+    let mounts: Vec<&Path> = filesystems.iter().map(|f| f.mnt.as_path()).collect();
+    writing_hook(&env, "10-app", &mounts);
+    let running = env.path().join("command-running");
+    let release = env.path().join("command-may-end");
+    let command = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; exit 7",
+        running.display(),
+        release.display()
+    );
+    let mut args = vec!["snapshot"];
+    args.extend(run_args(&mounts, &["--", "sh", "-c", &command]));
+    let (child, start) = env.spawn_until(&args, &running);
+    for fs in &filesystems {
+        assert!(
+            fs.frozen(),
+            "{} must be frozen while COMMAND runs",
+            fs.mnt.display()
+        );
+    }
+    fs::write(&release, "").unwrap();
+    let run = env.finish(child.wait_with_output().unwrap(), start);
+    assert_eq!(run.code, Some(7), "COMMAND's status: {run:?}");
+    for fs in &filesystems {
+        assert!(!fs.frozen());
+        for phase in ["freeze", "thaw"] {
+            assert!(
+                fs.mnt.join(format!("10-app.{phase}")).exists(),
+                "{phase} hook wrote to {}",
+                fs.mnt.display()
+            );
+        }
+    }
+    assert_eq!(
+        env.trace(),
+        ["10-app freeze rollback=0", "10-app thaw rollback=0"]
+    );
+    // Children before parents: reverse mount order.
+    let order: Vec<String> = mounts
+        .iter()
+        .rev()
+        .map(|m| m.display().to_string())
+        .collect();
+    assert_eq!(froze_lines(&run.log), order, "{}", run.log);
+}
+
+#[test]
+fn nested_mount_freezes_child_first_and_thaws_parent_first() {
+    if !require_root("nested_mount") {
+        return;
+    }
+    let env = Env::new();
+    let outer = LoopFs::make(env.path(), "ext4", &env.path().join("outer"));
+    let inner = LoopFs::make(env.path(), "xfs", &outer.mnt.join("inner"));
+    let (o, i) = (
+        outer.mnt.display().to_string(),
+        inner.mnt.display().to_string(),
+    );
+    // -m in either order: the mount order decides.
+    let run = env.run(&["snapshot", "-m", &o, "-m", &i, "--", "true"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(froze_lines(&run.log), [i.clone(), o.clone()]);
+    let thawed: Vec<&str> = run
+        .log
+        .lines()
+        .filter_map(|l| l.split(": thawed ").nth(1))
+        .collect();
+    assert_eq!(thawed, [o.as_str(), i.as_str()]);
+    assert!(!inner.frozen() && !outer.frozen());
+}
+
+#[test]
+fn bind_mount_is_frozen_once() {
+    if !require_root("bind_mount") {
+        return;
+    }
+    let env = Env::new();
+    let fs = LoopFs::make(env.path(), "ext4", &env.path().join("data"));
+    fs::create_dir(fs.mnt.join("sub")).unwrap();
+    let bind = BindMount::new(&fs.mnt.join("sub"), &env.path().join("bound"));
+    let (a, b) = (
+        fs.mnt.display().to_string(),
+        bind.target.display().to_string(),
+    );
+    let run = env.run(&["snapshot", "-m", &a, "-m", &b, "--", "true"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(froze_lines(&run.log).len(), 1, "{}", run.log);
+    // The bind mount alone reaches the same filesystem.
+    let running = env.path().join("running");
+    let cmd = format!("touch '{}'; sleep 1", running.display());
+    let (child, start) = env.spawn_until(&["snapshot", "-m", &b, "--", "sh", "-c", &cmd], &running);
+    assert!(fs.frozen());
+    assert_eq!(
+        env.finish(child.wait_with_output().unwrap(), start).code,
+        Some(0)
+    );
+    assert!(!fs.frozen());
+}
+
+#[test]
+fn max_frozen_thaws_on_time_and_ends_the_command() {
+    if !require_root("max_frozen") {
+        return;
+    }
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    env.tracing_hook("10-app", "");
+    env.set_config("kill_grace = \"500ms\"\n");
+    let running = env.path().join("running");
+    let pid = env.path().join("command.pid");
+    let cmd = format!(
+        "echo $$ > '{}'; trap '' TERM; touch '{}'; while :; do sleep 0.1; done",
+        pid.display(),
+        running.display()
+    );
+    let m = fs.mnt.display().to_string();
+    let (child, start) = env.spawn_until(
+        &[
+            "snapshot",
+            "-m",
+            &m,
+            "--max-frozen",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            &cmd,
+        ],
+        &running,
+    );
+    let frozen_since = Instant::now();
+    assert!(fs.frozen());
+    assert!(
+        eventually(Duration::from_secs(5), || !fs.frozen()),
+        "never thawed"
+    );
+    let frozen_for = frozen_since.elapsed();
+    assert!(
+        frozen_for >= Duration::from_millis(700) && frozen_for < Duration::from_secs(3),
+        "{frozen_for:?}"
+    );
+    let run = env.finish(child.wait_with_output().unwrap(), start);
+    assert_eq!(run.code, Some(124), "{run:?}");
+    assert!(
+        run.stderr.contains("frozen window of 1s expired"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !alive(read_pid(&pid)),
+        "COMMAND, which ignores TERM, was killed"
+    );
+    assert_eq!(
+        env.trace(),
+        ["10-app freeze rollback=0", "10-app thaw rollback=0"]
+    );
+}
+
+#[test]
+fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
+    if !require_root("auto_thaw") {
+        return;
+    }
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    writing_hook(&env, "10-app", &[&fs.mnt]);
+    let m = fs.mnt.display().to_string();
+    let start = Instant::now();
+    let run = env.run(&["freeze", "--fs", "-m", &m, "--auto-thaw", "1s"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        fs.frozen(),
+        "freeze --fs returns with the filesystem frozen"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !fs.frozen()),
+        "the watchdog never thawed"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || env.trace().len() == 2),
+        "{:?}",
+        env.trace()
+    );
+    assert!(
+        fs.mnt.join("10-app.thaw").exists(),
+        "the thaw hook ran after the thaw"
+    );
+    let log = env.log_text();
+    assert_eq!(
+        lines_with(&log, "its deadline passed; thawing what the journal holds").len(),
+        1,
+        "{log}"
+    );
+    // The freeze's own lines, held while frozen, reached the log too.
+    assert_eq!(froze_lines(&log), [m.as_str()], "{log}");
+}
+
+#[test]
+fn freeze_fs_then_thaw_fs_with_status_in_between() {
+    if !require_root("freeze_then_thaw") {
+        return;
+    }
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    writing_hook(&env, "10-a", &[&fs.mnt]);
+    writing_hook(&env, "20-b", &[&fs.mnt]);
+    let m = fs.mnt.display().to_string();
+    let run = env.run(&["freeze", "--fs", "-m", &m]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(fs.frozen());
+    let status = env.run(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(json["held"], true);
+    assert_eq!(json["hooks"], serde_json::json!(["10-a", "20-b"]));
+    assert_eq!(json["filesystems"], serde_json::json!([m]));
+    assert_eq!(json["watchdog"]["alive"], true);
+    let watchdog = json["watchdog"]["pid"].as_i64().unwrap() as i32;
+    let text = env.run(&["status"]).stdout;
+    assert!(
+        text.contains(&format!("watchdog: pid {watchdog}, armed")),
+        "{text}"
+    );
+    let run = env.run(&["thaw", "--fs"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!fs.frozen());
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-b freeze rollback=0",
+            "20-b thaw rollback=0",
+            "10-a thaw rollback=0"
+        ]
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || !alive(watchdog)),
+        "the watchdog exits after the thaw"
+    );
+    let status = env.run(&["status", "--json"]);
+    assert!(
+        status.stdout.starts_with(r#"{"held":false"#),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn kill_9_of_the_runner_while_frozen_thaws_within_2s() {
+    if !require_root("kill_9") {
+        return;
+    }
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    writing_hook(&env, "10-app", &[&fs.mnt]);
+    let running = env.path().join("running");
+    let cmd = format!("touch '{}'; sleep 30", running.display());
+    let m = fs.mnt.display().to_string();
+    let (child, _) = env.spawn_until(&["snapshot", "-m", &m, "--", "sh", "-c", &cmd], &running);
+    assert!(fs.frozen());
+    signal(&child, nix::sys::signal::SIGKILL);
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(2), || !fs.frozen()),
+        "still frozen 2 s after kill -9"
+    );
+    eprintln!("thawed {:?} after kill -9", killed.elapsed());
+    assert!(
+        eventually(Duration::from_secs(5), || fs
+            .mnt
+            .join("10-app.thaw")
+            .exists()),
+        "thaw hooks ran"
+    );
+    let log = env.log_text();
+    assert_eq!(
+        lines_with(&log, "the runner died before it thawed").len(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        froze_lines(&log),
+        [m],
+        "the dead runner's held lines are kept: {log}"
+    );
+    drop(child);
+}
+
+#[test]
+fn a_fifreeze_failure_thaws_what_was_frozen_and_rolls_back_the_hooks() {
+    if !require_root("fifreeze_failure") {
+        return;
+    }
+    let env = Env::new();
+    // Mounted first, frozen last: a shut-down XFS, whose FIFREEZE fails (EIO).
+    let broken = LoopFs::make(env.path(), "xfs", &env.path().join("broken"));
+    let good = LoopFs::make(env.path(), "ext4", &env.path().join("good"));
+    let shutdown = std::process::Command::new("xfs_io")
+        .args(["-x", "-c", "shutdown", broken.mnt.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(shutdown.success());
+    env.tracing_hook("10-app", "");
+    let ran = env.path().join("command-ran");
+    let (b, g) = (
+        broken.mnt.display().to_string(),
+        good.mnt.display().to_string(),
+    );
+    let cmd = format!("touch '{}'", ran.display());
+    let run = env.run(&["snapshot", "-m", &b, "-m", &g, "--", "sh", "-c", &cmd]);
+    assert_eq!(run.code, Some(125), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("cannot freeze {b}: FIFREEZE failed: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(!ran.exists(), "COMMAND must not run");
+    assert!(!good.frozen(), "what was frozen is thawed again");
+    assert_eq!(froze_lines(&run.log), [g.as_str()]);
+    assert_eq!(
+        lines_with(&run.log, &format!(": thawed {g}")).len(),
+        1,
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        env.trace(),
+        ["10-app freeze rollback=0", "10-app thaw rollback=1"]
+    );
+}
+
+#[test]
+fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
+    if !require_root("refusals") {
+        return;
+    }
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    env.tracing_hook("10-app", "");
+    let plain: PathBuf = env.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let run = env.run(&["snapshot", "-m", plain.to_str().unwrap(), "--", "true"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("{} is not a mountpoint", plain.display())),
+        "{}",
+        run.stderr
+    );
+    let on_frozen = fs.mnt.join("state");
+    let m = fs.mnt.display().to_string();
+    let run = env.run(&[
+        "snapshot",
+        "-m",
+        &m,
+        "--state-dir",
+        on_frozen.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stderr.contains("which would be frozen; use a tmpfs"),
+        "{}",
+        run.stderr
+    );
+    assert!(env.trace().is_empty(), "no hook ran");
+    assert!(!fs.frozen());
+}
+
+#[test]
+fn sigterm_during_a_snapshot_thaws_first_then_ends_the_command() {
+    if !require_root("snapshot_sigterm") {
+        return;
+    }
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    env.tracing_hook("10-app", "");
+    let running = env.path().join("running");
+    let cmd = format!("touch '{}'; sleep 30", running.display());
+    let m = fs.mnt.display().to_string();
+    let (child, start) = env.spawn_until(&["snapshot", "-m", &m, "--", "sh", "-c", &cmd], &running);
+    signal(&child, nix::sys::signal::SIGTERM);
+    let run = env.finish(child.wait_with_output().unwrap(), start);
+    assert_eq!(run.code, Some(143), "{run:?}");
+    assert!(!fs.frozen());
+    assert_eq!(
+        env.trace(),
+        ["10-app freeze rollback=0", "10-app thaw rollback=0"]
+    );
+}
