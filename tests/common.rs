@@ -213,3 +213,13 @@ pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
 pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }
+
+/// Tests that freeze (loop mounts, qemu-ga) run one at a time: qemu-ga's
+/// guest-fsfreeze-thaw thaws every filesystem of the machine, so it would
+/// thaw another test's frozen mount (harmless to the machine, but not to
+/// that test's assertions).
+pub fn freezing_exclusively() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it poisoned it; the next may go on.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

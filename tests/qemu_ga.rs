@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{BIN, alive, eventually, read_pid};
+use crate::common::{BIN, alive, eventually, freezing_exclusively, read_pid};
 use crate::loopfs::LoopFs;
 
 /// Whether the test may do what only root can. Under CI=true not being root
@@ -241,6 +241,7 @@ fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
     if !require_root("qemu_ga_cycle") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     for qga in agents() {
         let install = Install::new();
         let fs = LoopFs::ext4(install.dir.path());
@@ -308,6 +309,7 @@ fn qemu_ga_failing_hook_is_reported_and_rolled_back_nothing_frozen() {
     if !require_root("qemu_ga_failing_hook") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     for qga in agents() {
         let install = Install::new();
         let fs = LoopFs::ext4(install.dir.path());
@@ -362,6 +364,7 @@ fn qemu_ga_freeze_returns_promptly_while_a_lock_holder_lives_on() {
     if !require_root("qemu_ga_lock_holder") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     for qga in agents() {
         let install = Install::new();
         let fs = LoopFs::ext4(install.dir.path());
@@ -406,6 +409,7 @@ fn qemu_ga_hanging_hook_is_cut_off_and_the_next_cycle_works() {
     if !require_root("qemu_ga_hanging_hook") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     for qga in agents() {
         let install = Install::with_config("timeout = \"2s\"\nkill_grace = \"500ms\"\n");
         let fs = LoopFs::ext4(install.dir.path());

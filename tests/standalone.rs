@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, eventually, lines_with, read_pid, signal};
+use crate::common::{Env, alive, eventually, freezing_exclusively, lines_with, read_pid, signal};
 use crate::loopfs::{BindMount, LoopFs};
 use crate::qemu_ga::require_root;
 
@@ -45,6 +45,7 @@ fn snapshot_freezes_ext4_xfs_btrfs_runs_command_while_frozen_then_thaws() {
     if !require_root("snapshot_three_filesystems") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let filesystems: Vec<LoopFs> = ["ext4", "xfs", "btrfs"]
         .iter()
@@ -100,6 +101,7 @@ fn nested_mount_freezes_child_first_and_thaws_parent_first() {
     if !require_root("nested_mount") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let outer = LoopFs::make(env.path(), "ext4", &env.path().join("outer"));
     let inner = LoopFs::make(env.path(), "xfs", &outer.mnt.join("inner"));
@@ -125,6 +127,7 @@ fn bind_mount_is_frozen_once() {
     if !require_root("bind_mount") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::make(env.path(), "ext4", &env.path().join("data"));
     fs::create_dir(fs.mnt.join("sub")).unwrap();
@@ -153,6 +156,7 @@ fn max_frozen_thaws_on_time_and_ends_the_command() {
     if !require_root("max_frozen") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
@@ -212,6 +216,7 @@ fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
     if !require_root("auto_thaw") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-app", &[&fs.mnt]);
@@ -238,7 +243,10 @@ fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
         env.trace()
     );
     assert!(
-        fs.mnt.join("10-app.thaw").exists(),
+        eventually(Duration::from_secs(2), || fs
+            .mnt
+            .join("10-app.thaw")
+            .exists()),
         "the thaw hook ran after the thaw"
     );
     let log = env.log_text();
@@ -256,6 +264,7 @@ fn freeze_fs_then_thaw_fs_with_status_in_between() {
     if !require_root("freeze_then_thaw") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-a", &[&fs.mnt]);
@@ -305,6 +314,7 @@ fn kill_9_of_the_runner_while_frozen_thaws_within_2s() {
     if !require_root("kill_9") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-app", &[&fs.mnt]);
@@ -346,6 +356,7 @@ fn a_fifreeze_failure_thaws_what_was_frozen_and_rolls_back_the_hooks() {
     if !require_root("fifreeze_failure") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     // Mounted first, frozen last: a shut-down XFS, whose FIFREEZE fails (EIO).
     let broken = LoopFs::make(env.path(), "xfs", &env.path().join("broken"));
@@ -390,6 +401,7 @@ fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
     if !require_root("refusals") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
@@ -429,6 +441,7 @@ fn sigterm_during_a_snapshot_thaws_first_then_ends_the_command() {
     if !require_root("snapshot_sigterm") {
         return;
     }
+    let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
