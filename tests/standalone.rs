@@ -437,24 +437,69 @@ fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
 }
 
 #[test]
-fn sigterm_during_a_snapshot_thaws_first_then_ends_the_command() {
-    if !require_root("snapshot_sigterm") {
+fn stop_signals_during_a_snapshot_thaw_first_then_end_the_command() {
+    if !require_root("snapshot_signals") {
+        return;
+    }
+    let _exclusive = freezing_exclusively();
+    for (sig, code) in [
+        (nix::sys::signal::SIGTERM, 143),
+        (nix::sys::signal::SIGINT, 130),
+        (nix::sys::signal::SIGHUP, 129),
+    ] {
+        let env = Env::new();
+        let fs = LoopFs::ext4(env.path());
+        env.tracing_hook("10-app", "");
+        let running = env.path().join("running");
+        let cmd = format!("touch '{}'; sleep 30", running.display());
+        let m = fs.mnt.display().to_string();
+        let (child, start) =
+            env.spawn_until(&["snapshot", "-m", &m, "--", "sh", "-c", &cmd], &running);
+        signal(&child, sig);
+        let run = env.finish(child.wait_with_output().unwrap(), start);
+        assert_eq!(run.code, Some(code), "{sig}: {run:?}");
+        assert!(!fs.frozen());
+        assert_eq!(
+            env.trace(),
+            ["10-app freeze rollback=0", "10-app thaw rollback=0"]
+        );
+    }
+}
+
+/// A shutdown sends SIGTERM to everything: the watchdog thaws rather than
+/// leave a frozen filesystem behind.
+#[test]
+fn sigterm_to_the_watchdog_thaws() {
+    if !require_root("watchdog_sigterm") {
         return;
     }
     let _exclusive = freezing_exclusively();
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
-    let running = env.path().join("running");
-    let cmd = format!("touch '{}'; sleep 30", running.display());
     let m = fs.mnt.display().to_string();
-    let (child, start) = env.spawn_until(&["snapshot", "-m", &m, "--", "sh", "-c", &cmd], &running);
-    signal(&child, nix::sys::signal::SIGTERM);
-    let run = env.finish(child.wait_with_output().unwrap(), start);
-    assert_eq!(run.code, Some(143), "{run:?}");
-    assert!(!fs.frozen());
     assert_eq!(
-        env.trace(),
-        ["10-app freeze rollback=0", "10-app thaw rollback=0"]
+        env.run(&["freeze", "--fs", "-m", &m, "--auto-thaw", "0"])
+            .code,
+        Some(0)
+    );
+    assert!(fs.frozen());
+    let status = env.run(&["status", "--json"]).stdout;
+    let json: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    assert_eq!(json["watchdog"]["deadline_ms"], serde_json::Value::Null);
+    let pid = json["watchdog"]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM).unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || !fs.frozen()),
+        "the watchdog did not thaw"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || env.trace().len() == 2),
+        "{:?}",
+        env.trace()
+    );
+    assert_eq!(
+        lines_with(&env.log_text(), "it got SIGTERM; thawing").len(),
+        1
     );
 }
