@@ -13,6 +13,7 @@ use crate::log::Log;
 use crate::report;
 use crate::runner::{End, Phase, Runner};
 use crate::standalone;
+use crate::status;
 use crate::sys::{self, Event, Events};
 use crate::trust::Policy;
 use crate::units::{format_duration, format_limit};
@@ -68,7 +69,7 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
             max_frozen.0,
             &command,
         ),
-        Command::Status { json } => standalone::status(&settings, json),
+        Command::Status { json } => status::status(&settings, json),
         Command::Rehearse { hold } => rehearse(&settings, &open_log(), &events, hold),
     }
 }

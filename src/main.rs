@@ -14,6 +14,7 @@ mod process;
 mod report;
 mod runner;
 mod standalone;
+mod status;
 mod sys;
 mod trust;
 mod units;

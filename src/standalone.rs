@@ -397,19 +397,18 @@ pub fn snapshot(
         output_limit: settings.output_limit,
     };
     let mut signal_seen = None;
-    let (code, why) = match spawn_command(command) {
-        Err(e) => {
-            let code = if e == Errno::ENOENT { 127 } else { 126 };
-            (
-                code,
-                Some(format!("cannot run {}: {}", shown(command), e.desc())),
-            )
-        }
+    // COMMAND's end: its status, why it was cut short, and its watch if it
+    // still runs (to be ended after the thaw).
+    let (code, why, running) = match spawn_command(command) {
+        Err(e) => (
+            if e == Errno::ENOENT { 127 } else { 126 },
+            Some(format!("cannot run {}: {}", shown(command), e.desc())),
+            None,
+        ),
         Ok(pid) => {
             let mut watch = Watch::new(pid, None, &ctx, &mut signal_seen);
-            let end = watch.wait_until(max_frozen.map(|d| frozen_at + d), true);
-            let (code, why) = match &end {
-                WaitEnd::Ended(outcome) => (command_status(outcome), None),
+            match watch.wait_until(max_frozen.map(|d| frozen_at + d), true) {
+                WaitEnd::Ended(outcome) => (command_status(&outcome), None, None),
                 WaitEnd::Deadline => (
                     EXIT_FROZEN_TOO_LONG,
                     Some(format!(
@@ -417,40 +416,32 @@ pub fn snapshot(
                         format_limit(max_frozen),
                         shown(command)
                     )),
+                    Some(watch),
                 ),
                 WaitEnd::Stopped(sig) => (
-                    128 + *sig as u8,
+                    128 + sig as u8,
                     Some(format!(
                         "got {}; thawed, then ended {}",
                         sig.as_str(),
                         shown(command)
                     )),
+                    Some(watch),
                 ),
-            };
-            if !matches!(end, WaitEnd::Ended(_)) {
-                // Thaw first: the guarantee comes before the courtesy to COMMAND.
-                let failed = thaw_frozen(&mut runner, &frozen, log);
-                log.line(&format!(
-                    "{} after {}",
-                    why.clone().unwrap_or_default(),
-                    format_duration(frozen_at.elapsed())
-                ));
-                watch.end_group(settings.kill_grace);
-                let end = thaw_hooks(settings, log, events, &failed);
-                dog.done();
-                let _ = app::finish(log, "snapshot", start, end);
-                eprintln!("fsfreeze-hook: {}", why.unwrap_or_default());
-                return ExitCode::from(code);
             }
-            (code, why)
         }
     };
+    // Thaw first, in every case: the guarantee comes before the courtesy to
+    // a COMMAND still running.
     let failed = thaw_frozen(&mut runner, &frozen, log);
     log.line(&format!(
-        "{} exited with status {code}; filesystems were frozen for {}",
-        shown(command),
+        "{}; filesystems were frozen for {}",
+        why.clone()
+            .unwrap_or_else(|| format!("{} exited with status {code}", shown(command))),
         format_duration(frozen_at.elapsed())
     ));
+    if let Some(mut watch) = running {
+        watch.end_group(settings.kill_grace);
+    }
     let end = thaw_hooks(settings, log, events, &failed);
     dog.done();
     let hooks_failed = !matches!(end, End::Done | End::Nothing);
@@ -509,124 +500,6 @@ fn spawn_command(command: &[OsString]) -> Result<nix::unistd::Pid, Errno> {
         stderr: stderr.as_fd(),
     })
     .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-}
-
-/// `status`: what the journal holds, and whether its watchdog runs.
-pub fn status(settings: &Settings, json: bool) -> ExitCode {
-    let recorded = Journal::new(&settings.state_dir).read();
-    let held = match &recorded {
-        Recorded::Held(h) => Some(h),
-        _ => None,
-    };
-    if json {
-        println!("{}", status_json(held));
-    } else {
-        print!("{}", status_text(held, &recorded));
-    }
-    ExitCode::from(app::EXIT_OK)
-}
-
-fn when(ms: u64) -> String {
-    use chrono::TimeZone;
-    chrono::Local
-        .timestamp_millis_opt(ms as i64)
-        .single()
-        .map_or_else(
-            || ms.to_string(),
-            |t| t.format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
-        )
-}
-
-fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
-    let Some(h) = held else {
-        return match recorded {
-            Recorded::Corrupt(why) => format!("nothing held (journal unusable: {why})\n"),
-            _ => "nothing held: no freeze since the last thaw\n".into(),
-        };
-    };
-    let mut out = format!("frozen since {}\n", when(h.since_ms));
-    let names: Vec<String> = h.names.iter().map(|n| crate::hooks::escape(n)).collect();
-    out.push_str(&format!(
-        "hooks holding: {}\n",
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
-    ));
-    if !h.filesystems.is_empty() {
-        let fs: Vec<String> = h.filesystems.iter().map(|p| escape_path(p)).collect();
-        out.push_str(&format!(
-            "filesystems frozen{}: {}\n",
-            h.frozen_at_ms
-                .map(|t| format!(" since {}", when(t)))
-                .unwrap_or_default(),
-            fs.join(", ")
-        ));
-    }
-    match h.watchdog {
-        Some((pid, deadline)) => out.push_str(&format!(
-            "watchdog: pid {pid}, {}{}\n",
-            if watchdog::alive(pid) {
-                "armed"
-            } else {
-                "NOT RUNNING"
-            },
-            deadline
-                .map(|d| format!(", thaws at {}", when(d)))
-                .unwrap_or_default()
-        )),
-        None if !h.filesystems.is_empty() => out.push_str("watchdog: none\n"),
-        None => {}
-    }
-    out
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn status_json(held: Option<&Held>) -> String {
-    let Some(h) = held else {
-        return r#"{"held":false,"hooks":[],"filesystems":[],"watchdog":null}"#.into();
-    };
-    let list = |items: Vec<String>| {
-        format!(
-            "[{}]",
-            items
-                .iter()
-                .map(|i| json_string(i))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    };
-    let watchdog = match h.watchdog {
-        Some((pid, deadline)) => format!(
-            r#"{{"pid":{pid},"alive":{},"deadline_ms":{}}}"#,
-            watchdog::alive(pid),
-            deadline.map_or_else(|| "null".into(), |d| d.to_string())
-        ),
-        None => "null".into(),
-    };
-    format!(
-        r#"{{"held":true,"since_ms":{},"hooks":{},"filesystems":{},"frozen_since_ms":{},"watchdog":{}}}"#,
-        h.since_ms,
-        list(h.names.iter().map(|n| crate::hooks::escape(n)).collect()),
-        list(h.filesystems.iter().map(|p| escape_path(p)).collect()),
-        h.frozen_at_ms
-            .map_or_else(|| "null".into(), |t| t.to_string()),
-        watchdog
-    )
 }
 
 #[cfg(test)]

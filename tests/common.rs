@@ -223,3 +223,23 @@ pub fn freezing_exclusively() -> std::sync::MutexGuard<'static, ()> {
     // A test that failed while holding it poisoned it; the next may go on.
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Whether the test may do what only root can. Under CI=true not being root
+/// is a failure, never a skip.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root and CI=true: a missing prerequisite is a failure"
+    );
+    eprintln!("skipped {test}: needs root (run the test command with sudo)");
+    false
+}
+
+/// For a test that freezes: root (else a skip, or a failure under CI), then
+/// the lock that makes freezing tests run one at a time.
+pub fn freezing_test(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    require_root(test).then(freezing_exclusively)
+}

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::require_root;
 use crate::common::{BIN, Env, alive, eventually, lines_with, read_pid, signal};
-use crate::qemu_ga::require_root;
 
 const NOBODY: u32 = 65534;
 

@@ -14,22 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{BIN, alive, eventually, freezing_exclusively, read_pid};
+use crate::common::{BIN, alive, eventually, freezing_test, read_pid};
 use crate::loopfs::LoopFs;
-
-/// Whether the test may do what only root can. Under CI=true not being root
-/// is a failure, never a skip.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root and CI=true: a missing prerequisite is a failure"
-    );
-    eprintln!("skipped {test}: needs root (run the test command with sudo)");
-    false
-}
 
 /// The qemu-ga binaries to test against; a missing one fails under CI.
 fn agents() -> Vec<PathBuf> {
@@ -238,10 +224,9 @@ fn freeze_list(agent: &mut Agent, mnt: &Path) -> Result<Value, String> {
 
 #[test]
 fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
-    if !require_root("qemu_ga_cycle") {
+    let Some(_exclusive) = freezing_test("qemu_ga_cycle") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     for qga in agents() {
         let install = Install::new();
         let fs = LoopFs::ext4(install.dir.path());
@@ -306,10 +291,9 @@ fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
 
 #[test]
 fn qemu_ga_failing_hook_is_reported_and_rolled_back_nothing_frozen() {
-    if !require_root("qemu_ga_failing_hook") {
+    let Some(_exclusive) = freezing_test("qemu_ga_failing_hook") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     for qga in agents() {
         let install = Install::new();
         let fs = LoopFs::ext4(install.dir.path());
@@ -361,10 +345,9 @@ fn qemu_ga_failing_hook_is_reported_and_rolled_back_nothing_frozen() {
 /// in between, the freeze returns at once and the holder lives until thaw.
 #[test]
 fn qemu_ga_freeze_returns_promptly_while_a_lock_holder_lives_on() {
-    if !require_root("qemu_ga_lock_holder") {
+    let Some(_exclusive) = freezing_test("qemu_ga_lock_holder") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     for qga in agents() {
         let install = Install::new();
         let fs = LoopFs::ext4(install.dir.path());
@@ -406,10 +389,9 @@ fn qemu_ga_freeze_returns_promptly_while_a_lock_holder_lives_on() {
 /// agent answers with an error, nothing is frozen, and the next cycle works.
 #[test]
 fn qemu_ga_hanging_hook_is_cut_off_and_the_next_cycle_works() {
-    if !require_root("qemu_ga_hanging_hook") {
+    let Some(_exclusive) = freezing_test("qemu_ga_hanging_hook") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     for qga in agents() {
         let install = Install::with_config("timeout = \"2s\"\nkill_grace = \"500ms\"\n");
         let fs = LoopFs::ext4(install.dir.path());

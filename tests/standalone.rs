@@ -8,9 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, eventually, freezing_exclusively, lines_with, read_pid, signal};
+use crate::common::{Env, alive, eventually, freezing_test, lines_with, read_pid, signal};
 use crate::loopfs::{BindMount, LoopFs};
-use crate::qemu_ga::require_root;
 
 /// A hook that records its phase in the trace and writes a file into each
 /// of `mounts` (possible only while they are not frozen).
@@ -42,10 +41,9 @@ fn froze_lines(log: &str) -> Vec<String> {
 
 #[test]
 fn snapshot_freezes_ext4_xfs_btrfs_runs_command_while_frozen_then_thaws() {
-    if !require_root("snapshot_three_filesystems") {
+    let Some(_exclusive) = freezing_test("snapshot_three_filesystems") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let filesystems: Vec<LoopFs> = ["ext4", "xfs", "btrfs"]
         .iter()
@@ -98,10 +96,9 @@ fn snapshot_freezes_ext4_xfs_btrfs_runs_command_while_frozen_then_thaws() {
 
 #[test]
 fn nested_mount_freezes_child_first_and_thaws_parent_first() {
-    if !require_root("nested_mount") {
+    let Some(_exclusive) = freezing_test("nested_mount") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let outer = LoopFs::make(env.path(), "ext4", &env.path().join("outer"));
     let inner = LoopFs::make(env.path(), "xfs", &outer.mnt.join("inner"));
@@ -124,10 +121,9 @@ fn nested_mount_freezes_child_first_and_thaws_parent_first() {
 
 #[test]
 fn bind_mount_is_frozen_once() {
-    if !require_root("bind_mount") {
+    let Some(_exclusive) = freezing_test("bind_mount") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let fs = LoopFs::make(env.path(), "ext4", &env.path().join("data"));
     fs::create_dir(fs.mnt.join("sub")).unwrap();
@@ -153,10 +149,9 @@ fn bind_mount_is_frozen_once() {
 
 #[test]
 fn max_frozen_thaws_on_time_and_ends_the_command() {
-    if !require_root("max_frozen") {
+    let Some(_exclusive) = freezing_test("max_frozen") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
@@ -213,10 +208,9 @@ fn max_frozen_thaws_on_time_and_ends_the_command() {
 
 #[test]
 fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
-    if !require_root("auto_thaw") {
+    let Some(_exclusive) = freezing_test("auto_thaw") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-app", &[&fs.mnt]);
@@ -261,10 +255,9 @@ fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
 
 #[test]
 fn freeze_fs_then_thaw_fs_with_status_in_between() {
-    if !require_root("freeze_then_thaw") {
+    let Some(_exclusive) = freezing_test("freeze_then_thaw") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-a", &[&fs.mnt]);
@@ -311,10 +304,9 @@ fn freeze_fs_then_thaw_fs_with_status_in_between() {
 
 #[test]
 fn kill_9_of_the_runner_while_frozen_thaws_within_2s() {
-    if !require_root("kill_9") {
+    let Some(_exclusive) = freezing_test("kill_9") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-app", &[&fs.mnt]);
@@ -353,10 +345,9 @@ fn kill_9_of_the_runner_while_frozen_thaws_within_2s() {
 
 #[test]
 fn a_fifreeze_failure_thaws_what_was_frozen_and_rolls_back_the_hooks() {
-    if !require_root("fifreeze_failure") {
+    let Some(_exclusive) = freezing_test("fifreeze_failure") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     // Mounted first, frozen last: a shut-down XFS, whose FIFREEZE fails (EIO).
     let broken = LoopFs::make(env.path(), "xfs", &env.path().join("broken"));
@@ -398,10 +389,9 @@ fn a_fifreeze_failure_thaws_what_was_frozen_and_rolls_back_the_hooks() {
 
 #[test]
 fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
-    if !require_root("refusals") {
+    let Some(_exclusive) = freezing_test("refusals") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
@@ -438,10 +428,9 @@ fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
 
 #[test]
 fn stop_signals_during_a_snapshot_thaw_first_then_end_the_command() {
-    if !require_root("snapshot_signals") {
+    let Some(_exclusive) = freezing_test("snapshot_signals") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     for (sig, code) in [
         (nix::sys::signal::SIGTERM, 143),
         (nix::sys::signal::SIGINT, 130),
@@ -470,10 +459,9 @@ fn stop_signals_during_a_snapshot_thaw_first_then_end_the_command() {
 /// leave a frozen filesystem behind.
 #[test]
 fn sigterm_to_the_watchdog_thaws() {
-    if !require_root("watchdog_sigterm") {
+    let Some(_exclusive) = freezing_test("watchdog_sigterm") else {
         return;
-    }
-    let _exclusive = freezing_exclusively();
+    };
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");

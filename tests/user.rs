@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::BIN;
-use crate::qemu_ga::require_root;
+use crate::common::require_root;
 
 const NOBODY: u32 = 65534;
 

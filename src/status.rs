@@ -1,0 +1,127 @@
+//! `status`: what the journal holds (hooks, filesystems, since when), and
+//! whether its watchdog is running. Reads only: safe while frozen.
+
+use std::process::ExitCode;
+
+use crate::config::Settings;
+use crate::hooks::escape_path;
+use crate::journal::{Held, Journal, Recorded};
+use crate::watchdog;
+
+/// `status`: what the journal holds, and whether its watchdog runs.
+pub fn status(settings: &Settings, json: bool) -> ExitCode {
+    let recorded = Journal::new(&settings.state_dir).read();
+    let held = match &recorded {
+        Recorded::Held(h) => Some(h),
+        _ => None,
+    };
+    if json {
+        println!("{}", status_json(held));
+    } else {
+        print!("{}", status_text(held, &recorded));
+    }
+    ExitCode::from(crate::app::EXIT_OK)
+}
+
+fn when(ms: u64) -> String {
+    use chrono::TimeZone;
+    chrono::Local
+        .timestamp_millis_opt(ms as i64)
+        .single()
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        )
+}
+
+fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
+    let Some(h) = held else {
+        return match recorded {
+            Recorded::Corrupt(why) => format!("nothing held (journal unusable: {why})\n"),
+            _ => "nothing held: no freeze since the last thaw\n".into(),
+        };
+    };
+    let mut out = format!("frozen since {}\n", when(h.since_ms));
+    let names: Vec<String> = h.names.iter().map(|n| crate::hooks::escape(n)).collect();
+    out.push_str(&format!(
+        "hooks holding: {}\n",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    ));
+    if !h.filesystems.is_empty() {
+        let fs: Vec<String> = h.filesystems.iter().map(|p| escape_path(p)).collect();
+        out.push_str(&format!(
+            "filesystems frozen{}: {}\n",
+            h.frozen_at_ms
+                .map(|t| format!(" since {}", when(t)))
+                .unwrap_or_default(),
+            fs.join(", ")
+        ));
+    }
+    match h.watchdog {
+        Some((pid, deadline)) => out.push_str(&format!(
+            "watchdog: pid {pid}, {}{}\n",
+            if watchdog::alive(pid) {
+                "armed"
+            } else {
+                "NOT RUNNING"
+            },
+            deadline
+                .map(|d| format!(", thaws at {}", when(d)))
+                .unwrap_or_default()
+        )),
+        None if !h.filesystems.is_empty() => out.push_str("watchdog: none\n"),
+        None => {}
+    }
+    out
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn status_json(held: Option<&Held>) -> String {
+    let Some(h) = held else {
+        return r#"{"held":false,"hooks":[],"filesystems":[],"watchdog":null}"#.into();
+    };
+    let list = |items: Vec<String>| {
+        format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| json_string(i))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let watchdog = match h.watchdog {
+        Some((pid, deadline)) => format!(
+            r#"{{"pid":{pid},"alive":{},"deadline_ms":{}}}"#,
+            watchdog::alive(pid),
+            deadline.map_or_else(|| "null".into(), |d| d.to_string())
+        ),
+        None => "null".into(),
+    };
+    format!(
+        r#"{{"held":true,"since_ms":{},"hooks":{},"filesystems":{},"frozen_since_ms":{},"watchdog":{}}}"#,
+        h.since_ms,
+        list(h.names.iter().map(|n| crate::hooks::escape(n)).collect()),
+        list(h.filesystems.iter().map(|p| escape_path(p)).collect()),
+        h.frozen_at_ms
+            .map_or_else(|| "null".into(), |t| t.to_string()),
+        watchdog
+    )
+}
