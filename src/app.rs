@@ -70,6 +70,15 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
             &command,
         ),
         Command::Status { json } => status::status(&settings, json),
+        Command::List { json } => crate::list::list(&settings, json),
+        Command::Check { root } => crate::check::check(&root),
+        Command::Enable { root, dry_run } => crate::enable::enable(&root, dry_run),
+        Command::Disable { root, dry_run } => crate::enable::disable(&root, dry_run),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut std::io::stdout());
+            ExitCode::from(EXIT_OK)
+        }
         Command::Rehearse { hold } => rehearse(&settings, &open_log(), &events, hold),
     }
 }

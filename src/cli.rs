@@ -137,6 +137,47 @@ pub enum Command {
         command: Vec<std::ffi::OsString>,
     },
 
+    /// List every entry of the hooks dir in run order: runs (with its time
+    /// limit), or skipped and why
+    List {
+        /// One JSON document instead of text
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Check the whole chain (qemu-ga installed, configured to call this
+    /// binary, running; virtio port; config; hooks dir; hooks; log and state
+    /// dirs); one actionable line per problem, non-zero exit if any
+    Check {
+        /// Check the system image mounted at DIR instead of this machine
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+
+    /// Install this binary as qemu-ga's hook (keeping the stock script aside),
+    /// create the hooks dir, point qemu-ga at it; print each change
+    Enable {
+        /// Act on the system image mounted at DIR
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Only say what would change
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Undo exactly what `enable` did
+    Disable {
+        /// Act on the system image mounted at DIR
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Only say what would change
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Print a shell completion script (bash, zsh, fish, ...)
+    Completions { shell: clap_complete::Shell },
+
     /// Show what is frozen now and since when, which hooks hold, and whether
     /// a watchdog is armed
     Status {

@@ -34,6 +34,12 @@ pub struct Opened {
 /// Opens and checks the hook at `path`. The error is the reason it must not
 /// run, as a phrase for the log and the summary line.
 pub fn open(path: &Path, policy: &Policy) -> Result<Opened, String> {
+    open_in(path, policy, Path::new("/"))
+}
+
+/// [`open`] for a hook of the system mounted at `root` (`check --root`):
+/// its `#!` interpreter is looked for under `root`.
+pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, String> {
     // O_NONBLOCK: an entry swapped for a FIFO since the dir was read must not
     // block the open; no effect on a regular file.
     let file = OpenOptions::new()
@@ -55,7 +61,7 @@ pub fn open(path: &Path, policy: &Policy) -> Result<Opened, String> {
         .map_err(|u| format!("is not trusted: {u}"))?;
     let mut head = [0u8; SHEBANG_MAX];
     let n = read_head(&file, &mut head).map_err(|e| format!("cannot be read: {e}"))?;
-    let kind = classify(&head[..n], meta.len())?;
+    let kind = classify(&head[..n], meta.len(), root)?;
     Ok(Opened { file, kind })
 }
 
@@ -71,7 +77,7 @@ fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// What kind of program the first bytes show; `len` is the file's size.
-fn classify(head: &[u8], len: u64) -> Result<Kind, String> {
+fn classify(head: &[u8], len: u64, root: &Path) -> Result<Kind, String> {
     if let Some(rest) = head.strip_prefix(b"#!") {
         let line = match rest.iter().position(|&b| b == b'\n') {
             Some(end) => &rest[..end],
@@ -88,7 +94,8 @@ fn classify(head: &[u8], len: u64) -> Result<Kind, String> {
             .find(|w| !w.is_empty())
             .ok_or("has a #! line that names no interpreter")?;
         let interpreter = Path::new(OsStr::from_bytes(interpreter));
-        if !interpreter.exists() {
+        let inside = root.join(interpreter.strip_prefix("/").unwrap_or(interpreter));
+        if !inside.exists() {
             return Err(format!(
                 "names interpreter {} in its #! line, which does not exist",
                 crate::hooks::escape_path(interpreter)
@@ -111,25 +118,37 @@ mod tests {
 
     #[test]
     fn kinds_and_refusals() {
-        assert_eq!(classify(b"#!/bin/sh\necho hi\n", 18), Ok(Kind::Script));
-        assert_eq!(classify(b"#! /bin/sh -e\n", 14), Ok(Kind::Script));
-        assert_eq!(classify(b"\x7fELF\x02\x01", 1000), Ok(Kind::Elf));
-        assert_eq!(classify(b"echo no shebang\n", 16), Ok(Kind::Shell));
-        assert_eq!(classify(b"", 0), Ok(Kind::Shell));
-        let missing = classify(b"#!/usr/bin/python9 -u\n", 22).unwrap_err();
+        assert_eq!(
+            classify(b"#!/bin/sh\necho hi\n", 18, Path::new("/")),
+            Ok(Kind::Script)
+        );
+        assert_eq!(
+            classify(b"#! /bin/sh -e\n", 14, Path::new("/")),
+            Ok(Kind::Script)
+        );
+        assert_eq!(
+            classify(b"\x7fELF\x02\x01", 1000, Path::new("/")),
+            Ok(Kind::Elf)
+        );
+        assert_eq!(
+            classify(b"echo no shebang\n", 16, Path::new("/")),
+            Ok(Kind::Shell)
+        );
+        assert_eq!(classify(b"", 0, Path::new("/")), Ok(Kind::Shell));
+        let missing = classify(b"#!/usr/bin/python9 -u\n", 22, Path::new("/")).unwrap_err();
         assert!(missing.contains("/usr/bin/python9"), "{missing}");
         assert!(
-            classify(b"#!\n", 3)
+            classify(b"#!\n", 3, Path::new("/"))
                 .unwrap_err()
                 .contains("names no interpreter")
         );
         assert!(
-            classify(b"\x00\x01\x02garbage", 10)
+            classify(b"\x00\x01\x02garbage", 10, Path::new("/"))
                 .unwrap_err()
                 .contains("binary data")
         );
         let long = [b"#!/bin/sh ".as_slice(), &[b'x'; 300]].concat();
-        let err = classify(&long[..SHEBANG_MAX], long.len() as u64).unwrap_err();
+        let err = classify(&long[..SHEBANG_MAX], long.len() as u64, Path::new("/")).unwrap_err();
         assert!(err.contains("longer than 255 bytes"), "{err}");
     }
 }

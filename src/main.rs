@@ -1,12 +1,17 @@
 //! fsfreeze-hook: runs fsfreeze-hook.d scripts for qemu-ga's filesystem freeze.
 
+mod agent;
 mod app;
+mod check;
 mod cli;
 mod config;
+mod enable;
 mod freeze;
 mod hookfile;
 mod hooks;
 mod journal;
+mod json;
+mod list;
 mod log;
 mod mounts;
 mod output;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::config::Settings;
 use crate::hooks::escape_path;
 use crate::journal::{Held, Journal, Recorded};
+use crate::json::{self, Object};
 use crate::watchdog;
 
 /// `status`: what the journal holds, and whether its watchdog runs.
@@ -79,49 +80,38 @@ fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
     out
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn status_json(held: Option<&Held>) -> String {
     let Some(h) = held else {
-        return r#"{"held":false,"hooks":[],"filesystems":[],"watchdog":null}"#.into();
+        return Object::new()
+            .bool("held", false)
+            .raw("hooks", json::array([]))
+            .raw("filesystems", json::array([]))
+            .opt("watchdog", None)
+            .finish();
     };
-    let list = |items: Vec<String>| {
-        format!(
-            "[{}]",
-            items
-                .iter()
-                .map(|i| json_string(i))
-                .collect::<Vec<_>>()
-                .join(",")
+    let watchdog = h.watchdog.map(|(pid, deadline)| {
+        Object::new()
+            .num("pid", pid)
+            .bool("alive", watchdog::alive(pid))
+            .opt("deadline_ms", deadline.map(|d| d.to_string()))
+            .finish()
+    });
+    Object::new()
+        .bool("held", true)
+        .num("since_ms", h.since_ms as f64)
+        .raw(
+            "hooks",
+            json::array(
+                h.names
+                    .iter()
+                    .map(|n| json::string(&crate::hooks::escape(n))),
+            ),
         )
-    };
-    let watchdog = match h.watchdog {
-        Some((pid, deadline)) => format!(
-            r#"{{"pid":{pid},"alive":{},"deadline_ms":{}}}"#,
-            watchdog::alive(pid),
-            deadline.map_or_else(|| "null".into(), |d| d.to_string())
-        ),
-        None => "null".into(),
-    };
-    format!(
-        r#"{{"held":true,"since_ms":{},"hooks":{},"filesystems":{},"frozen_since_ms":{},"watchdog":{}}}"#,
-        h.since_ms,
-        list(h.names.iter().map(|n| crate::hooks::escape(n)).collect()),
-        list(h.filesystems.iter().map(|p| escape_path(p)).collect()),
-        h.frozen_at_ms
-            .map_or_else(|| "null".into(), |t| t.to_string()),
-        watchdog
-    )
+        .raw(
+            "filesystems",
+            json::array(h.filesystems.iter().map(|p| json::string(&escape_path(p)))),
+        )
+        .opt("frozen_since_ms", h.frozen_at_ms.map(|t| t.to_string()))
+        .opt("watchdog", watchdog)
+        .finish()
 }

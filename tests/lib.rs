@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, run on temp hook dirs, and (as root)
 //! under the real qemu-ga on a loop-mounted filesystem the test made.
 
+mod admin;
 mod common;
 mod faults;
 mod loopfs;

@@ -99,7 +99,39 @@ impl Settings {
     /// Loads the settings for a run invoked as `argv0`.
     pub fn load(argv0: &Path, flags: &Overrides) -> Result<Settings, ConfigError> {
         let env = std::env::var_os(CONFIG_ENV);
-        let file = match locate_config(flags.config.as_deref(), env.as_deref(), argv0) {
+        let located = locate_config(
+            flags.config.as_deref(),
+            env.as_deref(),
+            argv0,
+            Path::new("/"),
+        );
+        Settings::from_file(located, argv0, flags, crate::sys::is_root())
+    }
+
+    /// The settings qemu-ga's call of its hook gets on the system mounted at
+    /// `root` (`check --root`): no flags, no environment, root's defaults;
+    /// `hook` is the guest path qemu-ga runs, and every path is mapped into
+    /// `root`.
+    pub fn load_for_agent(hook: &Path, root: &Path) -> Result<Settings, ConfigError> {
+        let in_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let argv0 = in_root(hook);
+        let located = locate_config(None, None, &argv0, root);
+        let mut s = Settings::from_file(located, &argv0, &Overrides::default(), true)?;
+        if !s.hooks_dir.starts_with(root) {
+            s.hooks_dir = in_root(&s.hooks_dir);
+        }
+        s.log_file = in_root(&s.log_file);
+        s.state_dir = in_root(&s.state_dir);
+        Ok(s)
+    }
+
+    fn from_file(
+        located: Option<PathBuf>,
+        argv0: &Path,
+        flags: &Overrides,
+        as_root: bool,
+    ) -> Result<Settings, ConfigError> {
+        let file = match located {
             Some(path) => {
                 let text = std::fs::read(&path).map_err(|e| ConfigError {
                     file: path.clone(),
@@ -122,8 +154,7 @@ impl Settings {
             Some((p, f)) => (Some(p), f),
             None => (None, FileConfig::default()),
         };
-        let root = crate::sys::is_root();
-        let (log_default, state_default, fallback_note) = if root {
+        let (log_default, state_default, fallback_note) = if as_root {
             (ROOT_LOG_FILE.into(), ROOT_STATE_DIR.into(), None)
         } else {
             let (log, state) = user_locations();
@@ -194,7 +225,12 @@ fn beside_invoked(argv0: &Path, name: &str) -> Option<PathBuf> {
 /// beside the invoked path, `/etc/qemu/fsfreeze-hook.conf`. The first two are
 /// returned even when missing, so that a wrong explicit path is an error
 /// rather than silently ignored.
-fn locate_config(flag: Option<&Path>, env: Option<&OsStr>, argv0: &Path) -> Option<PathBuf> {
+fn locate_config(
+    flag: Option<&Path>,
+    env: Option<&OsStr>,
+    argv0: &Path,
+    root: &Path,
+) -> Option<PathBuf> {
     if let Some(p) = flag {
         return Some(p.to_path_buf());
     }
@@ -204,7 +240,9 @@ fn locate_config(flag: Option<&Path>, env: Option<&OsStr>, argv0: &Path) -> Opti
     let beside = beside_invoked(argv0, "fsfreeze-hook.conf");
     beside
         .into_iter()
-        .chain(std::iter::once(PathBuf::from(SYSTEM_CONFIG)))
+        .chain(std::iter::once(
+            root.join(SYSTEM_CONFIG.trim_start_matches('/')),
+        ))
         .find(|p| p.exists())
 }
 
@@ -285,12 +323,18 @@ mod tests {
         let argv0 = dir.join("fsfreeze-hook");
         let flag = Path::new("/nonexistent/flag.conf");
         let env = OsStr::new("/nonexistent/env.conf");
-        assert_eq!(locate_config(Some(flag), Some(env), &argv0).unwrap(), flag);
         assert_eq!(
-            locate_config(None, Some(env), &argv0).unwrap(),
+            locate_config(Some(flag), Some(env), &argv0, Path::new("/")).unwrap(),
+            flag
+        );
+        assert_eq!(
+            locate_config(None, Some(env), &argv0, Path::new("/")).unwrap(),
             Path::new(env)
         );
-        assert_eq!(locate_config(None, None, &argv0).unwrap(), beside);
+        assert_eq!(
+            locate_config(None, None, &argv0, Path::new("/")).unwrap(),
+            beside
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

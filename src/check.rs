@@ -1,0 +1,286 @@
+//! `check`: the whole chain from hypervisor to hook, one actionable line per
+//! problem. The usual answers to "my hook never runs": qemu-ga started without
+//! `-F`, the hook path is still the stock script, a script not executable or
+//! named `.dpkg-old`, an interpreter missing, SELinux.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::agent::{self, HookSetting, in_root};
+use crate::config::Settings;
+use crate::hooks::escape_path;
+use crate::list::{self, Verdict};
+
+const PORT: &str = "/dev/virtio-ports/org.qemu.guest_agent.0";
+const RESTART: &str = "systemctl restart qemu-guest-agent";
+
+/// One finding: fine, or a problem with its fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Ok(String),
+    Note(String),
+    Problem { what: String, fix: String },
+}
+
+fn problem(what: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding::Problem {
+        what: what.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Checks the system mounted at `root` (`/` for this machine).
+pub fn findings(root: &Path) -> Vec<Finding> {
+    let live = root == Path::new("/");
+    let mut out = Vec::new();
+    let agent = agent::inspect(root);
+    match &agent.binary {
+        Some(b) => out.push(Finding::Ok(format!("qemu-ga is installed ({})", b.display()))),
+        None => out.push(problem(
+            "qemu-ga is not installed",
+            "apt-get install qemu-guest-agent (Debian, Ubuntu) or dnf install qemu-guest-agent (RHEL, Fedora)",
+        )),
+    }
+    if let (Some(unit), Some(argv)) = (&agent.unit, &agent.exec_start) {
+        out.push(Finding::Ok(format!(
+            "{} starts: {}",
+            unit.display(),
+            argv.join(" ")
+        )));
+    }
+    if let Some(d) = &agent.ignored_defaults {
+        out.push(Finding::Note(format!(
+            "{} sets DAEMON_ARGS, which the systemd unit ignores; qemu-ga's hook is set in qemu-ga.conf or the unit",
+            d.display()
+        )));
+    }
+    let hook = match &agent.hook {
+        HookSetting::None => {
+            out.push(problem(
+                format!(
+                    "qemu-ga runs no hook: {} starts it without -F and no qemu-ga.conf sets fsfreeze-hook=",
+                    agent.unit.as_deref().map_or("its start command".into(), |u| u.display().to_string())
+                ),
+                format!("run `fsfreeze-hook enable`, then `{RESTART}`"),
+            ));
+            None
+        }
+        HookSetting::Disabled { source } => {
+            out.push(problem(
+                format!("qemu-ga's hook is switched off (/dev/null) in {}", source.display()),
+                format!(
+                    "set the hook path there (RHEL: FSFREEZE_HOOK_PATHNAME=/etc/qemu-ga/fsfreeze-hook in /etc/sysconfig/qemu-ga), then `{RESTART}`"
+                ),
+            ));
+            None
+        }
+        HookSetting::CommandLine { path, source } | HookSetting::Config { path, source } => {
+            out.push(Finding::Ok(format!(
+                "qemu-ga runs the hook {} (set in {})",
+                path.display(),
+                source.display()
+            )));
+            Some(path.clone())
+        }
+    };
+    if let Some(hook) = &hook {
+        check_hook_binary(root, hook, &mut out);
+        check_hook_settings(root, hook, &mut out);
+    }
+    let port = in_root(root, Path::new(PORT));
+    if port.exists() {
+        out.push(Finding::Ok(format!(
+            "the guest agent's virtio port {PORT} is present"
+        )));
+    } else {
+        out.push(problem(
+            format!("no virtio port {PORT}: this VM has no guest agent channel"),
+            "enable the VM's QEMU Guest Agent option in the hypervisor (Proxmox VE: Options > QEMU Guest Agent; libvirt: an org.qemu.guest_agent.0 channel), then restart the VM",
+        ));
+    }
+    if live {
+        if qemu_ga_running() {
+            out.push(Finding::Ok("qemu-ga is running".into()));
+        } else {
+            out.push(problem(
+                "qemu-ga is not running",
+                format!("`systemctl enable --now qemu-guest-agent` (or `{RESTART}`)"),
+            ));
+        }
+        if fs::read_to_string("/sys/fs/selinux/enforce").is_ok_and(|v| v.trim() == "1") {
+            out.push(Finding::Note(
+                "SELinux is enforcing: qemu-ga may run only hooks labelled for it (restorecon -Rv /etc/qemu-ga /etc/qemu); denials are in the audit log".into(),
+            ));
+        }
+    }
+    out
+}
+
+/// Is the hook qemu-ga runs this very program?
+fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
+    let at = in_root(root, hook);
+    let ours = fs::read("/proc/self/exe").ok();
+    match fs::read(&at) {
+        Err(_) => out.push(problem(
+            format!("the hook {} does not exist", hook.display()),
+            format!("run `fsfreeze-hook enable`, then `{RESTART}`"),
+        )),
+        Ok(bytes) if Some(&bytes) == ours.as_ref() => out.push(Finding::Ok(format!(
+            "{} is this fsfreeze-hook",
+            hook.display()
+        ))),
+        Ok(bytes) if bytes.starts_with(b"#!") => out.push(problem(
+            format!(
+                "{} is a script (the stock hook?), not fsfreeze-hook",
+                hook.display()
+            ),
+            "run `fsfreeze-hook enable` (it keeps the script aside, and `disable` restores it)",
+        )),
+        Ok(bytes) if find(&bytes, b"fsfreeze-hook journal 1") => out.push(Finding::Note(format!(
+            "{} is another build of fsfreeze-hook than this one",
+            hook.display()
+        ))),
+        Ok(_) => out.push(problem(
+            format!("{} is another program, not fsfreeze-hook", hook.display()),
+            "run `fsfreeze-hook enable`",
+        )),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The config, hooks dir, hooks, log and state dir, as qemu-ga's call of
+/// `hook` would see them.
+fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
+    let settings = match Settings::load_for_agent(hook, root) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(problem(e.to_string(), "fix that line of the config"));
+            return;
+        }
+    };
+    out.push(Finding::Ok(match &settings.config_file {
+        Some(c) => format!("config {} parses", c.display()),
+        None => "no config file: defaults apply".into(),
+    }));
+    let listing = list::inspect(&settings, root);
+    let dir = escape_path(&settings.hooks_dir);
+    match &listing.problem {
+        Some(p) if p.ends_with("does not exist") => out.push(problem(
+            p.clone(),
+            format!("run `fsfreeze-hook enable` (or `install -d -m 0755 {dir}`) and put hook scripts there"),
+        )),
+        Some(p) => out.push(problem(p.clone(), "make it owned by root and not writable by group or others (chown root: ...; chmod go-w ...)")),
+        None => out.push(Finding::Ok(format!("hooks dir {dir} exists and is trusted"))),
+    }
+    let mut runs = 0;
+    for e in &listing.entries {
+        let name = crate::hooks::escape(&e.name);
+        match &e.verdict {
+            Verdict::Runs { .. } => runs += 1,
+            Verdict::Skipped(why) if deliberate(why) => out.push(Finding::Note(format!(
+                "{name} is skipped on purpose: {why}"
+            ))),
+            Verdict::Skipped(why) => out.push(problem(
+                format!("hook {name} will not run: {why}"),
+                fix_for(why, &e.path),
+            )),
+        }
+    }
+    if listing.problem.is_none() {
+        out.push(Finding::Ok(format!("{runs} hook(s) will run")));
+    }
+    writable(&settings.log_file, "log", out);
+    writable(&settings.state_dir, "state dir", out);
+}
+
+/// Skips that are the naming convention working as meant.
+fn deliberate(why: &str) -> bool {
+    why.starts_with("ignored suffix") || why == "dotfile" || why.starts_with("editor leftover")
+}
+
+fn fix_for(why: &str, path: &Path) -> String {
+    let p = escape_path(path);
+    if why.contains("not executable") {
+        format!("chmod 755 {p}")
+    } else if why.contains("not trusted") {
+        format!("chown root: {p}; chmod go-w {p} (and the directories named)")
+    } else if why.contains("interpreter") {
+        "install that interpreter, or fix the #! line".into()
+    } else if why.contains("broken symlink") {
+        format!("point {p} at an existing file, or remove it")
+    } else {
+        format!("replace {p} with an executable script or program")
+    }
+}
+
+/// The log file (or its dir, before its first run) and the state dir (or
+/// the dir it will be made in) must be writable.
+fn writable(path: &Path, what: &str, out: &mut Vec<Finding>) {
+    let mut probe: PathBuf = path.to_path_buf();
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p.to_path_buf(),
+            None => break,
+        }
+    }
+    let ok = nix::unistd::access(&probe, nix::unistd::AccessFlags::W_OK).is_ok();
+    if ok {
+        out.push(Finding::Ok(format!(
+            "{what} {} is writable",
+            path.display()
+        )));
+    } else {
+        out.push(problem(
+            format!(
+                "{what} {} is not writable (checked {})",
+                path.display(),
+                probe.display()
+            ),
+            format!(
+                "make {} writable by root, or set another path in the config",
+                probe.display()
+            ),
+        ));
+    }
+}
+
+fn qemu_ga_running() -> bool {
+    fs::read_dir("/proc").is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .any(|e| {
+                fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == "qemu-ga")
+            })
+    })
+}
+
+pub fn check(root: &Path) -> ExitCode {
+    let findings = findings(root);
+    let mut problems = 0;
+    for f in &findings {
+        match f {
+            Finding::Ok(s) => println!("ok: {s}"),
+            Finding::Note(s) => println!("note: {s}"),
+            Finding::Problem { what, fix } => {
+                problems += 1;
+                println!("problem: {what}. Fix: {fix}");
+            }
+        }
+    }
+    if problems == 0 {
+        println!("all good: the next freeze will run the hooks listed by `fsfreeze-hook list`");
+        ExitCode::from(crate::app::EXIT_OK)
+    } else {
+        println!("{problems} problem(s)");
+        ExitCode::from(crate::app::EXIT_HOOK_FAILED)
+    }
+}

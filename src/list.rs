@@ -1,0 +1,174 @@
+//! `list`: every entry of the hooks dir in run order, and whether it runs
+//! (with its time limit) or why not, without running anything. The answer to
+//! the most asked question about qemu-ga hooks: "why does my hook not run?".
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::config::{Limit, Settings};
+use crate::hookfile;
+use crate::hooks::{self, Discovery, escape, escape_path};
+use crate::json::{self, Object};
+use crate::trust::Policy;
+use crate::units::format_limit;
+
+/// Whether an entry runs at the next freeze.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Runs { timeout: Limit, per_hook: bool },
+    Skipped(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: OsString,
+    pub path: PathBuf,
+    pub verdict: Verdict,
+}
+
+/// What the hooks dir holds, judged as a freeze would judge it.
+pub struct Listing {
+    pub dir: PathBuf,
+    /// Why nothing in it runs (missing, unreadable, untrusted), if so.
+    pub problem: Option<String>,
+    pub entries: Vec<Entry>,
+}
+
+/// Judges every entry of `settings.hooks_dir`; `root` is where the system
+/// is mounted (`/`, or a system image for `check --root`).
+pub fn inspect(settings: &Settings, root: &Path) -> Listing {
+    let dir = settings.hooks_dir.clone();
+    let found = match hooks::discover(&dir) {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Listing {
+                problem: Some(format!("hooks dir {} does not exist", escape_path(&dir))),
+                dir,
+                entries: Vec::new(),
+            };
+        }
+        Err(e) => {
+            return Listing {
+                problem: Some(format!("cannot read hooks dir {}: {e}", escape_path(&dir))),
+                dir,
+                entries: Vec::new(),
+            };
+        }
+    };
+    let policy = Policy::current();
+    let untrusted = policy
+        .check_dir(&dir)
+        .err()
+        .map(|u| format!("hooks dir is not trusted: {u}"));
+    let entries = judge(settings, &found, &policy, root, untrusted.as_deref());
+    Listing {
+        dir,
+        problem: untrusted,
+        entries,
+    }
+}
+
+fn judge(
+    settings: &Settings,
+    found: &Discovery,
+    policy: &Policy,
+    root: &Path,
+    dir_problem: Option<&str>,
+) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = found
+        .skipped
+        .iter()
+        .map(|s| Entry {
+            path: settings.hooks_dir.join(&s.name),
+            name: s.name.clone(),
+            verdict: Verdict::Skipped(s.reason.to_string()),
+        })
+        .collect();
+    for hook in &found.hooks {
+        let verdict = match (dir_problem, hookfile::open_in(&hook.path, policy, root)) {
+            (Some(p), _) => Verdict::Skipped(p.to_string()),
+            (None, Err(why)) => Verdict::Skipped(why),
+            (None, Ok(_)) => Verdict::Runs {
+                timeout: settings.timeout_for(&hook.name),
+                per_hook: hook
+                    .name
+                    .to_str()
+                    .is_some_and(|n| settings.hook_timeouts.contains_key(n)),
+            },
+        };
+        entries.push(Entry {
+            name: hook.name.clone(),
+            path: hook.path.clone(),
+            verdict,
+        });
+    }
+    // Run order: byte order of the names, skipped ones in their place.
+    entries.sort_by(|a, b| {
+        use std::os::unix::ffi::OsStrExt;
+        a.name.as_bytes().cmp(b.name.as_bytes())
+    });
+    entries
+}
+
+pub fn list(settings: &Settings, as_json: bool) -> ExitCode {
+    let listing = inspect(settings, Path::new("/"));
+    if as_json {
+        println!("{}", to_json(&listing));
+    } else {
+        print!("{}", to_text(&listing));
+    }
+    ExitCode::from(crate::app::EXIT_OK)
+}
+
+fn to_text(l: &Listing) -> String {
+    let mut out = format!("hooks dir {}\n", escape_path(&l.dir));
+    if let Some(p) = &l.problem {
+        out.push_str(&format!("nothing runs: {p}\n"));
+    }
+    let width = l
+        .entries
+        .iter()
+        .map(|e| escape(&e.name).chars().count())
+        .max()
+        .unwrap_or(0);
+    for e in &l.entries {
+        let name = escape(&e.name);
+        let pad = " ".repeat(width - name.chars().count());
+        match &e.verdict {
+            Verdict::Runs { timeout, per_hook } => out.push_str(&format!(
+                "  runs     {name}{pad}  timeout {}{}\n",
+                format_limit(*timeout),
+                if *per_hook { " (per-hook setting)" } else { "" }
+            )),
+            Verdict::Skipped(why) => out.push_str(&format!("  skipped  {name}{pad}  {why}\n")),
+        }
+    }
+    if l.entries.is_empty() && l.problem.is_none() {
+        out.push_str("  (empty)\n");
+    }
+    out
+}
+
+fn to_json(l: &Listing) -> String {
+    let entries = l.entries.iter().map(|e| {
+        let (runs, timeout, reason) = match &e.verdict {
+            Verdict::Runs { timeout, .. } => {
+                (true, timeout.map(|t| t.as_millis().to_string()), None)
+            }
+            Verdict::Skipped(why) => (false, None, Some(json::string(why))),
+        };
+        Object::new()
+            .str("name", &escape(&e.name))
+            .str("path", &escape_path(&e.path))
+            .bool("runs", runs)
+            .opt("timeout_ms", timeout)
+            .opt("reason", reason)
+            .finish()
+    });
+    Object::new()
+        .str("hooks_dir", &escape_path(&l.dir))
+        .opt("problem", l.problem.as_deref().map(json::string))
+        .raw("entries", json::array(entries))
+        .finish()
+}

@@ -1,0 +1,429 @@
+//! `list`, `check`, `enable`, `disable` and `completions`, over scratch
+//! system roots laid out like Debian 12 and RHEL 9.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{BIN, Env, require_root};
+
+const STOCK: &str = "#!/bin/sh\n# the stock fsfreeze-hook script\nexit 0\n";
+
+fn put(root: &Path, guest: &str, text: &str, mode: u32) {
+    let p = root.join(guest.trim_start_matches('/'));
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, text).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn dir(root: &Path, guest: &str) {
+    let p = root.join(guest.trim_start_matches('/'));
+    fs::create_dir_all(&p).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Debian 12 with qemu-guest-agent installed: the unit starts plain
+/// qemu-ga, the stock hook and its dir exist, no qemu-ga.conf.
+fn debian(root: &Path) {
+    put(root, "/usr/sbin/qemu-ga", "ELF", 0o755);
+    put(root, "/bin/sh", "ELF", 0o755);
+    put(
+        root,
+        "/lib/systemd/system/qemu-guest-agent.service",
+        "[Unit]\nDescription=QEMU Guest Agent\nBindsTo=dev-virtio\\x2dports-org.qemu.guest_agent.0.device\n\n[Service]\nExecStart=-/usr/sbin/qemu-ga\nRestart=always\nRestartSec=0\n\n[Install]\n",
+        0o644,
+    );
+    put(root, "/etc/qemu/fsfreeze-hook", STOCK, 0o755);
+    dir(root, "/etc/qemu/fsfreeze-hook.d");
+    put(root, "/dev/virtio-ports/org.qemu.guest_agent.0", "", 0o600);
+    dir(root, "/var/log");
+    dir(root, "/run");
+}
+
+/// RHEL 9: the unit passes -F${FSFREEZE_HOOK_PATHNAME} from
+/// /etc/sysconfig/qemu-ga, hooks under /etc/qemu-ga.
+fn rhel(root: &Path) {
+    put(root, "/usr/bin/qemu-ga", "ELF", 0o755);
+    put(root, "/usr/bin/sh", "ELF", 0o755);
+    // RHEL's /bin is a symlink into /usr.
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    put(
+        root,
+        "/usr/lib/systemd/system/qemu-guest-agent.service",
+        "[Unit]\nDescription=QEMU Guest Agent\n\n[Service]\nUMask=0077\nEnvironmentFile=/etc/sysconfig/qemu-ga\nExecStart=/usr/bin/qemu-ga \\\n  --method=virtio-serial \\\n  --path=/dev/virtio-ports/org.qemu.guest_agent.0 \\\n  --allow-rpcs=${FILTER_RPC_ARGS} \\\n  -F${FSFREEZE_HOOK_PATHNAME}\nRestart=always\nRestartSec=0\n",
+        0o644,
+    );
+    put(
+        root,
+        "/etc/sysconfig/qemu-ga",
+        "# This is a systemd environment file, not a shell script.\nFILTER_RPC_ARGS=guest-ping,guest-fsfreeze-freeze,guest-fsfreeze-thaw\n# FSFREEZE_HOOK_PATHNAME=/dev/null disables the feature.\nFSFREEZE_HOOK_PATHNAME=/etc/qemu-ga/fsfreeze-hook\n",
+        0o644,
+    );
+    put(root, "/etc/qemu-ga/fsfreeze-hook", STOCK, 0o755);
+    dir(root, "/etc/qemu-ga/fsfreeze-hook.d");
+    put(root, "/dev/virtio-ports/org.qemu.guest_agent.0", "", 0o600);
+    dir(root, "/var/log");
+    dir(root, "/run");
+}
+
+/// Every path under `root` with its mode and contents (or link target).
+fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        let body = if meta.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            Vec::new()
+        } else if meta.file_type().is_symlink() {
+            fs::read_link(&p)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else {
+            fs::read(&p).unwrap()
+        };
+        out.insert(rel, (meta.permissions().mode(), body));
+    }
+    out
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Out {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("FSFREEZE_HOOK_CONFIG")
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn at(root: &Path) -> String {
+    root.display().to_string()
+}
+
+#[test]
+fn check_on_debian_says_qemu_ga_runs_no_hook_and_how_to_fix_it() {
+    let root = tempfile::tempdir().unwrap();
+    debian(root.path());
+    let out = run(&["check", "--root", &at(root.path())]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("problem: qemu-ga runs no hook"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        line.contains("starts it without -F and no qemu-ga.conf sets fsfreeze-hook="),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(
+            "Fix: run `fsfreeze-hook enable`, then `systemctl restart qemu-guest-agent`"
+        ),
+        "{line}"
+    );
+    assert!(
+        out.stdout
+            .contains("ok: qemu-ga is installed (/usr/sbin/qemu-ga)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("ok: the guest agent's virtio port"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stdout.lines().last(), Some("1 problem(s)"));
+}
+
+#[test]
+fn enable_then_disable_on_debian_leaves_the_root_byte_identical() {
+    if !require_root("enable_disable_debian") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    put(
+        root.path(),
+        "/etc/qemu/qemu-ga.conf",
+        "# site settings\n[general]\nverbose=true\n",
+        0o644,
+    );
+    let before = tree(root.path());
+    let dry = run(&["enable", "--root", &r, "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        dry.stdout
+            .lines()
+            .all(|l| l.starts_with("would: ") || l.starts_with("then restart")),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(tree(root.path()), before, "--dry-run changes nothing");
+
+    let out = run(&["enable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        [
+            "keep /etc/qemu/fsfreeze-hook as /etc/qemu/fsfreeze-hook.stock (never run; `disable` puts it back)",
+            "install this binary as /etc/qemu/fsfreeze-hook (mode 0755)",
+            "set fsfreeze-hook=/etc/qemu/fsfreeze-hook in /etc/qemu/qemu-ga.conf (the rest kept; original saved as /etc/qemu/qemu-ga.conf.before-fsfreeze-hook)",
+            "then restart the agent: systemctl restart qemu-guest-agent",
+        ]
+    );
+    let conf = fs::read_to_string(root.path().join("etc/qemu/qemu-ga.conf")).unwrap();
+    assert_eq!(
+        conf,
+        "# site settings\n[general]\nfsfreeze-hook=/etc/qemu/fsfreeze-hook\nverbose=true\n"
+    );
+    assert_eq!(
+        fs::read(root.path().join("etc/qemu/fsfreeze-hook")).unwrap(),
+        fs::read(BIN).unwrap()
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/10-app",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    let check = run(&["check", "--root", &r]);
+    assert_eq!(check.code, Some(0), "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains("ok: /etc/qemu/fsfreeze-hook is this fsfreeze-hook"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("ok: 1 hook(s) will run"),
+        "{}",
+        check.stdout
+    );
+    fs::remove_file(root.path().join("etc/qemu/fsfreeze-hook.d/10-app")).unwrap();
+
+    let again = run(&["enable", "--root", &r]);
+    assert_eq!(again.code, Some(0));
+    assert!(
+        again.stdout.contains("already enabled: nothing to change"),
+        "{}",
+        again.stdout
+    );
+
+    let out = run(&["disable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(tree(root.path()), before, "{}", out.stdout);
+    let again = run(&["disable", "--root", &r]);
+    assert_eq!(again.code, Some(0));
+    assert!(again.stdout.contains("nothing to undo"), "{}", again.stdout);
+}
+
+#[test]
+fn enable_creates_qemu_ga_conf_when_there_is_none_and_disable_removes_it() {
+    if !require_root("enable_disable_no_conf") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    let before = tree(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/qemu/qemu-ga.conf")).unwrap(),
+        "[general]\nfsfreeze-hook=/etc/qemu/fsfreeze-hook\n"
+    );
+    assert_eq!(run(&["disable", "--root", &r]).code, Some(0));
+    assert_eq!(tree(root.path()), before);
+}
+
+#[test]
+fn rhel_hook_comes_from_sysconfig_enable_installs_there() {
+    if !require_root("enable_disable_rhel") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    rhel(root.path());
+    let check = run(&["check", "--root", &r]);
+    assert_eq!(check.code, Some(1), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("ok: qemu-ga runs the hook /etc/qemu-ga/fsfreeze-hook (set in /usr/lib/systemd/system/qemu-guest-agent.service)"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("problem: /etc/qemu-ga/fsfreeze-hook is a script (the stock hook?), not fsfreeze-hook. Fix: run `fsfreeze-hook enable`"),
+        "{}",
+        check.stdout
+    );
+    let before = tree(root.path());
+    let out = run(&["enable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("install this binary as /etc/qemu-ga/fsfreeze-hook"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("qemu-ga.conf"),
+        "the unit already passes -F: {}",
+        out.stdout
+    );
+    let check = run(&["check", "--root", &r]);
+    assert_eq!(check.code, Some(0), "{}", check.stdout);
+    assert_eq!(run(&["disable", "--root", &r]).code, Some(0));
+    assert_eq!(tree(root.path()), before);
+}
+
+#[test]
+fn check_names_hooks_that_will_not_run_and_notes_deliberate_skips() {
+    let root = tempfile::tempdir().unwrap();
+    debian(root.path());
+    put(
+        root.path(),
+        "/etc/qemu/qemu-ga.conf",
+        "[general]\nfsfreeze-hook=/etc/qemu/fsfreeze-hook\n",
+        0o644,
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/10-ok",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/20-db.dpkg-old",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/30-noexec",
+        "#!/bin/sh\nexit 0\n",
+        0o644,
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/40-py",
+        "#!/usr/bin/python3.99\n",
+        0o755,
+    );
+    let out = run(&["check", "--root", &at(root.path())]);
+    let hooks = root.path().join("etc/qemu/fsfreeze-hook.d");
+    assert!(
+        out.stdout
+            .contains("note: 20-db.dpkg-old is skipped on purpose: ignored suffix \".dpkg-old\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "problem: hook 30-noexec will not run: not executable. Fix: chmod 755 {}/30-noexec",
+            hooks.display()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("problem: hook 40-py will not run: names interpreter /usr/bin/python3.99 in its #! line, which does not exist. Fix: install that interpreter, or fix the #! line"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("problem: /etc/qemu/fsfreeze-hook is a script (the stock hook?)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("ok: 1 hook(s) will run"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn list_says_why_each_entry_runs_or_not() {
+    let env = Env::new();
+    env.hook("10-ok", "exit 0");
+    env.hook("20-db.dpkg-old", "exit 0");
+    let noexec = env.hook("30-noexec", "exit 0");
+    fs::set_permissions(&noexec, fs::Permissions::from_mode(0o644)).unwrap();
+    let py = env.hooks.join("40-py");
+    fs::write(&py, "#!/usr/bin/python3.99\n").unwrap();
+    fs::set_permissions(&py, fs::Permissions::from_mode(0o755)).unwrap();
+    env.set_config("[hooks.\"10-ok\"]\ntimeout = \"5m\"\n");
+    let run = env.run(&["list"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], format!("hooks dir {}", env.hooks.display()));
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["runs", "10-ok", "timeout", "5m", "(per-hook", "setting)"]
+    );
+    assert!(
+        lines[2].contains("skipped")
+            && lines[2].contains("20-db.dpkg-old")
+            && lines[2].ends_with("ignored suffix \".dpkg-old\""),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains("30-noexec") && lines[3].ends_with("not executable"),
+        "{}",
+        lines[3]
+    );
+    assert!(
+        lines[4].contains("40-py")
+            && lines[4].ends_with(
+                "names interpreter /usr/bin/python3.99 in its #! line, which does not exist"
+            ),
+        "{}",
+        lines[4]
+    );
+    let run = env.run(&["list", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let entries = doc["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[0]["name"], "10-ok");
+    assert_eq!(entries[0]["runs"], true);
+    assert_eq!(entries[0]["timeout_ms"], 300_000);
+    assert_eq!(entries[1]["runs"], false);
+    assert_eq!(entries[1]["reason"], "ignored suffix \".dpkg-old\"");
+    assert_eq!(doc["problem"], serde_json::Value::Null);
+}
+
+#[test]
+fn completions_come_from_the_same_definitions() {
+    for (shell, needle) in [
+        ("bash", "snapshot"),
+        ("zsh", "rehearse"),
+        ("fish", "mountpoint"),
+    ] {
+        let out = run(&["completions", shell]);
+        assert_eq!(out.code, Some(0), "{shell}: {}", out.stderr);
+        assert!(
+            out.stdout.contains("fsfreeze-hook") && out.stdout.contains(needle),
+            "{shell}"
+        );
+    }
+}
