@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{Cli, Command};
 use crate::config::Settings;
+use crate::event::{Event, Level};
 use crate::hooks::{self, Discovery, escape_path};
 use crate::journal::{self, Recorded, StateLock};
 use crate::log::Log;
@@ -14,7 +15,7 @@ use crate::report;
 use crate::runner::{End, Phase, Runner};
 use crate::standalone;
 use crate::status;
-use crate::sys::{self, Event, Events};
+use crate::sys::{self, Events};
 use crate::trust::Policy;
 use crate::units::{format_duration, format_limit};
 
@@ -48,7 +49,10 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
     };
     // A thaw may run while the log's filesystem is frozen, and status
     // writes nothing: neither opens the log up front.
-    let open_log = || Log::open(&settings.log_file, !sys::is_root());
+    let open_log = || {
+        Log::open(&settings.log_file, !sys::is_root())
+            .styled(settings.log_format, settings.log_target)
+    };
     match cli.command {
         Command::Freeze { fs: false, .. } => freeze_hooks(&settings, &open_log(), &events),
         Command::Freeze {
@@ -91,19 +95,29 @@ pub fn fail(code: u8, line: &str) -> ExitCode {
 }
 
 pub fn header(settings: &Settings, log: &Log, what: &str) {
-    log.line(&format!(
-        "fsfreeze-hook {} pid {}: {what}; hooks dir {}; config {}; on_error {}, timeout {}, phase_timeout {}",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        escape_path(&settings.hooks_dir),
-        settings
-            .config_file
-            .as_deref()
-            .map_or_else(|| "none".to_string(), escape_path),
-        settings.on_error.as_str(),
-        format_limit(settings.timeout),
-        format_limit(settings.phase_timeout),
-    ));
+    let config = settings
+        .config_file
+        .as_deref()
+        .map_or_else(|| "none".to_string(), escape_path);
+    let hooks_dir = escape_path(&settings.hooks_dir);
+    log.event(
+        Event::new(
+            "run_start",
+            format!(
+                "fsfreeze-hook {} pid {}: {what}; hooks dir {hooks_dir}; config {config}; on_error {}, timeout {}, phase_timeout {}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                settings.on_error.as_str(),
+                format_limit(settings.timeout),
+                format_limit(settings.phase_timeout),
+            ),
+        )
+        .with("command", what)
+        .with("version", env!("CARGO_PKG_VERSION"))
+        .with("pid", std::process::id())
+        .with("hooks_dir", hooks_dir)
+        .with("config", config),
+    );
 }
 
 /// Takes the state dir and lock. A thaw goes on without a usable state dir
@@ -188,21 +202,36 @@ fn freeze_hooks(settings: &Settings, log: &Log, events: &Events) -> ExitCode {
 
 pub fn finish(log: &Log, phase: &str, start: Instant, end: End) -> ExitCode {
     let took = format_duration(start.elapsed());
+    let event = |result: &'static str, message: String| {
+        Event::new("run_end", message)
+            .with("command", phase)
+            .with("result", result)
+            .with("duration_ms", start.elapsed().as_millis() as u64)
+    };
     match end {
         End::Nothing => ExitCode::from(EXIT_OK),
         End::Done => {
-            log.line(&format!("{phase} finished in {took}: ok"));
+            log.event(event("ok", format!("{phase} finished in {took}: ok")));
             ExitCode::from(EXIT_OK)
         }
         End::Failed(line) => {
-            log.line(&format!("{phase} finished in {took}: {line}"));
+            log.event(
+                event("failed", format!("{phase} finished in {took}: {line}")).level(Level::Error),
+            );
             fail(EXIT_HOOK_FAILED, &line)
         }
         End::Interrupted(sig, line) => {
-            log.line(&format!(
-                "{phase} interrupted by {} after {took}: {line}",
-                sig.as_str()
-            ));
+            log.event(
+                event(
+                    "interrupted",
+                    format!(
+                        "{phase} interrupted by {} after {took}: {line}",
+                        sig.as_str()
+                    ),
+                )
+                .level(Level::Error)
+                .with("signal", sig.as_str()),
+            );
             fail(128 + sig as u8, &line)
         }
     }
@@ -225,9 +254,10 @@ fn hold_for(events: &Events, hold: Duration) -> Option<nix::sys::signal::Signal>
             return None;
         }
         match events.wait(None, Some(left)) {
-            Event::Signal(nix::sys::signal::Signal::SIGCHLD) | Event::Timeout | Event::Readable => {
-            }
-            Event::Signal(sig) => return Some(sig),
+            sys::Event::Signal(nix::sys::signal::Signal::SIGCHLD)
+            | sys::Event::Timeout
+            | sys::Event::Readable => {}
+            sys::Event::Signal(sig) => return Some(sig),
         }
     }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use nix::syslog::{Facility, LogFlags, Priority, Severity};
 
+use crate::config::{LogFormat, LogTarget};
+use crate::event::{Event, Level};
 use crate::hooks::escape_path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub struct Log {
     /// While filesystems are frozen, lines wait here: the log may live on one
     /// of them, and a write there would block until the thaw.
     held: RefCell<Option<Held>>,
+    format: LogFormat,
+    target: LogTarget,
 }
 
 /// Lines kept while frozen: in memory, and copied to a spill file on tmpfs
@@ -67,7 +71,22 @@ impl Log {
             file: None,
             sink: Cell::new(Sink::File),
             held: RefCell::new(Some(Held::default())),
+            format: LogFormat::Text,
+            target: LogTarget::File,
         }
+    }
+
+    /// Sets the format (`log_format`) and where the runner's own events go
+    /// (`log_target`); hook output always goes to the file.
+    pub fn styled(mut self, format: LogFormat, target: LogTarget) -> Log {
+        self.format = format;
+        self.target = target;
+        self
+    }
+
+    /// Whether lines are JSON objects (hook output is then wrapped too).
+    pub fn is_json(&self) -> bool {
+        self.format == LogFormat::Json
     }
 
     /// Opens the file of a [`Log::held`] log; lines stay held until
@@ -171,16 +190,26 @@ impl Log {
         }
     }
 
-    /// Appends one line, `<date>: <msg>`, in a single write.
-    pub fn line(&self, msg: &str) {
+    /// Records one event: to syslog or the journal when so configured, else
+    /// (or when the journal cannot be reached) as one line of the file,
+    /// written in a single write.
+    pub fn event(&self, event: Event) {
+        match self.target {
+            LogTarget::Syslog => return crate::event::to_syslog(&event),
+            LogTarget::Journal if crate::event::to_journal(&event) => return,
+            _ => {}
+        }
+        let text = match self.format {
+            LogFormat::Text => event.text(),
+            LogFormat::Json => event.json(),
+        };
         if let Some(held) = self.held.borrow_mut().as_mut() {
-            held.push(format!("{}: {msg}\n", timestamp()).as_bytes());
+            held.push(text.as_bytes());
             return;
         }
         if self.sink.get() == Sink::File
             && let Some(mut f) = self.file.as_ref()
         {
-            let text = format!("{}: {msg}\n", timestamp());
             match f.write_all(text.as_bytes()) {
                 Ok(()) => return,
                 Err(e) => self.fall_back(&format!(
@@ -189,11 +218,22 @@ impl Log {
                 )),
             }
         }
-        self.emit_fallback(Severity::LOG_INFO, msg);
+        self.emit_fallback(Severity::LOG_INFO, &event.message);
+    }
+
+    /// A plain message.
+    pub fn line(&self, msg: &str) {
+        self.event(Event::message(msg));
     }
 
     pub fn warn(&self, msg: &str) {
-        self.line(&format!("warning: {msg}"));
+        self.event(Event::message(msg).level(Level::Warning));
+    }
+
+    /// One line of a hook's output, in JSON mode (text mode writes output as
+    /// it comes, through [`Log::output`]).
+    pub fn output_line(&self, hook: &str, line: &[u8]) {
+        self.output(crate::event::output_json(hook, line).as_bytes());
     }
 
     fn fall_back(&self, why: &str) {

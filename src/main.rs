@@ -6,6 +6,7 @@ mod check;
 mod cli;
 mod config;
 mod enable;
+mod event;
 mod freeze;
 mod hookfile;
 mod hooks;
@@ -13,6 +14,8 @@ mod journal;
 mod json;
 mod list;
 mod log;
+#[cfg(test)]
+mod man;
 mod mounts;
 mod output;
 mod process;

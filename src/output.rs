@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use crate::log::{Log, timestamp};
+use crate::log::Log;
 use crate::units::format_size;
 
 pub struct Capture {
@@ -19,12 +19,16 @@ pub struct Capture {
     limit: Option<u64>,
     kept: u64,
     dropped: u64,
+    /// The hook, for JSON output lines.
+    label: String,
+    /// In JSON mode, the start of a line not ended yet.
+    partial: Vec<u8>,
 }
 
 impl Capture {
     /// A pipe: the capture keeps the read end, the hook gets the write end
     /// (returned) as stdout and stderr. `limit`: `None` keeps everything.
-    pub fn new(limit: Option<u64>) -> io::Result<(Capture, OwnedFd)> {
+    pub fn new(limit: Option<u64>, label: String) -> io::Result<(Capture, OwnedFd)> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         // Only our end is non-blocking: the hook's writes block as usual.
         fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -33,6 +37,8 @@ impl Capture {
             limit,
             kept: 0,
             dropped: 0,
+            label,
+            partial: Vec::new(),
         };
         Ok((capture, write))
     }
@@ -44,10 +50,11 @@ impl Capture {
 
     /// Moves everything readable now into the log.
     pub fn pump(&mut self, log: &Log) {
-        let Some(fd) = &self.read else { return };
         let mut buf = [0u8; 64 * 1024];
         loop {
-            match nix::unistd::read(fd, &mut buf) {
+            let Some(fd) = &self.read else { return };
+            let got = nix::unistd::read(fd, &mut buf);
+            match got {
                 Ok(0) => {
                     self.read = None;
                     return;
@@ -56,7 +63,7 @@ impl Capture {
                     let room = self.limit.map_or(n as u64, |l| l.saturating_sub(self.kept));
                     let keep = (n as u64).min(room) as usize;
                     if keep > 0 {
-                        log.output(&buf[..keep]);
+                        self.emit(log, &buf[..keep]);
                     }
                     self.kept += keep as u64;
                     self.dropped += (n - keep) as u64;
@@ -71,17 +78,38 @@ impl Capture {
         }
     }
 
+    /// Text mode: bytes as they come. JSON mode: one event per line.
+    fn emit(&mut self, log: &Log, bytes: &[u8]) {
+        if !log.is_json() {
+            return log.output(bytes);
+        }
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            log.output_line(&self.label, &line[..line.len() - 1]);
+        }
+    }
+
     /// After the hook ended: takes what is left, hands the pipe to a relay
-    /// if something still holds it open, and logs what was cut.
-    pub fn finish(mut self, log: &Log, label: &str) {
+    /// if something still holds it open, and logs what was cut. Returns how
+    /// many bytes the hook wrote (kept or not).
+    pub fn finish(mut self, log: &Log, label: &str) -> u64 {
         self.pump(log);
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            log.output_line(&self.label, &rest);
+        }
+        let written = self.kept + self.dropped;
         if self.dropped > 0 {
             log.line(&cut_note(label, self.limit, self.dropped));
         }
-        let Some(read) = self.read.take() else { return };
+        let Some(read) = self.read.take() else {
+            return written;
+        };
         let budget = Budget {
             limit: self.limit,
             remaining: self.limit.map(|l| l.saturating_sub(self.kept)),
+            json_label: log.is_json().then(|| self.label.clone()),
         };
         let handed = match log.file_fd() {
             Some(log_fd) => crate::sys::detach(&[read.as_fd(), log_fd], |fds| {
@@ -97,6 +125,7 @@ impl Capture {
                 "{label} left processes holding its output open, and no relay could start ({e}); they may get SIGPIPE"
             )),
         }
+        written
     }
 }
 
@@ -108,11 +137,13 @@ fn cut_note(label: &str, limit: Option<u64>, dropped: u64) -> String {
     )
 }
 
-/// The limit of one hook's output and what the hook itself left of it.
-#[derive(Clone, Copy)]
+/// The limit of one hook's output and what the hook itself left of it; in
+/// JSON mode, the hook's name for the output events.
+#[derive(Clone)]
 struct Budget {
     limit: Option<u64>,
     remaining: Option<u64>,
+    json_label: Option<String>,
 }
 
 /// The relay's loop, in the detached process: copy until every writer is
@@ -122,13 +153,27 @@ fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, labe
     let _ = fcntl(read, FcntlArg::F_SETFL(OFlag::empty()));
     let mut dropped = 0u64;
     let mut buf = [0u8; 64 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
     loop {
         match nix::unistd::read(read, &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 let keep = remaining.map_or(n as u64, |r| r.min(n as u64)) as usize;
                 if let (Some(fd), true) = (log, keep > 0) {
-                    write_all(fd, &buf[..keep]);
+                    match &budget.json_label {
+                        None => write_all(fd, &buf[..keep]),
+                        Some(hook) => {
+                            partial.extend_from_slice(&buf[..keep]);
+                            while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+                                let line: Vec<u8> = partial.drain(..=end).collect();
+                                write_all(
+                                    fd,
+                                    crate::event::output_json(hook, &line[..line.len() - 1])
+                                        .as_bytes(),
+                                );
+                            }
+                        }
+                    }
                 }
                 if let Some(r) = remaining.as_mut() {
                     *r -= keep as u64;
@@ -139,12 +184,16 @@ fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, labe
             Err(_) => break,
         }
     }
+    if let (Some(fd), Some(hook), false) = (log, &budget.json_label, partial.is_empty()) {
+        write_all(fd, crate::event::output_json(hook, &partial).as_bytes());
+    }
     if let (Some(fd), true) = (log, dropped > 0) {
-        let line = format!(
-            "{}: {}\n",
-            timestamp(),
-            cut_note(label, budget.limit, dropped)
-        );
+        let note = crate::event::Event::message(cut_note(label, budget.limit, dropped));
+        let line = if budget.json_label.is_some() {
+            note.json()
+        } else {
+            note.text()
+        };
         write_all(fd, line.as_bytes());
     }
 }

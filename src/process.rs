@@ -122,6 +122,8 @@ pub struct Context<'a> {
 pub struct Finished {
     pub outcome: Outcome,
     pub elapsed: Duration,
+    /// Bytes the hook wrote to stdout and stderr (kept or not).
+    pub output_bytes: u64,
 }
 
 impl Finished {
@@ -129,6 +131,7 @@ impl Finished {
         Finished {
             outcome: Outcome::Refused(why),
             elapsed: Duration::ZERO,
+            output_bytes: 0,
         }
     }
 
@@ -169,8 +172,10 @@ pub fn run(
     let not_started = |why: String| Finished {
         outcome: Outcome::NotStarted(why),
         elapsed: start.elapsed(),
+        output_bytes: 0,
     };
-    let (mut capture, write) = match Capture::new(ctx.output_limit) {
+    let label = crate::hooks::escape(spawn.path.file_name().unwrap_or(spawn.path.as_os_str()));
+    let (mut capture, write) = match Capture::new(ctx.output_limit, label) {
         Ok(c) => c,
         Err(e) => return not_started(format!("no output pipe: {e}")),
     };
@@ -227,10 +232,11 @@ pub fn run(
     drop(write);
     drop(inherited);
     let outcome = Watch::new(pid, Some(&mut capture), ctx, signal_seen).supervise(start, limits);
-    capture.finish(ctx.log, &crate::hooks::escape_path(spawn.path));
+    let output_bytes = capture.finish(ctx.log, &crate::hooks::escape_path(spawn.path));
     Finished {
         outcome,
         elapsed: start.elapsed(),
+        output_bytes,
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{OnError, Settings, ThawOrder};
+use crate::event::{Event, Level};
 use crate::hookfile::{self, Kind, Opened};
 use crate::hooks::{Discovery, Hook, escape, escape_path};
 use crate::journal::{Journal, Recorded};
@@ -151,10 +152,18 @@ impl<'a> Runner<'a> {
             }
             return End::Done;
         };
-        self.log.line(&format!(
-            "freeze aborted: {cause}; rolling back {} hook(s)",
-            started.len()
-        ));
+        self.log.event(
+            Event::new(
+                "rollback",
+                format!(
+                    "freeze aborted: {cause}; rolling back {} hook(s)",
+                    started.len()
+                ),
+            )
+            .level(Level::Error)
+            .with("cause", cause.as_str())
+            .with("hooks", started.len() as u64),
+        );
         let rollback = self.rollback(&started);
         if let Err(e) = self.journal.finish(since_ms, &rollback.not_run, "rollback") {
             self.log.warn(&format!("{e:#}"));
@@ -336,10 +345,16 @@ impl<'a> Runner<'a> {
     /// Opens and checks a hook; a refusal is logged and recorded.
     fn open(&mut self, hook: &Hook, phase: Phase, rollback: bool) -> Result<Opened, Finished> {
         hookfile::open(&hook.path, &self.policy).map_err(|why| {
-            self.log.line(&format!(
-                "refused {} {phase}: it {why}",
-                escape_path(&hook.path)
-            ));
+            self.log.event(
+                Event::new(
+                    "hook_refused",
+                    format!("refused {} {phase}: it {why}", escape_path(&hook.path)),
+                )
+                .level(Level::Error)
+                .with("hook", hook.display_name())
+                .with("phase", phase.to_string())
+                .with("reason", why.as_str()),
+            );
             let fin = Finished::refused(why);
             self.records.push(Record {
                 name: hook.name.clone(),
@@ -375,11 +390,20 @@ impl<'a> Runner<'a> {
     ) -> Finished {
         let path = escape_path(&hook.path);
         let phase_word = phase.to_string();
+        let name = hook.display_name();
         // The stock line, which existing monitoring greps for.
-        self.log.line(&format!(
-            "execute {path} {phase_word}{}",
-            if rollback { " (rollback)" } else { "" }
-        ));
+        self.log.event(
+            Event::new(
+                "hook_start",
+                format!(
+                    "execute {path} {phase_word}{}",
+                    if rollback { " (rollback)" } else { "" }
+                ),
+            )
+            .with("hook", name.as_str())
+            .with("phase", phase_word.as_str())
+            .with("rollback", rollback),
+        );
         if opened.kind == Kind::Shell {
             self.log
                 .warn(&format!("{path} has no #! line; running it with /bin/sh"));
@@ -404,11 +428,37 @@ impl<'a> Runner<'a> {
             Outcome::Exited(_) => String::new(),
             other => format!(", {}", other.describe()),
         };
-        self.log.line(&format!(
-            "{path} finished with status={} in {:.3}s{detail}",
-            fin.outcome.status_code(),
-            fin.elapsed.as_secs_f64()
-        ));
+        let mut end = Event::new(
+            "hook_end",
+            format!(
+                "{path} finished with status={} in {:.3}s{detail}",
+                fin.outcome.status_code(),
+                fin.elapsed.as_secs_f64()
+            ),
+        )
+        .level(if fin.outcome.success() {
+            Level::Info
+        } else {
+            Level::Error
+        })
+        .with("hook", name.as_str())
+        .with("phase", phase_word.as_str())
+        .with("rollback", rollback)
+        .with("status", fin.outcome.status_code())
+        .with("duration_ms", fin.elapsed.as_millis() as u64)
+        .with("output_bytes", fin.output_bytes);
+        match &fin.outcome {
+            Outcome::Signaled(sig) | Outcome::Interrupted(sig) => {
+                end = end.with("signal", sig.as_str())
+            }
+            Outcome::TimedOut { limit, killed, .. } => {
+                end = end
+                    .with("timeout_ms", limit.as_millis() as u64)
+                    .with("signal", if *killed { "SIGKILL" } else { "SIGTERM" })
+            }
+            _ => {}
+        }
+        self.log.event(end);
         self.records.push(Record {
             name: hook.name.clone(),
             phase,

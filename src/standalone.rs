@@ -117,7 +117,7 @@ pub fn thaw_hooks_locked(
 /// Even a plain thaw thaws recorded filesystems: no thaw leaves one frozen.
 pub fn thaw(settings: &Settings, events: &Events, all: bool) -> ExitCode {
     // The log may be on a frozen filesystem: hold lines until the thaw.
-    let mut log = Log::held(&settings.log_file);
+    let mut log = Log::held(&settings.log_file).styled(settings.log_format, settings.log_target);
     app::header(settings, &log, if all { "thaw --fs --all" } else { "thaw" });
     let start = Instant::now();
     let lock = app::lock(settings, &log, Phase::Thaw);

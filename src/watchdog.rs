@@ -170,7 +170,7 @@ fn thaw_for(settings: &Settings, events: &Events, why: &str) {
         return;
     };
     let start = Instant::now();
-    let mut log = Log::held(&settings.log_file);
+    let mut log = Log::held(&settings.log_file).styled(settings.log_format, settings.log_target);
     log.line(&format!(
         "watchdog pid {}: {why}; thawing what the journal holds",
         std::process::id()

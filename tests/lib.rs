@@ -3,6 +3,7 @@
 
 mod admin;
 mod common;
+mod docs;
 mod faults;
 mod loopfs;
 mod phases;

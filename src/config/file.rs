@@ -10,7 +10,10 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{ConfigError, Limit, MAX_KILL_GRACE, MAX_LIMIT, MAX_OUTPUT_LIMIT, OnError, ThawOrder};
+use super::{
+    ConfigError, Limit, LogFormat, LogTarget, MAX_KILL_GRACE, MAX_LIMIT, MAX_OUTPUT_LIMIT, OnError,
+    ThawOrder,
+};
 use crate::units::{format_limit, format_size, parse_duration, parse_size};
 
 /// The config file's values, each `None` when absent.
@@ -25,11 +28,26 @@ pub(super) struct FileConfig {
     pub on_error: Option<OnError>,
     pub thaw_order: Option<ThawOrder>,
     pub output_limit: Option<Option<u64>>,
+    pub log_format: Option<LogFormat>,
+    pub log_target: Option<LogTarget>,
     pub hook_timeouts: BTreeMap<String, Limit>,
 }
 
-const KEYS: &str = "hooks_dir, log_file, state_dir, timeout, phase_timeout, kill_grace, on_error, \
-                    thaw_order, output_limit, [hooks.\"NAME\"]";
+/// Every key of the file (the man page test checks each is documented).
+pub const KEY_NAMES: [&str; 12] = [
+    "hooks_dir",
+    "log_file",
+    "state_dir",
+    "timeout",
+    "phase_timeout",
+    "kill_grace",
+    "on_error",
+    "thaw_order",
+    "output_limit",
+    "log_format",
+    "log_target",
+    "hooks",
+];
 
 /// An error located in the text but not yet in a file.
 #[derive(Debug)]
@@ -98,12 +116,30 @@ impl FileConfig {
                         })
                 }
                 "output_limit" => cfg.output_limit = Some(size_value((key, value))?),
+                "log_format" => {
+                    cfg.log_format = Some(match word_value((key, value), &["text", "json"])? {
+                        "text" => LogFormat::Text,
+                        _ => LogFormat::Json,
+                    })
+                }
+                "log_target" => {
+                    cfg.log_target = Some(
+                        match word_value((key, value), &["file", "syslog", "journal"])? {
+                            "file" => LogTarget::File,
+                            "syslog" => LogTarget::Syslog,
+                            _ => LogTarget::Journal,
+                        },
+                    )
+                }
                 "hooks" => cfg.hook_timeouts = hooks_table((key, value))?,
                 other => {
                     return Err(Located::at(
                         span,
                         other,
-                        format!("unknown key (known: {KEYS})"),
+                        format!(
+                            "unknown key (known: {}, [hooks.\"NAME\"])",
+                            KEY_NAMES[..KEY_NAMES.len() - 1].join(", ")
+                        ),
                     ));
                 }
             }

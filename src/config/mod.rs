@@ -2,7 +2,7 @@
 //! command-line flags. qemu-ga passes no flags, so everything a flag can set can
 //! be set in the file too.
 
-mod file;
+pub mod file;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -31,6 +31,23 @@ impl OnError {
             OnError::Continue => "continue",
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `<date>: <message>` lines, keeping the stock script's lines.
+    Text,
+    /// One JSON object per event, for shipping to a log pipeline.
+    Json,
+}
+
+/// Where the runner's own events go (hook output always goes to the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    File,
+    Syslog,
+    Journal,
 }
 
 /// The order of the thaw phase.
@@ -79,6 +96,8 @@ pub struct Settings {
     pub kill_grace: Duration,
     pub on_error: OnError,
     pub thaw_order: ThawOrder,
+    pub log_format: LogFormat,
+    pub log_target: LogTarget,
     /// Bytes of output one hook may add to the log per run; `None`: no limit.
     pub output_limit: Option<u64>,
     /// `[hooks."NAME"] timeout = ...`; a `--timeout` flag overrides these too.
@@ -198,6 +217,8 @@ impl Settings {
             kill_grace: file.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
             on_error: flags.on_error.or(file.on_error).unwrap_or(OnError::Abort),
             thaw_order: file.thaw_order.unwrap_or(ThawOrder::Reverse),
+            log_format: file.log_format.unwrap_or(LogFormat::Text),
+            log_target: file.log_target.unwrap_or(LogTarget::File),
             output_limit: file.output_limit.unwrap_or(Some(DEFAULT_OUTPUT_LIMIT)),
             hook_timeouts,
             fallback_note: fallback_note.filter(|_| !(log_explicit && state_explicit)),
@@ -352,6 +373,8 @@ mod tests {
             kill_grace: Duration::from_secs(5),
             on_error: OnError::Abort,
             thaw_order: ThawOrder::Reverse,
+            log_format: LogFormat::Text,
+            log_target: LogTarget::File,
             output_limit: None,
             hook_timeouts,
             fallback_note: None,
