@@ -1,0 +1,164 @@
+//! log_format = "json", and log_target = "syslog" / "journal". The syslog
+//! and journal sockets are the test's own, bound into a private mount
+//! namespace (unshare -m) at /dev/log and /run/systemd/journal/socket: the
+//! machine's logging is never touched.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{BIN, Env, require_root};
+
+#[test]
+fn json_log_has_one_object_per_event_with_the_fields_fleets_ship() {
+    let env = Env::new();
+    env.hook("10-a", "echo \"out $1\"\necho err >&2");
+    env.hook("20-slow", "sleep 5");
+    env.set_config("log_format = \"json\"\ntimeout = \"300ms\"\nkill_grace = \"100ms\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let events: Vec<serde_json::Value> = run
+        .log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run_start",
+            "hook_start",
+            "output",
+            "output",
+            "hook_end",
+            "hook_start",
+            "hook_end",
+            "rollback",
+            "hook_start",
+            "hook_end",
+            "hook_start",
+            "output",
+            "output",
+            "hook_end",
+            "run_end"
+        ]
+    );
+    let out = &events[2];
+    assert_eq!(
+        (out["hook"].as_str(), out["line"].as_str()),
+        (Some("10-a"), Some("out freeze"))
+    );
+    let ok = &events[4];
+    assert_eq!(ok["status"], 0);
+    assert_eq!(ok["output_bytes"], 15);
+    assert_eq!(ok["rollback"], false);
+    let slow = &events[6];
+    assert_eq!(slow["level"], "error");
+    assert_eq!(slow["status"], 143);
+    assert_eq!(slow["timeout_ms"], 300);
+    assert_eq!(slow["signal"], "SIGTERM");
+    assert!(slow["duration_ms"].as_u64().unwrap() >= 300);
+    assert_eq!(events[7]["hooks"], 2);
+    assert_eq!(events[8]["rollback"], true);
+    assert_eq!(events[14]["result"], "failed");
+}
+
+/// Runs the binary in a private mount namespace where `socket_at` is the
+/// test's datagram socket; returns the datagrams received.
+fn in_namespace(env: &Env, setup: &str, args: &[&str]) -> Vec<String> {
+    let sock_path = env.path().join("log.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let keep = env.path().join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    let script = format!(
+        "set -e\nSOCK='{}'\nKEEP='{}'\n{setup}\nexec \"$@\"",
+        sock_path.display(),
+        keep.display()
+    );
+    // The run's own status is the caller's business (a failing hook here).
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            BIN,
+        ])
+        .args(env.command(args).get_args())
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some_and(|c| c < 2), "{out:?}");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got
+}
+
+#[test]
+fn journal_target_sends_events_with_identifier_and_priority() {
+    if !require_root("journal_target") {
+        return;
+    }
+    let env = Env::new();
+    env.hook("10-a", "echo hook output");
+    env.set_config("log_target = \"journal\"\n");
+    let got = in_namespace(
+        &env,
+        "mount -t tmpfs tmpfs /run\nmkdir -p /run/systemd/journal\ntouch /run/systemd/journal/socket\nmount --bind \"$SOCK\" /run/systemd/journal/socket",
+        &["freeze"],
+    );
+    let end = got
+        .iter()
+        .find(|d| d.contains("FSFREEZE_EVENT=hook_end"))
+        .unwrap_or_else(|| panic!("{got:#?}"));
+    assert!(end.contains("SYSLOG_IDENTIFIER=fsfreeze-hook\n"), "{end}");
+    assert!(end.contains("PRIORITY=6\n"), "{end}");
+    assert!(
+        end.contains("FSFREEZE_HOOK=10-a\n") && end.contains("FSFREEZE_STATUS=0\n"),
+        "{end}"
+    );
+    assert!(got.iter().any(|d| d.contains("FSFREEZE_EVENT=run_start")));
+    // The runner's events went to the journal; the hook's output to the file.
+    let log = env.log_text();
+    assert!(
+        log.contains("hook output") && !log.contains("finished with status"),
+        "{log}"
+    );
+}
+
+#[test]
+fn syslog_target_sends_events_with_identifier_and_priority() {
+    if !require_root("syslog_target") {
+        return;
+    }
+    let env = Env::new();
+    env.hook("10-fails", "exit 3");
+    env.set_config("log_target = \"syslog\"\n");
+    // A private /dev with /dev/null and the test's socket as /dev/log.
+    let got = in_namespace(
+        &env,
+        "mount --rbind /dev \"$KEEP\"\nmount -t tmpfs tmpfs /dev\ntouch /dev/null /dev/log\nmount --bind \"$KEEP/null\" /dev/null\nln -s /proc/self/fd /dev/fd\nmount --bind \"$SOCK\" /dev/log",
+        &["freeze"],
+    );
+    // <PRI> = facility daemon (3) * 8 + severity: err (3) for a failed hook.
+    let failed = got
+        .iter()
+        .find(|d| d.contains("10-fails finished with status=3"))
+        .unwrap_or_else(|| panic!("{got:#?}"));
+    assert!(failed.starts_with("<27>"), "{failed}");
+    assert!(failed.contains("fsfreeze-hook["), "{failed}");
+    assert!(
+        got.iter()
+            .any(|d| d.starts_with("<30>") && d.contains(": freeze; hooks dir")),
+        "{got:#?}"
+    );
+}
