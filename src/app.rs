@@ -302,6 +302,7 @@ fn rehearse(settings: &Settings, log: &Log, events: &Events, hold: Duration) -> 
     for s in &found.skipped {
         println!("skip {}: {}", hooks::escape(&s.name), s.reason);
     }
+    runner.show_progress = true;
     let start = Instant::now();
     let end = match runner.freeze(&found.hooks) {
         End::Done => {

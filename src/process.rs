@@ -115,6 +115,9 @@ pub struct Context<'a> {
     pub events: &'a Events,
     pub log: &'a Log,
     pub output_limit: Option<u64>,
+    /// Told, about once a second after the first, how long the child has
+    /// been running (`rehearse` shows it).
+    pub progress: Option<&'a dyn Fn(Duration)>,
 }
 
 /// A hook that has finished.
@@ -321,6 +324,8 @@ impl<'a, 'b> Watch<'a, 'b> {
     /// Waits until the child ends, `deadline` passes, or a stop signal comes
     /// (recorded in `signal_seen`; returned only when `interruptible`).
     pub fn wait_until(&mut self, deadline: Option<Instant>, interruptible: bool) -> WaitEnd {
+        let start = Instant::now();
+        let mut next_tick = start + Duration::from_secs(1);
         loop {
             match sys::try_reap(self.pid) {
                 Ok(Some(Exit::Code(c))) => return WaitEnd::Ended(Outcome::Exited(c)),
@@ -328,11 +333,21 @@ impl<'a, 'b> Watch<'a, 'b> {
                 Ok(None) => {}
                 Err(e) => return WaitEnd::Ended(Outcome::NotStarted(format!("cannot wait: {e}"))),
             }
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            let remaining = deadline.map(|d| d.saturating_duration_since(now));
             if remaining == Some(Duration::ZERO) {
                 return WaitEnd::Deadline;
             }
-            match self.ctx.events.wait(self.capture_fd(), remaining) {
+            let mut wake = remaining;
+            if let Some(progress) = self.ctx.progress {
+                if now >= next_tick {
+                    progress(now - start);
+                    next_tick += Duration::from_secs(1);
+                }
+                let to_tick = next_tick.saturating_duration_since(now);
+                wake = Some(wake.map_or(to_tick, |w| w.min(to_tick)));
+            }
+            match self.ctx.events.wait(self.capture_fd(), wake) {
                 Event::Readable => self.pump(),
                 Event::Timeout | Event::Signal(Signal::SIGCHLD) => {}
                 Event::Signal(sig) => {

@@ -65,6 +65,8 @@ pub struct Runner<'a> {
     journal: Journal,
     signal_seen: Option<Signal>,
     pub records: Vec<Record>,
+    /// Show hooks that run longer than a second on stderr (`rehearse`).
+    pub show_progress: bool,
 }
 
 impl<'a> Runner<'a> {
@@ -77,6 +79,7 @@ impl<'a> Runner<'a> {
             journal: Journal::new(&settings.state_dir),
             signal_seen: None,
             records: Vec::new(),
+            show_progress: false,
         }
     }
 
@@ -409,6 +412,8 @@ impl<'a> Runner<'a> {
                 .warn(&format!("{path} has no #! line; running it with /bin/sh"));
         }
         let started = Instant::now();
+        let limit = limits.timeout.map(|(d, _)| d);
+        let show = |elapsed: Duration| crate::report::progress(&name, &phase_word, elapsed, limit);
         let fin = process::run(
             Spawn {
                 path: &hook.path,
@@ -421,9 +426,13 @@ impl<'a> Runner<'a> {
                 events: self.events,
                 log: self.log,
                 output_limit: self.settings.output_limit,
+                progress: self.show_progress.then_some(&show as &dyn Fn(Duration)),
             },
             &mut self.signal_seen,
         );
+        if self.show_progress && fin.elapsed >= Duration::from_secs(1) {
+            crate::report::progress_done();
+        }
         let detail = match &fin.outcome {
             Outcome::Exited(_) => String::new(),
             other => format!(", {}", other.describe()),

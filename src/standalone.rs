@@ -395,6 +395,7 @@ pub fn snapshot(
         events,
         log,
         output_limit: settings.output_limit,
+        progress: None,
     };
     let mut signal_seen = None;
     // COMMAND's end: its status, why it was cut short, and its watch if it

@@ -7,6 +7,7 @@ mod docs;
 mod faults;
 mod logging;
 mod loopfs;
+mod package;
 mod phases;
 mod processes;
 mod qemu_ga;

@@ -295,3 +295,36 @@ fn rehearse_refuses_while_a_real_freeze_holds_hooks() {
     );
     assert_eq!(env.trace(), ["10-a freeze rollback=0"]);
 }
+
+#[test]
+fn rehearse_shows_progress_of_slow_hooks_plain_or_on_a_terminal() {
+    let env = Env::new();
+    env.hook("20-slow", "sleep 1.4");
+    env.hook("10-fast", "exit 0");
+    let run = env.run(&["rehearse"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stderr.lines().collect::<Vec<_>>(),
+        [
+            "freeze 20-slow: still running after 1s (limit 1m)",
+            "thaw 20-slow: still running after 1s (limit 1m)"
+        ],
+        "fast hooks show nothing"
+    );
+    // On a terminal (script(1) gives it one): one line rewritten in place.
+    let cmd = env.command(&["rehearse"]);
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("script(1), from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\r\x1b[K  freeze 20-slow: running for 1s (limit 1m)"),
+        "{text:?}"
+    );
+}
