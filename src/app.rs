@@ -49,10 +49,9 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
     };
     // A thaw may run while the log's filesystem is frozen, and status
     // writes nothing: neither opens the log up front.
-    let open_log = || {
-        Log::open(&settings.log_file, !sys::is_root())
-            .styled(settings.log_format, settings.log_target)
-    };
+    let open_log_at =
+        |s: &Settings| Log::open(&s.log_file, !sys::is_root()).styled(s.log_format, s.log_target);
+    let open_log = || open_log_at(&settings);
     match cli.command {
         Command::Freeze { fs: false, .. } => freeze_hooks(&settings, &open_log(), &events),
         Command::Freeze {
@@ -75,6 +74,29 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
         ),
         Command::Status { json } => status::status(&settings, json),
         Command::List { json } => crate::list::list(&settings, json),
+        Command::Hold {
+            name,
+            max_hold,
+            ready,
+            ready_timeout,
+            release_input,
+            command,
+        } => {
+            let settings = crate::hold::settings_from_env(settings.clone());
+            let args = crate::hold::HoldArgs {
+                name,
+                max_hold: max_hold.0,
+                ready,
+                ready_timeout: ready_timeout.0,
+                release_input,
+                command,
+            };
+            crate::hold::hold(&settings, &open_log_at(&settings), args)
+        }
+        Command::Release { name } => {
+            let settings = crate::hold::settings_from_env(settings.clone());
+            crate::hold::release(&settings, &open_log_at(&settings), &name)
+        }
         Command::Check { root } => crate::check::check(&root),
         Command::Enable { root, dry_run } => crate::enable::enable(&root, dry_run),
         Command::Disable { root, dry_run } => crate::enable::disable(&root, dry_run),

@@ -178,6 +178,40 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, ...)
     Completions { shell: clap_complete::Shell },
 
+    /// For a freeze hook: start COMMAND, write this command's stdin to it,
+    /// wait for a line with the ready marker, and return while the session
+    /// stays alive (holding its lock) until `release NAME` or --max-hold
+    Hold {
+        /// Name of the session (letters, digits, - _ .)
+        name: String,
+
+        /// End the session by itself if no release comes within DUR
+        #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_limit_flag)]
+        max_hold: LimitArg,
+
+        /// Text of the line COMMAND prints once it holds what it should
+        #[arg(long, value_name = "TEXT", default_value = "FSFREEZE-READY")]
+        ready: String,
+
+        /// Give up (and fail) if the ready line does not come within DUR
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_limit_flag)]
+        ready_timeout: LimitArg,
+
+        /// Written to COMMAND's stdin on release, before it is closed
+        #[arg(long, value_name = "TEXT")]
+        release_input: Option<String>,
+
+        /// The client that holds the session (reads its stdin)
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
+
+    /// For a thaw hook: end the session held as NAME (nothing held: no error)
+    Release {
+        /// Name given to `hold`
+        name: String,
+    },
+
     /// Show what is frozen now and since when, which hooks hold, and whether
     /// a watchdog is armed
     Status {

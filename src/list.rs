@@ -113,10 +113,23 @@ fn judge(
 
 pub fn list(settings: &Settings, as_json: bool) -> ExitCode {
     let listing = inspect(settings, Path::new("/"));
+    let sessions = crate::hold::sessions(&crate::hold::settings_from_env(settings.clone()));
     if as_json {
-        println!("{}", to_json(&listing));
+        let doc = to_json(&listing);
+        let names = sessions.iter().map(|s| json::string(&s.name));
+        println!(
+            "{},\"held_sessions\":{}}}",
+            &doc[..doc.len() - 1],
+            json::array(names)
+        );
     } else {
         print!("{}", to_text(&listing));
+        for s in &sessions {
+            println!(
+                "held session {} (keeper pid {}): `release {}` ends it",
+                s.name, s.keeper, s.name
+            );
+        }
     }
     ExitCode::from(crate::app::EXIT_OK)
 }

@@ -8,6 +8,7 @@ mod config;
 mod enable;
 mod event;
 mod freeze;
+mod hold;
 mod hookfile;
 mod hooks;
 mod journal;

@@ -115,6 +115,8 @@ pub struct Context<'a> {
     pub events: &'a Events,
     pub log: &'a Log,
     pub output_limit: Option<u64>,
+    /// The state dir, passed to hooks (for `hold` and `release`).
+    pub state_dir: &'a Path,
     /// Told, about once a second after the first, how long the child has
     /// been running (`rehearse` shows it).
     pub progress: Option<&'a dyn Fn(Duration)>,
@@ -219,7 +221,7 @@ pub fn run(
         _ => (hook_fd, vec![spawn.path.as_os_str(), phase]),
     };
     let argv: Vec<CString> = argv.into_iter().filter_map(c_string).collect();
-    let envp = environment(&spawn, ctx.log.path());
+    let envp = environment(&spawn, ctx.log.path(), ctx.state_dir);
     let exec = Exec {
         program: Program::Open(program),
         argv: &argv,
@@ -248,8 +250,9 @@ fn c_string(s: &OsStr) -> Option<CString> {
 }
 
 /// The caller's environment (qemu-ga's), with ours on top.
-fn environment(spawn: &Spawn<'_>, log_path: &Path) -> Vec<CString> {
-    let ours: [(&str, &OsStr); 4] = [
+fn environment(spawn: &Spawn<'_>, log_path: &Path, state_dir: &Path) -> Vec<CString> {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "fsfreeze-hook".into());
+    let ours: [(&str, &OsStr); 6] = [
         ("FSFREEZE_PHASE", OsStr::new(spawn.phase)),
         (
             "FSFREEZE_ROLLBACK",
@@ -257,6 +260,8 @@ fn environment(spawn: &Spawn<'_>, log_path: &Path) -> Vec<CString> {
         ),
         ("FSFREEZE_HOOK_LOG", log_path.as_os_str()),
         ("FSFREEZE_HOOK_PATH", spawn.path.as_os_str()),
+        ("FSFREEZE_HOOK_STATE_DIR", state_dir.as_os_str()),
+        ("FSFREEZE_HOOK_BIN", exe.as_os_str()),
     ];
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !ours.iter().any(|(name, _)| k == *name))

@@ -426,6 +426,7 @@ impl<'a> Runner<'a> {
                 events: self.events,
                 log: self.log,
                 output_limit: self.settings.output_limit,
+                state_dir: &self.settings.state_dir,
                 progress: self.show_progress.then_some(&show as &dyn Fn(Duration)),
             },
             &mut self.signal_seen,

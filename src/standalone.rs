@@ -395,6 +395,7 @@ pub fn snapshot(
         events,
         log,
         output_limit: settings.output_limit,
+        state_dir: &settings.state_dir,
         progress: None,
     };
     let mut signal_seen = None;

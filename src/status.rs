@@ -11,15 +11,49 @@ use crate::watchdog;
 
 /// `status`: what the journal holds, and whether its watchdog runs.
 pub fn status(settings: &Settings, json: bool) -> ExitCode {
+    let settings = crate::hold::settings_from_env(settings.clone());
     let recorded = Journal::new(&settings.state_dir).read();
     let held = match &recorded {
         Recorded::Held(h) => Some(h),
         _ => None,
     };
+    let sessions = crate::hold::sessions(&settings);
     if json {
-        println!("{}", status_json(held));
+        let list = sessions.iter().map(|s| {
+            Object::new()
+                .str("name", &s.name)
+                .num("keeper_pid", s.keeper)
+                .num("command_pid", s.command)
+                .bool("alive", watchdog::alive(s.keeper))
+                .num("since_ms", s.since_ms as f64)
+                .opt("until_ms", s.until_ms.map(|u| u.to_string()))
+                .finish()
+        });
+        let doc = status_json(held);
+        // The journal's object, with the held sessions added.
+        println!(
+            "{},\"sessions\":{}}}",
+            &doc[..doc.len() - 1],
+            json::array(list)
+        );
     } else {
         print!("{}", status_text(held, &recorded));
+        for s in &sessions {
+            println!(
+                "session {}: keeper pid {} ({}), since {}{}",
+                s.name,
+                s.keeper,
+                if watchdog::alive(s.keeper) {
+                    "holding"
+                } else {
+                    "NOT RUNNING"
+                },
+                when(s.since_ms),
+                s.until_ms
+                    .map(|u| format!(", released by itself at {}", when(u)))
+                    .unwrap_or_default()
+            );
+        }
     }
     ExitCode::from(crate::app::EXIT_OK)
 }

@@ -5,6 +5,7 @@ mod admin;
 mod common;
 mod docs;
 mod faults;
+mod hold;
 mod logging;
 mod loopfs;
 mod package;

@@ -1,0 +1,165 @@
+//! `hold` and `release`: a session kept alive from the freeze hook to the
+//! thaw hook, detached from the hook and from qemu-ga's pipe.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use crate::common::{Env, alive, eventually, lines_with, read_pid};
+
+/// A "client" that holds until its stdin closes: it prints the marker after
+/// reading `lock`, and records its pid and how it ended. Returns its path.
+fn client(env: &Env) -> std::path::PathBuf {
+    let path = env.path().join("client.sh");
+    fs::write(
+        &path,
+        format!(
+            "echo $$ > '{d}/client.pid'\n\
+             while read l; do\n\
+               [ \"$l\" = lock ] && echo FSFREEZE-READY\n\
+               [ \"$l\" = unlock ] && echo unlocked >> '{d}/client.log'\n\
+             done\n\
+             echo closed >> '{d}/client.log'\n",
+            d = env.path().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn hook_pair(env: &Env, max_hold: &str) {
+    let c = client(env);
+    env.tracing_hook(
+        "20-holder",
+        &format!(
+            "case \"$1\" in\n\
+             freeze) printf 'lock\\n' | \"$FSFREEZE_HOOK_BIN\" hold demo --max-hold {max_hold} --release-input 'unlock\n' -- sh '{c}' ;;\n\
+             thaw) \"$FSFREEZE_HOOK_BIN\" release demo ;;\n\
+             esac",
+            c = c.display()
+        ),
+    );
+}
+
+#[test]
+fn freeze_hook_holds_a_session_until_the_thaw_hook_releases_it() {
+    let env = Env::new();
+    hook_pair(&env, "5m");
+    // The runner's streams as qemu-ga 9.1+ reads them: one pipe, until EOF.
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let writer2 = writer.try_clone().unwrap();
+    let start = Instant::now();
+    let mut child = env
+        .command(&["freeze"])
+        .stdout(OwnedFd::from(writer))
+        .stderr(OwnedFd::from(writer2))
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "EOF after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let client = read_pid(&env.path().join("client.pid"));
+    assert!(
+        alive(client),
+        "the session outlives the hook and the runner"
+    );
+    let status = env.run(&["status"]).stdout;
+    assert!(status.contains("session demo: keeper pid"), "{status}");
+    assert!(status.contains("(holding)"), "{status}");
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(eventually(Duration::from_secs(5), || !alive(client)));
+    assert_eq!(
+        fs::read_to_string(env.path().join("client.log")).unwrap(),
+        "unlocked\nclosed\n"
+    );
+    assert!(
+        fs::read_dir(env.state.join("held"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no state left"
+    );
+    assert_eq!(
+        lines_with(&env.log_text(), "hold demo: released; session closed after").len(),
+        1
+    );
+}
+
+#[test]
+fn max_hold_releases_by_itself_when_no_thaw_comes() {
+    let env = Env::new();
+    hook_pair(&env, "1s");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let client = read_pid(&env.path().join("client.pid"));
+    assert!(alive(client));
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(client)),
+        "max hold did not end it"
+    );
+    assert!(eventually(Duration::from_secs(2), || env
+        .log_text()
+        .contains("max hold of 1s expired before any release")));
+    // A later thaw finds nothing held and is fine.
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+}
+
+#[test]
+fn a_session_that_fails_before_it_is_ready_fails_the_freeze_with_its_output() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.hook(
+        "20-db",
+        "[ \"$1\" = freeze ] || exit 0\necho x | \"$FSFREEZE_HOOK_BIN\" hold db -- sh -c 'echo ERROR 1205: Lock wait timeout exceeded; exit 1'",
+    );
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("20-db exited with status 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.log.contains("hold db failed: sh ended before it was ready; it said: ERROR 1205: Lock wait timeout exceeded"), "{}", run.log);
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "10-a thaw rollback=1"]
+    );
+}
+
+#[test]
+fn a_second_hold_replaces_a_stale_session_of_the_same_name() {
+    let env = Env::new();
+    hook_pair(&env, "5m");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let first = read_pid(&env.path().join("client.pid"));
+    fs::remove_file(env.path().join("client.pid")).unwrap();
+    // qemu-ga never sent the thaw; the next freeze comes.
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let second = read_pid(&env.path().join("client.pid"));
+    assert_ne!(first, second);
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(first)),
+        "the stale session was ended"
+    );
+    assert!(alive(second));
+    assert_eq!(
+        lines_with(
+            &env.log_text(),
+            "hold demo: replacing the session still held"
+        )
+        .len(),
+        1
+    );
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert!(eventually(Duration::from_secs(5), || !alive(second)));
+}
