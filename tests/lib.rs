@@ -3,6 +3,7 @@
 
 mod admin;
 mod common;
+mod databases;
 mod docs;
 mod faults;
 mod hold;

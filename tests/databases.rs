@@ -1,0 +1,561 @@
+//! The example hooks against real servers: private MariaDB, PostgreSQL and
+//! Redis instances in temp dirs, on unix sockets only (no network, no
+//! systemd), started and stopped by the tests. The test command installs
+//! mariadb-server, postgresql and redis-server from Debian's packages.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Env, eventually, lines_with, require_root};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks.d-examples");
+
+/// Copies one example into the env's hooks dir.
+fn use_example(env: &Env, name: &str) {
+    let to = env.hooks.join(name);
+    fs::copy(Path::new(EXAMPLES).join(name), &to).unwrap();
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn run_with(env: &Env, vars: &[(&str, String)], args: &[&str]) -> crate::common::Run {
+    let start = Instant::now();
+    let mut cmd = env.command(args);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    env.finish(cmd.output().unwrap(), start)
+}
+
+/// No fsfreeze-hook keeper and no held-session file is left.
+fn nothing_left(env: &Env) {
+    let held = env.state.join("held");
+    let files: Vec<_> = fs::read_dir(&held)
+        .map(|d| d.filter_map(|e| e.ok()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "held sessions left: {files:?}");
+}
+
+// ---- MariaDB ------------------------------------------------------------------
+
+struct Mariadb {
+    dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl Mariadb {
+    fn start(dir: &Path) -> Mariadb {
+        let data = dir.join("data");
+        fs::create_dir_all(&data).unwrap();
+        sh(Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ]));
+        let mut db = Mariadb {
+            dir: dir.to_path_buf(),
+            server: None,
+        };
+        db.server = Some(
+            Command::new("mariadbd")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", db.socket().display()))
+                .arg(format!("--log-error={}", dir.join("error.log").display()))
+                .arg(format!("--pid-file={}", dir.join("pid").display()))
+                .args(["--skip-networking", "--user=root"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || db
+                .client("SELECT 1")
+                .status
+                .success()),
+            "mariadbd did not start: {}",
+            fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        db.sql("CREATE DATABASE t; CREATE TABLE t.x (id INT PRIMARY KEY) ENGINE=InnoDB");
+        db
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    fn command(&self, sql: &str) -> Command {
+        let mut c = Command::new("mariadb");
+        c.arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]);
+        c
+    }
+
+    fn client(&self, sql: &str) -> std::process::Output {
+        self.command(sql).output().unwrap()
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        sh(&mut self.command(sql))
+    }
+
+    fn vars(&self, max_hold: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("FSFREEZE_MYSQL_SOCKET", self.socket().display().to_string()),
+            ("FSFREEZE_MYSQL_MAX_HOLD", max_hold.to_string()),
+            ("FSFREEZE_MYSQL_LOCK_WAIT", "5".to_string()),
+        ]
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(s.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while s.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A write from another client that the lock should hold back.
+fn blocked_insert(db: &Mariadb, id: u32) -> Child {
+    db.command(&format!("INSERT INTO t.x VALUES ({id})"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn still_running(child: &mut Child, for_at_least: Duration) -> bool {
+    std::thread::sleep(for_at_least);
+    child.try_wait().unwrap().is_none()
+}
+
+#[test]
+fn mariadb_read_lock_is_held_from_freeze_to_thaw() {
+    if !require_root("mariadb_example") {
+        return;
+    }
+    let env = Env::new();
+    use_example(&env, "20-mariadb");
+    let mut db = Mariadb::start(&env.path().join("mariadb"));
+    let vars = db.vars("5m");
+    for cycle in 1..=2u32 {
+        let run = run_with(&env, &vars, &["freeze"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(
+            run.elapsed < Duration::from_secs(5),
+            "freeze took {:?}",
+            run.elapsed
+        );
+        let mut insert = blocked_insert(&db, cycle);
+        assert!(
+            still_running(&mut insert, Duration::from_secs(1)),
+            "a write went through while frozen"
+        );
+        assert_eq!(
+            db.sql("SELECT COUNT(*) FROM t.x"),
+            (cycle - 1).to_string(),
+            "reads work while frozen"
+        );
+        let run = run_with(&env, &vars, &["thaw"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(
+            insert.wait().unwrap().success(),
+            "the write completes after the thaw"
+        );
+        assert_eq!(db.sql("SELECT COUNT(*) FROM t.x"), cycle.to_string());
+        nothing_left(&env);
+    }
+    // A thaw without a freeze, as qemu-ga sends: fine.
+    assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
+    // No thaw at all: the max hold lets go.
+    let vars = db.vars("2s");
+    assert_eq!(run_with(&env, &vars, &["freeze"]).code, Some(0));
+    let mut insert = blocked_insert(&db, 10);
+    assert!(still_running(&mut insert, Duration::from_millis(500)));
+    assert!(
+        eventually(Duration::from_secs(10), || insert
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "max hold did not release"
+    );
+    assert!(eventually(Duration::from_secs(3), || env
+        .log_text()
+        .contains("hold mariadb: max hold of 2s expired")));
+    nothing_left(&env);
+    // Server stopped: the hook passes quickly and says why.
+    db.stop();
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
+    assert_eq!(
+        lines_with(&run.log, "20-mariadb: server not running").len(),
+        1,
+        "{}",
+        run.log
+    );
+    assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
+}
+
+#[test]
+fn mariadb_lock_that_cannot_be_taken_fails_the_freeze() {
+    if !require_root("mariadb_lock_fails") {
+        return;
+    }
+    let env = Env::new();
+    use_example(&env, "20-mariadb");
+    env.tracing_hook("10-app", "");
+    let db = Mariadb::start(&env.path().join("mariadb"));
+    // A table locked by another session blocks FLUSH TABLES WITH READ LOCK.
+    let mut blocker = db
+        .command("LOCK TABLES t.x WRITE; SELECT SLEEP(30)")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut vars = db.vars("5m");
+    vars.push(("FSFREEZE_MYSQL_LOCK_WAIT", "2".to_string()));
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("20-mariadb exited with status 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.log.contains("Lock wait timeout exceeded"),
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        env.trace(),
+        ["10-app freeze rollback=0", "10-app thaw rollback=1"]
+    );
+    let _ = blocker.kill();
+    let _ = blocker.wait();
+    nothing_left(&env);
+}
+
+// ---- PostgreSQL ---------------------------------------------------------------
+
+struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    running: bool,
+}
+
+impl Postgres {
+    fn start(dir: &Path) -> Postgres {
+        let bin = fs::read_dir("/usr/lib/postgresql")
+            .expect("postgresql (the test command installs it)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .max()
+            .unwrap();
+        fs::create_dir_all(dir).unwrap();
+        nix::unistd::chown(
+            dir,
+            nix::unistd::User::from_name("postgres")
+                .unwrap()
+                .map(|u| u.uid),
+            None,
+        )
+        .unwrap();
+        let as_pg = |args: &[&str]| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(args);
+            c
+        };
+        let data = dir.join("data");
+        sh(&mut as_pg(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]));
+        let opts = format!("-k {} -c listen_addresses=''", dir.display());
+        sh(&mut as_pg(&[
+            bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            dir.join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ]));
+        Postgres {
+            dir: dir.to_path_buf(),
+            bin,
+            running: true,
+        }
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        sh(Command::new("psql")
+            .args(["-X", "-At", "-U", "postgres", "-h"])
+            .arg(&self.dir)
+            .args(["-c", sql]))
+    }
+
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", self.dir.display().to_string()),
+            ("PGUSER", "postgres".to_string()),
+        ]
+    }
+
+    fn stop(&mut self) {
+        if self.running {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .args([
+                    "-D",
+                    self.dir.join("data").to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
+                .output();
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn postgresql_checkpoint_runs_before_the_freeze() {
+    if !require_root("postgresql_example") {
+        return;
+    }
+    let env = Env::new();
+    use_example(&env, "30-postgresql");
+    let mut pg = Postgres::start(&env.path().join("pg"));
+    pg.sql("CREATE TABLE x (id int)");
+    let checkpoints = || {
+        pg.sql("SELECT checkpoints_req FROM pg_stat_bgwriter")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = checkpoints();
+    let vars = pg.vars();
+    for _ in 0..2 {
+        let run = run_with(&env, &vars, &["freeze"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(run.elapsed < Duration::from_secs(10));
+        assert!(
+            run.log.contains("30-postgresql: CHECKPOINT done"),
+            "{}",
+            run.log
+        );
+        // No lock is held: PostgreSQL is crash-safe, writes go on (the
+        // filesystem freeze itself is what stops them).
+        pg.sql("INSERT INTO x VALUES (1)");
+        assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
+    }
+    assert_eq!(checkpoints(), before + 2, "one CHECKPOINT per freeze");
+    pg.stop();
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
+    assert_eq!(
+        lines_with(&run.log, "30-postgresql: server not running").len(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+// ---- Redis ----------------------------------------------------------------------
+
+struct Redis {
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        fs::create_dir_all(dir).unwrap();
+        let r = Redis {
+            dir: dir.to_path_buf(),
+        };
+        sh(Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(r.socket())
+            .args([
+                "--daemonize",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir)
+            .arg("--pidfile")
+            .arg(dir.join("pid")));
+        assert!(eventually(Duration::from_secs(10), || r.try_cli(&["PING"])
+            == Some("PONG".into())));
+        r
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("redis-cli");
+        c.arg("-s").arg(self.socket()).args(args);
+        c
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = self.cli_command(args).output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn stop(&self) {
+        let _ = self.cli_command(&["SHUTDOWN", "NOSAVE"]).output();
+        let _ = fs::remove_file(self.socket());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn redis_writes_pause_from_freeze_to_thaw() {
+    if !require_root("redis_example") {
+        return;
+    }
+    let env = Env::new();
+    use_example(&env, "40-redis");
+    let redis = Redis::start(&env.path().join("redis"));
+    let mut vars = vec![(
+        "FSFREEZE_REDIS_SOCKET",
+        redis.socket().display().to_string(),
+    )];
+    redis.try_cli(&["SET", "k", "0"]);
+    for cycle in 1..=2 {
+        let run = run_with(&env, &vars, &["freeze"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let mut set = redis
+            .cli_command(&["SET", "k", &cycle.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            still_running(&mut set, Duration::from_secs(1)),
+            "a write went through while paused"
+        );
+        assert_eq!(
+            redis.try_cli(&["GET", "k"]).unwrap(),
+            (cycle - 1).to_string(),
+            "reads work"
+        );
+        assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
+        assert!(set.wait().unwrap().success());
+        assert_eq!(redis.try_cli(&["GET", "k"]).unwrap(), cycle.to_string());
+    }
+    assert_eq!(
+        run_with(&env, &vars, &["thaw"]).code,
+        Some(0),
+        "thaw without freeze"
+    );
+    // No thaw: the pause ends by itself after the max hold.
+    vars.push(("FSFREEZE_REDIS_MAX_HOLD", "2".to_string()));
+    assert_eq!(run_with(&env, &vars, &["freeze"]).code, Some(0));
+    let mut set = redis
+        .cli_command(&["SET", "k", "late"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(still_running(&mut set, Duration::from_millis(500)));
+    assert!(
+        eventually(Duration::from_secs(10), || set
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "pause never ended"
+    );
+    redis.stop();
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(5));
+    assert_eq!(
+        lines_with(&run.log, "40-redis: server not running").len(),
+        1,
+        "{}",
+        run.log
+    );
+}
+
+// ---- the generic service example ---------------------------------------------------
+
+#[test]
+fn service_example_passes_quickly_without_systemd_or_services() {
+    let env = Env::new();
+    use_example(&env, "50-systemd-service");
+    let run = run_with(&env, &[], &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        lines_with(&run.log, "FSFREEZE_SERVICES is empty; nothing to pause").len(),
+        1
+    );
+    let run = run_with(
+        &env,
+        &[("FSFREEZE_SERVICES", "app.service".into())],
+        &["freeze"],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    if !Path::new("/run/systemd/system").exists() {
+        assert_eq!(
+            lines_with(&run.log, "not running under systemd; nothing to pause").len(),
+            1,
+            "{}",
+            run.log
+        );
+    }
+}
