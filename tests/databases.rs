@@ -13,7 +13,7 @@ use crate::common::{Env, eventually, lines_with, require_root};
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks.d-examples");
 
 /// Copies one example into the env's hooks dir.
-fn use_example(env: &Env, name: &str) {
+pub fn use_example(env: &Env, name: &str) {
     let to = env.hooks.join(name);
     fs::copy(Path::new(EXAMPLES).join(name), &to).unwrap();
 }
@@ -28,7 +28,7 @@ fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn run_with(env: &Env, vars: &[(&str, String)], args: &[&str]) -> crate::common::Run {
+pub fn run_with(env: &Env, vars: &[(&str, String)], args: &[&str]) -> crate::common::Run {
     let start = Instant::now();
     let mut cmd = env.command(args);
     for (k, v) in vars {
@@ -48,23 +48,34 @@ fn nothing_left(env: &Env) {
 
 // ---- MariaDB ------------------------------------------------------------------
 
-struct Mariadb {
+pub struct Mariadb {
     dir: PathBuf,
     server: Option<Child>,
 }
 
 impl Mariadb {
-    fn start(dir: &Path) -> Mariadb {
-        let data = dir.join("data");
-        fs::create_dir_all(&data).unwrap();
-        sh(Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args([
-                "--user=root",
-                "--auth-root-authentication-method=socket",
-                "--skip-test-db",
-            ]));
+    /// A new server with its data in `<dir>/data`, and a table `t.x`.
+    pub fn start(dir: &Path) -> Mariadb {
+        let db = Mariadb::on(&dir.join("data"), dir, true).unwrap_or_else(|e| panic!("{e}"));
+        db.sql("CREATE DATABASE t; CREATE TABLE t.x (id INT PRIMARY KEY) ENGINE=InnoDB");
+        db
+    }
+
+    /// A server on the data dir `data` (made first when `fresh`), with its
+    /// socket and error log in `dir`. Fails when it does not come up.
+    pub fn on(data: &Path, dir: &Path, fresh: bool) -> Result<Mariadb, String> {
+        fs::create_dir_all(dir).unwrap();
+        if fresh {
+            fs::create_dir_all(data).unwrap();
+            sh(Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .args([
+                    "--user=root",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                ]));
+        }
         let mut db = Mariadb {
             dir: dir.to_path_buf(),
             server: None,
@@ -82,23 +93,23 @@ impl Mariadb {
                 .spawn()
                 .unwrap(),
         );
-        assert!(
-            eventually(Duration::from_secs(30), || db
-                .client("SELECT 1")
-                .status
-                .success()),
-            "mariadbd did not start: {}",
-            fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        db.sql("CREATE DATABASE t; CREATE TABLE t.x (id INT PRIMARY KEY) ENGINE=InnoDB");
-        db
+        if !eventually(Duration::from_secs(30), || {
+            db.client("SELECT 1").status.success()
+        }) {
+            return Err(format!("mariadbd did not start: {}", db.error_log()));
+        }
+        Ok(db)
+    }
+
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 
     fn socket(&self) -> PathBuf {
         self.dir.join("sock")
     }
 
-    fn command(&self, sql: &str) -> Command {
+    pub fn command(&self, sql: &str) -> Command {
         let mut c = Command::new("mariadb");
         c.arg("--no-defaults")
             .arg(format!("--socket={}", self.socket().display()))
@@ -110,11 +121,11 @@ impl Mariadb {
         self.command(sql).output().unwrap()
     }
 
-    fn sql(&self, sql: &str) -> String {
+    pub fn sql(&self, sql: &str) -> String {
         sh(&mut self.command(sql))
     }
 
-    fn vars(&self, max_hold: &str) -> Vec<(&'static str, String)> {
+    pub fn vars(&self, max_hold: &str) -> Vec<(&'static str, String)> {
         vec![
             ("FSFREEZE_MYSQL_SOCKET", self.socket().display().to_string()),
             ("FSFREEZE_MYSQL_MAX_HOLD", max_hold.to_string()),
@@ -122,7 +133,7 @@ impl Mariadb {
         ]
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut s) = self.server.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(s.id() as i32),

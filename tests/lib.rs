@@ -3,6 +3,7 @@
 
 mod admin;
 mod common;
+mod consistency;
 mod databases;
 mod docs;
 mod faults;

@@ -18,6 +18,7 @@ const WATCHDOG: Duration = Duration::from_secs(120);
 
 pub struct LoopFs {
     pub mnt: PathBuf,
+    pub image: PathBuf,
     dev: Option<String>,
     mounted: bool,
     watchdog: Option<mpsc::Sender<()>>,
@@ -59,19 +60,38 @@ impl LoopFs {
             "btrfs" => run("mkfs.btrfs", &["-q", "-f", img]),
             other => panic!("no mkfs for {other}"),
         };
+        LoopFs::mount(&image, mnt)
+    }
+
+    /// Loop-mounts an existing image (a copy the test made) at `mnt`. It
+    /// fails (panics) when the image does not mount.
+    pub fn mount(image: &Path, mnt: &Path) -> LoopFs {
+        LoopFs::try_mount(image, mnt).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`LoopFs::mount`], with the failure returned.
+    pub fn try_mount(image: &Path, mnt: &Path) -> Result<LoopFs, String> {
+        let img = image.to_str().unwrap();
         let mnt = mnt.to_path_buf();
         fs::create_dir_all(&mnt).unwrap();
         let mut guard = LoopFs {
             mnt: mnt.clone(),
+            image: image.to_path_buf(),
             dev: None,
             mounted: false,
             watchdog: None,
         };
         guard.dev = Some(run("losetup", &["--find", "--show", img]));
-        run(
-            "mount",
-            &[guard.dev.as_deref().unwrap(), mnt.to_str().unwrap()],
-        );
+        let mounted = Command::new("mount")
+            .args([guard.dev.as_deref().unwrap(), mnt.to_str().unwrap()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !mounted.status.success() {
+            return Err(format!(
+                "mount {img}: {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            ));
+        }
         guard.mounted = true;
         let (tx, rx) = mpsc::channel::<()>();
         let watched = mnt.clone();
@@ -82,7 +102,7 @@ impl LoopFs {
             }
         });
         guard.watchdog = Some(tx);
-        guard
+        Ok(guard)
     }
 
     /// Whether the filesystem is frozen, without a write that could hang:
