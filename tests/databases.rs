@@ -570,3 +570,57 @@ fn service_example_passes_quickly_without_systemd_or_services() {
         );
     }
 }
+
+#[test]
+fn postgresql_and_redis_examples_fail_the_freeze_when_the_server_refuses() {
+    if !require_root("pg_redis_refuse") {
+        return;
+    }
+    let env = Env::new();
+    use_example(&env, "30-postgresql");
+    use_example(&env, "40-redis");
+    env.tracing_hook("10-app", "");
+    let pg = Postgres::start(&env.path().join("pg"));
+    // A role that may log in but not CHECKPOINT (PostgreSQL 15: superuser or
+    // pg_checkpoint only).
+    pg.sql("CREATE ROLE app LOGIN");
+    let mut vars = pg.vars();
+    vars.retain(|(k, _)| *k != "PGUSER");
+    vars.push(("PGUSER", "app".into()));
+    vars.push(("PGDATABASE", "postgres".into()));
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.log.contains("30-postgresql: CHECKPOINT failed:"),
+        "{}",
+        run.log
+    );
+    assert_eq!(
+        env.trace(),
+        ["10-app freeze rollback=0", "10-app thaw rollback=1"]
+    );
+    env.clear_trace();
+    // Redis with a password the hook was not given.
+    let redis = Redis::start(&env.path().join("redis"));
+    redis.try_cli(&["CONFIG", "SET", "requirepass", "secret"]);
+    let mut vars = pg.vars();
+    vars.push((
+        "FSFREEZE_REDIS_SOCKET",
+        redis.socket().display().to_string(),
+    ));
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.log
+            .contains("40-redis: server answers but not PONG: NOAUTH"),
+        "{}",
+        run.log
+    );
+    // With the password in a root-only file, it works.
+    let auth = env.path().join("redis.auth");
+    fs::write(&auth, "secret").unwrap();
+    vars.push(("FSFREEZE_REDIS_AUTH_FILE", auth.display().to_string()));
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
+}
