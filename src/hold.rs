@@ -11,18 +11,17 @@
 //! ends its session; `--max-hold` does the same on its own if no thaw comes.
 //! A held session is a file `<state dir>/held/NAME`, which `status` shows.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::app::{EXIT_HOOK_FAILED, EXIT_OK, EXIT_SETUP, fail};
@@ -35,13 +34,6 @@ use crate::units::format_limit;
 /// What a keeper waits for its COMMAND to end after closing its stdin,
 /// before ending it with signals.
 const RELEASE_GRACE: Duration = Duration::from_secs(5);
-const SIGNALS: [Signal; 5] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-];
 
 /// The options of one `hold`.
 pub struct HoldArgs {
@@ -234,12 +226,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
         let line = format!("{}\n", text.replace('\n', " "));
         let _ = nix::unistd::write(ready, line.as_bytes());
     };
-    let mut set = SigSet::empty();
-    for sig in SIGNALS {
-        set.add(sig);
-    }
-    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
-    let Ok(events) = Events::with(&SIGNALS) else {
+    let Ok(events) = Events::take_over(&sys::HELPER_SIGNALS) else {
         return say("FAIL cannot set up signal handling".into());
     };
     let started = match start(args) {
@@ -416,20 +403,9 @@ struct Started {
 /// COMMAND in its own process group: stdin from a pipe we keep, stdout and
 /// stderr into another we read.
 fn start(args: &HoldArgs) -> Result<Started, Errno> {
-    let argv: Vec<CString> = args
-        .command
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| Errno::EINVAL))
-        .collect::<Result<_, _>>()?;
+    let argv = crate::process::argv_of(&args.command)?;
     let first = argv.first().ok_or(Errno::EINVAL)?;
-    let envp: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
+    let envp = crate::process::environment_now();
     let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let pid = sys::spawn(&Exec {

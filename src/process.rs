@@ -245,6 +245,26 @@ pub fn run(
     }
 }
 
+/// A command line as C strings; a NUL byte in an argument is EINVAL.
+pub fn argv_of(command: &[OsString]) -> Result<Vec<CString>, nix::errno::Errno> {
+    command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| nix::errno::Errno::EINVAL))
+        .collect()
+}
+
+/// This process's environment as `KEY=VALUE` C strings.
+pub fn environment_now() -> Vec<CString> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect()
+}
+
 fn c_string(s: &OsStr) -> Option<CString> {
     CString::new(s.as_bytes()).ok()
 }

@@ -4,9 +4,8 @@
 //! while one is frozen (log lines wait in memory, the journal is on tmpfs),
 //! and a thaw thaws filesystems first, then runs the thaw hooks.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 #[cfg(test)]
 use std::path::Path;
@@ -477,19 +476,9 @@ fn command_status(outcome: &Outcome) -> u8 {
 /// COMMAND runs in its own process group (so it can be ended whole) with the
 /// runner's stdin, stdout, stderr and environment, looked up in `PATH`.
 fn spawn_command(command: &[OsString]) -> Result<nix::unistd::Pid, Errno> {
-    let argv: Vec<CString> = command
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| Errno::EINVAL))
-        .collect::<Result<_, _>>()?;
+    let argv = crate::process::argv_of(command)?;
     let first = argv.first().ok_or(Errno::EINVAL)?;
-    let envp: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
+    let envp = crate::process::environment_now();
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signal::Signal;
 
 use crate::config::Settings;
 use crate::freeze::{self, Kernel};
@@ -30,13 +30,6 @@ use crate::sys::{self, Event, Events};
 
 const DONE: u8 = b'D';
 const HAND_OVER: u8 = b'H';
-const SIGNALS: [Signal; 5] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-];
 
 pub struct Watchdog {
     tx: OwnedFd,
@@ -111,12 +104,7 @@ pub fn alive(pid: i32) -> bool {
 
 /// The watchdog's life, in the detached process.
 fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: Option<Instant>) {
-    let mut set = SigSet::empty();
-    for sig in SIGNALS {
-        set.add(sig);
-    }
-    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
-    let Ok(events) = Events::with(&SIGNALS) else {
+    let Ok(events) = Events::take_over(&sys::HELPER_SIGNALS) else {
         return; // the runner reads no pid, and freezes nothing
     };
     let pid = std::process::id() as i32;

@@ -372,21 +372,9 @@ timeout = "5m"
     /// Lines made of the config's own vocabulary, mixed with noise, so that
     /// the generator reaches the value checks and not only the TOML parser.
     fn config_texts() -> impl Strategy<Value = String> {
-        let key = proptest::sample::select(vec![
-            "hooks_dir",
-            "log_file",
-            "state_dir",
-            "timeout",
-            "phase_timeout",
-            "kill_grace",
-            "on_error",
-            "thaw_order",
-            "output_limit",
-            "hooks",
-            "[hooks.\"a\"]",
-            "[hooks]",
-            "bogus",
-        ]);
+        let mut keys: Vec<&'static str> = KEY_NAMES.to_vec();
+        keys.extend(["[hooks.\"a\"]", "[hooks]", "bogus"]);
+        let key = proptest::sample::select(keys);
         let value = prop_oneof![
             proptest::sample::select(vec![
                 "\"30s\"",

@@ -16,7 +16,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
 pub use freeze::{fifreeze, fithaw};
-pub use signals::{Event, Events, take_pending_stop_signal, waited_signals};
+pub use signals::{Event, Events, HELPER_SIGNALS, take_pending_stop_signal, waited_signals};
 pub use spawn::{Exec, Exit, Program, detach, dup_inheritable, spawn, try_reap};
 
 /// Puts the process in the state the runner relies on: fds 0-2 open (so no

@@ -10,6 +10,16 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+/// What a detached helper waits for: its children, the stop signals, and
+/// SIGUSR1 (its own request: release, or look again).
+pub const HELPER_SIGNALS: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
+
 /// SIGCHLD (a hook ended) and the signals that stop a run.
 pub fn waited_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -43,12 +53,14 @@ impl Events {
         Events::from_set(&waited_signals())
     }
 
-    /// Events for `signals`, which the caller has blocked.
-    pub fn with(signals: &[Signal]) -> std::io::Result<Events> {
+    /// Blocks `signals` and reads them from now on: how a detached helper
+    /// (the watchdog, a hold keeper) takes over its signals.
+    pub fn take_over(signals: &[Signal]) -> std::io::Result<Events> {
         let mut set = SigSet::empty();
         for sig in signals {
             set.add(*sig);
         }
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)?;
         Events::from_set(&set)
     }
 
