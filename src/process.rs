@@ -255,7 +255,11 @@ pub fn argv_of(command: &[OsString]) -> Result<Vec<CString>, nix::errno::Errno> 
 
 /// This process's environment as `KEY=VALUE` C strings.
 pub fn environment_now() -> Vec<CString> {
-    std::env::vars_os()
+    key_values(std::env::vars_os())
+}
+
+fn key_values(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<CString> {
+    vars.into_iter()
         .filter_map(|(k, v)| {
             let mut kv = k.into_vec();
             kv.push(b'=');
@@ -293,14 +297,7 @@ fn environment(spawn: &Spawn<'_>, log_path: &Path, state_dir: &Path) -> Vec<CStr
         ours.iter()
             .map(|(k, v)| (OsString::from(k), v.to_os_string())),
     );
-    vars.into_iter()
-        .filter_map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend(v.into_vec());
-            CString::new(kv).ok()
-        })
-        .collect()
+    key_values(vars)
 }
 
 /// How a wait for a child ended.
