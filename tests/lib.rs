@@ -19,3 +19,4 @@ mod selection;
 mod settings;
 mod standalone;
 mod user;
+mod vm;

@@ -1,0 +1,514 @@
+//! The whole chain in a real virtual machine: QMP on the host, virtio-serial,
+//! qemu-ga in the guest, fsfreeze-hook as its -F hook, FIFREEZE of every
+//! guest filesystem (the root included). The guest is assembled from Debian's
+//! packages by tests/vm/build-guest and booted with qemu-system-x86_64 under
+//! software emulation. Only inside the guest do the "all filesystems" paths
+//! run for real. Every guest is killed and its files removed, whatever the
+//! outcome.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{BIN, eventually, freezing_test};
+
+/// A booted guest; killed and removed on drop.
+struct Guest {
+    dir: tempfile::TempDir,
+    qemu: Child,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    major: u32,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+fn agents() -> Vec<PathBuf> {
+    let list =
+        std::env::var("FSFREEZE_HOOK_TEST_AGENTS").unwrap_or_else(|_| "/usr/sbin/qemu-ga".into());
+    list.split(':')
+        .filter(|p| Path::new(p).exists())
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn version(qga: &Path) -> u32 {
+    let out = Command::new(qga).arg("--version").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse().ok())
+        .unwrap()
+}
+
+impl Guest {
+    fn boot(qga: &Path) -> Guest {
+        let dir = tempfile::Builder::new()
+            .prefix("fsfreeze-hook-vm.")
+            .tempdir()
+            .unwrap();
+        let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/build-guest");
+        let out = Command::new(&build)
+            .arg(dir.path())
+            .arg(qga)
+            .arg(BIN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "build-guest: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = |n: &str| dir.path().join(n);
+        let qemu = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-M",
+                "pc",
+                "-m",
+                "512",
+                "-smp",
+                "1",
+                "-no-reboot",
+                "-nographic",
+            ])
+            .args(["-monitor", "none", "-kernel"])
+            .arg(p("vmlinuz"))
+            .arg("-initrd")
+            .arg(p("initrd.gz"))
+            .args(["-append", "console=ttyS0 panic=-1", "-serial"])
+            .arg(format!("file:{}", p("console.log").display()))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw",
+                p("root.img").display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw",
+                p("data.img").display()
+            ))
+            .args(["-device", "virtio-serial", "-chardev"])
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=qga",
+                p("qga.sock").display()
+            ))
+            .args([
+                "-device",
+                "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (the test command installs qemu-system-x86)");
+        let console = p("console.log");
+        let booted = eventually(Duration::from_secs(120), || {
+            fs::read_to_string(&console).is_ok_and(|c| c.contains("guest: starting qemu-ga"))
+        });
+        let stream = UnixStream::connect(p("qga.sock")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut guest = Guest {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            qemu,
+            major: version(qga),
+            dir,
+        };
+        assert!(booted, "guest did not boot: {}", guest.console());
+        guest.sync();
+        guest
+    }
+
+    fn console(&self) -> String {
+        fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    fn image(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// guest-sync-delimited: 0xFF flushes the agent's parser, and its answer
+    /// starts with 0xFF; everything before is stale.
+    fn sync(&mut self) {
+        let id = 4711;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.writer.write_all(b"\xff").unwrap();
+            let msg = json!({"execute": "guest-sync-delimited", "arguments": {"id": id}});
+            self.writer
+                .write_all(format!("{msg}\n").as_bytes())
+                .unwrap();
+            let mut byte = [0u8; 1];
+            while self.reader.read_exact(&mut byte).is_ok() && byte[0] != 0xff {}
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if serde_json::from_str::<Value>(line.trim()).is_ok_and(|v| v["return"] == id) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no sync with the guest agent");
+        }
+    }
+
+    fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+        let msg = json!({"execute": command, "arguments": arguments});
+        self.writer
+            .write_all(format!("{msg}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{command}: no answer: {e}; console: {}", self.console()));
+        let v: Value =
+            serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        match v.get("return") {
+            Some(r) => Ok(r.clone()),
+            None => Err(v["error"]["desc"].as_str().unwrap_or("").to_string()),
+        }
+    }
+
+    /// Runs `script` with the guest's sh; returns its exit code and output.
+    fn sh(&mut self, script: &str) -> (i64, String) {
+        let pid = self
+            .call(
+                "guest-exec",
+                json!({"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}),
+            )
+            .unwrap_or_else(|e| panic!("guest-exec: {e}"))["pid"]
+            .clone();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let st = self.call("guest-exec-status", json!({"pid": pid})).unwrap();
+            if st["exited"] == true {
+                let out = st["out-data"].as_str().map(base64).unwrap_or_default();
+                let err = st["err-data"].as_str().map(base64).unwrap_or_default();
+                return (st["exitcode"].as_i64().unwrap_or(-1), out + &err);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guest command never ended: {script}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ok(&mut self, script: &str) -> String {
+        let (code, out) = self.sh(script);
+        assert_eq!(code, 0, "{script}: {out}");
+        out
+    }
+
+    fn freeze(&mut self) -> Result<Value, String> {
+        self.call("guest-fsfreeze-freeze", json!({}))
+    }
+
+    fn thaw(&mut self) -> Result<Value, String> {
+        self.call("guest-fsfreeze-thaw", json!({}))
+    }
+
+    fn status(&mut self) -> String {
+        self.call("guest-fsfreeze-status", json!({}))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn trace(&mut self) -> Vec<String> {
+        self.ok("cat /run/trace 2>/dev/null; :")
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Standard base64, for guest-exec's output.
+fn base64(text: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let Some(v) = A.iter().position(|&a| a == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A hook that traces its phase (on tmpfs) and writes a file into both the
+/// root and the xfs filesystem: possible only while they are not frozen.
+fn tracing_hook(g: &mut Guest, name: &str, extra: &str) {
+    g.ok(&format!(
+        "cat > /etc/qemu/fsfreeze-hook.d/{name} <<'EOF'\n#!/bin/sh\n\
+         echo \"{name} $1 rollback=$FSFREEZE_ROLLBACK\" >> /run/trace\n\
+         echo x > /{name}.$1\necho x > /data/{name}.$1\n{extra}\nEOF\n\
+         chmod 755 /etc/qemu/fsfreeze-hook.d/{name}"
+    ));
+}
+
+/// Whether the filesystem at `mnt` is frozen, without a write: FIFREEZE
+/// (busybox fsfreeze) fails with EBUSY on a frozen one; one that froze is
+/// thawed again at once.
+fn frozen(g: &mut Guest, mnt: &str) -> bool {
+    let (code, _) = g.sh(&format!(
+        "fsfreeze --freeze {mnt} && fsfreeze --unfreeze {mnt}"
+    ));
+    code != 0
+}
+
+fn scenarios(qga: &Path) {
+    let mut g = Guest::boot(qga);
+    let new_agent = g.major >= 9;
+    let who = format!("qemu-ga {}", g.major);
+    tracing_hook(&mut g, "10-a", "");
+    tracing_hook(&mut g, "20-b", "");
+
+    // A cycle: every filesystem frozen, root included; hooks before and
+    // after, in order and reverse; all filesystems take writes afterwards.
+    let n = g.freeze().unwrap_or_else(|e| panic!("{who}: {e}"));
+    assert!(n.as_u64().unwrap() >= 2, "{who}: root and /data: {n}");
+    // (guest-exec is refused while qemu-ga holds a freeze; its status says.)
+    assert_eq!(g.status(), "frozen");
+    g.thaw().unwrap();
+    assert_eq!(
+        g.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-b freeze rollback=0",
+            "20-b thaw rollback=0",
+            "10-a thaw rollback=0"
+        ],
+        "{who}"
+    );
+    g.ok("touch /written /data/written && ls /10-a.thaw /data/20-b.freeze");
+    let log = g.ok("cat /var/log/qga-fsfreeze-hook.log");
+    assert!(
+        log.contains(": freeze finished in") && log.contains(": thaw finished in"),
+        "{log}"
+    );
+    g.ok("rm -f /run/trace");
+
+    // A failing hook: the agent's error names it (9.1+); nothing frozen;
+    // earlier hooks rolled back.
+    tracing_hook(&mut g, "30-fail", "[ \"$1\" = freeze ] && exit 1; exit 0");
+    let err = g.freeze().expect_err("the freeze must fail");
+    if new_agent {
+        assert!(
+            err.contains("freeze aborted: 30-fail exited with status 1"),
+            "{who}: {err}"
+        );
+    } else {
+        assert!(
+            err.contains("fsfreeze hook has failed with status"),
+            "{who}: {err}"
+        );
+    }
+    assert_eq!(g.status(), "thawed");
+    assert!(!frozen(&mut g, "/") && !frozen(&mut g, "/data"));
+    assert_eq!(
+        g.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-b freeze rollback=0",
+            "30-fail freeze rollback=0",
+            "30-fail thaw rollback=1",
+            "20-b thaw rollback=1",
+            "10-a thaw rollback=1"
+        ],
+        "{who}"
+    );
+    g.ok("rm -f /etc/qemu/fsfreeze-hook.d/30-fail /run/trace");
+
+    // A hanging hook: cut off by our timeout (5 s, grace 1 s, in the
+    // guest's config); the agent answers; the next cycle works.
+    tracing_hook(
+        &mut g,
+        "30-hang",
+        "[ \"$1\" = freeze ] && while :; do sleep 1; done; exit 0",
+    );
+    let start = Instant::now();
+    let err = g.freeze().expect_err("the freeze must fail");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(40),
+        "{who}: {took:?}"
+    );
+    if new_agent {
+        assert!(err.contains("30-hang timed out after 5s"), "{who}: {err}");
+    }
+    assert_eq!(g.status(), "thawed");
+    g.ok("rm -f /etc/qemu/fsfreeze-hook.d/30-hang /run/trace");
+    g.freeze().unwrap();
+    g.thaw().unwrap();
+    assert_eq!(g.trace().len(), 4, "{who}: the next cycle runs every hook");
+    g.ok("rm -f /run/trace");
+
+    // A hook that leaves a lock holder running: the freeze returns promptly
+    // under both agents; the holder lives until the thaw.
+    tracing_hook(
+        &mut g,
+        "30-holder",
+        "case \"$1\" in\nfreeze) rm -f /run/stop /run/holder.log; ( while [ ! -e /run/stop ]; do sleep 0.1; done; echo stopped-by-thaw > /run/holder.log ) & echo $! > /run/holder ;;\nthaw) touch /run/stop ;;\nesac",
+    );
+    let start = Instant::now();
+    g.freeze().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{who}: freeze took {:?}",
+        start.elapsed()
+    );
+    // (guest-exec is refused while frozen: the holder proves it lived until
+    // the thaw by what it writes when the thaw hook stops it.)
+    g.thaw().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || g
+            .sh("grep -q stopped-by-thaw /run/holder.log")
+            .0
+            == 0),
+        "{who}: the holder ends at thaw"
+    );
+    g.ok("rm -f /etc/qemu/fsfreeze-hook.d/30-holder /run/trace");
+
+    // Standalone inside the guest, without -m: every filesystem, root
+    // included, frozen around COMMAND.
+    let out = g.ok("/etc/qemu/fsfreeze-hook snapshot -- sh -c 'fsfreeze --freeze / ; echo root-probe=$?; fsfreeze --freeze /data; echo data-probe=$?'");
+    assert!(
+        out.contains("root-probe=1") && out.contains("data-probe=1"),
+        "{who}: COMMAND saw both frozen: {out}"
+    );
+    assert!(!frozen(&mut g, "/") && !frozen(&mut g, "/data"));
+    // kill -9 of the runner while frozen: the watchdog thaws, from memory
+    // and tmpfs only.
+    g.ok("rm -f /run/trace; /etc/qemu/fsfreeze-hook snapshot -- sleep 60 >/dev/null 2>&1 & echo $! > /run/runner");
+    assert!(
+        eventually(Duration::from_secs(30), || g
+            .sh("grep -q fs-frozen /run/fsfreeze-hook/journal")
+            .0
+            == 0),
+        "{who}: the snapshot never froze"
+    );
+    g.ok("kill -9 $(cat /run/runner)");
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(2), || !frozen(&mut g, "/")),
+        "{who}: root still frozen 2 s after kill -9"
+    );
+    eprintln!(
+        "{who}: thawed {:?} after kill -9 (guest command latency included)",
+        killed.elapsed()
+    );
+    assert!(!frozen(&mut g, "/data"));
+    assert!(
+        eventually(Duration::from_secs(20), || g.trace().len() == 4),
+        "{who}: watchdog ran the thaw hooks"
+    );
+
+    host_side_copies(&mut g, &who);
+}
+
+/// Images copied by the host while the guest is frozen (under a steady
+/// write load) are clean filesystems; copies taken without a freeze are
+/// reported beside them.
+fn host_side_copies(g: &mut Guest, who: &str) {
+    g.ok("rm -f /run/stopload; ( i=0; while [ ! -e /run/stopload ]; do i=$((i+1)); echo $i > /data/f$((i % 64)); echo $i > /f$((i % 64)); done ) >/dev/null 2>&1 &");
+    std::thread::sleep(Duration::from_secs(2));
+    let copy = |g: &Guest, from: &str, to: &str| {
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(g.image(from))
+            .arg(g.image(to))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    g.freeze().unwrap();
+    copy(g, "root.img", "root-frozen.img");
+    copy(g, "data.img", "data-frozen.img");
+    g.thaw().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    copy(g, "root.img", "root-live.img");
+    copy(g, "data.img", "data-live.img");
+    g.ok("touch /run/stopload");
+    let fsck = |img: PathBuf| Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
+    // A frozen XFS keeps its last changes in the (covered) log, as XFS does:
+    // the copy is consistent once the log is replayed, which any mount does.
+    // So mount it once (on the host, loop, read-write), then check it.
+    let repair = |img: PathBuf| {
+        let mnt = img.with_extension("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mount = Command::new("mount")
+            .args(["-o", "loop,nouuid"])
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        if mount.status.success() {
+            let _ = Command::new("umount").arg(&mnt).status();
+        } else {
+            eprintln!(
+                "{who}: mount {}: {}",
+                img.display(),
+                String::from_utf8_lossy(&mount.stderr).trim()
+            );
+        }
+        Command::new("xfs_repair")
+            .arg("-n")
+            .arg(img)
+            .output()
+            .unwrap()
+    };
+    let root = fsck(g.image("root-frozen.img"));
+    assert!(
+        root.status.success(),
+        "{who}: e2fsck of the frozen copy: {}",
+        String::from_utf8_lossy(&root.stdout)
+    );
+    let data = repair(g.image("data-frozen.img"));
+    assert!(
+        data.status.success(),
+        "{who}: xfs_repair -n of the frozen copy: {}",
+        String::from_utf8_lossy(&data.stderr)
+    );
+    let live_root = fsck(g.image("root-live.img"));
+    let live_data = repair(g.image("data-live.img"));
+    eprintln!(
+        "{who}: copies under write load: frozen: e2fsck clean, xfs_repair clean; live: e2fsck exit {}, xfs_repair exit {}",
+        live_root.status.code().unwrap_or(-1),
+        live_data.status.code().unwrap_or(-1)
+    );
+}
+
+#[test]
+fn whole_chain_in_a_real_guest_under_both_agents() {
+    let Some(_exclusive) = freezing_test("vm") else {
+        return;
+    };
+    let agents = agents();
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    assert!(!agents.is_empty() || !ci, "no qemu-ga to put in the guest");
+    let start = Instant::now();
+    for qga in agents {
+        scenarios(&qga);
+    }
+    eprintln!("boots and scenarios took {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(600));
+}
