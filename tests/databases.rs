@@ -4,6 +4,7 @@
 //! mariadb-server, postgresql and redis-server from Debian's packages.
 
 use std::fs;
+use std::ops::Not;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -464,8 +465,22 @@ impl Redis {
         Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Ends the server by its pid (a SHUTDOWN could be refused: a password
+    /// set by a test, a pause).
     fn stop(&self) {
-        let _ = self.cli_command(&["SHUTDOWN", "NOSAVE"]).output();
+        if let Some(pid) = fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            let gone = eventually(Duration::from_secs(5), || {
+                nix::sys::signal::kill(pid, None).is_err()
+                    || crate::common::alive(pid.as_raw()).not()
+            });
+            assert!(gone, "redis-server {pid} did not end");
+        }
+        let _ = fs::remove_file(self.dir.join("pid"));
         let _ = fs::remove_file(self.socket());
     }
 }
