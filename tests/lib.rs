@@ -14,6 +14,7 @@ mod package;
 mod phases;
 mod processes;
 mod qemu_ga;
+mod qmp;
 mod readme;
 mod selection;
 mod settings;

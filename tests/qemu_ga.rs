@@ -5,9 +5,7 @@
 //! test command puts Debian's 7.2 and bookworm-backports' 10.0 there).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::common::{BIN, alive, eventually, freezing_test, read_pid};
 use crate::loopfs::LoopFs;
+use crate::qmp::Qmp;
 
 /// The qemu-ga binaries to test against; a missing one fails under CI.
 fn agents() -> Vec<PathBuf> {
@@ -125,9 +124,7 @@ impl Install {
 /// pid on drop.
 struct Agent {
     child: Child,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    log: PathBuf,
+    qmp: Qmp,
 }
 
 impl Agent {
@@ -159,40 +156,16 @@ impl Agent {
             eventually(Duration::from_secs(10), || sock.exists()),
             "qemu-ga did not create its socket"
         );
-        let stream = UnixStream::connect(&sock).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
         let mut agent = Agent {
             child: agent_child.take().unwrap(),
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-            log,
+            qmp: Qmp::connect(&sock, Duration::from_secs(60), &log),
         };
-        let id = 4711;
-        assert_eq!(agent.call("guest-sync", json!({ "id": id })), Ok(json!(id)));
+        agent.qmp.sync_delimited(Duration::from_secs(10));
         agent
     }
 
-    /// One QMP command: Ok(return value) or Err(error description).
     fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
-        let msg = json!({ "execute": command, "arguments": arguments });
-        self.writer
-            .write_all(format!("{msg}\n").as_bytes())
-            .unwrap();
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap_or_else(|e| {
-            panic!(
-                "{command}: no answer from qemu-ga: {e}; log: {}",
-                self.log_text()
-            )
-        });
-        let v: Value =
-            serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        if let Some(ret) = v.get("return") {
-            return Ok(ret.clone());
-        }
-        Err(v["error"]["desc"].as_str().unwrap_or("").to_string())
+        self.qmp.call(command, arguments)
     }
 
     fn status(&mut self) -> String {
@@ -201,10 +174,6 @@ impl Agent {
             .as_str()
             .unwrap()
             .to_string()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

@@ -7,8 +7,6 @@
 //! outcome.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,13 +14,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::{BIN, eventually, freezing_test};
+use crate::qmp::Qmp;
 
 /// A booted guest; killed and removed on drop.
 struct Guest {
     dir: tempfile::TempDir,
     qemu: Child,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    qmp: Qmp,
     major: u32,
 }
 
@@ -116,19 +114,14 @@ impl Guest {
         let booted = eventually(Duration::from_secs(120), || {
             fs::read_to_string(&console).is_ok_and(|c| c.contains("guest: starting qemu-ga"))
         });
-        let stream = UnixStream::connect(p("qga.sock")).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
         let mut guest = Guest {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
+            qmp: Qmp::connect(&p("qga.sock"), Duration::from_secs(120), &console),
             qemu,
             major: version(qga),
             dir,
         };
         assert!(booted, "guest did not boot: {}", guest.console());
-        guest.sync();
+        guest.qmp.sync_delimited(Duration::from_secs(60));
         guest
     }
 
@@ -140,43 +133,8 @@ impl Guest {
         self.dir.path().join(name)
     }
 
-    /// guest-sync-delimited: 0xFF flushes the agent's parser, and its answer
-    /// starts with 0xFF; everything before is stale.
-    fn sync(&mut self) {
-        let id = 4711;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            self.writer.write_all(b"\xff").unwrap();
-            let msg = json!({"execute": "guest-sync-delimited", "arguments": {"id": id}});
-            self.writer
-                .write_all(format!("{msg}\n").as_bytes())
-                .unwrap();
-            let mut byte = [0u8; 1];
-            while self.reader.read_exact(&mut byte).is_ok() && byte[0] != 0xff {}
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            if serde_json::from_str::<Value>(line.trim()).is_ok_and(|v| v["return"] == id) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no sync with the guest agent");
-        }
-    }
-
     fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
-        let msg = json!({"execute": command, "arguments": arguments});
-        self.writer
-            .write_all(format!("{msg}\n").as_bytes())
-            .unwrap();
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("{command}: no answer: {e}; console: {}", self.console()));
-        let v: Value =
-            serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        match v.get("return") {
-            Some(r) => Ok(r.clone()),
-            None => Err(v["error"]["desc"].as_str().unwrap_or("").to_string()),
-        }
+        self.qmp.call(command, arguments)
     }
 
     /// Runs `script` with the guest's sh; returns its exit code and output.
