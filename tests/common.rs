@@ -209,6 +209,13 @@ pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
 }
 
+/// Fails, showing the log, unless exactly `n` of its lines contain `needle`.
+#[track_caller]
+pub fn assert_lines(log: &str, needle: &str, n: usize) {
+    let found = lines_with(log, needle).len();
+    assert_eq!(found, n, "lines with {needle:?} in:\n{log}");
+}
+
 /// Sends `sig` to a running child.
 pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();

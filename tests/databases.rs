@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, eventually, lines_with, require_root};
+use crate::common::{Env, assert_lines, eventually, require_root};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks.d-examples");
 
@@ -229,12 +229,7 @@ fn mariadb_read_lock_is_held_from_freeze_to_thaw() {
     let run = run_with(&env, &vars, &["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
-    assert_eq!(
-        lines_with(&run.log, "20-mariadb: server not running").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "20-mariadb: server not running", 1);
     assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
 }
 
@@ -410,12 +405,7 @@ fn postgresql_checkpoint_runs_before_the_freeze() {
     let run = run_with(&env, &vars, &["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
-    assert_eq!(
-        lines_with(&run.log, "30-postgresql: server not running").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "30-postgresql: server not running", 1);
 }
 
 // ---- Redis ----------------------------------------------------------------------
@@ -550,12 +540,7 @@ fn redis_writes_pause_from_freeze_to_thaw() {
     let run = run_with(&env, &vars, &["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(5));
-    assert_eq!(
-        lines_with(&run.log, "40-redis: server not running").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "40-redis: server not running", 1);
 }
 
 // ---- the generic service example ---------------------------------------------------
@@ -566,10 +551,7 @@ fn service_example_passes_quickly_without_systemd_or_services() {
     use_example(&env, "50-systemd-service");
     let run = run_with(&env, &[], &["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(
-        lines_with(&run.log, "FSFREEZE_SERVICES is empty; nothing to pause").len(),
-        1
-    );
+    assert_lines(&run.log, "FSFREEZE_SERVICES is empty; nothing to pause", 1);
     let run = run_with(
         &env,
         &[("FSFREEZE_SERVICES", "app.service".into())],
@@ -577,12 +559,7 @@ fn service_example_passes_quickly_without_systemd_or_services() {
     );
     assert_eq!(run.code, Some(0), "{run:?}");
     if !Path::new("/run/systemd/system").exists() {
-        assert_eq!(
-            lines_with(&run.log, "not running under systemd; nothing to pause").len(),
-            1,
-            "{}",
-            run.log
-        );
+        assert_lines(&run.log, "not running under systemd; nothing to pause", 1);
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::require_root;
-use crate::common::{BIN, Env, alive, eventually, lines_with, read_pid, signal};
+use crate::common::{BIN, Env, alive, assert_lines, eventually, lines_with, read_pid, signal};
 
 const NOBODY: u32 = 65534;
 
@@ -47,13 +47,10 @@ fn untrusted_hook_owned_by_another_user_fails_the_freeze_and_names_the_rule() {
         env.trace(),
         ["10-a freeze rollback=0", "10-a thaw rollback=1"]
     );
-    assert_eq!(
-        lines_with(
-            &run.log,
-            &format!("refused {} freeze: it is not trusted", evil.display())
-        )
-        .len(),
-        1
+    assert_lines(
+        &run.log,
+        &format!("refused {} freeze: it is not trusted", evil.display()),
+        1,
     );
 }
 
@@ -267,12 +264,7 @@ fn socket_in_the_hooks_dir_is_skipped() {
     env.tracing_hook("20-a", "");
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(
-        lines_with(&run.log, "10-socket: not a regular file (socket)").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "10-socket: not a regular file (socket)", 1);
     assert_eq!(env.trace(), ["20-a freeze rollback=0"]);
 }
 
@@ -385,13 +377,10 @@ fn output_limit_is_configurable() {
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0));
     assert_eq!(run.log.matches('~').count(), 1024);
-    assert_eq!(
-        lines_with(
-            &run.log,
-            "output cut at 1 KiB (output_limit); 3.9 KiB more discarded"
-        )
-        .len(),
-        1
+    assert_lines(
+        &run.log,
+        "output cut at 1 KiB (output_limit); 3.9 KiB more discarded",
+        1,
     );
     env.set_config("output_limit = \"0\"\n");
     let run = env.run(&["freeze"]);
@@ -407,12 +396,7 @@ fn hook_that_closes_stdout_early_still_logs_stderr() {
     );
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(
-        lines_with(&run.log, "still here on stderr").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "still here on stderr", 1);
 }
 
 #[test]
@@ -443,10 +427,7 @@ fn hook_that_daemonizes_with_setsid_does_not_hold_up_the_runner() {
         "{}",
         env.log_text()
     );
-    assert_eq!(
-        lines_with(&run.log, "left processes holding its output open").len(),
-        1
-    );
+    assert_lines(&run.log, "left processes holding its output open", 1);
 }
 
 #[test]
@@ -461,10 +442,7 @@ fn hook_killed_by_sigkill_fails_the_freeze() {
         "{}",
         run.stderr
     );
-    assert_eq!(
-        lines_with(&run.log, "20-dies finished with status=137").len(),
-        1
-    );
+    assert_lines(&run.log, "20-dies finished with status=137", 1);
 }
 
 /// A log on a full filesystem: a tiny tmpfs the test mounts and fills.
@@ -530,10 +508,7 @@ fn state_dir_that_vanished_between_freeze_and_thaw() {
         ["20-b thaw rollback=0", "10-a thaw rollback=0"],
         "every hook, as stock"
     );
-    assert_eq!(
-        lines_with(&run.log, "no journal (first run since boot)").len(),
-        1
-    );
+    assert_lines(&run.log, "no journal (first run since boot)", 1);
     assert!(env.state.join("journal").exists(), "recreated");
 }
 
@@ -550,15 +525,10 @@ fn journal_from_another_version_is_treated_as_absent() {
     let run = env.run(&["thaw"]);
     assert_eq!(run.code, Some(0));
     assert_eq!(env.trace(), ["10-a thaw rollback=0"]);
-    assert_eq!(
-        lines_with(
-            &run.log,
-            "written by another version (fsfreeze-hook journal 7)"
-        )
-        .len(),
+    assert_lines(
+        &run.log,
+        "written by another version (fsfreeze-hook journal 7)",
         1,
-        "{}",
-        run.log
     );
 }
 

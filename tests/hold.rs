@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, eventually, lines_with, read_pid};
+use crate::common::{Env, alive, assert_lines, eventually, read_pid};
 
 /// A "client" that holds until its stdin closes: it prints the marker after
 /// reading `lock`, and records its pid and how it ended. Returns its path.
@@ -90,9 +90,10 @@ fn freeze_hook_holds_a_session_until_the_thaw_hook_releases_it() {
             .is_none(),
         "no state left"
     );
-    assert_eq!(
-        lines_with(&env.log_text(), "hold demo: released; session closed after").len(),
-        1
+    assert_lines(
+        &env.log_text(),
+        "hold demo: released; session closed after",
+        1,
     );
 }
 
@@ -152,13 +153,10 @@ fn a_second_hold_replaces_a_stale_session_of_the_same_name() {
         "the stale session was ended"
     );
     assert!(alive(second));
-    assert_eq!(
-        lines_with(
-            &env.log_text(),
-            "hold demo: replacing the session still held"
-        )
-        .len(),
-        1
+    assert_lines(
+        &env.log_text(),
+        "hold demo: replacing the session still held",
+        1,
     );
     assert_eq!(env.run(&["thaw"]).code, Some(0));
     assert!(eventually(Duration::from_secs(5), || !alive(second)));

@@ -1,6 +1,6 @@
 //! Order, failure policy, rollback and the journal-driven thaw.
 
-use crate::common::{Env, lines_with};
+use crate::common::{Env, assert_lines};
 
 fn three_hooks(env: &Env) {
     env.tracing_hook("10-a", "");
@@ -102,11 +102,8 @@ fn on_error_continue_runs_every_hook_and_exits_zero() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stderr, "");
     assert_eq!(env.trace().len(), 3);
-    assert_eq!(lines_with(&run.log, "20-b finished with status=3").len(), 1);
-    assert_eq!(
-        lines_with(&run.log, "going on (on_error = continue)").len(),
-        1
-    );
+    assert_lines(&run.log, "20-b finished with status=3", 1);
+    assert_lines(&run.log, "going on (on_error = continue)", 1);
     // The flag overrides the file.
     env.clear_trace();
     let run = env.run(&["freeze", "--on-error", "abort"]);
@@ -162,10 +159,7 @@ fn thaw_runs_exactly_what_froze_and_nothing_twice() {
     let run = env.run(&["thaw"]);
     assert_eq!(run.code, Some(0));
     assert!(env.trace().is_empty());
-    assert_eq!(
-        lines_with(&run.log, "no freeze recorded since the last thaw").len(),
-        1
-    );
+    assert_lines(&run.log, "no freeze recorded since the last thaw", 1);
 }
 
 #[test]
@@ -182,10 +176,7 @@ fn thaw_without_any_journal_runs_every_hook_like_stock() {
             "10-a thaw rollback=0"
         ]
     );
-    assert_eq!(
-        lines_with(&run.log, "no journal (first run since boot)").len(),
-        1
-    );
+    assert_lines(&run.log, "no journal (first run since boot)", 1);
 }
 
 #[test]
@@ -197,12 +188,7 @@ fn corrupt_journal_is_treated_as_absent_with_a_warning() {
     let run = env.run(&["thaw"]);
     assert_eq!(run.code, Some(0));
     assert_eq!(env.trace().len(), 3);
-    assert_eq!(
-        lines_with(&run.log, "warning: journal").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "warning: journal", 1);
 }
 
 #[test]

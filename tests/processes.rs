@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, eventually, lines_with, read_pid, signal};
+use crate::common::{Env, alive, assert_lines, eventually, lines_with, read_pid, signal};
 
 #[test]
 fn timed_out_hook_and_its_term_ignoring_grandchild_are_killed() {
@@ -108,18 +108,8 @@ fn per_hook_timeout_from_the_config() {
     );
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0));
-    assert_eq!(
-        lines_with(&run.log, "10-fast-limit finished with status=143").len(),
-        1,
-        "{}",
-        run.log
-    );
-    assert_eq!(
-        lines_with(&run.log, "20-long-limit finished with status=0").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "10-fast-limit finished with status=143", 1);
+    assert_lines(&run.log, "20-long-limit finished with status=0", 1);
 }
 
 /// The way qemu-ga 9.1+ runs its hook: stdout and stderr are one pipe, read
@@ -227,10 +217,7 @@ fn sigkill_of_the_runner_mid_freeze_leaves_a_journal_the_thaw_follows() {
         env.trace(),
         ["20-b thaw rollback=0", "10-a thaw rollback=0"]
     );
-    assert_eq!(
-        lines_with(&run.log, "the last freeze did not complete").len(),
-        1
-    );
+    assert_lines(&run.log, "the last freeze did not complete", 1);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 
-use crate::common::{Env, lines_with};
+use crate::common::{Env, assert_lines, lines_with};
 
 #[test]
 fn skips_what_stock_skips_and_says_why_once() {
@@ -105,19 +105,9 @@ fn odd_names_run_and_log_on_one_line() {
         fs::read_to_string(&marker).unwrap(),
         "freeze\nfreeze\nfreeze\n"
     );
-    assert_eq!(lines_with(&run.log, "execute ").len(), 3);
-    assert_eq!(
-        lines_with(&run.log, "/20-new\\nline freeze").len(),
-        1,
-        "{}",
-        run.log
-    );
-    assert_eq!(
-        lines_with(&run.log, "/30-latin1-\\xe9 freeze").len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, "execute ", 3);
+    assert_lines(&run.log, "/20-new\\nline freeze", 1);
+    assert_lines(&run.log, "/30-latin1-\\xe9 freeze", 1);
     let run = env.run(&["thaw"]);
     assert_eq!(run.code, Some(0), "journal round-trips odd names: {run:?}");
     assert_eq!(
@@ -143,10 +133,7 @@ fn hook_without_shebang_runs_under_sh_with_a_warning() {
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(env.trace(), ["legacy freeze"]);
-    assert_eq!(
-        lines_with(&run.log, "has no #! line; running it with /bin/sh").len(),
-        1
-    );
+    assert_lines(&run.log, "has no #! line; running it with /bin/sh", 1);
 }
 
 #[test]
@@ -262,14 +249,8 @@ fn log_keeps_stock_lines_adds_a_header_and_is_private() {
     assert!(header[0].contains(": freeze; hooks dir "));
     let a = env.hooks.join("10-a").display().to_string();
     let b = env.hooks.join("20-b").display().to_string();
-    assert_eq!(
-        lines_with(&run.log, &format!(": execute {a} freeze")).len(),
-        1
-    );
-    assert_eq!(
-        lines_with(&run.log, &format!(": {a} finished with status=0 in ")).len(),
-        1
-    );
+    assert_lines(&run.log, &format!(": execute {a} freeze"), 1);
+    assert_lines(&run.log, &format!(": {a} finished with status=0 in "), 1);
     let killed = lines_with(&run.log, &format!(": {b} finished with status=143 in "));
     assert_eq!(killed.len(), 1, "{}", run.log);
     assert!(

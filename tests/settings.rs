@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use crate::common::{BIN, Env, lines_with};
+use crate::common::{BIN, Env, assert_lines};
 
 #[test]
 fn bad_config_is_one_line_naming_file_line_and_key_and_runs_nothing() {
@@ -115,10 +115,7 @@ fn installed_copy_finds_its_config_and_hooks_beside_itself() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert_eq!(
-        lines_with(&fs::read_to_string(&other_log).unwrap(), "execute ").len(),
-        1
-    );
+    assert_lines(&fs::read_to_string(&other_log).unwrap(), "execute ", 1);
 }
 
 #[test]

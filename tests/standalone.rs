@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, eventually, freezing_test, lines_with, read_pid, signal};
+use crate::common::{Env, alive, assert_lines, eventually, freezing_test, read_pid, signal};
 use crate::loopfs::{BindMount, LoopFs};
 
 /// A hook that records its phase in the trace and writes a file into each
@@ -244,10 +244,10 @@ fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
         "the thaw hook ran after the thaw"
     );
     let log = env.log_text();
-    assert_eq!(
-        lines_with(&log, "its deadline passed; thawing what the journal holds").len(),
+    assert_lines(
+        &log,
+        "its deadline passed; thawing what the journal holds",
         1,
-        "{log}"
     );
     // The freeze's own lines, held while frozen, reached the log too.
     assert_eq!(froze_lines(&log), [m.as_str()], "{log}");
@@ -330,11 +330,7 @@ fn kill_9_of_the_runner_while_frozen_thaws_within_2s() {
         "thaw hooks ran"
     );
     let log = env.log_text();
-    assert_eq!(
-        lines_with(&log, "the runner died before it thawed").len(),
-        1,
-        "{log}"
-    );
+    assert_lines(&log, "the runner died before it thawed", 1);
     assert_eq!(
         froze_lines(&log),
         [m],
@@ -375,12 +371,7 @@ fn a_fifreeze_failure_thaws_what_was_frozen_and_rolls_back_the_hooks() {
     assert!(!ran.exists(), "COMMAND must not run");
     assert!(!good.frozen(), "what was frozen is thawed again");
     assert_eq!(froze_lines(&run.log), [g.as_str()]);
-    assert_eq!(
-        lines_with(&run.log, &format!(": thawed {g}")).len(),
-        1,
-        "{}",
-        run.log
-    );
+    assert_lines(&run.log, &format!(": thawed {g}"), 1);
     assert_eq!(
         env.trace(),
         ["10-app freeze rollback=0", "10-app thaw rollback=1"]
@@ -486,8 +477,5 @@ fn sigterm_to_the_watchdog_thaws() {
         "{:?}",
         env.trace()
     );
-    assert_eq!(
-        lines_with(&env.log_text(), "it got SIGTERM; thawing").len(),
-        1
-    );
+    assert_lines(&env.log_text(), "it got SIGTERM; thawing", 1);
 }
