@@ -161,6 +161,22 @@ impl Agent {
             qmp: Qmp::connect(&sock, Duration::from_secs(60), &log),
         };
         agent.qmp.sync_delimited(Duration::from_secs(10));
+        // Only guest-fsfreeze-freeze-list with the test's own mount may
+        // freeze anything: make sure plain freeze (every filesystem of this
+        // machine) is disabled, without calling it.
+        let info = agent.call("guest-info", json!({})).unwrap();
+        let plain_freeze = info["supported_commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "guest-fsfreeze-freeze")
+            .expect("guest-info lists guest-fsfreeze-freeze");
+        assert_eq!(
+            plain_freeze["enabled"],
+            false,
+            "{}: -b guest-fsfreeze-freeze did not take",
+            qga.display()
+        );
         agent
     }
 
@@ -202,8 +218,6 @@ fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
         install.add("10-first", &fs.mnt, "");
         install.add("20-second", &fs.mnt, "");
         let mut agent = Agent::start(&qga, &install);
-        // Plain freeze (every filesystem) is blocked for this agent.
-        assert!(agent.call("guest-fsfreeze-freeze", json!({})).is_err());
         assert_eq!(
             freeze_list(&mut agent, &fs.mnt),
             Ok(json!(1)),
