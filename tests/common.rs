@@ -209,11 +209,13 @@ pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
 }
 
-/// Fails, showing the log, unless exactly `n` of its lines contain `needle`.
+/// The lines of `log` that contain `needle`; fails, showing the log, unless
+/// there are exactly `n`.
 #[track_caller]
-pub fn assert_lines(log: &str, needle: &str, n: usize) {
-    let found = lines_with(log, needle).len();
-    assert_eq!(found, n, "lines with {needle:?} in:\n{log}");
+pub fn assert_lines<'a>(log: &'a str, needle: &str, n: usize) -> Vec<&'a str> {
+    let found = lines_with(log, needle);
+    assert_eq!(found.len(), n, "lines with {needle:?} in:\n{log}");
+    found
 }
 
 /// Sends `sig` to a running child.

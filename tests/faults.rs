@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::require_root;
-use crate::common::{BIN, Env, alive, assert_lines, eventually, lines_with, read_pid, signal};
+use crate::common::{BIN, Env, alive, assert_lines, eventually, read_pid, signal};
 
 const NOBODY: u32 = 65534;
 
@@ -68,8 +68,7 @@ fn untrusted_hook_under_continue_is_logged_and_skipped() {
         env.trace(),
         ["10-a freeze rollback=0", "30-c freeze rollback=0"]
     );
-    let refused = lines_with(&run.log, "refused ");
-    assert_eq!(refused.len(), 1, "{}", run.log);
+    let refused = assert_lines(&run.log, "refused ", 1);
     assert!(
         refused[0].contains("is writable by group (mode 0775; chmod go-w)"),
         "{}",
@@ -122,8 +121,7 @@ fn normal_user_runs_own_hooks_but_not_another_users() {
     assert_eq!(fs::read_to_string(&trace).unwrap(), "10-mine\n20-root\n");
     let log =
         fs::read_to_string(home.join(".local/state/fsfreeze-hook/fsfreeze-hook.log")).unwrap();
-    let refused = lines_with(&log, "refused ");
-    assert_eq!(refused.len(), 1, "{log}");
+    let refused = assert_lines(&log, "refused ", 1);
     assert!(
         refused[0].contains("30-other is owned by uid 4242, not by root or uid 65534"),
         "{}",
@@ -243,8 +241,7 @@ fn overlong_shebang_and_binary_garbage_are_refused() {
     env.set_config("on_error = \"continue\"\n");
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    let refused = lines_with(&run.log, "refused ");
-    assert_eq!(refused.len(), 2, "{}", run.log);
+    let refused = assert_lines(&run.log, "refused ", 2);
     assert!(
         refused[0].ends_with("has a #! line longer than 255 bytes, the kernel's limit"),
         "{}",
@@ -361,11 +358,11 @@ fn hook_printing_100_mb_is_capped_at_the_output_limit() {
         "log grew to {log_size} bytes"
     );
     assert!(log_size > (1 << 20), "the first MiB is kept: {log_size}");
-    let note = lines_with(
+    assert_lines(
         &run.log,
         "10-flood: output cut at 1 MiB (output_limit); 99.0 MiB more discarded",
+        1,
     );
-    assert_eq!(note.len(), 1);
     assert_eq!(env.trace(), ["20-after freeze rollback=0"]);
 }
 

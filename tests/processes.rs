@@ -60,8 +60,7 @@ fn hook_that_exits_on_term_is_not_killed() {
     env.hook("10-slow", "sleep 30 & wait");
     let run = env.run(&["freeze", "--timeout", "500ms", "--on-error", "continue"]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    let line = lines_with(&run.log, "10-slow finished with status=143");
-    assert_eq!(line.len(), 1, "{}", run.log);
+    let line = assert_lines(&run.log, "10-slow finished with status=143", 1);
     assert!(
         line[0].ends_with("timed out after 500ms, ended by SIGTERM"),
         "{}",

@@ -251,8 +251,7 @@ fn log_keeps_stock_lines_adds_a_header_and_is_private() {
     let b = env.hooks.join("20-b").display().to_string();
     assert_lines(&run.log, &format!(": execute {a} freeze"), 1);
     assert_lines(&run.log, &format!(": {a} finished with status=0 in "), 1);
-    let killed = lines_with(&run.log, &format!(": {b} finished with status=143 in "));
-    assert_eq!(killed.len(), 1, "{}", run.log);
+    let killed = assert_lines(&run.log, &format!(": {b} finished with status=143 in "), 1);
     assert!(
         killed[0].ends_with("was killed by SIGTERM"),
         "{}",
