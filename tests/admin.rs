@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{BIN, Env, require_root};
+use crate::common::{BIN, Env, assert_has, require_root};
 
 const STOCK: &str = "#!/bin/sh\n# the stock fsfreeze-hook script\nexit 0\n";
 
@@ -143,11 +143,7 @@ fn check_on_debian_says_qemu_ga_runs_no_hook_and_how_to_fix_it() {
         "{}",
         out.stdout
     );
-    assert!(
-        out.stdout.contains("ok: the guest agent's virtio port"),
-        "{}",
-        out.stdout
-    );
+    assert_has(&out.stdout, "ok: the guest agent's virtio port");
     assert_eq!(out.stdout.lines().last(), Some("1 problem(s)"));
 }
 
@@ -212,27 +208,19 @@ fn enable_then_disable_on_debian_leaves_the_root_byte_identical() {
         "{}",
         check.stdout
     );
-    assert!(
-        check.stdout.contains("ok: 1 hook(s) will run"),
-        "{}",
-        check.stdout
-    );
+    assert_has(&check.stdout, "ok: 1 hook(s) will run");
     fs::remove_file(root.path().join("etc/qemu/fsfreeze-hook.d/10-app")).unwrap();
 
     let again = run(&["enable", "--root", &r]);
     assert_eq!(again.code, Some(0));
-    assert!(
-        again.stdout.contains("already enabled: nothing to change"),
-        "{}",
-        again.stdout
-    );
+    assert_has(&again.stdout, "already enabled: nothing to change");
 
     let out = run(&["disable", "--root", &r]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     assert_eq!(tree(root.path()), before, "{}", out.stdout);
     let again = run(&["disable", "--root", &r]);
     assert_eq!(again.code, Some(0));
-    assert!(again.stdout.contains("nothing to undo"), "{}", again.stdout);
+    assert_has(&again.stdout, "nothing to undo");
 }
 
 #[test]
@@ -263,15 +251,13 @@ fn rhel_hook_comes_from_sysconfig_enable_installs_there() {
     rhel(root.path());
     let check = run(&["check", "--root", &r]);
     assert_eq!(check.code, Some(1), "{}", check.stdout);
-    assert!(
-        check.stdout.contains("ok: qemu-ga runs the hook /etc/qemu-ga/fsfreeze-hook (set in /usr/lib/systemd/system/qemu-guest-agent.service)"),
-        "{}",
-        check.stdout
+    assert_has(
+        &check.stdout,
+        "ok: qemu-ga runs the hook /etc/qemu-ga/fsfreeze-hook (set in /usr/lib/systemd/system/qemu-guest-agent.service)",
     );
-    assert!(
-        check.stdout.contains("problem: /etc/qemu-ga/fsfreeze-hook is a script (the stock hook?), not fsfreeze-hook. Fix: run `fsfreeze-hook enable`"),
-        "{}",
-        check.stdout
+    assert_has(
+        &check.stdout,
+        "problem: /etc/qemu-ga/fsfreeze-hook is a script (the stock hook?), not fsfreeze-hook. Fix: run `fsfreeze-hook enable`",
     );
     let before = tree(root.path());
     let out = run(&["enable", "--root", &r]);
@@ -335,18 +321,16 @@ fn check_names_hooks_that_will_not_run_and_notes_deliberate_skips() {
         "{}",
         out.stdout
     );
-    assert!(
-        out.stdout.contains(&format!(
+    assert_has(
+        &out.stdout,
+        &format!(
             "problem: hook 30-noexec will not run: not executable. Fix: chmod 755 {}/30-noexec",
             hooks.display()
-        )),
-        "{}",
-        out.stdout
+        ),
     );
-    assert!(
-        out.stdout.contains("problem: hook 40-py will not run: names interpreter /usr/bin/python3.99 in its #! line, which does not exist. Fix: install that interpreter, or fix the #! line"),
-        "{}",
-        out.stdout
+    assert_has(
+        &out.stdout,
+        "problem: hook 40-py will not run: names interpreter /usr/bin/python3.99 in its #! line, which does not exist. Fix: install that interpreter, or fix the #! line",
     );
     assert!(
         out.stdout
@@ -354,11 +338,7 @@ fn check_names_hooks_that_will_not_run_and_notes_deliberate_skips() {
         "{}",
         out.stdout
     );
-    assert!(
-        out.stdout.contains("ok: 1 hook(s) will run"),
-        "{}",
-        out.stdout
-    );
+    assert_has(&out.stdout, "ok: 1 hook(s) will run");
 }
 
 #[test]

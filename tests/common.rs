@@ -209,6 +209,12 @@ pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
 }
 
+/// Fails, showing `text`, unless it contains `needle`.
+#[track_caller]
+pub fn assert_has(text: &str, needle: &str) {
+    assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+}
+
 /// The lines of `log` that contain `needle`; fails, showing the log, unless
 /// there are exactly `n`.
 #[track_caller]

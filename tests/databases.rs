@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, assert_lines, eventually, require_root};
+use crate::common::{Env, assert_has, assert_lines, eventually, require_root};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks.d-examples");
 
@@ -253,16 +253,8 @@ fn mariadb_lock_that_cannot_be_taken_fails_the_freeze() {
     vars.push(("FSFREEZE_MYSQL_LOCK_WAIT", "2".to_string()));
     let run = run_with(&env, &vars, &["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.stderr.contains("20-mariadb exited with status 1"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.log.contains("Lock wait timeout exceeded"),
-        "{}",
-        run.log
-    );
+    assert_has(&run.stderr, "20-mariadb exited with status 1");
+    assert_has(&run.log, "Lock wait timeout exceeded");
     assert_eq!(
         env.trace(),
         ["10-app freeze rollback=0", "10-app thaw rollback=1"]
@@ -390,11 +382,7 @@ fn postgresql_checkpoint_runs_before_the_freeze() {
         let run = run_with(&env, &vars, &["freeze"]);
         assert_eq!(run.code, Some(0), "{run:?}");
         assert!(run.elapsed < Duration::from_secs(10));
-        assert!(
-            run.log.contains("30-postgresql: CHECKPOINT done"),
-            "{}",
-            run.log
-        );
+        assert_has(&run.log, "30-postgresql: CHECKPOINT done");
         // No lock is held: PostgreSQL is crash-safe, writes go on (the
         // filesystem freeze itself is what stops them).
         pg.sql("INSERT INTO x VALUES (1)");
@@ -582,11 +570,7 @@ fn postgresql_and_redis_examples_fail_the_freeze_when_the_server_refuses() {
     vars.push(("PGDATABASE", "postgres".into()));
     let run = run_with(&env, &vars, &["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.log.contains("30-postgresql: CHECKPOINT failed:"),
-        "{}",
-        run.log
-    );
+    assert_has(&run.log, "30-postgresql: CHECKPOINT failed:");
     assert_eq!(
         env.trace(),
         ["10-app freeze rollback=0", "10-app thaw rollback=1"]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::require_root;
-use crate::common::{BIN, Env, alive, assert_lines, eventually, read_pid, signal};
+use crate::common::{BIN, Env, alive, assert_has, assert_lines, eventually, read_pid, signal};
 
 const NOBODY: u32 = 65534;
 
@@ -40,8 +40,8 @@ fn untrusted_hook_owned_by_another_user_fails_the_freeze_and_names_the_rule() {
         "20-evil was not run: it is not trusted: {} is owned by uid 65534, not by root",
         evil.display()
     );
-    assert!(run.stderr.contains(&expect), "{}", run.stderr);
-    assert!(run.stderr.contains("rolled back 10-a"), "{}", run.stderr);
+    assert_has(&run.stderr, &expect);
+    assert_has(&run.stderr, "rolled back 10-a");
     // The untrusted hook never ran, not even for the rollback.
     assert_eq!(
         env.trace(),
@@ -145,7 +145,7 @@ fn hook_symlinked_into_a_writable_dir_is_refused() {
         "{} is writable by group and others (mode 0777",
         open_dir.display()
     );
-    assert!(run.stderr.contains(&expect), "{}", run.stderr);
+    assert_has(&run.stderr, &expect);
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn hooks_dir_writable_by_others_is_refused_and_nothing_runs() {
 fn refused_before_any_hook(env: &Env, why: &str) {
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(3), "{run:?}");
-    assert!(run.stderr.contains(why), "{}", run.stderr);
+    assert_has(&run.stderr, why);
     assert!(env.trace().is_empty(), "no hook may run");
 }
 
@@ -197,7 +197,7 @@ fn user_owned_dir_under_sticky_tmp_is_refused() {
         "{} is owned by uid 65534, not by root",
         user_dir.path().display()
     );
-    assert!(run.stderr.contains(&expect), "{}", run.stderr);
+    assert_has(&run.stderr, &expect);
 }
 
 #[test]
@@ -222,10 +222,9 @@ fn missing_interpreter_is_named() {
     chmod(&path, 0o755);
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.stderr.contains("10-py was not run: it names interpreter /usr/bin/python9 in its #! line, which does not exist"),
-        "{}",
-        run.stderr
+    assert_has(
+        &run.stderr,
+        "10-py was not run: it names interpreter /usr/bin/python9 in its #! line, which does not exist",
     );
 }
 
@@ -434,11 +433,7 @@ fn hook_killed_by_sigkill_fails_the_freeze() {
     env.hook("20-dies", "[ \"$1\" = freeze ] && kill -KILL $$\nexit 0");
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(1));
-    assert!(
-        run.stderr.contains("20-dies was killed by SIGKILL after"),
-        "{}",
-        run.stderr
-    );
+    assert_has(&run.stderr, "20-dies was killed by SIGKILL after");
     assert_lines(&run.log, "20-dies finished with status=137", 1);
 }
 

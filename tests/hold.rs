@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, assert_lines, eventually, read_pid};
+use crate::common::{Env, alive, assert_has, assert_lines, eventually, read_pid};
 
 /// A "client" that holds until its stdin closes: it prints the marker after
 /// reading `lock`, and records its pid and how it ended. Returns its path.
@@ -125,12 +125,11 @@ fn a_session_that_fails_before_it_is_ready_fails_the_freeze_with_its_output() {
     );
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.stderr.contains("20-db exited with status 1"),
-        "{}",
-        run.stderr
+    assert_has(&run.stderr, "20-db exited with status 1");
+    assert_has(
+        &run.log,
+        "hold db failed: sh ended before it was ready; it said: ERROR 1205: Lock wait timeout exceeded",
     );
-    assert!(run.log.contains("hold db failed: sh ended before it was ready; it said: ERROR 1205: Lock wait timeout exceeded"), "{}", run.log);
     assert_eq!(
         env.trace(),
         ["10-a freeze rollback=0", "10-a thaw rollback=1"]

@@ -1,6 +1,6 @@
 //! Order, failure policy, rollback and the journal-driven thaw.
 
-use crate::common::{Env, assert_lines};
+use crate::common::{Env, assert_has, assert_lines};
 
 fn three_hooks(env: &Env) {
     env.tracing_hook("10-a", "");
@@ -200,11 +200,7 @@ fn recorded_hook_that_vanished_is_reported_at_thaw() {
     std::fs::remove_file(gone).unwrap();
     let run = env.run(&["thaw"]);
     assert_eq!(run.code, Some(1), "{run:?}");
-    assert!(
-        run.stderr.contains("20-b froze but no longer exists"),
-        "{}",
-        run.stderr
-    );
+    assert_has(&run.stderr, "20-b froze but no longer exists");
     assert_eq!(env.trace().last().unwrap(), "10-a thaw rollback=0");
 }
 
@@ -274,11 +270,7 @@ fn rehearse_refuses_while_a_real_freeze_holds_hooks() {
     assert_eq!(env.run(&["freeze"]).code, Some(0));
     let run = env.run(&["rehearse"]);
     assert_eq!(run.code, Some(3), "{run:?}");
-    assert!(
-        run.stderr.contains("a freeze is in progress"),
-        "{}",
-        run.stderr
-    );
+    assert_has(&run.stderr, "a freeze is in progress");
     assert_eq!(env.trace(), ["10-a freeze rollback=0"]);
 }
 

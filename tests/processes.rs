@@ -7,7 +7,9 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, assert_lines, eventually, lines_with, read_pid, signal};
+use crate::common::{
+    Env, alive, assert_has, assert_lines, eventually, lines_with, read_pid, signal,
+};
 
 #[test]
 fn timed_out_hook_and_its_term_ignoring_grandchild_are_killed() {
@@ -79,12 +81,8 @@ fn phase_timeout_bounds_the_whole_phase() {
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
-    assert!(
-        run.stderr.contains("20-b timed out after"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("(phase_timeout)"), "{}", run.stderr);
+    assert_has(&run.stderr, "20-b timed out after");
+    assert_has(&run.stderr, "(phase_timeout)");
     assert_eq!(
         env.trace(),
         [

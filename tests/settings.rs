@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use crate::common::{BIN, Env, assert_lines};
+use crate::common::{BIN, Env, assert_has, assert_lines};
 
 #[test]
 fn bad_config_is_one_line_naming_file_line_and_key_and_runs_nothing() {
@@ -37,7 +37,7 @@ fn bad_config_is_one_line_naming_file_line_and_key_and_runs_nothing() {
     env.set_config("timeout = \n");
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(3));
-    assert!(run.stderr.contains(":1: not valid TOML"), "{}", run.stderr);
+    assert_has(&run.stderr, ":1: not valid TOML");
     assert!(env.trace().is_empty(), "no hook may run on a bad config");
 }
 
@@ -47,7 +47,7 @@ fn explicit_config_that_is_missing_is_an_error() {
     fs::remove_file(&env.config).unwrap();
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(3));
-    assert!(run.stderr.contains("cannot read"), "{}", run.stderr);
+    assert_has(&run.stderr, "cannot read");
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, alive, assert_lines, eventually, freezing_test, read_pid, signal};
+use crate::common::{
+    Env, alive, assert_has, assert_lines, eventually, freezing_test, read_pid, signal,
+};
 use crate::loopfs::{BindMount, LoopFs};
 
 /// A hook that records its phase in the trace and writes a file into each
@@ -191,11 +193,7 @@ fn max_frozen_thaws_on_time_and_ends_the_command() {
     );
     let run = env.finish(child.wait_with_output().unwrap(), start);
     assert_eq!(run.code, Some(124), "{run:?}");
-    assert!(
-        run.stderr.contains("frozen window of 1s expired"),
-        "{}",
-        run.stderr
-    );
+    assert_has(&run.stderr, "frozen window of 1s expired");
     assert!(
         !alive(read_pid(&pid)),
         "COMMAND, which ignores TERM, was killed"
@@ -408,11 +406,7 @@ fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
         "true",
     ]);
     assert_eq!(run.code, Some(3), "{run:?}");
-    assert!(
-        run.stderr.contains("which would be frozen; use a tmpfs"),
-        "{}",
-        run.stderr
-    );
+    assert_has(&run.stderr, "which would be frozen; use a tmpfs");
     assert!(env.trace().is_empty(), "no hook ran");
     assert!(!fs.frozen());
 }
