@@ -2,14 +2,15 @@
 """Benchmark: one freeze phase over 50 no-op hooks.
 
 Compares the release binary (full logging and journal on) with the stock
-hook script from Debian's qemu-guest-agent package and with a floor: a bare
+hook script of qemu-guest-agent (by default the one of bookworm-backports'
+10.0 that tests/fetch-qemu unpacks into target/test-qemu) and with a floor: a bare
 shell loop that only execs each hook. Runs are interleaved, so drift in the
 machine's load hits all three alike; the median of each is reported with the
 ratios the project targets (at most 1.25x the floor, at most 0.35x stock),
 plus the runner's peak RSS and the binary's size. A report, not a test: it
 never fails on a missed target.
 
-Usage: python3 benches/freeze.py [--runs N]   (builds with cargo first)
+Usage: python3 benches/freeze.py [--runs N] [--stock PATH]   (builds with cargo first)
 """
 
 import argparse
@@ -23,7 +24,7 @@ import time
 
 HOOKS = 50
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STOCK = "/etc/qemu/fsfreeze-hook"
+STOCK = os.path.join(ROOT, "target/test-qemu/qemu-ga-10/etc/qemu/fsfreeze-hook")
 
 
 def build():
@@ -47,7 +48,7 @@ def make_hooks(d):
         os.chmod(p, 0o755)
 
 
-def setup(work, binary):
+def setup(work, binary, stock_script):
     """Three installs, each a hook beside its own fsfreeze-hook.d."""
     cmds = {}
     # ours, configured as installed: conf beside it, private log and state
@@ -62,7 +63,7 @@ def setup(work, binary):
     stock = os.path.join(work, "stock")
     os.mkdir(stock)
     make_hooks(os.path.join(stock, "fsfreeze-hook.d"))
-    with open(STOCK) as f:
+    with open(stock_script) as f:
         text = f.read().replace("/var/log/qga-fsfreeze-hook.log", f"{stock}/hook.log")
     with open(os.path.join(stock, "fsfreeze-hook"), "w") as f:
         f.write(text)
@@ -104,12 +105,13 @@ def peak_rss_kib(ours):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--stock", default=STOCK, help="the stock hook script to compare with")
     args = ap.parse_args()
-    if not os.path.exists(STOCK):
-        sys.exit(f"{STOCK} missing: apt-get install qemu-guest-agent")
+    if not os.path.exists(args.stock):
+        sys.exit(f"{args.stock} missing: run tests/fetch-qemu (or pass --stock)")
     binary = build()
     with tempfile.TemporaryDirectory(prefix="fsfreeze-hook-bench.") as work:
-        cmds, ours = setup(work, binary)
+        cmds, ours = setup(work, binary, args.stock)
         times = {name: [] for name in cmds}
         for name, cmd in cmds.items():  # warm-up
             for _ in range(3):
@@ -123,6 +125,7 @@ def main():
     stock = med["stock script"]
     ours_t = med["fsfreeze-hook"]
     print(f"freeze phase, {HOOKS} no-op hooks, median of {args.runs} interleaved runs")
+    print(f"stock script: {args.stock}")
     print(f"{'command':<18} {'median':>10} {'vs floor':>9} {'vs stock':>9}")
     for name in cmds:
         print(f"{name:<18} {med[name] * 1000:>8.1f}ms {med[name] / floor:>8.2f}x {med[name] / stock:>8.2f}x")

@@ -16,34 +16,75 @@ use crate::common::{BIN, alive, eventually, freezing_test, read_pid};
 use crate::loopfs::LoopFs;
 use crate::qmp::Qmp;
 
-/// The qemu-ga binaries to test against; a missing one fails under CI.
-fn agents() -> Vec<PathBuf> {
+/// A qemu-ga binary to test against, with what it says of its version.
+pub struct TestAgent {
+    pub path: PathBuf,
+    /// `qemu-ga -V`, e.g. "QEMU Guest Agent 10.0.2".
+    pub version: String,
+    /// 9.1 or later: the hook's exit status and stderr reach the caller,
+    /// and qemu-ga reads the hook's output until EOF.
+    pub reports_hook_errors: bool,
+}
+
+impl std::fmt::Display for TestAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.version, self.path.display())
+    }
+}
+
+impl TestAgent {
+    fn probe(path: PathBuf) -> TestAgent {
+        let out = Command::new(&path).arg("-V").output().unwrap();
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let number = version.split_whitespace().last().unwrap_or_default();
+        let mut parts = number.split('.').map(|n| n.parse::<u32>().ok());
+        let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+            panic!("{}: no version in {version:?}", path.display());
+        };
+        TestAgent {
+            path,
+            version,
+            reports_hook_errors: (major, minor) >= (9, 1),
+        }
+    }
+
+    /// Says in the test's output which agent this run is under (the test
+    /// command shows the end-to-end tests' output).
+    pub fn announce(&self) {
+        println!("under {self}");
+    }
+}
+
+/// The qemu-ga binaries of $FSFREEZE_HOOK_TEST_AGENTS. Under CI a missing
+/// one fails, and so does a list without both generations (before 9.1 and
+/// 9.1 or later): an agent silently replaced by another version cannot pass.
+pub fn agents() -> Vec<TestAgent> {
     let list =
         std::env::var("FSFREEZE_HOOK_TEST_AGENTS").unwrap_or_else(|_| "/usr/sbin/qemu-ga".into());
     let ci = std::env::var("CI").as_deref() == Ok("true");
     let mut out = Vec::new();
     for path in list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from) {
         if path.exists() {
-            out.push(path);
+            out.push(TestAgent::probe(path));
         } else {
             assert!(
                 !ci,
-                "qemu-ga {} is missing; the test command installs it",
+                "qemu-ga {} is missing; the test command unpacks it (tests/fetch-qemu)",
                 path.display()
             );
-            eprintln!("skipped qemu-ga {}: not installed", path.display());
+            eprintln!("skipped qemu-ga {}: not there", path.display());
         }
     }
+    if ci {
+        let old = out.iter().any(|a| !a.reports_hook_errors);
+        let new = out.iter().any(|a| a.reports_hook_errors);
+        let seen: Vec<String> = out.iter().map(|a| a.to_string()).collect();
+        assert!(
+            old && new,
+            "CI=true needs a qemu-ga before 9.1 and one of 9.1 or later; have {seen:?}"
+        );
+    }
     out
-}
-
-fn major_version(qga: &Path) -> u32 {
-    let out = Command::new(qga).arg("--version").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "QEMU Guest Agent 10.0.2"
-    text.split_whitespace()
-        .find_map(|w| w.split('.').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no version in {text:?}"))
 }
 
 /// An installed hook: our binary as <dir>/etc/fsfreeze-hook, its hooks dir
@@ -128,13 +169,14 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(qga: &Path, install: &Install) -> Agent {
+    fn start(qga: &TestAgent, install: &Install) -> Agent {
+        qga.announce();
         let dir = install.dir.path();
         let sock = dir.join("qga.sock");
         let statedir = dir.join("qga-state");
         fs::create_dir_all(&statedir).unwrap();
         let log = dir.join("qga.log");
-        let child = Command::new(qga)
+        let child = Command::new(&qga.path)
             .arg("-m")
             .arg("unix-listen")
             .arg("-p")
@@ -172,10 +214,9 @@ impl Agent {
             .find(|c| c["name"] == "guest-fsfreeze-freeze")
             .expect("guest-info lists guest-fsfreeze-freeze");
         assert_eq!(
-            plain_freeze["enabled"],
-            false,
+            plain_freeze["enabled"], false,
             "{}: -b guest-fsfreeze-freeze did not take",
-            qga.display()
+            qga
         );
         agent
     }
@@ -225,11 +266,7 @@ fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
             fs::read_to_string(&install.log).unwrap_or_default()
         );
         assert_eq!(agent.status(), "frozen");
-        assert!(
-            fs.frozen(),
-            "{}: the test's mount must be frozen now",
-            qga.display()
-        );
+        assert!(fs.frozen(), "{}: the test's mount must be frozen now", qga);
         assert_eq!(
             install.trace(),
             ["10-first freeze rollback=0", "20-second freeze rollback=0"]
@@ -246,7 +283,7 @@ fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
                 "10-first thaw rollback=0"
             ],
             "{}",
-            qga.display()
+            qga
         );
         // Freeze hooks wrote before FIFREEZE, thaw hooks after FITHAW (a
         // write to a frozen filesystem would have blocked until the timeout).
@@ -263,7 +300,7 @@ fn qemu_ga_cycle_runs_hooks_before_freeze_and_after_thaw_in_reverse() {
             assert!(
                 fs.mnt.join(f).exists(),
                 "{f} missing under {}: {listing:?}",
-                qga.display()
+                qga
             );
         }
         let log = fs::read_to_string(&install.log).unwrap();
@@ -289,19 +326,19 @@ fn qemu_ga_failing_hook_is_reported_and_rolled_back_nothing_frozen() {
         install.add("30-never", &fs.mnt, "");
         let mut agent = Agent::start(&qga, &install);
         let err = freeze_list(&mut agent, &fs.mnt).expect_err("the freeze must fail");
-        if major_version(&qga) >= 9 {
+        if qga.reports_hook_errors {
             // 9.1+ hands the hook's output to the hypervisor: our one line.
             assert!(
                 err.contains("fsfreeze-hook: freeze aborted: 20-db exited with status 1 after"),
                 "{}: {err}",
-                qga.display()
+                qga
             );
             assert!(err.contains("rolled back 20-db, 10-first"), "{err}");
         } else {
             assert!(
                 err.contains("fsfreeze hook has failed with status"),
                 "{}: {err}",
-                qga.display()
+                qga
             );
         }
         assert_eq!(agent.status(), "thawed");
@@ -355,7 +392,7 @@ fn qemu_ga_freeze_returns_promptly_while_a_lock_holder_lives_on() {
         assert!(
             took < Duration::from_secs(3),
             "{}: freeze took {took:?}",
-            qga.display()
+            qga
         );
         let holder = read_pid(&pid);
         assert!(alive(holder), "the lock holder must live until thaw");
@@ -396,9 +433,9 @@ fn qemu_ga_hanging_hook_is_cut_off_and_the_next_cycle_works() {
         assert!(
             took >= Duration::from_secs(2) && took < Duration::from_secs(10),
             "{}: answered after {took:?}",
-            qga.display()
+            qga
         );
-        if major_version(&qga) >= 9 {
+        if qga.reports_hook_errors {
             assert!(err.contains("20-hangs timed out after 2s"), "{err}");
         }
         assert_eq!(agent.status(), "thawed");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::{BIN, eventually, freezing_test};
+use crate::qemu_ga::{TestAgent, agents};
 use crate::qmp::Qmp;
 
 /// A booted guest; killed and removed on drop.
@@ -21,7 +22,8 @@ struct Guest {
     dir: tempfile::TempDir,
     qemu: Child,
     qmp: Qmp,
-    major: u32,
+    new_agent: bool,
+    who: String,
 }
 
 impl Drop for Guest {
@@ -31,25 +33,28 @@ impl Drop for Guest {
     }
 }
 
-fn agents() -> Vec<PathBuf> {
-    let list =
-        std::env::var("FSFREEZE_HOOK_TEST_AGENTS").unwrap_or_else(|_| "/usr/sbin/qemu-ga".into());
-    list.split(':')
-        .filter(|p| Path::new(p).exists())
-        .map(PathBuf::from)
-        .collect()
-}
-
-fn version(qga: &Path) -> u32 {
-    let out = Command::new(qga).arg("--version").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find_map(|w| w.split('.').next()?.parse().ok())
-        .unwrap()
+/// The qemu-system-x86_64 to boot guests with: the one tests/fetch-qemu
+/// unpacked ($FSFREEZE_HOOK_TEST_QEMU, the root it was unpacked into, with
+/// its firmware and TCG module beside it), else the one on PATH.
+fn qemu_system() -> Command {
+    let Ok(root) = std::env::var("FSFREEZE_HOOK_TEST_QEMU") else {
+        return Command::new("qemu-system-x86_64");
+    };
+    let root = Path::new(&root);
+    let mut cmd = Command::new(root.join("usr/bin/qemu-system-x86_64"));
+    for data in ["usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"] {
+        cmd.arg("-L").arg(root.join(data));
+    }
+    cmd.env(
+        "QEMU_MODULE_DIR",
+        root.join("usr/lib/x86_64-linux-gnu/qemu"),
+    );
+    cmd
 }
 
 impl Guest {
-    fn boot(qga: &Path) -> Guest {
+    fn boot(qga: &TestAgent) -> Guest {
+        qga.announce();
         let dir = tempfile::Builder::new()
             .prefix("fsfreeze-hook-vm.")
             .tempdir()
@@ -57,7 +62,7 @@ impl Guest {
         let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/build-guest");
         let out = Command::new(&build)
             .arg(dir.path())
-            .arg(qga)
+            .arg(&qga.path)
             .arg(BIN)
             .output()
             .unwrap();
@@ -67,7 +72,7 @@ impl Guest {
             String::from_utf8_lossy(&out.stderr)
         );
         let p = |n: &str| dir.path().join(n);
-        let qemu = Command::new("qemu-system-x86_64")
+        let qemu = qemu_system()
             .args([
                 "-accel",
                 "tcg",
@@ -109,7 +114,7 @@ impl Guest {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("qemu-system-x86_64 (the test command installs qemu-system-x86)");
+            .expect("qemu-system-x86_64 (the test command unpacks it: tests/fetch-qemu)");
         let console = p("console.log");
         let booted = eventually(Duration::from_secs(120), || {
             fs::read_to_string(&console).is_ok_and(|c| c.contains("guest: starting qemu-ga"))
@@ -117,7 +122,8 @@ impl Guest {
         let mut guest = Guest {
             qmp: Qmp::connect(&p("qga.sock"), Duration::from_secs(120), &console),
             qemu,
-            major: version(qga),
+            new_agent: qga.reports_hook_errors,
+            who: qga.version.clone(),
             dir,
         };
         assert!(booted, "guest did not boot: {}", guest.console());
@@ -233,10 +239,10 @@ fn frozen(g: &mut Guest, mnt: &str) -> bool {
     code != 0
 }
 
-fn scenarios(qga: &Path) {
+fn scenarios(qga: &TestAgent) {
     let mut g = Guest::boot(qga);
-    let new_agent = g.major >= 9;
-    let who = format!("qemu-ga {}", g.major);
+    let new_agent = g.new_agent;
+    let who = g.who.clone();
     tracing_hook(&mut g, "10-a", "");
     tracing_hook(&mut g, "20-b", "");
 
