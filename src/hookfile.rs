@@ -1,12 +1,13 @@
 //! Opening a hook for execution: open once, check the open file (type,
 //! execute bit, owner and mode of it and of the directories above it, what
 //! kind of program it is), and keep it open so that this same file is what
-//! gets executed.
+//! gets executed: an ELF program through the descriptor itself, a script by
+//! its path once that path is seen to still name this file.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::trust::Policy;
@@ -29,6 +30,24 @@ pub enum Kind {
 pub struct Opened {
     pub file: File,
     pub kind: Kind,
+    /// Device and inode of the checked file.
+    id: (u64, u64),
+}
+
+impl Opened {
+    /// Whether `path` still names the checked file (same device and inode),
+    /// following symlinks as an exec of `path` does. The error is the reason
+    /// it must not run, as a phrase like those of [`open`].
+    pub fn still_at(&self, path: &Path) -> Result<(), String> {
+        let now = std::fs::metadata(path)
+            .map_err(|e| format!("was replaced after it was checked ({e})"))?;
+        if (now.dev(), now.ino()) != self.id {
+            return Err(
+                "was replaced after it was checked: another file is at its path now".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Opens and checks the hook at `path`. The error is the reason it must not
@@ -62,7 +81,11 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Stri
     let mut head = [0u8; SHEBANG_MAX];
     let n = read_head(&file, &mut head).map_err(|e| format!("cannot be read: {e}"))?;
     let kind = classify(&head[..n], meta.len(), root)?;
-    Ok(Opened { file, kind })
+    Ok(Opened {
+        id: (meta.dev(), meta.ino()),
+        file,
+        kind,
+    })
 }
 
 fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -70,7 +70,7 @@ Each hook script gets:
 The log file its output goes to.
 .TP
 .B FSFREEZE_HOOK_PATH
-Its own path (a script's \fB$0\fR names the file as /proc/self/fd/\fIN\fR).
+Its own path in the hooks dir, which is also its \fB$0\fR, as under the stock script.
 .SH CONFIGURATION
 TOML, the first found of: \fB\-\-config\fR, \fB$FSFREEZE_HOOK_CONFIG\fR,
 \fIfsfreeze\-hook.conf\fR beside the invoked path,

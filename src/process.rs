@@ -5,7 +5,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::thread;
@@ -188,54 +188,54 @@ pub fn run(
         Ok(f) => f,
         Err(e) => return not_started(format!("/dev/null: {e}")),
     };
+    // The hook sees what the stock script gave it: $0 is its path in the
+    // hooks dir (argv[0] of an ELF program; for a script, the name the
+    // kernel hands its interpreter), and nothing open but 0-2. An ELF program
+    // is executed through the checked descriptor itself. A script's
+    // interpreter opens the script by that path, so the path is compared with
+    // the checked file just before the exec (`still_at` below); a file
+    // without #! goes to /bin/sh the same way, as a shell's exec does it.
     let shell;
-    let hook_fd = spawn.opened.file.as_fd();
-    // The kernel runs a script by handing its interpreter the file's name;
-    // here that is /proc/self/fd/N or /dev/fd/N, the open file we checked,
-    // which must therefore be inherited. A file without #! goes to /bin/sh
-    // the same way.
-    let inherited = match spawn.opened.kind {
-        Kind::Elf => None,
-        Kind::Script | Kind::Shell => match sys::dup_inheritable(hook_fd) {
-            Ok(fd) => Some(fd),
-            Err(e) => return not_started(format!("cannot pass the file on: {e}")),
-        },
-    };
-    let by_fd = inherited
-        .as_ref()
-        .map(|fd| format!("/dev/fd/{}", fd.as_raw_fd()))
-        .unwrap_or_default();
+    let path = c_string(spawn.path.as_os_str());
     let phase = OsStr::new(spawn.phase);
-    let (program, argv) = match (spawn.opened.kind, &inherited) {
-        (Kind::Script, Some(fd)) => (fd.as_fd(), vec![spawn.path.as_os_str(), phase]),
+    let (program, argv) = match (spawn.opened.kind, &path) {
+        (_, None) => return not_started("its path holds a NUL byte".into()),
+        (Kind::Elf, Some(_)) => (
+            Program::Open(spawn.opened.file.as_fd()),
+            vec![spawn.path.as_os_str(), phase],
+        ),
+        (Kind::Script, Some(path)) => (Program::Path(path), vec![spawn.path.as_os_str(), phase]),
         (Kind::Shell, Some(_)) => {
             shell = match File::open("/bin/sh") {
                 Ok(f) => f,
                 Err(e) => return not_started(format!("/bin/sh: {e}")),
             };
             (
-                shell.as_fd(),
-                vec![OsStr::new("/bin/sh"), OsStr::new(&by_fd), phase],
+                Program::Open(shell.as_fd()),
+                vec![OsStr::new("/bin/sh"), spawn.path.as_os_str(), phase],
             )
         }
-        _ => (hook_fd, vec![spawn.path.as_os_str(), phase]),
     };
     let argv: Vec<CString> = argv.into_iter().filter_map(c_string).collect();
     let envp = environment(&spawn, ctx.log.path(), ctx.state_dir);
     let exec = Exec {
-        program: Program::Open(program),
+        program,
         argv: &argv,
         envp: &envp,
         stdin: devnull.as_fd(),
         stdout: write.as_fd(),
         stderr: write.as_fd(),
     };
+    if spawn.opened.kind != Kind::Elf
+        && let Err(why) = spawn.opened.still_at(spawn.path)
+    {
+        return Finished::refused(why);
+    }
     let pid = match sys::spawn(&exec) {
         Ok(pid) => pid,
         Err(e) => return not_started(e.to_string()),
     };
     drop(write);
-    drop(inherited);
     let outcome = Watch::new(pid, Some(&mut capture), ctx, signal_seen).supervise(start, limits);
     let output_bytes = capture.finish(ctx.log, &crate::hooks::escape_path(spawn.path));
     Finished {
@@ -448,6 +448,116 @@ impl<'a, 'b> Watch<'a, 'b> {
                 Event::Signal(sig) if sig != Signal::SIGCHLD => *self.signal_seen = Some(sig),
                 _ => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hookfile;
+    use crate::trust::Policy;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    /// A hooks dir (trusted: this user's, mode 0755, under a temp dir),
+    /// a log, and the runner's side of a run.
+    struct Setup {
+        dir: tempfile::TempDir,
+        log: Log,
+        events: Events,
+    }
+
+    impl Setup {
+        fn new() -> Setup {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir(dir.path().join("hooks.d")).unwrap();
+            let log = Log::open(&dir.path().join("log"), false);
+            let events = Events::take_over(&[]).unwrap();
+            Setup { dir, log, events }
+        }
+
+        /// An executable file in the hooks dir; it records `$0` in a file
+        /// named after `tag` beside the hooks dir.
+        fn hook(&self, name: &str, shebang: bool, tag: &str) -> PathBuf {
+            let path = self.dir.path().join("hooks.d").join(name);
+            let record = self.dir.path().join(tag);
+            let head = if shebang { "#!/bin/sh\n" } else { "" };
+            let body = format!("{head}echo \"$0 $1\" > '{}'\n", record.display());
+            fs::write(&path, body).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        }
+
+        fn run(&self, path: &Path, opened: &Opened) -> Finished {
+            let limits = Limits {
+                timeout: None,
+                grace: Duration::from_secs(1),
+                interruptible: true,
+            };
+            // A test thread cannot count on SIGCHLD (the harness's other
+            // threads may take it): the progress tick wakes the watch loop,
+            // which reaps the hook, once a second.
+            let ctx = Context {
+                events: &self.events,
+                log: &self.log,
+                output_limit: None,
+                state_dir: self.dir.path(),
+                progress: Some(&|_| {}),
+            };
+            let spawn = Spawn {
+                path,
+                opened,
+                phase: "freeze",
+                rollback: false,
+            };
+            run(spawn, limits, &ctx, &mut None)
+        }
+
+        fn recorded(&self, tag: &str) -> Option<String> {
+            fs::read_to_string(self.dir.path().join(tag)).ok()
+        }
+    }
+
+    #[test]
+    fn a_script_runs_with_its_own_path_as_dollar_zero() {
+        for shebang in [true, false] {
+            let s = Setup::new();
+            let path = s.hook("10-app", shebang, "ran");
+            let opened = hookfile::open(&path, &Policy::current()).unwrap();
+            let fin = s.run(&path, &opened);
+            assert!(fin.outcome.success(), "{:?}", fin.outcome);
+            assert_eq!(
+                s.recorded("ran").unwrap(),
+                format!("{} freeze\n", path.display()),
+                "#! line: {shebang}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_swapped_in_after_the_check_is_never_run() {
+        for shebang in [true, false] {
+            let s = Setup::new();
+            let path = s.hook("10-app", shebang, "checked-ran");
+            let opened = hookfile::open(&path, &Policy::current()).unwrap();
+            // Between the check and the exec, another file takes the path
+            // (rename: atomic, as an attacker would do it).
+            let other = s.hook("other", shebang, "other-ran");
+            fs::rename(&other, &path).unwrap();
+            let fin = s.run(&path, &opened);
+            match &fin.outcome {
+                Outcome::Refused(why) => assert!(why.contains("replaced"), "{why}"),
+                other => panic!("#! line {shebang}: ran: {other:?}"),
+            }
+            assert_eq!(s.recorded("other-ran"), None, "the other file ran");
+            assert_eq!(s.recorded("checked-ran"), None);
+            // Removed after the check: not run either.
+            let path = s.hook("20-gone", shebang, "gone-ran");
+            let opened = hookfile::open(&path, &Policy::current()).unwrap();
+            fs::remove_file(&path).unwrap();
+            assert!(matches!(s.run(&path, &opened).outcome, Outcome::Refused(_)));
         }
     }
 }

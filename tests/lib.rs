@@ -19,5 +19,6 @@ mod readme;
 mod selection;
 mod settings;
 mod standalone;
+mod stock;
 mod user;
 mod vm;

@@ -48,6 +48,13 @@ impl TestAgent {
         }
     }
 
+    /// The stock hook script of the same package (`/etc/qemu/fsfreeze-hook`
+    /// beside `/usr/sbin/qemu-ga`).
+    pub fn stock_script(&self) -> PathBuf {
+        let root = self.path.ancestors().nth(3).unwrap_or(Path::new("/"));
+        root.join("etc/qemu/fsfreeze-hook")
+    }
+
     /// Says in the test's output which agent this run is under (the test
     /// command shows the end-to-end tests' output).
     pub fn announce(&self) {

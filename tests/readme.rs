@@ -28,9 +28,13 @@ fn every_fault_row_names_existing_tests() {
             .collect();
         assert!(!names.is_empty(), "row without a test: {row}");
         for name in names {
-            let (module, test) = name.split_once("::").unwrap();
+            // module::test (tests/module.rs), or module::tests::test for a
+            // unit test (src/module.rs).
+            let (module, rest) = name.split_once("::").unwrap();
+            let test = rest.rsplit("::").next().unwrap();
             let source = fs::read_to_string(root.join("tests").join(format!("{module}.rs")))
-                .unwrap_or_else(|_| panic!("no tests/{module}.rs for {name}"));
+                .or_else(|_| fs::read_to_string(root.join("src").join(format!("{module}.rs"))))
+                .unwrap_or_else(|_| panic!("no tests/{module}.rs or src/{module}.rs for {name}"));
             assert!(
                 source.contains(&format!("fn {test}()")),
                 "README names {name}, which does not exist"

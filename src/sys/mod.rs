@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 pub use freeze::{fifreeze, fithaw};
 pub use signals::{Event, Events, HELPER_SIGNALS, take_pending_stop_signal, waited_signals};
-pub use spawn::{Exec, Exit, Program, detach, dup_inheritable, spawn, try_reap};
+pub use spawn::{Exec, Exit, Program, detach, spawn, try_reap};
 
 /// Puts the process in the state the runner relies on: fds 0-2 open (so no
 /// file we open lands on them), the waited signals blocked (children get an

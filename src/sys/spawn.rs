@@ -1,9 +1,9 @@
-//! Starting hooks from an open file (so what was checked is what runs), and
-//! detaching a helper process from the runner.
+//! Starting hooks (from a checked open file, or by a path the caller has
+//! just compared with one), and detaching a helper process from the runner.
 
 use std::ffi::{CString, c_char};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -13,8 +13,11 @@ use nix::unistd::{ForkResult, Pid, fork};
 pub enum Program<'a> {
     /// An open file, run through its /proc/self/fd path, which names this
     /// open file and nothing else, so no other file can be swapped in between
-    /// our checks and the exec.
+    /// our checks and the exec. For ELF programs only: the kernel would hand
+    /// a script's interpreter that /proc path, which close-on-exec has closed.
     Open(BorrowedFd<'a>),
+    /// A path, executed as it is (no `PATH` search).
+    Path(&'a std::ffi::CStr),
     /// A command name looked up in `PATH` (posix_spawnp), as a shell would.
     Search(&'a std::ffi::CStr),
 }
@@ -44,19 +47,6 @@ fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
         .collect()
 }
 
-/// A duplicate of `fd` that is inherited across exec: how a script file
-/// reaches its interpreter as /dev/fd/N. Close it once the child is started.
-pub fn dup_inheritable(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // F_DUPFD (not F_DUPFD_CLOEXEC) leaves the new descriptor inheritable;
-    // the lowest free number at or above 3.
-    Ok(
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD(3)).map(|raw| {
-            // SAFETY: fcntl just returned this new descriptor; we own it.
-            unsafe { OwnedFd::from_raw_fd(raw) }
-        })?,
-    )
-}
-
 /// Starts `exec` in a new process group, with an empty signal mask and the
 /// signals this process ignores back at their defaults. glibc's posix_spawn
 /// uses a vfork-style clone: no copy of the runner's page tables, which made
@@ -67,6 +57,7 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
             CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number"),
             false,
         ),
+        Program::Path(path) => (path.to_owned(), false),
         Program::Search(name) => (name.to_owned(), true),
     };
     let argv = pointers(exec.argv);

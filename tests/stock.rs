@@ -1,0 +1,176 @@
+//! Hooks written for the stock script run unchanged: under our runner a hook
+//! sees the `$0`, arguments and siblings it sees under the stock script of
+//! each qemu-ga the tests have (run beside the same hooks dir, its log moved
+//! into the test's dir), and what it prints reaches the log the same; it and
+//! what it leaves running hold nothing open but descriptors 0-2.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{Env, alive, assert_has, eventually, read_pid};
+use crate::qemu_ga::{TestAgent, agents};
+
+/// The agents whose stock script is there; under CI each must have one.
+fn with_stock_script() -> Vec<TestAgent> {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    agents()
+        .into_iter()
+        .filter(|a| {
+            let there = a.stock_script().exists();
+            assert!(there || !ci, "{a}: no stock script beside it");
+            there
+        })
+        .collect()
+}
+
+/// `agent`'s stock script installed as `<env>/fsfreeze-hook.stock`, beside
+/// the env's hooks dir (it runs `$(dirname "$0")/fsfreeze-hook.d/*`), its
+/// log moved to `log`, which is created first: the script of 9.1 and later
+/// falls back to syslog when its log is not yet writable.
+fn install_stock(env: &Env, agent: &TestAgent, log: &Path) -> PathBuf {
+    let text = fs::read_to_string(agent.stock_script()).unwrap();
+    assert!(text.contains("/var/log/qga-fsfreeze-hook.log"), "{agent}");
+    let text = text.replace("/var/log/qga-fsfreeze-hook.log", &log.display().to_string());
+    let path = env.path().join("fsfreeze-hook.stock");
+    fs::write(&path, text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(log, "").unwrap();
+    path
+}
+
+/// The lines of a log that hooks printed, from `marker` on.
+fn printed(log: &str, marker: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.find(marker).map(|i| l[i..].to_string()))
+        .collect()
+}
+
+#[test]
+fn stock_hooks_see_the_same_dollar_zero_arguments_and_siblings_as_under_the_stock_script() {
+    let stock_agents = with_stock_script();
+    for agent in &stock_agents {
+        agent.announce();
+        let env = Env::new();
+        env.set_config("on_error = \"continue\"\n");
+        // A sibling that is not a hook (not executable): loaded through $0.
+        fs::write(
+            env.hooks.join("common.sh"),
+            "GREETING='hello from common.sh'\n",
+        )
+        .unwrap();
+        env.hook(
+            "10-app",
+            &format!(
+                ". \"$(dirname \"$0\")/common.sh\"\n\
+                 echo \"hook-says $(basename \"$0\"): $GREETING\"\n\
+                 echo \"hook-says \\$0=$0 args=$#:$*\"\n\
+                 echo \"$0 $*\" >> '{}'",
+                env.trace.display()
+            ),
+        );
+        // An ELF program as a hook: bash, which reports a missing script
+        // file under its argv[0].
+        let elf = env.hooks.join("20-elf");
+        fs::copy("/bin/bash", &elf).unwrap();
+        fs::set_permissions(&elf, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let stock_log = env.path().join("stock.log");
+        let stock = install_stock(&env, agent, &stock_log);
+        for phase in ["freeze", "thaw"] {
+            let out = Command::new(&stock).arg(phase).output().unwrap();
+            assert!(out.status.success(), "{agent}: stock {phase}: {out:?}");
+        }
+        let stock_trace = env.trace();
+        env.clear_trace();
+        let freeze = env.run(&["freeze"]);
+        assert_eq!(freeze.code, Some(0), "{}", freeze.log);
+        let thaw = env.run(&["thaw"]);
+        assert_eq!(thaw.code, Some(0), "{}", thaw.log);
+
+        let hook = env.hooks.join("10-app").display().to_string();
+        assert_eq!(
+            env.trace(),
+            [format!("{hook} freeze"), format!("{hook} thaw")],
+            "{agent}"
+        );
+        assert_eq!(env.trace(), stock_trace, "{agent}: $0 and arguments");
+        let stock_text = fs::read_to_string(&stock_log).unwrap();
+        let ours = env.log_text();
+        assert_eq!(
+            printed(&ours, "hook-says "),
+            printed(&stock_text, "hook-says "),
+            "{agent}: what 10-app printed\nours:\n{ours}\nstock:\n{stock_text}"
+        );
+        assert_has(&ours, "hook-says 10-app: hello from common.sh");
+        let elf_says = format!("{}: freeze: No such file or directory", elf.display());
+        assert_has(&stock_text, &elf_says);
+        assert_has(&ours, &elf_says);
+    }
+}
+
+/// Kills the recorded process when the test ends, however it ends.
+struct Reaper(i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn open_descriptors(pid: i32) -> Vec<u32> {
+    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn what_a_hook_leaves_running_holds_descriptors_0_1_2_only() {
+    for shebang in [true, false] {
+        let env = Env::new();
+        let pidfile = env.path().join("holder.pid");
+        let body = format!("sleep 60 &\necho $! > '{}'\n", pidfile.display());
+        let path = env.hooks.join("10-holder");
+        let text = if shebang {
+            format!("#!/bin/sh\n{body}")
+        } else {
+            body
+        };
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let run = env.run(&["freeze"]);
+        assert_eq!(run.code, Some(0), "{}", run.log);
+        let pid = read_pid(&pidfile);
+        let _reaper = Reaper(pid);
+        assert!(alive(pid), "the holder lives on after the freeze phase");
+        // Looked at once it is sleep, asleep: not while its shell forks and
+        // execs, nor while the loader has libraries open.
+        assert!(eventually(Duration::from_secs(5), || {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains("(sleep) S "))
+        }));
+        assert_eq!(
+            open_descriptors(pid),
+            [0, 1, 2],
+            "#! line: {shebang}; {:?}",
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .collect::<Vec<_>>()
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(eventually(Duration::from_secs(5), || !alive(pid)));
+        env.run(&["thaw"]);
+    }
+}
