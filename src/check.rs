@@ -130,13 +130,24 @@ fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
             "{} is this fsfreeze-hook",
             hook.display()
         ))),
-        Ok(bytes) if bytes.starts_with(b"#!") => out.push(problem(
-            format!(
-                "{} is a script (the stock hook?), not fsfreeze-hook",
-                hook.display()
-            ),
-            "run `fsfreeze-hook enable` (it keeps the script aside, and `disable` restores it)",
-        )),
+        Ok(bytes) if bytes.starts_with(b"#!") => {
+            out.push(problem(
+                format!(
+                    "{} is a script (the stock hook?), not fsfreeze-hook",
+                    hook.display()
+                ),
+                "run `fsfreeze-hook enable` (it keeps the script aside, and `disable` restores it)",
+            ));
+            if let Some(sh) = bash_array_under_sh(root, &bytes) {
+                out.push(problem(
+                    format!(
+                        "{} reads ${{PIPESTATUS[0]}}, which only bash has, under #!/bin/sh ({sh}): whenever its log file is not writable (as before its first run creates it) it runs the first hook, then dies with `Bad substitution` (exit 2): the other hooks never run and nothing is rolled back",
+                        hook.display()
+                    ),
+                    "run `fsfreeze-hook enable`; the README's \"stock script\" section shows the failure",
+                ));
+            }
+        }
         Ok(bytes) if find(&bytes, b"fsfreeze-hook journal 1") => out.push(Finding::Note(format!(
             "{} is another build of fsfreeze-hook than this one",
             hook.display()
@@ -146,6 +157,41 @@ fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
             "run `fsfreeze-hook enable`",
         )),
     }
+}
+
+/// For a `#!/bin/sh` script that uses bash's PIPESTATUS array (the stock
+/// hook of QEMU 9.1 and later): what `/bin/sh` is in `root` when that is not
+/// bash ("/bin/sh is dash"), else None.
+fn bash_array_under_sh(root: &Path, script: &[u8]) -> Option<String> {
+    let first = script.split(|&b| b == b'\n').next()?;
+    let interpreter = first.strip_prefix(b"#!")?.trim_ascii();
+    if interpreter != b"/bin/sh" || !find(script, b"PIPESTATUS") {
+        return None;
+    }
+    match shell_name(root) {
+        Some(name) if name == "bash" => None,
+        Some(name) => Some(format!("/bin/sh is {name}")),
+        None => Some("/bin/sh is not bash on Debian or Ubuntu".into()),
+    }
+}
+
+/// The name of the program `/bin/sh` leads to in `root`, following its
+/// symlinks inside `root` (an absolute link target is taken in `root` too).
+fn shell_name(root: &Path) -> Option<String> {
+    let mut path = in_root(root, Path::new("/bin/sh"));
+    for _ in 0..16 {
+        match fs::read_link(&path) {
+            Ok(target) if target.is_absolute() => path = in_root(root, &target),
+            Ok(target) => path = path.parent()?.join(target),
+            Err(_) => {
+                fs::symlink_metadata(&path).ok()?;
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                // A plain file named sh says nothing of which shell it is.
+                return (name != "sh").then_some(name);
+            }
+        }
+    }
+    None
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> bool {
@@ -282,5 +328,55 @@ pub fn check(root: &Path) -> ExitCode {
     } else {
         println!("{problems} problem(s)");
         ExitCode::from(crate::app::EXIT_HOOK_FAILED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRIPT: &[u8] = b"#!/bin/sh\nrun | logger\nSTATUS=${PIPESTATUS[0]}\n";
+
+    fn root_with_sh(target: Option<&str>) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+        fs::create_dir_all(root.path().join("bin")).unwrap();
+        for sh in ["dash", "bash"] {
+            fs::write(root.path().join("usr/bin").join(sh), "ELF").unwrap();
+        }
+        match target {
+            // Absolute, as Debian's would be if it were: taken inside root.
+            Some(t) => std::os::unix::fs::symlink(t, root.path().join("bin/sh")).unwrap(),
+            None => fs::write(root.path().join("bin/sh"), "ELF").unwrap(),
+        }
+        root
+    }
+
+    #[test]
+    fn pipestatus_under_sh_is_found_where_sh_is_not_bash() {
+        let dash = root_with_sh(Some("/usr/bin/dash"));
+        assert_eq!(
+            bash_array_under_sh(dash.path(), SCRIPT).as_deref(),
+            Some("/bin/sh is dash")
+        );
+        let relative = root_with_sh(Some("../usr/bin/dash"));
+        assert_eq!(
+            bash_array_under_sh(relative.path(), SCRIPT).as_deref(),
+            Some("/bin/sh is dash")
+        );
+        let bash = root_with_sh(Some("/usr/bin/bash"));
+        assert_eq!(bash_array_under_sh(bash.path(), SCRIPT), None);
+        let unknown = root_with_sh(None);
+        assert_eq!(
+            bash_array_under_sh(unknown.path(), SCRIPT).as_deref(),
+            Some("/bin/sh is not bash on Debian or Ubuntu")
+        );
+        // Not under /bin/sh, or no PIPESTATUS: nothing to say.
+        let bash_script = [b"#!/bin/bash".as_slice(), &SCRIPT[9..]].concat();
+        assert_eq!(bash_array_under_sh(dash.path(), &bash_script), None);
+        assert_eq!(
+            bash_array_under_sh(dash.path(), b"#!/bin/sh\nSTATUS=$?\n"),
+            None
+        );
     }
 }

@@ -407,3 +407,44 @@ fn completions_come_from_the_same_definitions() {
         );
     }
 }
+
+#[test]
+fn check_names_a_stock_script_that_dies_under_dash() {
+    for agent in crate::stock::with_stock_script() {
+        agent.announce();
+        for sh in ["dash", "bash"] {
+            let root = tempfile::tempdir().unwrap();
+            debian(root.path());
+            put(
+                root.path(),
+                "/etc/qemu/qemu-ga.conf",
+                "[general]\nfsfreeze-hook=/etc/qemu/fsfreeze-hook\n",
+                0o644,
+            );
+            fs::remove_file(root.path().join("bin/sh")).unwrap();
+            put(root.path(), &format!("/usr/bin/{sh}"), "ELF", 0o755);
+            std::os::unix::fs::symlink(format!("/usr/bin/{sh}"), root.path().join("bin/sh"))
+                .unwrap();
+            let stock = fs::read_to_string(agent.stock_script()).unwrap();
+            put(root.path(), "/etc/qemu/fsfreeze-hook", &stock, 0o755);
+            let out = run(&["check", "--root", &at(root.path())]);
+            let finding = "problem: /etc/qemu/fsfreeze-hook reads ${PIPESTATUS[0]}, which only bash has, under #!/bin/sh (/bin/sh is dash): whenever its log file is not writable";
+            // The script of 9.1 and later has the syslog fallback that reads
+            // PIPESTATUS; 7.2's has not.
+            if agent.reports_hook_errors && sh == "dash" {
+                assert_has(&out.stdout, finding);
+                assert_has(&out.stdout, "Bad substitution");
+            } else {
+                assert!(
+                    !out.stdout.contains("PIPESTATUS"),
+                    "{agent}, {sh}: {}",
+                    out.stdout
+                );
+            }
+            assert_has(
+                &out.stdout,
+                "problem: /etc/qemu/fsfreeze-hook is a script (the stock hook?)",
+            );
+        }
+    }
+}

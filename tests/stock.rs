@@ -14,7 +14,7 @@ use crate::common::{Env, alive, assert_has, eventually, read_pid};
 use crate::qemu_ga::{TestAgent, agents};
 
 /// The agents whose stock script is there; under CI each must have one.
-fn with_stock_script() -> Vec<TestAgent> {
+pub fn with_stock_script() -> Vec<TestAgent> {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     agents()
         .into_iter()
@@ -31,13 +31,18 @@ fn with_stock_script() -> Vec<TestAgent> {
 /// log moved to `log`, which is created first: the script of 9.1 and later
 /// falls back to syslog when its log is not yet writable.
 fn install_stock(env: &Env, agent: &TestAgent, log: &Path) -> PathBuf {
+    let path = install_stock_logging_to(env, agent, log);
+    fs::write(log, "").unwrap();
+    path
+}
+
+fn install_stock_logging_to(env: &Env, agent: &TestAgent, log: &Path) -> PathBuf {
     let text = fs::read_to_string(agent.stock_script()).unwrap();
     assert!(text.contains("/var/log/qga-fsfreeze-hook.log"), "{agent}");
     let text = text.replace("/var/log/qga-fsfreeze-hook.log", &log.display().to_string());
     let path = env.path().join("fsfreeze-hook.stock");
     fs::write(&path, text).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(log, "").unwrap();
     path
 }
 
@@ -108,6 +113,46 @@ fn stock_hooks_see_the_same_dollar_zero_arguments_and_siblings_as_under_the_stoc
         let elf_says = format!("{}: freeze: No such file or directory", elf.display());
         assert_has(&stock_text, &elf_says);
         assert_has(&ours, &elf_says);
+    }
+}
+
+/// What the README's comparison says of the stock script of 9.1 and later
+/// (seen with 10.0.2): it reads bash's `${PIPESTATUS[0]}` under `#!/bin/sh`,
+/// so where /bin/sh is dash and its log is not writable (its syslog
+/// fallback), it runs the first hook and dies: exit 2, the rest never run.
+/// The 7.2 script has no fallback: every hook's redirection to the log
+/// fails, so none runs, and it exits 0.
+#[test]
+fn the_stock_script_of_qemu_9_1_and_later_stops_after_the_first_hook_under_dash() {
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    if !sh.ends_with("dash") {
+        let ci = std::env::var("CI").as_deref() == Ok("true");
+        assert!(
+            !ci,
+            "CI=true on Debian: /bin/sh is dash, here {}",
+            sh.display()
+        );
+        eprintln!("skipped: /bin/sh is {}, not dash", sh.display());
+        return;
+    }
+    for agent in with_stock_script() {
+        agent.announce();
+        let env = Env::new();
+        for name in ["10-a", "20-b", "30-c"] {
+            env.tracing_hook(name, "");
+        }
+        // A log in a directory that does not exist: not writable.
+        let stock = install_stock_logging_to(&env, &agent, &env.path().join("none/log"));
+        let out = Command::new(&stock).arg("freeze").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if agent.reports_hook_errors {
+            assert_eq!(out.status.code(), Some(2), "{agent}: {stderr}");
+            assert_has(&stderr, "Bad substitution");
+            assert_eq!(env.trace(), ["10-a freeze rollback="], "{agent}");
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{agent}: {stderr}");
+            assert_eq!(env.trace(), Vec::<String>::new(), "{agent}");
+        }
     }
 }
 
