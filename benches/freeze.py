@@ -67,6 +67,9 @@ def setup(work, binary, stock_script):
         text = f.read().replace("/var/log/qga-fsfreeze-hook.log", f"{stock}/hook.log")
     with open(os.path.join(stock, "fsfreeze-hook"), "w") as f:
         f.write(text)
+    # Created first: the script of qemu-ga 9.1 and later falls back to syslog
+    # when its log is not writable, and under dash then dies (see README).
+    open(os.path.join(stock, "hook.log"), "w").close()
     os.chmod(os.path.join(stock, "fsfreeze-hook"), 0o755)
     cmds["stock script"] = [os.path.join(stock, "fsfreeze-hook"), "freeze"]
     # floor: only the execs

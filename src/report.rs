@@ -108,7 +108,7 @@ pub fn progress(hook: &str, phase: &str, elapsed: Duration, limit: Option<Durati
             "\r\x1b[K  {phase} {hook}: running for {secs}s (limit {limit})"
         );
         let _ = std::io::Write::flush(&mut err);
-    } else if secs == 1 || secs % 5 == 0 {
+    } else if secs == 1 || secs.is_multiple_of(5) {
         let _ = writeln!(
             err,
             "{phase} {hook}: still running after {secs}s (limit {limit})"

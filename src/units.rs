@@ -51,11 +51,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", d.as_secs_f64())
@@ -100,7 +100,7 @@ pub fn format_size(n: u64) -> String {
     for (scale, unit) in UNITS {
         if n >= scale {
             let v = n as f64 / scale as f64;
-            return if n % scale == 0 {
+            return if n.is_multiple_of(scale) {
                 format!("{} {unit}", n / scale)
             } else {
                 format!("{v:.1} {unit}")

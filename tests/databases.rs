@@ -540,14 +540,17 @@ fn service_example_passes_quickly_without_systemd_or_services() {
     let run = run_with(&env, &[], &["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_lines(&run.log, "FSFREEZE_SERVICES is empty; nothing to pause", 1);
-    let run = run_with(
-        &env,
-        &[("FSFREEZE_SERVICES", "app.service".into())],
-        &["freeze"],
-    );
+    let run = run_with(&env, &[], &["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_lines(&run.log, "FSFREEZE_SERVICES is empty; nothing to resume", 1);
+    let services = [("FSFREEZE_SERVICES", "app.service".into())];
+    let run = run_with(&env, &services, &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let run = run_with(&env, &services, &["thaw"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     if !Path::new("/run/systemd/system").exists() {
         assert_lines(&run.log, "not running under systemd; nothing to pause", 1);
+        assert_lines(&run.log, "not running under systemd; nothing to resume", 1);
     }
 }
 

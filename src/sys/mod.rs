@@ -48,10 +48,10 @@ fn ensure_std_fds() {
         if fcntl(probe, FcntlArg::F_GETFD) == Err(Errno::EBADF) {
             // open returns the lowest free number, which is this one; the
             // descriptor is kept for the life of the process on purpose.
-            if let Ok(null) = nix::fcntl::open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
-                if null.as_raw_fd() == fd {
-                    std::mem::forget(null);
-                }
+            if let Ok(null) = nix::fcntl::open("/dev/null", OFlag::O_RDWR, Mode::empty())
+                && null.as_raw_fd() == fd
+            {
+                std::mem::forget(null);
             }
         }
     }
