@@ -63,13 +63,20 @@ impl Mariadb {
     }
 
     /// A server on the data dir `data` (made first when `fresh`), with its
-    /// socket and error log in `dir`. Fails when it does not come up.
+    /// socket, error log and temp dir in `dir`. Fails when it does not come
+    /// up. Each instance has its own temp dir: a starting mariadbd removes
+    /// the `#sql*` files it finds in its tmpdir, which in a shared /tmp are
+    /// another instance's live temporary tables (seen: a concurrent
+    /// mariadb-install-db aborting with "Unknown table 'mysql.tmp_user_sys'").
     pub fn on(data: &Path, dir: &Path, fresh: bool) -> Result<Mariadb, String> {
-        fs::create_dir_all(dir).unwrap();
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let tmpdir = format!("--tmpdir={}", tmp.display());
         if fresh {
             fs::create_dir_all(data).unwrap();
             sh(Command::new("mariadb-install-db")
                 .arg("--no-defaults")
+                .arg(&tmpdir)
                 .arg(format!("--datadir={}", data.display()))
                 .args([
                     "--user=root",
@@ -84,6 +91,7 @@ impl Mariadb {
         db.server = Some(
             Command::new("mariadbd")
                 .arg("--no-defaults")
+                .arg(&tmpdir)
                 .arg(format!("--datadir={}", data.display()))
                 .arg(format!("--socket={}", db.socket().display()))
                 .arg(format!("--log-error={}", dir.join("error.log").display()))
