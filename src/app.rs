@@ -35,8 +35,8 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
         settings.hooks_dir = abs;
     }
     // The config decides what runs as root: it must be as trusted as a hook.
-    if let Some(config) = &settings.config_file
-        && let Err(u) = Policy::current().check_path(config)
+    if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
+        && let Err(u) = Policy::current().check_opened(config, meta)
     {
         return fail(
             EXIT_SETUP,
@@ -171,7 +171,7 @@ pub fn discover(settings: &Settings, log: &Log) -> Result<Option<Discovery>, Str
     })?;
     if found.is_some() {
         Policy::current()
-            .check_dir(&settings.hooks_dir)
+            .check_hooks_dir(&settings.hooks_dir)
             .map_err(|u| format!("hooks dir is not trusted: {u}"))?;
     }
     if let Some(d) = &found {

@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::trust::Policy;
 
@@ -76,11 +76,20 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Stri
         return Err("is not executable".into());
     }
     policy
-        .check_open_file(&file, &meta)
+        .check_opened(path, &meta)
         .map_err(|u| format!("is not trusted: {u}"))?;
     let mut head = [0u8; SHEBANG_MAX];
     let n = read_head(&file, &mut head).map_err(|e| format!("cannot be read: {e}"))?;
-    let kind = classify(&head[..n], meta.len(), root)?;
+    let (kind, interpreter) = classify(&head[..n], meta.len(), root)?;
+    // The interpreter runs as root with the hook: judged as the hook is.
+    if let Some(interpreter) = interpreter {
+        policy.check_interpreter(&interpreter).map_err(|u| {
+            format!(
+                "names interpreter {} in its #! line, which is not trusted: {u}",
+                crate::hooks::escape_path(&interpreter)
+            )
+        })?;
+    }
     Ok(Opened {
         id: (meta.dev(), meta.ino()),
         file,
@@ -99,8 +108,9 @@ fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// What kind of program the first bytes show; `len` is the file's size.
-fn classify(head: &[u8], len: u64, root: &Path) -> Result<Kind, String> {
+/// What kind of program the first bytes show (`len` is the file's size),
+/// and for a script, where its interpreter is.
+fn classify(head: &[u8], len: u64, root: &Path) -> Result<(Kind, Option<PathBuf>), String> {
     if let Some(rest) = head.strip_prefix(b"#!") {
         let line = match rest.iter().position(|&b| b == b'\n') {
             Some(end) => &rest[..end],
@@ -124,20 +134,24 @@ fn classify(head: &[u8], len: u64, root: &Path) -> Result<Kind, String> {
                 crate::hooks::escape_path(interpreter)
             ));
         }
-        return Ok(Kind::Script);
+        return Ok((Kind::Script, Some(inside)));
     }
     if head.starts_with(b"\x7fELF") {
-        return Ok(Kind::Elf);
+        return Ok((Kind::Elf, None));
     }
     if head.contains(&0) {
         return Err("is binary data: neither a #! script nor an ELF executable".into());
     }
-    Ok(Kind::Shell)
+    Ok((Kind::Shell, None))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn classify(head: &[u8], len: u64, root: &Path) -> Result<Kind, String> {
+        super::classify(head, len, root).map(|(kind, _)| kind)
+    }
 
     #[test]
     fn kinds_and_refusals() {

@@ -58,7 +58,7 @@ pub fn inspect(settings: &Settings, root: &Path) -> Listing {
     };
     let policy = Policy::current();
     let untrusted = policy
-        .check_dir(&dir)
+        .check_hooks_dir(&dir)
         .err()
         .map(|u| format!("hooks dir is not trusted: {u}"));
     let entries = judge(settings, &found, &policy, root, untrusted.as_deref());

@@ -617,3 +617,180 @@ fn sigint_and_sighup_mid_freeze_roll_back_and_exit_128_plus_signal() {
         );
     }
 }
+
+// ---- the whole trust chain (as root: other users' files and links) --------
+
+/// A root-owned program that leaves a trace: what an attacker would point a
+/// link at ("any root-owned executable").
+fn root_program(env: &Env) -> std::path::PathBuf {
+    let bin = env.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let program = bin.join("root-program");
+    fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\necho \"root-program $1\" >> '{}'\n",
+            env.trace.display()
+        ),
+    )
+    .unwrap();
+    chmod(&program, 0o755);
+    program
+}
+
+fn lchown_nobody(p: &Path) {
+    std::os::unix::fs::lchown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+}
+
+#[test]
+fn sticky_world_writable_hooks_dir_is_refused_by_freeze_list_and_check() {
+    if !require_root("sticky_hooks_dir") {
+        return;
+    }
+    for mode in [0o1777, 0o3775] {
+        let env = Env::new();
+        let program = root_program(&env);
+        env.tracing_hook("10-a", "");
+        // Another user's entry: a symlink to a root-owned program.
+        let link = env.hooks.join("20-theirs");
+        symlink(&program, &link).unwrap();
+        lchown_nobody(&link);
+        if mode == 0o3775 {
+            nix::unistd::chown(&env.hooks, None, Some(NOBODY.into())).unwrap();
+        }
+        chmod(&env.hooks, mode);
+        let why = format!(
+            "hooks dir is not trusted: {} is writable by",
+            env.hooks.display()
+        );
+        refused_before_any_hook(&env, &why);
+        let list = env.run(&["list"]);
+        assert_has(&list.stdout, &why);
+        let rehearse = env.run(&["rehearse"]);
+        assert_eq!(rehearse.code, Some(3), "{rehearse:?}");
+        assert!(env.trace().is_empty(), "{:?}", env.trace());
+    }
+}
+
+#[test]
+fn a_hook_symlink_owned_by_another_user_is_refused() {
+    if !require_root("foreign_hook_link") {
+        return;
+    }
+    let env = Env::new();
+    let program = root_program(&env);
+    let link = env.hooks.join("20-theirs");
+    symlink(&program, &link).unwrap();
+    lchown_nobody(&link);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(
+        &run.stderr,
+        &format!("{} is owned by uid {NOBODY}, not by root", link.display()),
+    );
+    assert!(env.trace().is_empty(), "{:?}", env.trace());
+    let list = env.run(&["list"]);
+    assert_has(&list.stdout, "20-theirs");
+    assert_has(&list.stdout, "is owned by uid 65534");
+}
+
+/// `20-app -> <app>/freeze-hook`, in a dir of the application's user, who
+/// replaces the file there with a link to a root-owned program.
+#[test]
+fn a_link_in_another_users_dir_on_the_way_to_a_hook_is_refused() {
+    if !require_root("foreign_link_in_chain") {
+        return;
+    }
+    let env = Env::new();
+    let program = root_program(&env);
+    let app = env.path().join("srv-app");
+    fs::create_dir(&app).unwrap();
+    chmod(&app, 0o755);
+    nix::unistd::chown(&app, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let theirs = app.join("freeze-hook");
+    symlink(&program, &theirs).unwrap();
+    lchown_nobody(&theirs);
+    symlink(&theirs, env.hooks.join("20-app")).unwrap();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(
+        &run.stderr,
+        &format!("{} is owned by uid {NOBODY}", app.display()),
+    );
+    assert!(env.trace().is_empty(), "{:?}", env.trace());
+    let list = env.run(&["list"]);
+    assert!(!list.stdout.contains("20-app  runs"), "{}", list.stdout);
+    // Root's own link in a root-owned dir to the same program: runs.
+    fs::remove_file(env.hooks.join("20-app")).unwrap();
+    symlink(&program, env.hooks.join("20-app")).unwrap();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(env.trace(), ["root-program freeze"]);
+}
+
+#[test]
+fn a_config_reached_through_another_users_link_is_refused() {
+    if !require_root("foreign_config_link") {
+        return;
+    }
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let link = env.path().join("conf-link");
+    symlink(&env.config, &link).unwrap();
+    lchown_nobody(&link);
+    let run = env
+        .command(&["freeze"])
+        .arg("--config")
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(3), "{run:?}");
+    assert_has(
+        &String::from_utf8_lossy(&run.stderr),
+        &format!(
+            "config is not trusted, no hook run: {} is owned by uid {NOBODY}",
+            link.display()
+        ),
+    );
+    assert!(env.trace().is_empty());
+}
+
+#[test]
+fn an_interpreter_that_others_may_write_is_refused() {
+    let env = Env::new();
+    let interp = env.path().join("interp");
+    fs::copy("/bin/sh", &interp).unwrap();
+    chmod(&interp, 0o757);
+    env.tracing_hook("10-a", "");
+    let hook = env.hooks.join("20-odd");
+    fs::write(
+        &hook,
+        format!(
+            "#!{}\necho \"20-odd $1\" >> '{}'\n",
+            interp.display(),
+            env.trace.display()
+        ),
+    )
+    .unwrap();
+    chmod(&hook, 0o755);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(
+        &run.stderr,
+        &format!(
+            "names interpreter {i} in its #! line, which is not trusted: {i} is writable by others",
+            i = interp.display()
+        ),
+    );
+    assert!(!env.trace().iter().any(|l| l.starts_with("20-odd")));
+    chmod(&interp, 0o755);
+    env.run(&["thaw"]);
+    env.clear_trace();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        env.trace().iter().any(|l| l == "20-odd freeze"),
+        "{:?}",
+        env.trace()
+    );
+}

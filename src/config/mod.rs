@@ -88,6 +88,9 @@ pub struct Overrides {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub config_file: Option<PathBuf>,
+    /// What the config file was when it was read (fstat of the descriptor it
+    /// was read from): the trust check judges this very file.
+    pub config_meta: Option<std::fs::Metadata>,
     pub hooks_dir: PathBuf,
     pub log_file: PathBuf,
     pub state_dir: PathBuf,
@@ -152,7 +155,7 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let file = match located {
             Some(path) => {
-                let text = std::fs::read(&path).map_err(|e| ConfigError {
+                let (text, meta) = read_config(&path).map_err(|e| ConfigError {
                     file: path.clone(),
                     line: None,
                     key: None,
@@ -165,13 +168,13 @@ impl Settings {
                     message: "not valid UTF-8".into(),
                 })?;
                 let parsed = FileConfig::parse(&text).map_err(|e| e.in_file(&path, &text))?;
-                Some((path, parsed))
+                Some((path, meta, parsed))
             }
             None => None,
         };
-        let (config_file, file) = match file {
-            Some((p, f)) => (Some(p), f),
-            None => (None, FileConfig::default()),
+        let (config_file, config_meta, file) = match file {
+            Some((p, m, f)) => (Some(p), Some(m), f),
+            None => (None, None, FileConfig::default()),
         };
         let (log_default, state_default, fallback_note) = if as_root {
             (ROOT_LOG_FILE.into(), ROOT_STATE_DIR.into(), None)
@@ -194,6 +197,7 @@ impl Settings {
         }
         Ok(Settings {
             config_file,
+            config_meta,
             hooks_dir: flags
                 .hooks_dir
                 .clone()
@@ -311,6 +315,24 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The config's bytes and what it is, both from one open descriptor.
+fn read_config(path: &Path) -> std::io::Result<(Vec<u8>, std::fs::Metadata)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a config swapped for a FIFO must not block the open.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)?;
+    Ok((text, meta))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +387,7 @@ mod tests {
         hook_timeouts.insert("20-mysql".to_string(), None);
         let s = Settings {
             config_file: None,
+            config_meta: None,
             hooks_dir: "/d".into(),
             log_file: "/l".into(),
             state_dir: "/s".into(),
