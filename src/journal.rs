@@ -7,8 +7,11 @@
 //! ```text
 //! fsfreeze-hook journal 1
 //! freeze <unix-ms> <pid>
+//! held <name>           a hook an earlier freeze left frozen (no thaw has
+//!                       completed for it since): carried into this record
 //! start <name>          one line before each hook's freeze starts
 //! frozen <unix-ms>      the freeze phase completed
+//! thawed <name>         a thaw (or rollback) of that hook ran to its end
 //! watchdog <pid> <ms>   standalone: the watchdog, and its deadline (0: none)
 //! fs <mountpoint>       standalone: one line before each FIFREEZE
 //! fs-skip <mountpoint>  ... which did not freeze it (unsupported, frozen by
@@ -18,7 +21,13 @@
 //! ```
 //!
 //! or, once nothing is held, the header and `idle <unix-ms> <why>`. Names and
-//! paths are percent-encoded so any byte string fits on a line. A filesystem
+//! paths are percent-encoded so any byte string fits on a line.
+//!
+//! A hook's freeze is never forgotten: a new freeze carries over whatever an
+//! earlier one left held (`held`, `fs`), and a hook leaves the record only by
+//! a `thawed` line, written when its thaw has run to its end, so that a thaw
+//! cut off (a signal, the phase deadline, `kill -9` of the runner) leaves the
+//! rest for the next thaw and one that completed is not run again. A filesystem
 //! is recorded before its FIFREEZE: a runner killed right after the ioctl
 //! still leaves it listed, and thawing one that is not frozen is harmless.
 
@@ -91,11 +100,20 @@ impl Journal {
         }
     }
 
-    /// Starts a freeze record; later [`Journal::started`] calls append to it.
-    /// Returns the record's start time.
+    /// Starts a freeze record, carrying over what the current one still
+    /// holds; later [`Journal::started`] calls append to it. Returns the
+    /// record's start time.
     pub fn begin_freeze(&mut self) -> Result<u64> {
         let since_ms = now_ms();
-        let text = format!("{HEADER}\nfreeze {since_ms} {}\n", std::process::id());
+        let mut text = format!("{HEADER}\nfreeze {since_ms} {}\n", std::process::id());
+        if let Recorded::Held(carried) = self.read() {
+            for name in &carried.names {
+                text.push_str(&format!("held {}\n", encode(name.as_bytes())));
+            }
+            for fs in &carried.filesystems {
+                text.push_str(&format!("fs {}\n", encode(fs.as_os_str().as_bytes())));
+            }
+        }
         self.replace(&text)?;
         let file = OpenOptions::new()
             .append(true)
@@ -146,19 +164,43 @@ impl Journal {
         self.append_line(&format!("fs-thawed {}\n", now_ms()))
     }
 
-    /// Ends a freeze record: after a thaw or rollback, `still_held` lists the
-    /// hooks whose thaw never started (a phase timeout cut the phase short), so
-    /// the next thaw retries them; empty means nothing is held.
-    pub fn finish(&mut self, since_ms: u64, still_held: &[OsString], why: &str) -> Result<()> {
-        self.finish_held(
-            &Held {
-                since_ms,
-                names: still_held.to_vec(),
-                complete: true,
-                ..Held::default()
-            },
-            why,
-        )
+    /// Records that a hook's thaw (or rollback) ran to its end: it holds
+    /// nothing any more. Appended at once, so a runner killed later in the
+    /// phase does not thaw it twice.
+    pub fn thawed(&mut self, name: &std::ffi::OsStr) -> Result<()> {
+        self.append_to_held(&format!("thawed {}\n", encode(name.as_bytes())))
+    }
+
+    /// Records, outside a freeze, that the filesystems of the record were
+    /// thawed (those whose thaw failed are recorded again afterwards).
+    pub fn note_fs_thawed(&mut self) -> Result<()> {
+        self.append_to_held(&format!("fs-thawed {}\n", now_ms()))
+    }
+
+    /// Appends to the record when it holds something (nothing to say else).
+    fn append_to_held(&mut self, line: &str) -> Result<()> {
+        if self.append.is_none() {
+            if !matches!(self.read(), Recorded::Held(_)) {
+                return Ok(());
+            }
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .with_context(|| format!("cannot open journal {}", self.path.display()))?;
+            self.append = Some(file);
+        }
+        self.append_line(line)
+    }
+
+    /// Ends a thaw or rollback: what the record still holds (hooks without a
+    /// completed thaw, filesystems) is written anew as one complete record;
+    /// idle when nothing is held.
+    pub fn settle(&mut self, why: &str) -> Result<()> {
+        let rest = match self.read() {
+            Recorded::Held(h) => h,
+            _ => Held::default(),
+        };
+        self.finish_held(&rest, why)
     }
 
     /// Ends a freeze record, keeping what `rest` still holds (hooks not
@@ -249,10 +291,24 @@ fn parse(bytes: &[u8]) -> Recorded {
                 .filter(|p| !p.is_empty())
                 .map(|p| PathBuf::from(OsString::from_vec(p)))
         };
+        let name = || {
+            decode(rest)
+                .filter(|n| !n.is_empty())
+                .map(OsString::from_vec)
+        };
         match word {
-            "start" if !held.complete => match decode(rest) {
-                Some(name) if !name.is_empty() => held.names.push(OsString::from_vec(name)),
-                _ => return bad(),
+            // Carried from an earlier freeze, or started in this one: held,
+            // once, at its latest place in the freeze order.
+            "held" | "start" if !held.complete => match name() {
+                Some(n) => {
+                    held.names.retain(|h| h != &n);
+                    held.names.push(n);
+                }
+                None => return bad(),
+            },
+            "thawed" => match name() {
+                Some(n) => held.names.retain(|h| h != &n),
+                None => return bad(),
             },
             "frozen" => held.complete = true,
             "watchdog" => {
@@ -423,15 +479,57 @@ mod tests {
         };
         assert!(after.filesystems.is_empty() && after.frozen_at_ms.is_none());
         assert_eq!(after.names.len(), 2);
-        j.finish(h.since_ms, std::slice::from_ref(&odd), "thaw")
-            .unwrap();
+        // A thaw: 10-app's ran to its end, the other's was cut off.
+        j.thawed("10-app".as_ref()).unwrap();
+        j.settle("thaw").unwrap();
         let Recorded::Held(rest) = j.read() else {
             panic!("hooks still held");
         };
         assert_eq!(rest.names, vec![odd.clone()]);
         assert!(rest.complete && rest.filesystems.is_empty());
-        j.finish(h.since_ms, &[], "thaw").unwrap();
+        j.thawed(&odd).unwrap();
+        j.settle("thaw").unwrap();
         assert_eq!(j.read(), Recorded::Idle);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_freeze_carries_what_an_earlier_one_left_held() {
+        let dir = temp_dir("carry");
+        let mut j = Journal::new(&dir);
+        j.begin_freeze().unwrap();
+        for n in ["10", "20", "30"] {
+            j.started(n.as_ref()).unwrap();
+        }
+        j.mark_frozen().unwrap();
+        // No thaw; a second freeze starts 10 and 20, fails at 20 and rolls
+        // back 20 and 10: 30 is still frozen from the first.
+        let mut j = Journal::new(&dir);
+        j.begin_freeze().unwrap();
+        j.started("10".as_ref()).unwrap();
+        j.started("20".as_ref()).unwrap();
+        let Recorded::Held(h) = j.read() else {
+            panic!("held");
+        };
+        assert_eq!(h.names, ["30", "10", "20"].map(OsString::from));
+        j.thawed("20".as_ref()).unwrap();
+        j.thawed("10".as_ref()).unwrap();
+        j.settle("rollback").unwrap();
+        let Recorded::Held(h) = j.read() else {
+            panic!("30 must stay recorded");
+        };
+        assert_eq!(h.names, [OsString::from("30")]);
+        // However many freezes follow, one held name is one entry.
+        for _ in 0..10 {
+            let mut j = Journal::new(&dir);
+            j.begin_freeze().unwrap();
+            j.started("30".as_ref()).unwrap();
+            j.mark_frozen().unwrap();
+        }
+        let Recorded::Held(h) = j.read() else {
+            panic!("held");
+        };
+        assert_eq!(h.names, [OsString::from("30")]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -59,6 +59,12 @@ impl Outcome {
         matches!(self, Outcome::Exited(0))
     }
 
+    /// The program ran to its own end (any status): not cut off, killed,
+    /// refused or never started.
+    pub fn ran_to_end(&self) -> bool {
+        matches!(self, Outcome::Exited(_))
+    }
+
     /// The number the stock log line shows: the exit code, or 128+signal as a
     /// shell reports it.
     pub fn status_code(&self) -> i32 {

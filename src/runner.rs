@@ -95,16 +95,17 @@ impl<'a> Runner<'a> {
     /// Runs the freeze hooks in order. The first failure under `abort` stops
     /// the phase and thaws, in reverse, every hook whose freeze started.
     pub fn freeze(&mut self, hooks: &[Hook]) -> End {
-        if let Recorded::Held(held) = self.journal.read() {
+        if let Recorded::Held(held) = self.journal.read()
+            && !held.names.is_empty()
+        {
             self.log.warn(&format!(
-                "the previous freeze was never thawed (hooks {}); starting a new one",
+                "the previous freeze was never thawed (hooks {}); starting a new one, they stay recorded for the next thaw",
                 list(&held.names)
             ));
         }
-        let since_ms = match self.journal.begin_freeze() {
-            Ok(t) => t,
-            Err(e) => return End::Failed(format!("freeze refused, no hook run: {e:#}")),
-        };
+        if let Err(e) = self.journal.begin_freeze() {
+            return End::Failed(format!("freeze refused, no hook run: {e:#}"));
+        }
         let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
         let mut started: Vec<Hook> = Vec::new();
         let mut failure = None;
@@ -168,7 +169,7 @@ impl<'a> Runner<'a> {
             .with("hooks", started.len() as u64),
         );
         let rollback = self.rollback(&started);
-        if let Err(e) = self.journal.finish(since_ms, &rollback.not_run, "rollback") {
+        if let Err(e) = self.journal.settle("rollback") {
             self.log.warn(&format!("{e:#}"));
         }
         let mut line = format!("freeze aborted: {cause}");
@@ -193,7 +194,7 @@ impl<'a> Runner<'a> {
     /// failed after its hooks (a FIFREEZE failure): `FSFREEZE_ROLLBACK=1`.
     pub fn thaw_as(&mut self, found: Option<&Discovery>, rollback: bool) -> End {
         let all: &[Hook] = found.map_or(&[], |d| &d.hooks);
-        let (since_ms, mut plan, mut failures) = match self.journal.read() {
+        let (mut plan, mut failures) = match self.journal.read() {
             Recorded::Idle => {
                 self.log
                     .line("no freeze recorded since the last thaw or rollback; no hook runs");
@@ -201,14 +202,14 @@ impl<'a> Runner<'a> {
             }
             Recorded::Absent => {
                 self.log.line("no journal (first run since boot); thawing every hook, as the stock script does");
-                (crate::journal::now_ms(), all.to_vec(), Vec::new())
+                (all.to_vec(), Vec::new())
             }
             Recorded::Corrupt(why) => {
                 self.log.warn(&format!(
                     "journal {} is unusable ({why}); treated as absent: thawing every hook",
                     escape_path(self.journal.path())
                 ));
-                (crate::journal::now_ms(), all.to_vec(), Vec::new())
+                (all.to_vec(), Vec::new())
             }
             Recorded::Held(held) => {
                 if !held.complete {
@@ -217,18 +218,24 @@ impl<'a> Runner<'a> {
                         held.names.len()
                     ));
                 }
-                let (plan, missing) = resolve(&held.names, found);
+                let (plan, missing, gone) = resolve(&held.names, found);
                 for m in &missing {
                     self.log.warn(m);
                 }
-                (held.since_ms, plan, missing)
+                // Nothing can ever thaw a hook that no longer exists:
+                // reported once, then no longer held.
+                for name in &gone {
+                    if let Err(e) = self.journal.thawed(name) {
+                        self.log.warn(&format!("{e:#}"));
+                    }
+                }
+                (plan, missing)
             }
         };
         if self.settings.thaw_order == ThawOrder::Reverse {
             plan.reverse();
         }
         let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
-        let mut not_run: Vec<OsString> = Vec::new();
         for (i, hook) in plan.iter().enumerate() {
             let stop = self.stop_signal();
             let limits = self.limits_for(hook, deadline, true);
@@ -245,20 +252,22 @@ impl<'a> Runner<'a> {
                     "{why}; {} hook(s) not thawed, kept for the next thaw",
                     plan.len() - i
                 ));
-                not_run = plan[i..].iter().map(|h| h.name.clone()).collect();
                 break;
             };
             let fin = self.open_and_run(hook, Phase::Thaw, rollback, limits);
+            self.record_thaw(hook, &fin);
             if !fin.outcome.success() {
-                failures.push(format!("{} {}", hook.display_name(), fin.summary()));
+                let kept = if fin.outcome.ran_to_end() {
+                    ""
+                } else {
+                    " (kept for the next thaw)"
+                };
+                failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
             }
-        }
-        if self.settings.thaw_order == ThawOrder::Reverse {
-            not_run.reverse();
         }
         if let Err(e) = crate::journal::ensure_state_dir(&self.settings.state_dir).and_then(|()| {
             let why = if rollback { "rollback" } else { "thaw" };
-            self.journal.finish(since_ms, &not_run, why)
+            self.journal.settle(why)
         }) {
             self.log.warn(&format!("{e:#}"));
         }
@@ -268,6 +277,16 @@ impl<'a> Runner<'a> {
             return End::Done;
         }
         self.ended(format!("thaw failed: {}", failures.join("; ")))
+    }
+
+    /// A thaw that ran to its end (whatever its status) releases the hook
+    /// in the journal; one cut off, refused or not started keeps it held.
+    fn record_thaw(&mut self, hook: &Hook, fin: &Finished) {
+        if fin.outcome.ran_to_end()
+            && let Err(e) = self.journal.thawed(&hook.name)
+        {
+            self.log.warn(&format!("{e:#}"));
+        }
     }
 
     fn ended(&self, line: String) -> End {
@@ -301,6 +320,7 @@ impl<'a> Runner<'a> {
                 break;
             };
             let fin = self.open_and_run(hook, Phase::Thaw, true, limits);
+            self.record_thaw(hook, &fin);
             if !fin.outcome.success() {
                 out.failures.push(format!(
                     "{} {}",
@@ -495,10 +515,15 @@ struct Rollback {
 
 /// Maps the journal's names to hooks of the current dir, in journal order.
 /// A recorded hook that is gone or no longer runnable cannot be thawed: that
-/// is reported, since whatever it holds stays held.
-fn resolve(names: &[OsString], found: Option<&Discovery>) -> (Vec<Hook>, Vec<String>) {
+/// is reported (second list); one that no longer exists at all is also
+/// returned in the third, since nothing can ever thaw it.
+fn resolve(
+    names: &[OsString],
+    found: Option<&Discovery>,
+) -> (Vec<Hook>, Vec<String>, Vec<OsString>) {
     let mut plan = Vec::new();
     let mut missing = Vec::new();
+    let mut gone = Vec::new();
     for name in names {
         let hook = found.and_then(|d| d.hooks.iter().find(|h| &h.name == name));
         if let Some(h) = hook {
@@ -508,14 +533,20 @@ fn resolve(names: &[OsString], found: Option<&Discovery>) -> (Vec<Hook>, Vec<Str
         let skipped = found.and_then(|d| d.skipped.iter().find(|s| &s.name == name));
         missing.push(match skipped {
             Some(s) => format!(
-                "{} froze but is now skipped ({}); not thawed",
+                "{} froze but is now skipped ({}); not thawed, kept for the next thaw",
                 escape(name),
                 s.reason
             ),
-            None => format!("{} froze but no longer exists; not thawed", escape(name)),
+            None => {
+                gone.push(name.clone());
+                format!(
+                    "{} froze but no longer exists; not thawed, and no longer recorded",
+                    escape(name)
+                )
+            }
         });
     }
-    (plan, missing)
+    (plan, missing, gone)
 }
 
 fn list(names: &[OsString]) -> String {

@@ -63,6 +63,9 @@ pub fn thaw_hooks(
         Err(msg) => return End::Failed(format!("thaw refused, no hook run: {msg}")),
     };
     let mut runner = Runner::new(settings, log, events);
+    if let Err(e) = runner.journal_mut().note_fs_thawed() {
+        log.warn(&format!("{e:#}"));
+    }
     let held = matches!(runner.journal().read(), Recorded::Held(_));
     let end = if found.is_none() && !held {
         // The stock script's behaviour: no hooks dir, nothing to do.
@@ -77,13 +80,19 @@ pub fn thaw_hooks(
     if fs_failed.is_empty() {
         return end;
     }
-    let keep = Held {
-        since_ms: now_ms(),
-        complete: true,
-        filesystems: fs_failed.iter().rev().map(|(p, _)| p.clone()).collect(),
-        ..Held::default()
+    // What the hooks' thaw left held stays; the filesystems whose thaw
+    // failed are added to it.
+    let mut journal = Journal::new(&settings.state_dir);
+    let mut keep = match journal.read() {
+        Recorded::Held(h) => h,
+        _ => Held {
+            since_ms: now_ms(),
+            ..Held::default()
+        },
     };
-    if let Err(e) = Journal::new(&settings.state_dir).finish_held(&keep, "thaw") {
+    keep.complete = true;
+    keep.filesystems = fs_failed.iter().rev().map(|(p, _)| p.clone()).collect();
+    if let Err(e) = journal.finish_held(&keep, "thaw") {
         log.warn(&format!("{e:#}"));
     }
     let fs = fs_failed

@@ -306,3 +306,166 @@ fn rehearse_shows_progress_of_slow_hooks_plain_or_on_a_terminal() {
         "{text:?}"
     );
 }
+
+// ---- the journal never forgets a frozen hook --------------------------------
+
+/// A tracing hook whose freeze fails while `flag` exists.
+fn failing_while(env: &Env, name: &str, flag: &std::path::Path) {
+    env.tracing_hook(
+        name,
+        &format!(
+            "[ \"$1\" = freeze ] && [ -e '{}' ] && exit 1\nexit 0",
+            flag.display()
+        ),
+    );
+}
+
+/// A tracing hook whose thaw hangs (after its trace line) while `flag`
+/// exists; it writes its pid (its process group's) to `<flag>.hanging` when
+/// it starts hanging.
+fn thaw_hanging_while(env: &Env, name: &str, flag: &std::path::Path) {
+    env.tracing_hook(
+        name,
+        &format!(
+            "if [ \"$1\" = thaw ] && [ -e '{f}' ]; then echo $$ > '{f}.tmp'; mv '{f}.tmp' '{f}.hanging'; sleep 30; fi\nexit 0",
+            f = flag.display()
+        ),
+    );
+}
+
+#[test]
+fn a_second_freeze_and_its_rollback_keep_what_the_first_left_frozen() {
+    let env = Env::new();
+    let flag = env.path().join("fail-20");
+    env.tracing_hook("10-a", "");
+    failing_while(&env, "20-b", &flag);
+    env.tracing_hook("30-c", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    // No thaw came; the next freeze fails at 20-b and rolls back 20-b, 10-a.
+    std::fs::write(&flag, "").unwrap();
+    env.clear_trace();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(
+        &run.log,
+        "the previous freeze was never thawed (hooks 10-a, 20-b, 30-c)",
+    );
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "20-b freeze rollback=0",
+            "20-b thaw rollback=1",
+            "10-a thaw rollback=1"
+        ]
+    );
+    // 30-c is still frozen from the first freeze: the thaw runs it.
+    env.clear_trace();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(env.trace(), ["30-c thaw rollback=0"]);
+    env.clear_trace();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(env.trace().is_empty(), "{:?}", env.trace());
+}
+
+#[test]
+fn ten_freezes_and_rollbacks_without_a_thaw_still_thaw_what_the_first_froze() {
+    let env = Env::new();
+    let flag = env.path().join("fail-20");
+    env.tracing_hook("10-a", "");
+    failing_while(&env, "20-b", &flag);
+    env.tracing_hook("30-c", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    std::fs::write(&flag, "").unwrap();
+    for _ in 0..9 {
+        assert_eq!(env.run(&["freeze"]).code, Some(1));
+    }
+    env.clear_trace();
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert_eq!(env.trace(), ["30-c thaw rollback=0"]);
+    // Every hook of a whole freeze, then, however many times it froze: one
+    // thaw each, in reverse.
+    std::fs::remove_file(&flag).unwrap();
+    for _ in 0..10 {
+        assert_eq!(env.run(&["freeze"]).code, Some(0));
+    }
+    env.clear_trace();
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert_eq!(
+        env.trace(),
+        [
+            "30-c thaw rollback=0",
+            "20-b thaw rollback=0",
+            "10-a thaw rollback=0"
+        ]
+    );
+    env.clear_trace();
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert!(env.trace().is_empty(), "{:?}", env.trace());
+}
+
+/// A thaw cut off in 20-b's thaw: 30-c's thaw completed, 20-b's did not,
+/// 10-a's never started. `cut` ends the thaw runner (given its child and
+/// the marker that 20-b hangs); the next thaw runs 20-b and 10-a, not 30-c.
+fn cut_off_thaw(config: &str, cut: impl FnOnce(&mut std::process::Child, &std::path::Path)) {
+    let env = Env::new();
+    env.set_config(config);
+    let flag = env.path().join("hang-20");
+    env.tracing_hook("10-a", "");
+    thaw_hanging_while(&env, "20-b", &flag);
+    env.tracing_hook("30-c", "");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    std::fs::write(&flag, "").unwrap();
+    env.clear_trace();
+    let hanging = env.path().join("hang-20.hanging");
+    let (mut child, _) = env.spawn_until(&["thaw"], &hanging);
+    cut(&mut child, &hanging);
+    let _ = child.wait();
+    assert_eq!(
+        env.trace(),
+        ["30-c thaw rollback=0", "20-b thaw rollback=0"]
+    );
+    std::fs::remove_file(&flag).unwrap();
+    env.clear_trace();
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        ["20-b thaw rollback=0", "10-a thaw rollback=0"],
+        "{}",
+        run.log
+    );
+}
+
+#[test]
+fn a_thaw_cut_off_by_sigterm_is_finished_by_the_next_thaw() {
+    cut_off_thaw("", |child, _| {
+        crate::common::signal(child, nix::sys::signal::Signal::SIGTERM)
+    });
+}
+
+#[test]
+fn a_thaw_runner_killed_mid_phase_leaves_the_rest_for_the_next_thaw() {
+    cut_off_thaw("", |child, hanging| {
+        // kill -9: no chance to write anything more; the hanging hook (its
+        // own process group) is ended by hand, as a reboot would.
+        crate::common::signal(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait();
+        let pgid = crate::common::read_pid(hanging);
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_thaw_cut_off_by_the_phase_deadline_is_finished_by_the_next_thaw() {
+    cut_off_thaw(
+        "phase_timeout = \"1s\"\nkill_grace = \"100ms\"\n",
+        |_, _| {},
+    );
+}
