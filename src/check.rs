@@ -215,10 +215,25 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     let listing = list::inspect(&settings, root);
     let dir = escape_path(&settings.hooks_dir);
     match &listing.problem {
-        Some(p) if p.ends_with("does not exist") => out.push(problem(
-            p.clone(),
-            format!("run `fsfreeze-hook enable` (or `install -d -m 0755 {dir}`) and put hook scripts there"),
-        )),
+        Some(p) if p.ends_with("does not exist") => {
+            match scripts_elsewhere(root, hook, &settings.hooks_dir) {
+                Some((other, n)) => out.push(problem(
+                    format!(
+                        "{p}, but {} holds {n} script(s), which never run: qemu-ga's hook {} reads {dir}",
+                        escape_path(&other),
+                        hook.display()
+                    ),
+                    format!(
+                        "move them: `install -d -m 0755 {dir} && mv {}/* {dir}/`",
+                        escape_path(&other)
+                    ),
+                )),
+                None => out.push(problem(
+                    p.clone(),
+                    format!("run `fsfreeze-hook enable` (or `install -d -m 0755 {dir}`) and put hook scripts there"),
+                )),
+            }
+        }
         Some(p) => out.push(problem(p.clone(), "make it owned by root and not writable by group or others (chown root: ...; chmod go-w ...)")),
         None => out.push(Finding::Ok(format!("hooks dir {dir} exists and is trusted"))),
     }
@@ -241,6 +256,27 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     }
     writable(&settings.log_file, "log", out);
     writable(&settings.state_dir, "state dir", out);
+}
+
+/// Another hooks dir with entries, where an administrator may have put
+/// scripts meant for `hook`: `<hook>.d` (which `enable` once created), and
+/// the usual dirs of Debian and RHEL. With how many entries it holds.
+fn scripts_elsewhere(root: &Path, hook: &Path, reads: &Path) -> Option<(PathBuf, usize)> {
+    let mut beside = hook.as_os_str().to_os_string();
+    beside.push(".d");
+    let candidates = [
+        PathBuf::from(beside),
+        PathBuf::from("/etc/qemu/fsfreeze-hook.d"),
+        PathBuf::from("/etc/qemu-ga/fsfreeze-hook.d"),
+    ];
+    candidates.into_iter().find_map(|guest| {
+        let at = in_root(root, &guest);
+        if at == reads {
+            return None;
+        }
+        let n = fs::read_dir(&at).ok()?.filter_map(|e| e.ok()).count();
+        (n > 0).then_some((at, n))
+    })
 }
 
 /// Skips that are the naming convention working as meant.

@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, in_root};
+use crate::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, entry_in_root, in_root};
 use crate::app::{EXIT_OK, EXIT_SETUP, fail};
 
 const RECORD_HEADER: &str = "fsfreeze-hook enable 1";
@@ -117,8 +117,14 @@ impl Plan {
         println!("{}{msg}", if self.dry_run { "would: " } else { "" });
     }
 
+    /// Where to read `guest` (inside the root, whatever its links say).
     fn path(&self, guest: &Path) -> PathBuf {
         in_root(&self.root, guest)
+    }
+
+    /// The entry to write, rename or remove for `guest` (inside the root).
+    fn entry(&self, guest: &Path) -> PathBuf {
+        entry_in_root(&self.root, guest)
     }
 
     fn mkdir(&mut self, guest: &Path) -> std::io::Result<()> {
@@ -134,8 +140,8 @@ impl Plan {
         for dir in missing.into_iter().rev() {
             self.say(&format!("create {} (mode 0755)", dir.display()));
             if !self.dry_run {
-                fs::DirBuilder::new().mode(0o755).create(self.path(&dir))?;
-                fs::set_permissions(self.path(&dir), fs::Permissions::from_mode(0o755))?;
+                fs::DirBuilder::new().mode(0o755).create(self.entry(&dir))?;
+                fs::set_permissions(self.entry(&dir), fs::Permissions::from_mode(0o755))?;
             }
             self.done.push(Change::Dir(dir));
         }
@@ -146,18 +152,37 @@ impl Plan {
         if self.dry_run {
             return Ok(());
         }
-        let target = self.path(guest);
+        let target = self.entry(guest);
         let tmp = target.with_extension("fsfreeze-hook-new");
+        // A new file of our own: whatever the tree held at that name (a
+        // symlink out of it, say) is removed, not followed.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
         fs::rename(tmp, target)
+    }
+}
+
+/// The hooks dir the runner will read when qemu-ga runs `hook` (the
+/// stock rule, `fsfreeze-hook.d` beside the hook, unless the config beside
+/// it says otherwise), as a path of the system at `root`.
+pub fn hooks_dir_of(root: &Path, hook: &Path) -> PathBuf {
+    match crate::config::Settings::load_for_agent(hook, root) {
+        Ok(s) => match s.hooks_dir.strip_prefix(root) {
+            Ok(inside) => Path::new("/").join(inside),
+            Err(_) => s.hooks_dir,
+        },
+        Err(_) => crate::config::default_hooks_dir(hook),
     }
 }
 
@@ -229,7 +254,7 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
                     stock.display()
                 ));
                 if !dry_run {
-                    fs::rename(&hook_at, plan.path(&stock)).map_err(|e| e.to_string())?;
+                    fs::rename(plan.entry(&hook), plan.entry(&stock)).map_err(|e| e.to_string())?;
                 }
                 plan.done.push(Change::Stock(hook.clone(), stock));
             }
@@ -251,9 +276,7 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
             plan.done.push(Change::Hook(hook.clone()));
         }
     }
-    let mut hooks_dir = hook.as_os_str().to_os_string();
-    hooks_dir.push(".d");
-    plan.mkdir(Path::new(&hooks_dir))
+    plan.mkdir(&hooks_dir_of(root, &hook))
         .map_err(|e| e.to_string())?;
     if let Some(conf) = conf_to_set {
         let at = plan.path(&conf);
@@ -267,10 +290,11 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
                     backup.display()
                 ));
                 if !dry_run {
-                    fs::copy(&at, plan.path(&backup)).map_err(|e| e.to_string())?;
                     let mode = fs::metadata(&at)
                         .map(|m| m.permissions().mode() & 0o7777)
                         .unwrap_or(0o644);
+                    plan.write_file(&backup, text.as_bytes(), mode)
+                        .map_err(|e| e.to_string())?;
                     plan.write_file(&conf, with_hook(&text, &hook).as_bytes(), mode)
                         .map_err(|e| e.to_string())?;
                 }
@@ -346,6 +370,7 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
         done: Vec::new(),
     };
     let at = |p: &Path| plan.path(p);
+    let entry = |p: &Path| plan.entry(p);
     // Undo in reverse order of doing.
     for change in changes.iter().rev() {
         match change {
@@ -361,7 +386,7 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
                         backup.display()
                     ));
                     if !dry_run {
-                        fs::rename(at(backup), at(conf)).map_err(|e| e.to_string())?;
+                        fs::rename(entry(backup), entry(conf)).map_err(|e| e.to_string())?;
                     }
                 } else {
                     // Edited since: take out only our line.
@@ -375,21 +400,25 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
                             .split_inclusive('\n')
                             .filter(|l| l.trim() != line)
                             .collect();
-                        fs::write(at(conf), kept).map_err(|e| e.to_string())?;
-                        let _ = fs::remove_file(at(backup));
+                        let mode = fs::metadata(at(conf))
+                            .map(|m| m.permissions().mode() & 0o7777)
+                            .unwrap_or(0o644);
+                        plan.write_file(conf, kept.as_bytes(), mode)
+                            .map_err(|e| e.to_string())?;
+                        let _ = fs::remove_file(entry(backup));
                     }
                 }
             }
             Change::ConfCreated(conf) => {
                 plan.say(&format!("remove {}", conf.display()));
                 if !dry_run {
-                    let _ = fs::remove_file(at(conf));
+                    let _ = fs::remove_file(entry(conf));
                 }
             }
             Change::Hook(path) => {
                 plan.say(&format!("remove {}", path.display()));
                 if !dry_run {
-                    let _ = fs::remove_file(at(path));
+                    let _ = fs::remove_file(entry(path));
                 }
             }
             Change::Stock(path, stock) => {
@@ -399,7 +428,7 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
                     path.display()
                 ));
                 if !dry_run {
-                    fs::rename(at(stock), at(path)).map_err(|e| e.to_string())?;
+                    fs::rename(entry(stock), entry(path)).map_err(|e| e.to_string())?;
                 }
             }
             Change::Dir(dir) => {
@@ -407,7 +436,7 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
                 if empty {
                     plan.say(&format!("remove the empty {}", dir.display()));
                     if !dry_run {
-                        let _ = fs::remove_dir(at(dir));
+                        let _ = fs::remove_dir(entry(dir));
                     }
                 } else {
                     println!("keep {}: it is not empty", dir.display());
@@ -417,7 +446,7 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
     }
     plan.say(&format!("remove {}", record_path(&hook).display()));
     if !dry_run {
-        let _ = fs::remove_file(&rec);
+        let _ = fs::remove_file(plan.entry(&record_path(&hook)));
     }
     println!("then restart the agent: {RESTART}");
     Ok(())

@@ -448,3 +448,149 @@ fn check_names_a_stock_script_that_dies_under_dash() {
         }
     }
 }
+
+/// Host files next to an image: none may change, whatever the image says.
+struct Outside {
+    dir: PathBuf,
+}
+
+impl Outside {
+    fn new(top: &Path) -> Outside {
+        let dir = top.join("elsewhere");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("victim"), "host file\n").unwrap();
+        fs::write(dir.join("secret"), "host secret\n").unwrap();
+        Outside { dir }
+    }
+}
+
+/// No file of `root` holds the host's secret.
+fn no_secret_inside(root: &Path) {
+    for (path, (_, body)) in tree(root) {
+        assert!(
+            !String::from_utf8_lossy(&body).contains("host secret"),
+            "{} holds the host's secret",
+            path.display()
+        );
+    }
+}
+
+/// `enable` then `disable` on an image made by `make`; the host dir beside
+/// it stays byte-identical and no host data lands in the image.
+fn confined(test: &str, make: impl Fn(&Path, &Outside)) {
+    let top = tempfile::tempdir().unwrap();
+    let outside = Outside::new(top.path());
+    let img = top.path().join("img");
+    debian(&img);
+    make(&img, &outside);
+    let before = tree(&outside.dir);
+    for cmd in ["enable", "disable"] {
+        let out = run(&[cmd, "--root", &at(&img)]);
+        assert_eq!(
+            tree(&outside.dir),
+            before,
+            "{test}: {cmd} wrote outside the image:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        no_secret_inside(&img);
+    }
+}
+
+#[test]
+fn enable_and_disable_never_write_outside_the_image() {
+    if !require_root("image_confined") {
+        return;
+    }
+    // The hook named through `..`.
+    confined("dotdot hook", |img, _| {
+        put(
+            img,
+            "/etc/qemu/qemu-ga.conf",
+            "[general]\nfsfreeze-hook=/../elsewhere/victim\n",
+            0o644,
+        );
+    });
+    // An absolute symlink in the image to the host dir.
+    confined("absolute link", |img, outside| {
+        fs::remove_dir_all(img.join("etc/qemu")).unwrap();
+        std::os::unix::fs::symlink(&outside.dir, img.join("etc/qemu")).unwrap();
+    });
+    // qemu-ga.conf a link to a host file: never read into the image.
+    confined("conf link", |img, outside| {
+        std::os::unix::fs::symlink(
+            outside.dir.join("secret"),
+            img.join("etc/qemu/qemu-ga.conf"),
+        )
+        .unwrap();
+    });
+    // Links planted where enable writes its temp file and the backup.
+    confined("planted links", |img, outside| {
+        put(
+            img,
+            "/etc/qemu/qemu-ga.conf",
+            "[general]\nverbose=true\n",
+            0o644,
+        );
+        for name in [
+            "etc/qemu/fsfreeze-hook.fsfreeze-hook-new",
+            "etc/qemu/qemu-ga.fsfreeze-hook-new",
+            "etc/qemu/qemu-ga.conf.before-fsfreeze-hook",
+        ] {
+            std::os::unix::fs::symlink(outside.dir.join("victim"), img.join(name)).unwrap();
+        }
+    });
+    // A record of `enable` that the image brought along, naming host paths.
+    confined("forged record", |img, _| {
+        put(
+            img,
+            "/etc/qemu/fsfreeze-hook.enabled",
+            "fsfreeze-hook enable 1\nhook /../elsewhere/victim\nstock /../elsewhere/secret /../elsewhere/victim\ndir /../elsewhere\nconf-created /../../elsewhere/secret\n",
+            0o644,
+        );
+    });
+}
+
+#[test]
+fn enable_makes_the_hooks_dir_the_runner_reads_and_check_flags_scripts_elsewhere() {
+    if !require_root("hooks_dir_rule") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    fs::remove_dir(root.path().join("etc/qemu/fsfreeze-hook.d")).unwrap();
+    put(
+        root.path(),
+        "/etc/qemu/qemu-ga.conf",
+        "[general]\nfsfreeze-hook=/etc/qemu/my-hook\n",
+        0o644,
+    );
+    // Scripts put where an earlier enable said (beside the hook, `.d`).
+    put(
+        root.path(),
+        "/etc/qemu/my-hook.d/10-db",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    let check = run(&["check", "--root", &r]);
+    assert_has(
+        &check.stdout,
+        &format!(
+            "{}/etc/qemu/fsfreeze-hook.d does not exist, but {}/etc/qemu/my-hook.d holds 1 script(s), which never run",
+            root.path().display(),
+            root.path().display()
+        ),
+    );
+    let out = run(&["enable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_has(&out.stdout, "create /etc/qemu/fsfreeze-hook.d (mode 0755)");
+    assert!(root.path().join("etc/qemu/fsfreeze-hook.d").is_dir());
+    assert!(!root.path().join("etc/qemu/my-hook.d.d").exists());
+    let check = run(&["check", "--root", &r]);
+    assert!(
+        !check.stdout.contains("my-hook.d holds"),
+        "{}",
+        check.stdout
+    );
+}

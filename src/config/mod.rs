@@ -135,8 +135,10 @@ impl Settings {
     /// `hook` is the guest path qemu-ga runs, and every path is mapped into
     /// `root`.
     pub fn load_for_agent(hook: &Path, root: &Path) -> Result<Settings, ConfigError> {
-        let in_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
-        let argv0 = in_root(hook);
+        let in_root = |p: &Path| crate::agent::in_root(root, p);
+        // The hook as qemu-ga names it (not where a symlink leads): its
+        // hooks dir and config are beside that name.
+        let argv0 = crate::agent::entry_in_root(root, hook);
         let located = locate_config(None, None, &argv0, root);
         let mut s = Settings::from_file(located, &argv0, &Overrides::default(), true)?;
         if !s.hooks_dir.starts_with(root) {
