@@ -407,6 +407,7 @@ pub fn snapshot(
         progress: None,
     };
     let mut signal_seen = None;
+    let mut stopped = None;
     // COMMAND's end: its status, why it was cut short, and its watch if it
     // still runs (to be ended after the thaw).
     let (code, why, running) = match spawn_command(command) {
@@ -428,15 +429,18 @@ pub fn snapshot(
                     )),
                     Some(watch),
                 ),
-                WaitEnd::Stopped(sig) => (
-                    128 + sig as u8,
-                    Some(format!(
-                        "got {}; thawed, then ended {}",
-                        sig.as_str(),
-                        shown(command)
-                    )),
-                    Some(watch),
-                ),
+                WaitEnd::Stopped(sig) => {
+                    stopped = Some(sig);
+                    (
+                        128 + sig as u8,
+                        Some(format!(
+                            "got {}; thawed, then ended {}",
+                            sig.as_str(),
+                            shown(command)
+                        )),
+                        Some(watch),
+                    )
+                }
             }
         }
     };
@@ -455,10 +459,19 @@ pub fn snapshot(
     let end = thaw_hooks(settings, log, events, &failed);
     dog.done();
     let hooks_failed = !matches!(end, End::Done | End::Nothing);
+    // The log's result is the snapshot's: COMMAND's failure (or its cut)
+    // counts as much as the hooks'; one stderr line says it all.
+    let command_failed = (code != 0)
+        .then(|| why.unwrap_or_else(|| format!("{} exited with status {code}", shown(command))));
+    let end = match (end, command_failed, stopped) {
+        (end, None, _) => end,
+        (End::Interrupted(sig, line), Some(f), _) => End::Interrupted(sig, format!("{f}; {line}")),
+        (End::Failed(line), Some(f), Some(sig)) => End::Interrupted(sig, format!("{f}; {line}")),
+        (End::Failed(line), Some(f), None) => End::Failed(format!("{f}; {line}")),
+        (End::Done | End::Nothing, Some(f), Some(sig)) => End::Interrupted(sig, f),
+        (End::Done | End::Nothing, Some(f), None) => End::Failed(f),
+    };
     let _ = app::finish(log, "snapshot", start, end);
-    if let Some(why) = why {
-        eprintln!("fsfreeze-hook: {why}");
-    }
     if hooks_failed && code == 0 {
         // COMMAND succeeded but the thaw did not: say so in the status.
         return ExitCode::from(app::EXIT_HOOK_FAILED);

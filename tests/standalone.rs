@@ -473,3 +473,58 @@ fn sigterm_to_the_watchdog_thaws() {
     );
     assert_lines(&env.log_text(), "it got SIGTERM; thawing", 1);
 }
+
+/// The log says what the exit status says: a snapshot whose COMMAND failed,
+/// ran past --max-frozen or could not start is logged as failed (text and
+/// JSON, level error), with one stderr line; a good one as ok.
+#[test]
+fn snapshot_logs_the_result_its_exit_status_gives() {
+    let Some(_exclusive) = freezing_test("snapshot_result") else {
+        return;
+    };
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    let m = fs.mnt.display().to_string();
+    let cases: [(&[&str], i32, &str); 4] = [
+        (&["--", "true"], 0, "ok"),
+        (&["--", "sh", "-c", "exit 7"], 7, "exited with status 7"),
+        (
+            &["--max-frozen", "1s", "--", "sleep", "5"],
+            124,
+            "frozen window of 1s expired",
+        ),
+        (&["--", "/nonexistent"], 127, "cannot run /nonexistent"),
+    ];
+    for format in ["text", "json"] {
+        for (tail, code, says) in cases {
+            env.set_config(&format!("log_format = \"{format}\"\n"));
+            let _ = fs::remove_file(&env.log);
+            let mut args = vec!["snapshot", "-m", &m];
+            args.extend_from_slice(tail);
+            let run = env.run(&args);
+            assert_eq!(run.code, Some(code), "{tail:?}: {run:?}");
+            assert!(!fs.frozen());
+            let end = run
+                .log
+                .lines()
+                .find(|l| l.contains("snapshot finished") || l.contains("\"run_end\""))
+                .unwrap_or_else(|| panic!("{tail:?}: no end line in {}", run.log));
+            assert!(end.contains(says), "{tail:?}: {end}");
+            if code == 0 {
+                assert!(
+                    end.contains(": ok") || end.contains("\"result\":\"ok\""),
+                    "{end}"
+                );
+                assert_eq!(run.stderr, "", "{tail:?}");
+            } else {
+                assert!(!end.contains(": ok"), "{tail:?}: {end}");
+                if format == "json" {
+                    assert!(end.contains("\"result\":\"failed\""), "{end}");
+                    assert!(end.contains("\"level\":\"error\""), "{end}");
+                }
+                assert_eq!(run.stderr.lines().count(), 1, "{tail:?}: {}", run.stderr);
+                assert_has(&run.stderr, says);
+            }
+        }
+    }
+}
