@@ -160,3 +160,36 @@ fn a_second_hold_replaces_a_stale_session_of_the_same_name() {
     assert_eq!(env.run(&["thaw"]).code, Some(0));
     assert!(eventually(Duration::from_secs(5), || !alive(second)));
 }
+
+/// COMMAND gets fds 0-2 only: not the keeper's end of the ready pipe (with
+/// it, a `hold` whose keeper died would wait for COMMAND to exit).
+#[test]
+fn the_held_command_gets_descriptors_0_1_2_only() {
+    let env = Env::new();
+    let pidfile = env.path().join("command.pid");
+    env.tracing_hook(
+        "20-holder",
+        &format!(
+            "case \"$1\" in\n\
+             freeze) \"$FSFREEZE_HOOK_BIN\" hold fds --max-hold 1m -- sh -c 'echo $$ > {p}; echo FSFREEZE-READY; exec sleep 60' ;;\n\
+             thaw) \"$FSFREEZE_HOOK_BIN\" release fds ;;\n\
+             esac",
+            p = pidfile.display()
+        ),
+    );
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let pid = read_pid(&pidfile);
+    assert!(eventually(Duration::from_secs(5), || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains("(sleep) S "))
+    }));
+    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2]);
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(eventually(Duration::from_secs(5), || !alive(pid)));
+}

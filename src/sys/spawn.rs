@@ -153,7 +153,8 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<Exit>> {
 /// Runs `body` in a process detached from the runner: a grandchild (the
 /// intermediate child exits at once, so init adopts it and the runner never
 /// waits for it), in its own session, in `/`, with fds 0-2 on /dev/null and no
-/// other descriptor than `keep`, renumbered 3, 4, ... and passed to `body`. It
+/// other descriptor than `keep`, renumbered 3, 4, ... (close-on-exec) and
+/// passed to `body`. It
 /// never holds the runner's lock, journal, or qemu-ga's pipe.
 pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[BorrowedFd<'_>])) -> io::Result<()> {
     let keep: Vec<RawFd> = keep.iter().map(|f| f.as_raw_fd()).collect();
@@ -185,6 +186,9 @@ pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[BorrowedFd<'_>])) -> 
                 for (i, &fd) in high.iter().enumerate() {
                     let target = 3 + i as RawFd;
                     libc::dup2(fd, target);
+                    // Kept by this process, not by what it executes (a hold
+                    // keeper's COMMAND gets fds 0-2 only).
+                    libc::fcntl(target, libc::F_SETFD, libc::FD_CLOEXEC);
                     placed.push(target);
                 }
                 let first = 3 + placed.len() as libc::c_int;
