@@ -112,7 +112,11 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
 /// Prints the one line a failure gets on stderr (qemu-ga 9.1+ hands it to the
 /// hypervisor as the error text) and returns `code`.
 pub fn fail(code: u8, line: &str) -> ExitCode {
-    eprintln!("fsfreeze-hook: {line}");
+    // One line, whatever a name in it holds: qemu-ga passes it on.
+    eprintln!(
+        "fsfreeze-hook: {}",
+        crate::hooks::escape_line(line.as_bytes())
+    );
     ExitCode::from(code)
 }
 

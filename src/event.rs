@@ -108,14 +108,18 @@ impl Event {
         self
     }
 
-    /// The text line, `<date>: <message>`.
+    /// The text line, `<date>: <message>`: one line whatever the message
+    /// holds (a control character in it, from a name someone chose, is
+    /// escaped as names are), so no caller can write a line that is not the
+    /// runner's own.
     pub fn text(&self) -> String {
         let prefix = match self.level {
             Level::Info => "",
             Level::Warning => "warning: ",
             Level::Error => "error: ",
         };
-        format!("{}: {prefix}{}\n", timestamp(), self.message)
+        let message = crate::hooks::escape_line(self.message.as_bytes());
+        format!("{}: {prefix}{message}\n", timestamp())
     }
 
     /// One JSON object on one line.

@@ -129,7 +129,7 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
             EXIT_SETUP,
             &format!(
                 "hold: \"{}\" is not a name (letters, digits, - _ .)",
-                args.name
+                crate::hooks::escape(std::ffi::OsStr::new(&args.name))
             ),
         );
     }
@@ -193,6 +193,14 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
 
 /// `release`: end the session held as `name`, and wait until it is gone.
 pub fn release(settings: &Settings, log: &Log, name: &str) -> ExitCode {
+    if !valid_name(name) {
+        let line = format!(
+            "release: \"{}\" is not a name (letters, digits, - _ .)",
+            crate::hooks::escape(std::ffi::OsStr::new(name))
+        );
+        log.line(&line);
+        return fail(EXIT_SETUP, &line);
+    }
     let Some(s) = sessions(settings).into_iter().find(|s| s.name == name) else {
         log.line(&format!("release {name}: nothing held under that name"));
         return ExitCode::from(EXIT_OK);

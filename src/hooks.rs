@@ -197,6 +197,26 @@ pub fn escape(name: &OsStr) -> String {
     out
 }
 
+/// One line of a hook's output for the text log: as [`escape`] does for
+/// names, but tab is kept; the line can so hold no newline, carriage return,
+/// escape sequence or NUL of its own.
+pub fn escape_line(line: &[u8]) -> String {
+    let mut out = String::with_capacity(line.len());
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() && c != '\t' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// [`escape`] for a path.
 pub fn escape_path(path: &Path) -> String {
     escape(path.as_os_str())

@@ -121,7 +121,8 @@ impl Log {
         }
     }
 
-    /// Appends a hook's output as it is. Without a usable log file it is
+    /// Appends whole lines of a hook's output, as `output` made them (escaped
+    /// text lines, or JSON events). Without a usable log file they are
     /// dropped: hook output is never sent to the runner's own streams, which
     /// qemu-ga 9.1+ reads until EOF.
     pub fn output(&self, bytes: &[u8]) {
@@ -228,12 +229,6 @@ impl Log {
 
     pub fn warn(&self, msg: &str) {
         self.event(Event::message(msg).level(Level::Warning));
-    }
-
-    /// One line of a hook's output, in JSON mode (text mode writes output as
-    /// it comes, through [`Log::output`]).
-    pub fn output_line(&self, hook: &str, line: &[u8]) {
-        self.output(crate::event::output_json(hook, line).as_bytes());
     }
 
     fn fall_back(&self, why: &str) {

@@ -4,6 +4,11 @@
 //! hook leaves behind (a lock holder) keep the pipe open after the hook
 //! exits; a detached relay then goes on copying what they print, so they are
 //! never cut off by SIGPIPE and never hold up the runner or qemu-ga.
+//!
+//! Output reaches the log in whole lines, each on a line of its own (a last
+//! line without a newline gets one): in text mode with control characters
+//! but tab escaped, so that a hook can neither forge a line of the runner's
+//! nor glue its last words to one; in JSON mode as one event a line.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -21,8 +26,61 @@ pub struct Capture {
     dropped: u64,
     /// The hook, for JSON output lines.
     label: String,
-    /// In JSON mode, the start of a line not ended yet.
+    lines: Lines,
+}
+
+/// A line longer than this without a newline is logged in pieces of this
+/// size (so an unlimited output keeps bounded memory).
+const LONGEST_LINE: usize = 64 * 1024;
+
+/// Output bytes cut into log lines (see the module's doc).
+struct Lines {
     partial: Vec<u8>,
+    /// JSON mode: the hook's name for the output events.
+    json_label: Option<String>,
+}
+
+impl Lines {
+    fn new(json_label: Option<String>) -> Lines {
+        Lines {
+            partial: Vec::new(),
+            json_label,
+        }
+    }
+
+    /// Takes `bytes` and writes every line they complete.
+    fn push(&mut self, bytes: &[u8], write: &mut impl FnMut(&[u8])) {
+        self.partial.extend_from_slice(bytes);
+        loop {
+            let end = match self.partial.iter().position(|&b| b == b'\n') {
+                Some(end) => end + 1,
+                None if self.partial.len() >= LONGEST_LINE => LONGEST_LINE,
+                None => return,
+            };
+            let line: Vec<u8> = self.partial.drain(..end).collect();
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
+            write(&self.format(line));
+        }
+    }
+
+    /// Writes the rest, a line without its newline, as a whole line.
+    fn finish(&mut self, write: &mut impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            write(&self.format(&rest));
+        }
+    }
+
+    fn format(&self, line: &[u8]) -> Vec<u8> {
+        match &self.json_label {
+            Some(hook) => crate::event::output_json(hook, line).into_bytes(),
+            None => {
+                let mut text = crate::hooks::escape_line(line).into_bytes();
+                text.push(b'\n');
+                text
+            }
+        }
+    }
 }
 
 impl Capture {
@@ -38,7 +96,7 @@ impl Capture {
             kept: 0,
             dropped: 0,
             label,
-            partial: Vec::new(),
+            lines: Lines::new(None),
         };
         Ok((capture, write))
     }
@@ -78,16 +136,9 @@ impl Capture {
         }
     }
 
-    /// Text mode: bytes as they come. JSON mode: one event per line.
     fn emit(&mut self, log: &Log, bytes: &[u8]) {
-        if !log.is_json() {
-            return log.output(bytes);
-        }
-        self.partial.extend_from_slice(bytes);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            log.output_line(&self.label, &line[..line.len() - 1]);
-        }
+        self.lines.json_label = log.is_json().then(|| self.label.clone());
+        self.lines.push(bytes, &mut |line| log.output(line));
     }
 
     /// After the hook ended: takes what is left, hands the pipe to a relay
@@ -95,9 +146,8 @@ impl Capture {
     /// many bytes the hook wrote (kept or not).
     pub fn finish(mut self, log: &Log, label: &str) -> u64 {
         self.pump(log);
-        if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
-            log.output_line(&self.label, &rest);
+        if self.read.is_none() {
+            self.lines.finish(&mut |line| log.output(line));
         }
         let written = self.kept + self.dropped;
         if self.dropped > 0 {
@@ -110,6 +160,9 @@ impl Capture {
             limit: self.limit,
             remaining: self.limit.map(|l| l.saturating_sub(self.kept)),
             json_label: log.is_json().then(|| self.label.clone()),
+            // A line the hook began is ended by the relay, which gets the
+            // rest of it.
+            partial: std::mem::take(&mut self.lines.partial),
         };
         let handed = match log.file_fd() {
             Some(log_fd) => crate::sys::detach(&[read.as_fd(), log_fd], |fds| {
@@ -144,6 +197,8 @@ struct Budget {
     limit: Option<u64>,
     remaining: Option<u64>,
     json_label: Option<String>,
+    /// The start of a line the hook did not end.
+    partial: Vec<u8>,
 }
 
 /// The relay's loop, in the detached process: copy until every writer is
@@ -153,27 +208,20 @@ fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, labe
     let _ = fcntl(read, FcntlArg::F_SETFL(OFlag::empty()));
     let mut dropped = 0u64;
     let mut buf = [0u8; 64 * 1024];
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = Lines::new(budget.json_label.clone());
+    lines.partial = budget.partial.clone();
+    let mut write = |line: &[u8]| {
+        if let Some(fd) = log {
+            write_all(fd, line);
+        }
+    };
     loop {
         match nix::unistd::read(read, &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 let keep = remaining.map_or(n as u64, |r| r.min(n as u64)) as usize;
-                if let (Some(fd), true) = (log, keep > 0) {
-                    match &budget.json_label {
-                        None => write_all(fd, &buf[..keep]),
-                        Some(hook) => {
-                            partial.extend_from_slice(&buf[..keep]);
-                            while let Some(end) = partial.iter().position(|&b| b == b'\n') {
-                                let line: Vec<u8> = partial.drain(..=end).collect();
-                                write_all(
-                                    fd,
-                                    crate::event::output_json(hook, &line[..line.len() - 1])
-                                        .as_bytes(),
-                                );
-                            }
-                        }
-                    }
+                if keep > 0 {
+                    lines.push(&buf[..keep], &mut write);
                 }
                 if let Some(r) = remaining.as_mut() {
                     *r -= keep as u64;
@@ -184,9 +232,7 @@ fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, labe
             Err(_) => break,
         }
     }
-    if let (Some(fd), Some(hook), false) = (log, &budget.json_label, partial.is_empty()) {
-        write_all(fd, crate::event::output_json(hook, &partial).as_bytes());
-    }
+    lines.finish(&mut write);
     if let (Some(fd), true) = (log, dropped > 0) {
         let note = crate::event::Event::message(cut_note(label, budget.limit, dropped));
         let line = if budget.json_label.is_some() {

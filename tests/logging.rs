@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{BIN, Env, require_root};
+use crate::common::{BIN, Env, assert_has, require_root};
 
 #[test]
 fn json_log_has_one_object_per_event_with_the_fields_fleets_ship() {
@@ -161,4 +161,92 @@ fn syslog_target_sends_events_with_identifier_and_priority() {
             .any(|d| d.starts_with("<30>") && d.contains(": freeze; hooks dir")),
         "{got:#?}"
     );
+}
+
+// ---- a log no one can forge --------------------------------------------------
+
+/// Every line of the text log is the runner's (a date first) or a hook's
+/// output line; none holds a control character but tab.
+fn lines_are_whole(log: &str) {
+    for b in log.bytes() {
+        assert!(
+            b == b'\n' || b == b'\t' || b >= 0x20 && b != 0x7f,
+            "control byte {b:#04x} in the log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_name_given_to_release_cannot_forge_a_log_line() {
+    let env = Env::new();
+    let forged = "x\n2026-01-01T00:00:00.000+00:00: thaw finished in 1ms: ok\x1b[2K";
+    let run = env.command(&["release", forged]).output().unwrap();
+    assert_eq!(run.status.code(), Some(3), "{run:?}");
+    let log = env.log_text();
+    lines_are_whole(&log);
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00.000+00:00")),
+        "{log}"
+    );
+    assert_has(
+        &log,
+        r#"release: "x\n2026-01-01T00:00:00.000+00:00: thaw finished in 1ms: ok\u{1b}[2K" is not a name"#,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn hook_output_is_whole_escaped_lines_in_text_and_json() {
+    for format in ["text", "json"] {
+        let env = Env::new();
+        env.set_config(&format!("log_format = \"{format}\"\n"));
+        env.hook(
+            "10-raw",
+            r"printf 'a\033[2Kb\000c\r\n'; printf 'no newline'",
+        );
+        env.hook("20-next", "echo next");
+        let run = env.run(&["freeze"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let log = env.log_text();
+        lines_are_whole(&log);
+        if format == "text" {
+            let lines: Vec<&str> = log.lines().collect();
+            assert!(lines.contains(&r"a\u{1b}[2Kb\u{0}c\r"), "{log}");
+            // The last words without a newline are a line of their own; the
+            // runner's next line starts on a new one.
+            let i = lines.iter().position(|l| *l == "no newline").expect(&log);
+            assert!(lines[i + 1].starts_with("20"), "{log}");
+            assert!(lines.contains(&"next"), "{log}");
+        } else {
+            for line in log.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect(line);
+                assert!(v.is_object());
+            }
+            assert_has(&log, r#""line":"no newline""#);
+        }
+    }
+}
+
+#[test]
+fn what_a_lingering_process_prints_is_escaped_and_ended_too() {
+    let env = Env::new();
+    env.hook(
+        "10-linger",
+        r"( sleep 0.3; printf 'late\033[1A'; printf ' still' ) &",
+    );
+    env.hook("20-next", "echo next");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        crate::common::eventually(std::time::Duration::from_secs(5), || env
+            .log_text()
+            .lines()
+            .any(|l| l == r"late\u{1b}[1A still")),
+        "{}",
+        env.log_text()
+    );
+    lines_are_whole(&env.log_text());
+    assert!(env.log_text().ends_with('\n'));
 }

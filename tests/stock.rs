@@ -46,6 +46,21 @@ fn install_stock_logging_to(env: &Env, agent: &TestAgent, log: &Path) -> PathBuf
     path
 }
 
+/// Runs the installed stock script. Retried while the kernel says "text
+/// file busy": a child another test thread forks at the moment the script
+/// was written holds the writing descriptor until its own exec.
+fn run_stock(stock: &Path, phase: &str) -> std::process::Output {
+    for _ in 0..100 {
+        match Command::new(stock).arg(phase).output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stayed busy", stock.display());
+}
+
 /// The lines of a log that hooks printed, from `marker` on.
 fn printed(log: &str, marker: &str) -> Vec<String> {
     log.lines()
@@ -85,7 +100,7 @@ fn stock_hooks_see_the_same_dollar_zero_arguments_and_siblings_as_under_the_stoc
         let stock_log = env.path().join("stock.log");
         let stock = install_stock(&env, agent, &stock_log);
         for phase in ["freeze", "thaw"] {
-            let out = Command::new(&stock).arg(phase).output().unwrap();
+            let out = run_stock(&stock, phase);
             assert!(out.status.success(), "{agent}: stock {phase}: {out:?}");
         }
         let stock_trace = env.trace();
@@ -143,7 +158,7 @@ fn the_stock_script_of_qemu_9_1_and_later_stops_after_the_first_hook_under_dash(
         }
         // A log in a directory that does not exist: not writable.
         let stock = install_stock_logging_to(&env, &agent, &env.path().join("none/log"));
-        let out = Command::new(&stock).arg("freeze").output().unwrap();
+        let out = run_stock(&stock, "freeze");
         let stderr = String::from_utf8_lossy(&out.stderr);
         if agent.reports_hook_errors {
             assert_eq!(out.status.code(), Some(2), "{agent}: {stderr}");
