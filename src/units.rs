@@ -3,8 +3,15 @@
 
 use std::time::Duration;
 
-/// Parses a duration: one or more `<number><unit>` parts, unit one of `ms`,
-/// `s`, `m`, `h`; or a bare `0`.
+/// The longest duration anything takes, on the command line or in the
+/// config: a day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The largest size anything takes (`output_limit`).
+pub const MAX_SIZE: u64 = 1 << 30;
+
+/// Parses a duration: one or more `<number><unit>` parts, each unit (`h`,
+/// `m`, `s`, `ms`) at most once and larger ones first, as in "1h30m"; or a
+/// bare `0`. At most [`MAX_DURATION`]. Errors quote what was written.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
@@ -20,6 +27,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
+    // The rank of the last unit: each next one must be smaller.
+    let mut last_rank = u8::MAX;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -32,18 +41,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let (scale, rank) = match &rest[..unit_len] {
+            "ms" => (0.001, 0),
+            "s" => (1.0, 1),
+            "m" => (60.0, 2),
+            "h" => (3600.0, 3),
             _ => return Err(bad()),
         };
+        if rank >= last_rank {
+            return Err(format!(
+                "invalid duration \"{text}\" (each unit once, larger ones first, e.g. \"1h30m\")"
+            ));
+        }
+        last_rank = rank;
         rest = &rest[unit_len..];
-        let part = Duration::try_from_secs_f64(number * scale).map_err(|_| bad())?;
-        total = total.checked_add(part).ok_or_else(bad)?;
+        let too_long = || out_of_range(text, &format_duration(MAX_DURATION));
+        let part = Duration::try_from_secs_f64(number * scale).map_err(|_| too_long())?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        if total > MAX_DURATION {
+            return Err(too_long());
+        }
     }
     Ok(total)
+}
+
+/// The message for a value past its range, quoting what was written.
+pub fn out_of_range(written: &str, most: &str) -> String {
+    format!("\"{}\" is out of range (at most {most})", written.trim())
 }
 
 /// Shows a duration the way the config spells it, compactly: "1.5s", "250ms".
@@ -73,7 +97,8 @@ pub fn parse_limit_arg(text: &str) -> Result<Option<Duration>, String> {
 }
 
 /// Parses a size: bytes as a number, or a number with `B`, `KiB`, `MiB`,
-/// `GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
+/// `GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024). At most
+/// [`MAX_SIZE`]. Errors quote what was written.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || {
         format!("invalid size \"{text}\" (use e.g. \"1MiB\", \"512KiB\", or \"0\" for no limit)")
@@ -91,7 +116,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GB" | "GiB" => 1 << 30,
         _ => return Err(bad()),
     };
-    number.checked_mul(scale).ok_or_else(bad)
+    match number.checked_mul(scale) {
+        Some(n) if n <= MAX_SIZE => Ok(n),
+        _ => Err(out_of_range(text, &format_size(MAX_SIZE))),
+    }
 }
 
 /// Shows a byte count compactly: "1 MiB", "1.5 KiB", "12 bytes".
@@ -138,9 +166,39 @@ mod tests {
             "5 s",
             "1e3s",
             "99999999999999999999h",
+            "5m5m",
+            "30s1m",
+            "1h1h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
+        assert!(
+            parse_duration("5m5m")
+                .unwrap_err()
+                .contains("each unit once")
+        );
+    }
+
+    #[test]
+    fn one_range_with_what_was_written_in_the_message() {
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("23h60m"), Ok(MAX_DURATION));
+        for long in [
+            "9223372036854775807s",
+            "24h1ms",
+            "25h",
+            "99999999999999999999h",
+        ] {
+            assert_eq!(
+                parse_duration(long),
+                Err(format!("\"{long}\" is out of range (at most 24h)"))
+            );
+        }
+        assert_eq!(parse_size("1GiB"), Ok(MAX_SIZE));
+        assert_eq!(
+            parse_size("1025MiB"),
+            Err("\"1025MiB\" is out of range (at most 1 GiB)".into())
+        );
     }
 
     #[test]
@@ -149,7 +207,15 @@ mod tests {
         assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("0"), Ok(0));
-        for bad in ["", "MiB", "1.5MiB", "-1", "1TiB", "99999999999999999999G"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "1TiB",
+            "99999999999999999999G",
+            "2GiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
         assert_eq!(format_size(1 << 20), "1 MiB");

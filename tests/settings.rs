@@ -144,3 +144,38 @@ fn binary_is_statically_linked() {
         "{text}"
     );
 }
+
+/// One parser and one range for durations and sizes, on the command line
+/// and in the config alike; the messages quote what was written.
+#[test]
+fn the_command_line_and_the_config_take_the_same_durations_and_sizes() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    for (flag, config, says) in [
+        (
+            "9223372036854775807s",
+            "timeout = \"9223372036854775807s\"\n",
+            "\"9223372036854775807s\" is out of range (at most 24h)",
+        ),
+        ("5m5m", "timeout = \"5m5m\"\n", "invalid duration \"5m5m\""),
+    ] {
+        let cli = env.run(&["--timeout", flag, "freeze"]);
+        assert_eq!(cli.code, Some(2), "{cli:?}");
+        assert!(cli.stderr.contains(says), "{}", cli.stderr);
+        env.set_config(config);
+        let file = env.run(&["freeze"]);
+        assert_eq!(file.code, Some(3), "{file:?}");
+        assert!(file.stderr.contains(says), "{}", file.stderr);
+        env.set_config("");
+    }
+    env.set_config("output_limit = \"1025MiB\"\n");
+    let file = env.run(&["freeze"]);
+    assert_eq!(file.code, Some(3), "{file:?}");
+    assert!(
+        file.stderr
+            .contains("\"1025MiB\" is out of range (at most 1 GiB)"),
+        "{}",
+        file.stderr
+    );
+    assert!(env.trace().is_empty(), "nothing ran: {:?}", env.trace());
+}

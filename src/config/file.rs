@@ -14,7 +14,7 @@ use super::{
     ConfigError, Limit, LogFormat, LogTarget, MAX_KILL_GRACE, MAX_LIMIT, MAX_OUTPUT_LIMIT, OnError,
     ThawOrder,
 };
-use crate::units::{format_limit, format_size, parse_duration, parse_size};
+use crate::units::{format_limit, format_size, out_of_range, parse_duration, parse_size};
 
 /// The config file's values, each `None` when absent.
 #[derive(Debug, Default)]
@@ -185,10 +185,7 @@ fn limit_value((key, value): Entry<'_>, max: Duration) -> Result<Limit, Located>
     };
     let d = parse_duration(text).map_err(bad)?;
     if d > max {
-        return Err(bad(format!(
-            "\"{text}\" is out of range (at most {})",
-            format_limit(Some(max))
-        )));
+        return Err(bad(out_of_range(text, &format_limit(Some(max)))));
     }
     Ok((!d.is_zero()).then_some(d))
 }
@@ -206,11 +203,11 @@ fn size_value((key, value): Entry<'_>) -> Result<Option<u64>, Located> {
         _ => return Err(bad("expected a size such as \"1MiB\"".into())),
     };
     if n > MAX_OUTPUT_LIMIT {
-        return Err(bad(format!(
-            "{} is out of range (at most {})",
-            format_size(n),
-            format_size(MAX_OUTPUT_LIMIT)
-        )));
+        let written = match value.get_ref() {
+            DeValue::Integer(i) => i.as_str().to_string(),
+            _ => n.to_string(),
+        };
+        return Err(bad(out_of_range(&written, &format_size(MAX_OUTPUT_LIMIT))));
     }
     Ok((n != 0).then_some(n))
 }

@@ -69,10 +69,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longer than any backup tool waits for a freeze (Proxmox: 600 s).
-const MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
+const MAX_LIMIT: Duration = crate::units::MAX_DURATION;
 const MAX_KILL_GRACE: Duration = Duration::from_secs(600);
 const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
-const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
+const MAX_OUTPUT_LIMIT: u64 = crate::units::MAX_SIZE;
 
 /// What the command line sets; `None` leaves the file's or default value.
 #[derive(Clone, Debug, Default)]
