@@ -31,8 +31,15 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(EXIT_SETUP, &e.to_string()),
     };
-    if let Ok(abs) = std::path::absolute(&settings.hooks_dir) {
-        settings.hooks_dir = abs;
+    // Hooks run in `/` and are given these paths: absolute ones.
+    for path in [
+        &mut settings.hooks_dir,
+        &mut settings.log_file,
+        &mut settings.state_dir,
+    ] {
+        if let Ok(abs) = std::path::absolute(&*path) {
+            *path = abs;
+        }
     }
     // The config decides what runs as root: it must be as trusted as a hook.
     if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)

@@ -245,7 +245,7 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
             Verdict::Skipped(why) if deliberate(why) => out.push(Finding::Note(format!(
                 "{name} is skipped on purpose: {why}"
             ))),
-            Verdict::Skipped(why) => out.push(problem(
+            Verdict::Skipped(why) | Verdict::Refused(why) => out.push(problem(
                 format!("hook {name} will not run: {why}"),
                 fix_for(why, &e.path),
             )),

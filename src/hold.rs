@@ -423,6 +423,8 @@ fn start(args: &HoldArgs) -> Result<Started, Errno> {
         stdin: in_r.as_fd(),
         stdout: out_w.as_fd(),
         stderr: out_w.as_fd(),
+        // Where the keeper is: `/` (it is detached).
+        dir: None,
     })
     .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     Ok(Started {

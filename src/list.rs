@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::{Limit, Settings};
+use crate::config::{Limit, OnError, Settings};
 use crate::hookfile;
 use crate::hooks::{self, Discovery, escape, escape_path};
 use crate::json::{self, Object};
@@ -16,8 +16,15 @@ use crate::units::format_limit;
 /// Whether an entry runs at the next freeze.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    Runs { timeout: Limit, per_hook: bool },
+    Runs {
+        timeout: Limit,
+        per_hook: bool,
+    },
+    /// Passed over by the name rules, as the stock script would: why.
     Skipped(String),
+    /// A hook the runner refuses (untrusted, unusable): why. The freeze
+    /// fails on it under `on_error = "abort"`.
+    Refused(String),
 }
 
 #[derive(Clone, Debug)]
@@ -30,6 +37,8 @@ pub struct Entry {
 /// What the hooks dir holds, judged as a freeze would judge it.
 pub struct Listing {
     pub dir: PathBuf,
+    /// What a refused hook does to a freeze.
+    pub on_error: OnError,
     /// Why nothing in it runs (missing, unreadable, untrusted), if so.
     pub problem: Option<String>,
     pub entries: Vec<Entry>,
@@ -44,6 +53,7 @@ pub fn inspect(settings: &Settings, root: &Path) -> Listing {
         Ok(None) => {
             return Listing {
                 problem: Some(format!("hooks dir {} does not exist", escape_path(&dir))),
+                on_error: settings.on_error,
                 dir,
                 entries: Vec::new(),
             };
@@ -51,6 +61,7 @@ pub fn inspect(settings: &Settings, root: &Path) -> Listing {
         Err(e) => {
             return Listing {
                 problem: Some(format!("cannot read hooks dir {}: {e}", escape_path(&dir))),
+                on_error: settings.on_error,
                 dir,
                 entries: Vec::new(),
             };
@@ -64,6 +75,7 @@ pub fn inspect(settings: &Settings, root: &Path) -> Listing {
     let entries = judge(settings, &found, &policy, root, untrusted.as_deref());
     Listing {
         dir,
+        on_error: settings.on_error,
         problem: untrusted,
         entries,
     }
@@ -88,7 +100,7 @@ fn judge(
     for hook in &found.hooks {
         let verdict = match (dir_problem, hookfile::open_in(&hook.path, policy, root)) {
             (Some(p), _) => Verdict::Skipped(p.to_string()),
-            (None, Err(why)) => Verdict::Skipped(why),
+            (None, Err(why)) => Verdict::Refused(why),
             (None, Ok(_)) => Verdict::Runs {
                 timeout: settings.timeout_for(&hook.name),
                 per_hook: hook
@@ -155,6 +167,13 @@ fn to_text(l: &Listing) -> String {
                 if *per_hook { " (per-hook setting)" } else { "" }
             )),
             Verdict::Skipped(why) => out.push_str(&format!("  skipped  {name}{pad}  {why}\n")),
+            Verdict::Refused(why) => out.push_str(&format!(
+                "  refused  {name}{pad}  {why} ({})\n",
+                match l.on_error {
+                    OnError::Abort => "the freeze fails under on_error = abort",
+                    OnError::Continue => "logged and passed over under on_error = continue",
+                }
+            )),
         }
     }
     if l.entries.is_empty() && l.problem.is_none() {
@@ -169,12 +188,13 @@ fn to_json(l: &Listing) -> String {
             Verdict::Runs { timeout, .. } => {
                 (true, timeout.map(|t| t.as_millis().to_string()), None)
             }
-            Verdict::Skipped(why) => (false, None, Some(json::string(why))),
+            Verdict::Skipped(why) | Verdict::Refused(why) => (false, None, Some(json::string(why))),
         };
         Object::new()
             .str("name", &escape(&e.name))
             .str("path", &escape_path(&e.path))
             .bool("runs", runs)
+            .bool("refused", matches!(e.verdict, Verdict::Refused(_)))
             .opt("timeout_ms", timeout)
             .opt("reason", reason)
             .finish()

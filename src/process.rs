@@ -231,6 +231,9 @@ pub fn run(
         stdin: devnull.as_fd(),
         stdout: write.as_fd(),
         stderr: write.as_fd(),
+        // In `/`, as qemu-ga runs its hook: a hook does not depend on where
+        // an administrator typed `rehearse` (its path is absolute).
+        dir: Some(c"/"),
     };
     if spawn.opened.kind != Kind::Elf
         && let Err(why) = spawn.opened.still_at(spawn.path)

@@ -511,6 +511,8 @@ fn spawn_command(command: &[OsString]) -> Result<nix::unistd::Pid, Errno> {
         stdin: stdin.as_fd(),
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
+        // The administrator's command: it runs where they typed it.
+        dir: None,
     })
     .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }

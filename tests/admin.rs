@@ -373,9 +373,10 @@ fn list_says_why_each_entry_runs_or_not() {
         lines[3]
     );
     assert!(
-        lines[4].contains("40-py")
+        lines[4].contains("refused")
+            && lines[4].contains("40-py")
             && lines[4].ends_with(
-                "names interpreter /usr/bin/python3.99 in its #! line, which does not exist"
+                "names interpreter /usr/bin/python3.99 in its #! line, which does not exist (the freeze fails under on_error = abort)"
             ),
         "{}",
         lines[4]
@@ -389,6 +390,15 @@ fn list_says_why_each_entry_runs_or_not() {
     assert_eq!(entries[0]["timeout_ms"], 300_000);
     assert_eq!(entries[1]["runs"], false);
     assert_eq!(entries[1]["reason"], "ignored suffix \".dpkg-old\"");
+    assert_eq!(entries[1]["refused"], false);
+    assert_eq!(entries[3]["refused"], true);
+    // Under continue, the freeze goes on without it: the line says so.
+    env.set_config("on_error = \"continue\"\n");
+    let run = env.run(&["list"]);
+    assert_has(
+        &run.stdout,
+        "which does not exist (logged and passed over under on_error = continue)",
+    );
     assert_eq!(doc["problem"], serde_json::Value::Null);
 }
 

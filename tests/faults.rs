@@ -541,7 +541,7 @@ fn config_out_of_range_duplicate_keys_and_non_utf8_are_clear_errors() {
         ),
         (
             b"output_limit = \"2GiB\"\n".to_vec(),
-            ":1: key `output_limit`: 2 GiB is out of range (at most 1 GiB)",
+            ":1: key `output_limit`: \"2GiB\" is out of range (at most 1 GiB)",
         ),
         (
             b"timeout = \"1s\"\ntimeout = \"2s\"\n".to_vec(),

@@ -285,3 +285,38 @@ fn hooks_dir_that_is_a_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Hooks run in `/`, as under qemu-ga, wherever the runner was started, and
+/// get absolute paths for what they are told of (relative options given).
+#[test]
+fn hooks_run_in_the_root_directory_wherever_the_runner_was_started() {
+    let env = Env::new();
+    let out = env.path().join("where");
+    env.hook(
+        "10-where",
+        &format!(
+            "echo \"$(pwd) $FSFREEZE_HOOK_LOG $FSFREEZE_HOOK_STATE_DIR\" >> '{}'",
+            out.display()
+        ),
+    );
+    let run = std::process::Command::new(crate::common::BIN)
+        .current_dir(env.path())
+        .args([
+            "--config",
+            "fsfreeze-hook.conf",
+            "--hooks-dir",
+            "fsfreeze-hook.d",
+            "--log-file",
+            "hook.log",
+            "--state-dir",
+            "state",
+            "rehearse",
+        ])
+        .env_remove("FSFREEZE_HOOK_CONFIG")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let seen = fs::read_to_string(&out).unwrap();
+    let expect = format!("/ {} {}\n", env.log.display(), env.state.display());
+    assert_eq!(seen, format!("{expect}{expect}"), "freeze and thaw");
+}

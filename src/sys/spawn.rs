@@ -30,6 +30,8 @@ pub struct Exec<'a> {
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
+    /// The working directory to run in; `None`: ours.
+    pub dir: Option<&'a std::ffi::CStr>,
 }
 
 /// How a child ended.
@@ -97,6 +99,9 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
             if fd.as_raw_fd() != target {
                 rc |= libc::posix_spawn_file_actions_adddup2(actions, fd.as_raw_fd(), target);
             }
+        }
+        if let Some(dir) = exec.dir {
+            rc |= libc::posix_spawn_file_actions_addchdir_np(actions, dir.as_ptr());
         }
         if rc == 0 {
             let spawn = if search {
