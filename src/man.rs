@@ -21,8 +21,10 @@ Installed as that hook, \fBfsfreeze\-hook\fR runs the executable files of
 time limit, its output in the log, and thaws them in the exact reverse order.
 When a freeze script fails, the scripts already run are thawed again and
 qemu\-ga is told which script failed and why. A journal makes each thaw run
-exactly the scripts that froze. Scripts run only when root alone could have
-written them.
+exactly the scripts that froze and have not been thawed since, however many
+freezes, rollbacks and interrupted runs came in between. Scripts run, in
+\fI/\fR, only when root alone could have written them and every directory
+and symlink on the way to them.
 .PP
 Without qemu\-ga, \fBfreeze \-\-fs\fR and \fBsnapshot\fR freeze the
 filesystems themselves, with a watchdog process that thaws them if the
