@@ -181,30 +181,21 @@ fn classify(name: &OsStr, path: &Path) -> Result<(), SkipReason> {
 /// Escapes control characters and bytes that are not UTF-8, so that any file
 /// name prints as one line.
 pub fn escape(name: &OsStr) -> String {
-    let mut out = String::new();
-    for chunk in name.as_bytes().utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
+    escape_bytes(name.as_bytes(), false)
 }
 
 /// One line of a hook's output for the text log: as [`escape`] does for
 /// names, but tab is kept; the line can so hold no newline, carriage return,
 /// escape sequence or NUL of its own.
 pub fn escape_line(line: &[u8]) -> String {
-    let mut out = String::with_capacity(line.len());
-    for chunk in line.utf8_chunks() {
+    escape_bytes(line, true)
+}
+
+fn escape_bytes(bytes: &[u8], keep_tab: bool) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() && c != '\t' {
+            if c.is_control() && !(keep_tab && c == '\t') {
                 out.extend(c.escape_default());
             } else {
                 out.push(c);

@@ -333,16 +333,22 @@ fn thaw_hanging_while(env: &Env, name: &str, flag: &std::path::Path) {
     );
 }
 
-#[test]
-fn a_second_freeze_and_its_rollback_keep_what_the_first_left_frozen() {
+/// Hooks 10-a, 20-b, 30-c frozen, no thaw; from now on 20-b's freeze fails.
+fn frozen_then_20_fails() -> Env {
     let env = Env::new();
     let flag = env.path().join("fail-20");
     env.tracing_hook("10-a", "");
     failing_while(&env, "20-b", &flag);
     env.tracing_hook("30-c", "");
     assert_eq!(env.run(&["freeze"]).code, Some(0));
-    // No thaw came; the next freeze fails at 20-b and rolls back 20-b, 10-a.
     std::fs::write(&flag, "").unwrap();
+    env
+}
+
+#[test]
+fn a_second_freeze_and_its_rollback_keep_what_the_first_left_frozen() {
+    // No thaw came; the next freeze fails at 20-b and rolls back 20-b, 10-a.
+    let env = frozen_then_20_fails();
     env.clear_trace();
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -372,13 +378,8 @@ fn a_second_freeze_and_its_rollback_keep_what_the_first_left_frozen() {
 
 #[test]
 fn ten_freezes_and_rollbacks_without_a_thaw_still_thaw_what_the_first_froze() {
-    let env = Env::new();
+    let env = frozen_then_20_fails();
     let flag = env.path().join("fail-20");
-    env.tracing_hook("10-a", "");
-    failing_while(&env, "20-b", &flag);
-    env.tracing_hook("30-c", "");
-    assert_eq!(env.run(&["freeze"]).code, Some(0));
-    std::fs::write(&flag, "").unwrap();
     for _ in 0..9 {
         assert_eq!(env.run(&["freeze"]).code, Some(1));
     }
