@@ -81,13 +81,22 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Stri
     let mut head = [0u8; SHEBANG_MAX];
     let n = read_head(&file, &mut head).map_err(|e| format!("cannot be read: {e}"))?;
     let (kind, interpreter) = classify(&head[..n], meta.len(), root)?;
-    // The interpreter runs as root with the hook: judged as the hook is.
+    // The interpreter runs as root with the hook: judged as the hook is. A
+    // file without #! is handed to /bin/sh.
+    let interpreter = match kind {
+        Kind::Shell => Some(root.join("bin/sh")),
+        _ => interpreter,
+    };
     if let Some(interpreter) = interpreter {
         policy.check_interpreter(&interpreter).map_err(|u| {
-            format!(
-                "names interpreter {} in its #! line, which is not trusted: {u}",
-                crate::hooks::escape_path(&interpreter)
-            )
+            let named = match kind {
+                Kind::Shell => "is run by /bin/sh (no #! line)".to_string(),
+                _ => format!(
+                    "names interpreter {} in its #! line",
+                    crate::hooks::escape_path(&interpreter)
+                ),
+            };
+            format!("{named}, which is not trusted: {u}")
         })?;
     }
     Ok(Opened {

@@ -139,7 +139,16 @@ impl Settings {
         // The hook as qemu-ga names it (not where a symlink leads): its
         // hooks dir and config are beside that name.
         let argv0 = crate::agent::entry_in_root(root, hook);
-        let located = locate_config(None, None, &argv0, root);
+        // The config beside the hook, else the system's, both read inside
+        // `root` (a link there to a file of this machine is not followed out).
+        let beside = hook
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("fsfreeze-hook.conf");
+        let located = [beside, PathBuf::from(SYSTEM_CONFIG)]
+            .into_iter()
+            .map(|guest| in_root(&guest))
+            .find(|p| p.exists());
         let mut s = Settings::from_file(located, &argv0, &Overrides::default(), true)?;
         if !s.hooks_dir.starts_with(root) {
             s.hooks_dir = in_root(&s.hooks_dir);
