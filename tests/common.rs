@@ -239,22 +239,19 @@ pub fn freezing_exclusively() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether the test may do what only root can. Under CI=true not being root
-/// is a failure, never a skip.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
+/// For a root-only test (marked `#[ignore = "needs root"]`, which the test
+/// command includes when it runs as root): fails at once, naming the test,
+/// when it was included without root.
+pub fn require_root(test: &str) {
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root and CI=true: a missing prerequisite is a failure"
+        nix::unistd::geteuid().is_root(),
+        "{test} needs root: run the test command with sudo"
     );
-    eprintln!("skipped {test}: needs root (run the test command with sudo)");
-    false
 }
 
-/// For a test that freezes: root (else a skip, or a failure under CI), then
-/// the lock that makes freezing tests run one at a time.
-pub fn freezing_test(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    require_root(test).then(freezing_exclusively)
+/// For a test that freezes (root-only, see [`require_root`]): the lock that
+/// makes freezing tests run one at a time.
+pub fn freezing_test(test: &str) -> std::sync::MutexGuard<'static, ()> {
+    require_root(test);
+    freezing_exclusively()
 }

@@ -179,10 +179,9 @@ fn still_running(child: &mut Child, for_at_least: Duration) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mariadb_read_lock_is_held_from_freeze_to_thaw() {
-    if !require_root("mariadb_example") {
-        return;
-    }
+    require_root("mariadb_example");
     let env = Env::new();
     use_example(&env, "20-mariadb");
     let mut db = Mariadb::start(&env.path().join("mariadb"));
@@ -242,10 +241,9 @@ fn mariadb_read_lock_is_held_from_freeze_to_thaw() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mariadb_lock_that_cannot_be_taken_fails_the_freeze() {
-    if !require_root("mariadb_lock_fails") {
-        return;
-    }
+    require_root("mariadb_lock_fails");
     let env = Env::new();
     use_example(&env, "20-mariadb");
     env.tracing_hook("10-app", "");
@@ -371,10 +369,9 @@ impl Drop for Postgres {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn postgresql_checkpoint_runs_before_the_freeze() {
-    if !require_root("postgresql_example") {
-        return;
-    }
+    require_root("postgresql_example");
     let env = Env::new();
     use_example(&env, "30-postgresql");
     let mut pg = Postgres::start(&env.path().join("pg"));
@@ -478,10 +475,9 @@ impl Drop for Redis {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn redis_writes_pause_from_freeze_to_thaw() {
-    if !require_root("redis_example") {
-        return;
-    }
+    require_root("redis_example");
     let env = Env::new();
     use_example(&env, "40-redis");
     let redis = Redis::start(&env.path().join("redis"));
@@ -563,10 +559,9 @@ fn service_example_passes_quickly_without_systemd_or_services() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn postgresql_and_redis_examples_fail_the_freeze_when_the_server_refuses() {
-    if !require_root("pg_redis_refuse") {
-        return;
-    }
+    require_root("pg_redis_refuse");
     let env = Env::new();
     use_example(&env, "30-postgresql");
     use_example(&env, "40-redis");

@@ -25,10 +25,9 @@ fn chmod(path: &Path, mode: u32) {
 // ---- trust ----------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn untrusted_hook_owned_by_another_user_fails_the_freeze_and_names_the_rule() {
-    if !require_root("untrusted_hook_owner") {
-        return;
-    }
+    require_root("untrusted_hook_owner");
     let env = Env::new();
     env.tracing_hook("10-a", "");
     let evil = env.tracing_hook("20-evil", "");
@@ -78,10 +77,9 @@ fn untrusted_hook_under_continue_is_logged_and_skipped() {
 
 /// Not as root, the invoking user may own hooks too, but nobody else.
 #[test]
+#[ignore = "needs root"]
 fn normal_user_runs_own_hooks_but_not_another_users() {
-    if !require_root("normal_user_trust") {
-        return;
-    }
+    require_root("normal_user_trust");
     let dir = tempfile::Builder::new()
         .prefix("fsfreeze-hook-nobody.")
         .tempdir()
@@ -172,10 +170,9 @@ fn refused_before_any_hook(env: &Env, why: &str) {
 /// trusted: a root-owned dir under /tmp is fine (every test relies on that),
 /// a user-owned one is not.
 #[test]
+#[ignore = "needs root"]
 fn user_owned_dir_under_sticky_tmp_is_refused() {
-    if !require_root("user_owned_dir_under_tmp") {
-        return;
-    }
+    require_root("user_owned_dir_under_tmp");
     let env = Env::new();
     env.tracing_hook("10-a", "");
     let run = env.run(&["freeze"]);
@@ -265,10 +262,9 @@ fn socket_in_the_hooks_dir_is_skipped() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unreadable_hooks_dir_is_a_clear_error() {
-    if !require_root("unreadable_hooks_dir") {
-        return;
-    }
+    require_root("unreadable_hooks_dir");
     // Root reads any dir, so the run is made as nobody, in nobody's own dir.
     let dir = tempfile::Builder::new()
         .prefix("fsfreeze-hook-unreadable.")
@@ -439,10 +435,9 @@ fn hook_killed_by_sigkill_fails_the_freeze() {
 
 /// A log on a full filesystem: a tiny tmpfs the test mounts and fills.
 #[test]
+#[ignore = "needs root"]
 fn log_on_a_full_filesystem_never_fails_a_phase() {
-    if !require_root("log_on_full_fs") {
-        return;
-    }
+    require_root("log_on_full_fs");
     let env = Env::new();
     let mnt = env.path().join("full");
     fs::create_dir(&mnt).unwrap();
@@ -643,10 +638,9 @@ fn lchown_nobody(p: &Path) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sticky_world_writable_hooks_dir_is_refused_by_freeze_list_and_check() {
-    if !require_root("sticky_hooks_dir") {
-        return;
-    }
+    require_root("sticky_hooks_dir");
     for mode in [0o1777, 0o3775] {
         let env = Env::new();
         let program = root_program(&env);
@@ -673,10 +667,9 @@ fn sticky_world_writable_hooks_dir_is_refused_by_freeze_list_and_check() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_hook_symlink_owned_by_another_user_is_refused() {
-    if !require_root("foreign_hook_link") {
-        return;
-    }
+    require_root("foreign_hook_link");
     let env = Env::new();
     let program = root_program(&env);
     let link = env.hooks.join("20-theirs");
@@ -697,10 +690,9 @@ fn a_hook_symlink_owned_by_another_user_is_refused() {
 /// `20-app -> <app>/freeze-hook`, in a dir of the application's user, who
 /// replaces the file there with a link to a root-owned program.
 #[test]
+#[ignore = "needs root"]
 fn a_link_in_another_users_dir_on_the_way_to_a_hook_is_refused() {
-    if !require_root("foreign_link_in_chain") {
-        return;
-    }
+    require_root("foreign_link_in_chain");
     let env = Env::new();
     let program = root_program(&env);
     let app = env.path().join("srv-app");
@@ -729,10 +721,9 @@ fn a_link_in_another_users_dir_on_the_way_to_a_hook_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_config_reached_through_another_users_link_is_refused() {
-    if !require_root("foreign_config_link") {
-        return;
-    }
+    require_root("foreign_config_link");
     let env = Env::new();
     env.tracing_hook("10-a", "");
     let link = env.path().join("conf-link");

@@ -42,10 +42,9 @@ fn froze_lines(log: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn snapshot_freezes_ext4_xfs_btrfs_runs_command_while_frozen_then_thaws() {
-    let Some(_exclusive) = freezing_test("snapshot_three_filesystems") else {
-        return;
-    };
+    let _exclusive = freezing_test("snapshot_three_filesystems");
     let env = Env::new();
     let filesystems: Vec<LoopFs> = ["ext4", "xfs", "btrfs"]
         .iter()
@@ -97,10 +96,9 @@ fn snapshot_freezes_ext4_xfs_btrfs_runs_command_while_frozen_then_thaws() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nested_mount_freezes_child_first_and_thaws_parent_first() {
-    let Some(_exclusive) = freezing_test("nested_mount") else {
-        return;
-    };
+    let _exclusive = freezing_test("nested_mount");
     let env = Env::new();
     let outer = LoopFs::make(env.path(), "ext4", &env.path().join("outer"));
     let inner = LoopFs::make(env.path(), "xfs", &outer.mnt.join("inner"));
@@ -122,10 +120,9 @@ fn nested_mount_freezes_child_first_and_thaws_parent_first() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bind_mount_is_frozen_once() {
-    let Some(_exclusive) = freezing_test("bind_mount") else {
-        return;
-    };
+    let _exclusive = freezing_test("bind_mount");
     let env = Env::new();
     let fs = LoopFs::make(env.path(), "ext4", &env.path().join("data"));
     fs::create_dir(fs.mnt.join("sub")).unwrap();
@@ -150,10 +147,9 @@ fn bind_mount_is_frozen_once() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn max_frozen_thaws_on_time_and_ends_the_command() {
-    let Some(_exclusive) = freezing_test("max_frozen") else {
-        return;
-    };
+    let _exclusive = freezing_test("max_frozen");
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
@@ -205,10 +201,9 @@ fn max_frozen_thaws_on_time_and_ends_the_command() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
-    let Some(_exclusive) = freezing_test("auto_thaw") else {
-        return;
-    };
+    let _exclusive = freezing_test("auto_thaw");
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-app", &[&fs.mnt]);
@@ -252,10 +247,9 @@ fn auto_thaw_thaws_and_runs_the_thaw_hooks_when_no_thaw_comes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn freeze_fs_then_thaw_fs_with_status_in_between() {
-    let Some(_exclusive) = freezing_test("freeze_then_thaw") else {
-        return;
-    };
+    let _exclusive = freezing_test("freeze_then_thaw");
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-a", &[&fs.mnt]);
@@ -301,10 +295,9 @@ fn freeze_fs_then_thaw_fs_with_status_in_between() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn kill_9_of_the_runner_while_frozen_thaws_within_2s() {
-    let Some(_exclusive) = freezing_test("kill_9") else {
-        return;
-    };
+    let _exclusive = freezing_test("kill_9");
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     writing_hook(&env, "10-app", &[&fs.mnt]);
@@ -338,10 +331,9 @@ fn kill_9_of_the_runner_while_frozen_thaws_within_2s() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_fifreeze_failure_thaws_what_was_frozen_and_rolls_back_the_hooks() {
-    let Some(_exclusive) = freezing_test("fifreeze_failure") else {
-        return;
-    };
+    let _exclusive = freezing_test("fifreeze_failure");
     let env = Env::new();
     // Mounted first, frozen last: a shut-down XFS, whose FIFREEZE fails (EIO).
     let broken = LoopFs::make(env.path(), "xfs", &env.path().join("broken"));
@@ -377,10 +369,9 @@ fn a_fifreeze_failure_thaws_what_was_frozen_and_rolls_back_the_hooks() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
-    let Some(_exclusive) = freezing_test("refusals") else {
-        return;
-    };
+    let _exclusive = freezing_test("refusals");
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
@@ -412,10 +403,9 @@ fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stop_signals_during_a_snapshot_thaw_first_then_end_the_command() {
-    let Some(_exclusive) = freezing_test("snapshot_signals") else {
-        return;
-    };
+    let _exclusive = freezing_test("snapshot_signals");
     for (sig, code) in [
         (nix::sys::signal::SIGTERM, 143),
         (nix::sys::signal::SIGINT, 130),
@@ -443,10 +433,9 @@ fn stop_signals_during_a_snapshot_thaw_first_then_end_the_command() {
 /// A shutdown sends SIGTERM to everything: the watchdog thaws rather than
 /// leave a frozen filesystem behind.
 #[test]
+#[ignore = "needs root"]
 fn sigterm_to_the_watchdog_thaws() {
-    let Some(_exclusive) = freezing_test("watchdog_sigterm") else {
-        return;
-    };
+    let _exclusive = freezing_test("watchdog_sigterm");
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     env.tracing_hook("10-app", "");
@@ -478,10 +467,9 @@ fn sigterm_to_the_watchdog_thaws() {
 /// ran past --max-frozen or could not start is logged as failed (text and
 /// JSON, level error), with one stderr line; a good one as ok.
 #[test]
+#[ignore = "needs root"]
 fn snapshot_logs_the_result_its_exit_status_gives() {
-    let Some(_exclusive) = freezing_test("snapshot_result") else {
-        return;
-    };
+    let _exclusive = freezing_test("snapshot_result");
     let env = Env::new();
     let fs = LoopFs::ext4(env.path());
     let m = fs.mnt.display().to_string();

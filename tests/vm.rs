@@ -462,10 +462,9 @@ fn host_side_copies(g: &mut Guest, who: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn whole_chain_in_a_real_guest_under_both_agents() {
-    let Some(_exclusive) = freezing_test("vm") else {
-        return;
-    };
+    let _exclusive = freezing_test("vm");
     let agents = agents();
     let ci = std::env::var("CI").as_deref() == Ok("true");
     assert!(!agents.is_empty() || !ci, "no qemu-ga to put in the guest");
