@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use crate::agent::{self, HookSetting, in_root};
 use crate::config::Settings;
+use crate::hookfile::Refusal;
+use crate::hooks::SkipReason;
 use crate::hooks::escape_path;
 use crate::list::{self, Verdict};
 
@@ -245,9 +247,12 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
             Verdict::Skipped(why) if deliberate(why) => out.push(Finding::Note(format!(
                 "{name} is skipped on purpose: {why}"
             ))),
-            Verdict::Skipped(why) | Verdict::Refused(why) => out.push(problem(
-                format!("hook {name} will not run: {why}"),
-                fix_for(why, &e.path),
+            other => out.push(problem(
+                format!(
+                    "hook {name} will not run: {}",
+                    other.reason().unwrap_or_default()
+                ),
+                fix_for(other, &e.path),
             )),
         }
     }
@@ -280,22 +285,31 @@ fn scripts_elsewhere(root: &Path, hook: &Path, reads: &Path) -> Option<(PathBuf,
 }
 
 /// Skips that are the naming convention working as meant.
-fn deliberate(why: &str) -> bool {
-    why.starts_with("ignored suffix") || why == "dotfile" || why.starts_with("editor leftover")
+fn deliberate(why: &SkipReason) -> bool {
+    matches!(
+        why,
+        SkipReason::IgnoredSuffix(_) | SkipReason::Dotfile | SkipReason::EditorLeftover
+    )
 }
 
-fn fix_for(why: &str, path: &Path) -> String {
+/// The fix for a hook that will not run, by why.
+fn fix_for(verdict: &Verdict, path: &Path) -> String {
     let p = escape_path(path);
-    if why.contains("not executable") {
-        format!("chmod 755 {p}")
-    } else if why.contains("not trusted") {
-        format!("chown root: {p}; chmod go-w {p} (and the directories named)")
-    } else if why.contains("interpreter") {
-        "install that interpreter, or fix the #! line".into()
-    } else if why.contains("broken symlink") {
-        format!("point {p} at an existing file, or remove it")
-    } else {
-        format!("replace {p} with an executable script or program")
+    match verdict {
+        Verdict::Skipped(SkipReason::NotExecutable) | Verdict::Refused(Refusal::NotExecutable) => {
+            format!("chmod 755 {p}")
+        }
+        Verdict::Refused(Refusal::Untrusted(_) | Refusal::UntrustedInterpreter { .. })
+        | Verdict::DirRefused(_) => {
+            format!("chown root: {p}; chmod go-w {p} (and the directories named)")
+        }
+        Verdict::Refused(Refusal::MissingInterpreter(_) | Refusal::NoInterpreterNamed) => {
+            "install that interpreter, or fix the #! line".into()
+        }
+        Verdict::Skipped(SkipReason::BrokenSymlink) => {
+            format!("point {p} at an existing file, or remove it")
+        }
+        _ => format!("replace {p} with an executable script or program"),
     }
 }
 
@@ -386,6 +400,32 @@ mod tests {
             None => fs::write(root.path().join("bin/sh"), "ELF").unwrap(),
         }
         root
+    }
+
+    #[test]
+    fn the_advice_follows_the_reason_not_its_wording() {
+        let p = Path::new("/etc/qemu/fsfreeze-hook.d/20-db");
+        let untrusted = crate::trust::Untrusted {
+            path: p.to_path_buf(),
+            // Wording that mentions other reasons must not change the advice.
+            rule: "is not executable by the interpreter's owner".into(),
+        };
+        assert!(
+            fix_for(&Verdict::Refused(Refusal::Untrusted(untrusted)), p).starts_with("chown root:")
+        );
+        assert!(fix_for(&Verdict::Refused(Refusal::NotExecutable), p).starts_with("chmod 755"));
+        assert!(fix_for(&Verdict::Skipped(SkipReason::NotExecutable), p).starts_with("chmod 755"));
+        assert!(
+            fix_for(
+                &Verdict::Refused(Refusal::MissingInterpreter("/usr/bin/python9".into())),
+                p
+            )
+            .starts_with("install that interpreter")
+        );
+        assert!(fix_for(&Verdict::Skipped(SkipReason::BrokenSymlink), p).starts_with("point "));
+        assert!(fix_for(&Verdict::Refused(Refusal::BinaryData), p).starts_with("replace "));
+        assert!(deliberate(&SkipReason::IgnoredSuffix(".dpkg-old")));
+        assert!(!deliberate(&SkipReason::NotExecutable));
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! its path once that path is seen to still name this file.
 
 use std::ffi::OsStr;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::trust::Policy;
+use crate::trust::{Policy, Untrusted};
 
 /// The kernel reads at most this much of a `#!` line (BINPRM_BUF_SIZE since
 /// Linux 5.1); a longer one cannot name its interpreter reliably.
@@ -26,6 +27,83 @@ pub enum Kind {
     Shell,
 }
 
+/// Why a hook that the name rules let through must not run. Shown as a
+/// phrase after the hook's path ("... is not executable"); `check` chooses
+/// its advice by the variant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    CannotOpen(String),
+    CannotExamine(String),
+    NotRegular,
+    NotExecutable,
+    Untrusted(Untrusted),
+    CannotRead(String),
+    /// A `#!` line longer than the kernel reads.
+    LongShebang,
+    NoInterpreterNamed,
+    /// The interpreter named by `#!` (as written) does not exist.
+    MissingInterpreter(PathBuf),
+    /// The interpreter (`#!`'s, or /bin/sh for a file without one) breaks a
+    /// trust rule.
+    UntrustedInterpreter {
+        path: PathBuf,
+        no_shebang: bool,
+        why: Untrusted,
+    },
+    BinaryData,
+    /// The path no longer names the file that was checked.
+    Replaced(Option<String>),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::hooks::escape_path;
+        match self {
+            Refusal::CannotOpen(e) => write!(f, "cannot be opened: {e}"),
+            Refusal::CannotExamine(e) => write!(f, "cannot be examined: {e}"),
+            Refusal::NotRegular => write!(f, "is not a regular file"),
+            Refusal::NotExecutable => write!(f, "is not executable"),
+            Refusal::Untrusted(u) => write!(f, "is not trusted: {u}"),
+            Refusal::CannotRead(e) => write!(f, "cannot be read: {e}"),
+            Refusal::LongShebang => write!(
+                f,
+                "has a #! line longer than {} bytes, the kernel's limit",
+                SHEBANG_MAX - 1
+            ),
+            Refusal::NoInterpreterNamed => write!(f, "has a #! line that names no interpreter"),
+            Refusal::MissingInterpreter(p) => write!(
+                f,
+                "names interpreter {} in its #! line, which does not exist",
+                escape_path(p)
+            ),
+            Refusal::UntrustedInterpreter {
+                no_shebang: true,
+                why,
+                ..
+            } => write!(
+                f,
+                "is run by /bin/sh (no #! line), which is not trusted: {why}"
+            ),
+            Refusal::UntrustedInterpreter { path, why, .. } => write!(
+                f,
+                "names interpreter {} in its #! line, which is not trusted: {why}",
+                escape_path(path)
+            ),
+            Refusal::BinaryData => {
+                write!(
+                    f,
+                    "is binary data: neither a #! script nor an ELF executable"
+                )
+            }
+            Refusal::Replaced(None) => write!(
+                f,
+                "was replaced after it was checked: another file is at its path now"
+            ),
+            Refusal::Replaced(Some(e)) => write!(f, "was replaced after it was checked ({e})"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Opened {
     pub file: File,
@@ -38,13 +116,10 @@ impl Opened {
     /// Whether `path` still names the checked file (same device and inode),
     /// following symlinks as an exec of `path` does. The error is the reason
     /// it must not run, as a phrase like those of [`open`].
-    pub fn still_at(&self, path: &Path) -> Result<(), String> {
-        let now = std::fs::metadata(path)
-            .map_err(|e| format!("was replaced after it was checked ({e})"))?;
+    pub fn still_at(&self, path: &Path) -> Result<(), Refusal> {
+        let now = std::fs::metadata(path).map_err(|e| Refusal::Replaced(Some(e.to_string())))?;
         if (now.dev(), now.ino()) != self.id {
-            return Err(
-                "was replaced after it was checked: another file is at its path now".into(),
-            );
+            return Err(Refusal::Replaced(None));
         }
         Ok(())
     }
@@ -52,34 +127,34 @@ impl Opened {
 
 /// Opens and checks the hook at `path`. The error is the reason it must not
 /// run, as a phrase for the log and the summary line.
-pub fn open(path: &Path, policy: &Policy) -> Result<Opened, String> {
+pub fn open(path: &Path, policy: &Policy) -> Result<Opened, Refusal> {
     open_in(path, policy, Path::new("/"))
 }
 
 /// [`open`] for a hook of the system mounted at `root` (`check --root`):
 /// its `#!` interpreter is looked for under `root`.
-pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, String> {
+pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Refusal> {
     // O_NONBLOCK: an entry swapped for a FIFO since the dir was read must not
     // block the open; no effect on a regular file.
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| format!("cannot be opened: {e}"))?;
+        .map_err(|e| Refusal::CannotOpen(e.to_string()))?;
     let meta = file
         .metadata()
-        .map_err(|e| format!("cannot be examined: {e}"))?;
+        .map_err(|e| Refusal::CannotExamine(e.to_string()))?;
     if !meta.is_file() {
-        return Err("is not a regular file".into());
+        return Err(Refusal::NotRegular);
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err("is not executable".into());
+        return Err(Refusal::NotExecutable);
     }
     policy
         .check_opened(path, &meta)
-        .map_err(|u| format!("is not trusted: {u}"))?;
+        .map_err(Refusal::Untrusted)?;
     let mut head = [0u8; SHEBANG_MAX];
-    let n = read_head(&file, &mut head).map_err(|e| format!("cannot be read: {e}"))?;
+    let n = read_head(&file, &mut head).map_err(|e| Refusal::CannotRead(e.to_string()))?;
     let (kind, interpreter) = classify(&head[..n], meta.len(), root)?;
     // The interpreter runs as root with the hook: judged as the hook is. A
     // file without #! is handed to /bin/sh.
@@ -88,16 +163,13 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Stri
         _ => interpreter,
     };
     if let Some(interpreter) = interpreter {
-        policy.check_interpreter(&interpreter).map_err(|u| {
-            let named = match kind {
-                Kind::Shell => "is run by /bin/sh (no #! line)".to_string(),
-                _ => format!(
-                    "names interpreter {} in its #! line",
-                    crate::hooks::escape_path(&interpreter)
-                ),
-            };
-            format!("{named}, which is not trusted: {u}")
-        })?;
+        policy
+            .check_interpreter(&interpreter)
+            .map_err(|why| Refusal::UntrustedInterpreter {
+                no_shebang: kind == Kind::Shell,
+                path: interpreter.clone(),
+                why,
+            })?;
     }
     Ok(Opened {
         id: (meta.dev(), meta.ino()),
@@ -119,29 +191,21 @@ fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// What kind of program the first bytes show (`len` is the file's size),
 /// and for a script, where its interpreter is.
-fn classify(head: &[u8], len: u64, root: &Path) -> Result<(Kind, Option<PathBuf>), String> {
+fn classify(head: &[u8], len: u64, root: &Path) -> Result<(Kind, Option<PathBuf>), Refusal> {
     if let Some(rest) = head.strip_prefix(b"#!") {
         let line = match rest.iter().position(|&b| b == b'\n') {
             Some(end) => &rest[..end],
-            None if len as usize > head.len() => {
-                return Err(format!(
-                    "has a #! line longer than {} bytes, the kernel's limit",
-                    SHEBANG_MAX - 1
-                ));
-            }
+            None if len as usize > head.len() => return Err(Refusal::LongShebang),
             None => rest,
         };
         let interpreter = line
             .split(|b| *b == b' ' || *b == b'\t')
             .find(|w| !w.is_empty())
-            .ok_or("has a #! line that names no interpreter")?;
+            .ok_or(Refusal::NoInterpreterNamed)?;
         let interpreter = Path::new(OsStr::from_bytes(interpreter));
         let inside = root.join(interpreter.strip_prefix("/").unwrap_or(interpreter));
         if !inside.exists() {
-            return Err(format!(
-                "names interpreter {} in its #! line, which does not exist",
-                crate::hooks::escape_path(interpreter)
-            ));
+            return Err(Refusal::MissingInterpreter(interpreter.to_path_buf()));
         }
         return Ok((Kind::Script, Some(inside)));
     }
@@ -149,7 +213,7 @@ fn classify(head: &[u8], len: u64, root: &Path) -> Result<(Kind, Option<PathBuf>
         return Ok((Kind::Elf, None));
     }
     if head.contains(&0) {
-        return Err("is binary data: neither a #! script nor an ELF executable".into());
+        return Err(Refusal::BinaryData);
     }
     Ok((Kind::Shell, None))
 }
@@ -158,8 +222,11 @@ fn classify(head: &[u8], len: u64, root: &Path) -> Result<(Kind, Option<PathBuf>
 mod tests {
     use super::*;
 
+    /// The kind, or the refusal as the log words it.
     fn classify(head: &[u8], len: u64, root: &Path) -> Result<Kind, String> {
-        super::classify(head, len, root).map(|(kind, _)| kind)
+        super::classify(head, len, root)
+            .map(|(kind, _)| kind)
+            .map_err(|r| r.to_string())
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::{Limit, OnError, Settings};
-use crate::hookfile;
-use crate::hooks::{self, Discovery, escape, escape_path};
+use crate::hookfile::{self, Refusal};
+use crate::hooks::{self, Discovery, SkipReason, escape, escape_path};
 use crate::json::{self, Object};
 use crate::trust::Policy;
 use crate::units::format_limit;
@@ -21,10 +21,25 @@ pub enum Verdict {
         per_hook: bool,
     },
     /// Passed over by the name rules, as the stock script would: why.
-    Skipped(String),
+    Skipped(SkipReason),
     /// A hook the runner refuses (untrusted, unusable): why. The freeze
     /// fails on it under `on_error = "abort"`.
-    Refused(String),
+    Refused(Refusal),
+    /// The hooks dir cannot be used (the listing's problem): nothing in it
+    /// runs.
+    DirRefused(String),
+}
+
+impl Verdict {
+    /// Why it does not run, as a phrase; `None` when it runs.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Verdict::Runs { .. } => None,
+            Verdict::Skipped(why) => Some(why.to_string()),
+            Verdict::Refused(why) => Some(why.to_string()),
+            Verdict::DirRefused(why) => Some(why.clone()),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -94,12 +109,12 @@ fn judge(
         .map(|s| Entry {
             path: settings.hooks_dir.join(&s.name),
             name: s.name.clone(),
-            verdict: Verdict::Skipped(s.reason.to_string()),
+            verdict: Verdict::Skipped(s.reason.clone()),
         })
         .collect();
     for hook in &found.hooks {
         let verdict = match (dir_problem, hookfile::open_in(&hook.path, policy, root)) {
-            (Some(p), _) => Verdict::Skipped(p.to_string()),
+            (Some(p), _) => Verdict::DirRefused(p.to_string()),
             (None, Err(why)) => Verdict::Refused(why),
             (None, Ok(_)) => Verdict::Runs {
                 timeout: settings.timeout_for(&hook.name),
@@ -166,7 +181,10 @@ fn to_text(l: &Listing) -> String {
                 format_limit(*timeout),
                 if *per_hook { " (per-hook setting)" } else { "" }
             )),
-            Verdict::Skipped(why) => out.push_str(&format!("  skipped  {name}{pad}  {why}\n")),
+            Verdict::Skipped(_) | Verdict::DirRefused(_) => out.push_str(&format!(
+                "  skipped  {name}{pad}  {}\n",
+                e.verdict.reason().unwrap_or_default()
+            )),
             Verdict::Refused(why) => out.push_str(&format!(
                 "  refused  {name}{pad}  {why} ({})\n",
                 match l.on_error {
@@ -188,7 +206,7 @@ fn to_json(l: &Listing) -> String {
             Verdict::Runs { timeout, .. } => {
                 (true, timeout.map(|t| t.as_millis().to_string()), None)
             }
-            Verdict::Skipped(why) | Verdict::Refused(why) => (false, None, Some(json::string(why))),
+            other => (false, None, other.reason().map(|r| json::string(&r))),
         };
         Object::new()
             .str("name", &escape(&e.name))

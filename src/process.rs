@@ -238,7 +238,7 @@ pub fn run(
     if spawn.opened.kind != Kind::Elf
         && let Err(why) = spawn.opened.still_at(spawn.path)
     {
-        return Finished::refused(why);
+        return Finished::refused(why.to_string());
     }
     let pid = match sys::spawn(&exec) {
         Ok(pid) => pid,

@@ -368,6 +368,7 @@ impl<'a> Runner<'a> {
     /// Opens and checks a hook; a refusal is logged and recorded.
     fn open(&mut self, hook: &Hook, phase: Phase, rollback: bool) -> Result<Opened, Finished> {
         hookfile::open(&hook.path, &self.policy).map_err(|why| {
+            let why = why.to_string();
             self.log.event(
                 Event::new(
                     "hook_refused",
