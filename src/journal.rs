@@ -432,17 +432,17 @@ impl StateLock {
 mod tests {
     use super::*;
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("fh-journal-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        ensure_state_dir(&d).unwrap();
+    /// A state dir, removed when the test ends however it ends.
+    fn temp_dir(_tag: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        ensure_state_dir(d.path()).unwrap();
         d
     }
 
     #[test]
     fn freeze_then_finish_round_trips() {
         let dir = temp_dir("rt");
-        let mut j = Journal::new(&dir);
+        let mut j = Journal::new(dir.path());
         assert_eq!(j.read(), Recorded::Absent);
         j.begin_freeze().unwrap();
         let odd = OsString::from_vec(b"20 my\nsql%\xff".to_vec());
@@ -490,13 +490,12 @@ mod tests {
         j.thawed(&odd).unwrap();
         j.settle("thaw").unwrap();
         assert_eq!(j.read(), Recorded::Idle);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_new_freeze_carries_what_an_earlier_one_left_held() {
         let dir = temp_dir("carry");
-        let mut j = Journal::new(&dir);
+        let mut j = Journal::new(dir.path());
         j.begin_freeze().unwrap();
         for n in ["10", "20", "30"] {
             j.started(n.as_ref()).unwrap();
@@ -504,7 +503,7 @@ mod tests {
         j.mark_frozen().unwrap();
         // No thaw; a second freeze starts 10 and 20, fails at 20 and rolls
         // back 20 and 10: 30 is still frozen from the first.
-        let mut j = Journal::new(&dir);
+        let mut j = Journal::new(dir.path());
         j.begin_freeze().unwrap();
         j.started("10".as_ref()).unwrap();
         j.started("20".as_ref()).unwrap();
@@ -521,7 +520,7 @@ mod tests {
         assert_eq!(h.names, [OsString::from("30")]);
         // However many freezes follow, one held name is one entry.
         for _ in 0..10 {
-            let mut j = Journal::new(&dir);
+            let mut j = Journal::new(dir.path());
             j.begin_freeze().unwrap();
             j.started("30".as_ref()).unwrap();
             j.mark_frozen().unwrap();
@@ -530,7 +529,6 @@ mod tests {
             panic!("held");
         };
         assert_eq!(h.names, [OsString::from("30")]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -557,8 +555,8 @@ mod tests {
     #[test]
     fn lock_excludes_a_second_holder_until_dropped() {
         let dir = temp_dir("lock");
-        let first = StateLock::acquire(&dir, Some(Duration::from_millis(50))).unwrap();
-        let err = StateLock::acquire(&dir, Some(Duration::from_millis(100)))
+        let first = StateLock::acquire(dir.path(), Some(Duration::from_millis(50))).unwrap();
+        let err = StateLock::acquire(dir.path(), Some(Duration::from_millis(100)))
             .err()
             .expect("second lock must fail");
         assert!(
@@ -566,7 +564,6 @@ mod tests {
             "{err}"
         );
         drop(first);
-        StateLock::acquire(&dir, Some(Duration::from_millis(50))).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
+        StateLock::acquire(dir.path(), Some(Duration::from_millis(50))).unwrap();
     }
 }

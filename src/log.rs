@@ -283,7 +283,8 @@ mod tests {
 
     #[test]
     fn lines_are_appended_with_a_date_and_the_file_is_private() {
-        let dir = std::env::temp_dir().join(format!("fh-log-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("sub/x.log");
         let log = Log::open(&path, true);
         log.line("one");
@@ -316,6 +317,5 @@ mod tests {
                 .unwrap()
                 .ends_with(": while frozen\n")
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

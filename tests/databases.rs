@@ -254,7 +254,13 @@ fn mariadb_lock_that_cannot_be_taken_fails_the_freeze() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Until the other session holds the table (no fixed sleep).
+    assert!(
+        eventually(Duration::from_secs(30), || db
+            .sql("SHOW OPEN TABLES FROM t WHERE In_use > 0")
+            .contains('x')),
+        "the blocking session never locked t.x"
+    );
     let mut vars = db.vars("5m");
     vars.push(("FSFREEZE_MYSQL_LOCK_WAIT", "2".to_string()));
     let run = run_with(&env, &vars, &["freeze"]);

@@ -58,8 +58,10 @@ fn freeze_hook_holds_a_session_until_the_thaw_hook_releases_it() {
         .unwrap();
     let mut out = Vec::new();
     reader.read_to_end(&mut out).unwrap();
+    // Not held until the session ends (--max-hold 5m): EOF comes when the
+    // runner is done, some 100 ms.
     assert!(
-        start.elapsed() < Duration::from_secs(3),
+        start.elapsed() < Duration::from_secs(30),
         "EOF after {:?}",
         start.elapsed()
     );

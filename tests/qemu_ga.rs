@@ -393,8 +393,10 @@ fn qemu_ga_freeze_returns_promptly_while_a_lock_holder_lives_on() {
         let start = Instant::now();
         assert_eq!(freeze_list(&mut agent, &fs.mnt), Ok(json!(1)));
         let took = start.elapsed();
+        // Not until the holder ends (the thaw): some 200 ms, with room for a
+        // loaded machine.
         assert!(
-            took < Duration::from_secs(3),
+            took < Duration::from_secs(8),
             "{}: freeze took {took:?}",
             qga
         );

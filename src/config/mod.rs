@@ -370,8 +370,8 @@ mod tests {
 
     #[test]
     fn config_search_order() {
-        let dir = std::env::temp_dir().join(format!("fh-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let beside = dir.join("fsfreeze-hook.conf");
         std::fs::write(&beside, "").unwrap();
         let argv0 = dir.join("fsfreeze-hook");
@@ -389,7 +389,6 @@ mod tests {
             locate_config(None, None, &argv0, Path::new("/")).unwrap(),
             beside
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
