@@ -108,6 +108,8 @@ impl LoopFs {
     /// Whether the filesystem is frozen, without a write that could hang:
     /// FIFREEZE fails with EBUSY on a frozen one. If it succeeds, the
     /// filesystem was not frozen, and it is thawed again at once.
+    // The probe is an ioctl, which only unsafe code can make.
+    #[allow(unsafe_code)]
     pub fn frozen(&self) -> bool {
         let dir = File::open(&self.mnt).unwrap();
         // SAFETY: FIFREEZE takes no memory from us (the int argument is
@@ -130,6 +132,7 @@ impl LoopFs {
 }
 
 /// FITHAW; EINVAL means it was not frozen.
+#[allow(unsafe_code)]
 fn thaw(mnt: &Path) -> std::io::Result<()> {
     let dir = File::open(mnt)?;
     // SAFETY: FITHAW takes no memory from us; the fd is valid for the call.

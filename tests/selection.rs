@@ -137,6 +137,8 @@ fn hook_without_shebang_runs_under_sh_with_a_warning() {
 }
 
 #[test]
+// A descriptor leaked on purpose takes a pre_exec hook: unsafe code.
+#[allow(unsafe_code)]
 fn hook_sees_phase_env_null_stdin_and_no_extra_descriptors() {
     let env = Env::new();
     let out = env.path().join("seen");
