@@ -81,18 +81,10 @@ pub fn entry_in_root(root: &Path, guest: &Path) -> PathBuf {
     resolve_in(root, guest, false)
 }
 
-fn resolve_in(root: &Path, guest: &Path, follow_last: bool) -> PathBuf {
-    use std::collections::VecDeque;
-    use std::path::Component;
-    let parts = |p: &Path| -> VecDeque<std::ffi::OsString> {
-        p.components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.to_os_string()),
-                Component::ParentDir => Some("..".into()),
-                _ => None,
-            })
-            .collect()
-    };
+/// The chroot-like resolution of [`in_root`], also for `root` `/` (where it
+/// is the kernel's); `follow_last`: whether a final symlink is followed.
+pub fn resolve_in(root: &Path, guest: &Path, follow_last: bool) -> PathBuf {
+    use crate::trust::components as parts;
     let mut pending = parts(guest);
     let mut real = root.to_path_buf();
     let mut links = 0;

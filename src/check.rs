@@ -177,23 +177,14 @@ fn bash_array_under_sh(root: &Path, script: &[u8]) -> Option<String> {
     }
 }
 
-/// The name of the program `/bin/sh` leads to in `root`, following its
-/// symlinks inside `root` (an absolute link target is taken in `root` too).
+/// The name of the program `/bin/sh` leads to in `root`, its symlinks
+/// followed inside `root`.
 fn shell_name(root: &Path) -> Option<String> {
-    let mut path = in_root(root, Path::new("/bin/sh"));
-    for _ in 0..16 {
-        match fs::read_link(&path) {
-            Ok(target) if target.is_absolute() => path = in_root(root, &target),
-            Ok(target) => path = path.parent()?.join(target),
-            Err(_) => {
-                fs::symlink_metadata(&path).ok()?;
-                let name = path.file_name()?.to_string_lossy().into_owned();
-                // A plain file named sh says nothing of which shell it is.
-                return (name != "sh").then_some(name);
-            }
-        }
-    }
-    None
+    let path = agent::resolve_in(root, Path::new("/bin/sh"), true);
+    fs::symlink_metadata(&path).ok()?;
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    // A plain file named sh says nothing of which shell it is.
+    (name != "sh").then_some(name)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> bool {

@@ -59,6 +59,15 @@ fn held_dir(settings: &Settings) -> PathBuf {
     settings.state_dir.join("held")
 }
 
+/// What `hold` and `release` say of a name that is not one (escaped: it
+/// may hold anything).
+fn not_a_name(command: &str, name: &str) -> String {
+    format!(
+        "{command}: \"{}\" is not a name (letters, digits, - _ .)",
+        crate::hooks::escape(std::ffi::OsStr::new(name))
+    )
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -125,13 +134,7 @@ fn record(settings: &Settings, s: &Session) -> std::io::Result<()> {
 /// `hold`: start the session and return once it is ready.
 pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
     if !valid_name(&args.name) {
-        return fail(
-            EXIT_SETUP,
-            &format!(
-                "hold: \"{}\" is not a name (letters, digits, - _ .)",
-                crate::hooks::escape(std::ffi::OsStr::new(&args.name))
-            ),
-        );
+        return fail(EXIT_SETUP, &not_a_name("hold", &args.name));
     }
     if let Err(e) = crate::journal::ensure_state_dir(&settings.state_dir) {
         return fail(EXIT_SETUP, &format!("hold {}: {e:#}", args.name));
@@ -194,10 +197,7 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
 /// `release`: end the session held as `name`, and wait until it is gone.
 pub fn release(settings: &Settings, log: &Log, name: &str) -> ExitCode {
     if !valid_name(name) {
-        let line = format!(
-            "release: \"{}\" is not a name (letters, digits, - _ .)",
-            crate::hooks::escape(std::ffi::OsStr::new(name))
-        );
+        let line = not_a_name("release", name);
         log.line(&line);
         return fail(EXIT_SETUP, &line);
     }

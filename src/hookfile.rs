@@ -156,12 +156,7 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Refu
     let mut head = [0u8; SHEBANG_MAX];
     let n = read_head(&file, &mut head).map_err(|e| Refusal::CannotRead(e.to_string()))?;
     let (kind, interpreter) = classify(&head[..n], meta.len(), root)?;
-    // The interpreter runs as root with the hook: judged as the hook is. A
-    // file without #! is handed to /bin/sh.
-    let interpreter = match kind {
-        Kind::Shell => Some(root.join("bin/sh")),
-        _ => interpreter,
-    };
+    // The interpreter runs as root with the hook: judged as the hook is.
     if let Some(interpreter) = interpreter {
         policy
             .check_interpreter(&interpreter)
@@ -190,7 +185,8 @@ fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// What kind of program the first bytes show (`len` is the file's size),
-/// and for a script, where its interpreter is.
+/// and, but for an ELF program, where its interpreter is: the one `#!`
+/// names, or /bin/sh for a file without one.
 fn classify(head: &[u8], len: u64, root: &Path) -> Result<(Kind, Option<PathBuf>), Refusal> {
     if let Some(rest) = head.strip_prefix(b"#!") {
         let line = match rest.iter().position(|&b| b == b'\n') {
@@ -215,7 +211,7 @@ fn classify(head: &[u8], len: u64, root: &Path) -> Result<(Kind, Option<PathBuf>
     if head.contains(&0) {
         return Err(Refusal::BinaryData);
     }
-    Ok((Kind::Shell, None))
+    Ok((Kind::Shell, Some(root.join("bin/sh"))))
 }
 
 #[cfg(test)]

@@ -115,11 +115,7 @@ impl Journal {
             }
         }
         self.replace(&text)?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("cannot open journal {}", self.path.display()))?;
-        self.append = Some(file);
+        self.open_append()?;
         Ok(since_ms)
     }
 
@@ -183,13 +179,18 @@ impl Journal {
             if !matches!(self.read(), Recorded::Held(_)) {
                 return Ok(());
             }
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&self.path)
-                .with_context(|| format!("cannot open journal {}", self.path.display()))?;
-            self.append = Some(file);
+            self.open_append()?;
         }
         self.append_line(line)
+    }
+
+    fn open_append(&mut self) -> Result<()> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open journal {}", self.path.display()))?;
+        self.append = Some(file);
+        Ok(())
     }
 
     /// Ends a thaw or rollback: what the record still holds (hooks without a

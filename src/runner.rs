@@ -316,7 +316,6 @@ impl<'a> Runner<'a> {
                     "phase_timeout expired, {} hook(s) not rolled back",
                     i + 1
                 ));
-                out.not_run = started[..=i].iter().map(|h| h.name.clone()).collect();
                 break;
             };
             let fin = self.open_and_run(hook, Phase::Thaw, true, limits);
@@ -511,7 +510,6 @@ impl<'a> Runner<'a> {
 #[derive(Default)]
 struct Rollback {
     failures: Vec<String>,
-    not_run: Vec<OsString>,
 }
 
 /// Maps the journal's names to hooks of the current dir, in journal order.

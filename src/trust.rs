@@ -285,7 +285,7 @@ impl Policy {
 
 /// The names of a path's components, `..` kept (resolved by the walk after
 /// the symlinks before it), `.` and the root left out.
-fn components(path: &Path) -> VecDeque<OsString> {
+pub(crate) fn components(path: &Path) -> VecDeque<OsString> {
     path.components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),

@@ -255,3 +255,21 @@ pub fn freezing_test(test: &str) -> std::sync::MutexGuard<'static, ()> {
     require_root(test);
     freezing_exclusively()
 }
+
+/// The descriptors `pid`, a `sleep`, holds, sorted: looked at once it is
+/// asleep, not while its shell forks and execs it, nor while the loader has
+/// libraries open.
+pub fn descriptors_of_sleep(pid: i32) -> Vec<u32> {
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains("(sleep) S "))
+        }),
+        "{pid} never slept"
+    );
+    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    fds
+}

@@ -182,15 +182,7 @@ fn the_held_command_gets_descriptors_0_1_2_only() {
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     let pid = read_pid(&pidfile);
-    assert!(eventually(Duration::from_secs(5), || {
-        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains("(sleep) S "))
-    }));
-    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort();
-    assert_eq!(fds, [0, 1, 2]);
+    assert_eq!(crate::common::descriptors_of_sleep(pid), [0, 1, 2]);
     let run = env.run(&["thaw"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(eventually(Duration::from_secs(5), || !alive(pid)));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Env, alive, assert_has, eventually, read_pid};
+use crate::common::{Env, alive, assert_has, descriptors_of_sleep, eventually, read_pid};
 use crate::qemu_ga::{TestAgent, agents};
 
 /// The agents whose stock script is there; under CI each must have one.
@@ -183,15 +183,6 @@ impl Drop for Reaper {
     }
 }
 
-fn open_descriptors(pid: i32) -> Vec<u32> {
-    let mut fds: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort();
-    fds
-}
-
 #[test]
 fn what_a_hook_leaves_running_holds_descriptors_0_1_2_only() {
     for shebang in [true, false] {
@@ -211,13 +202,8 @@ fn what_a_hook_leaves_running_holds_descriptors_0_1_2_only() {
         let pid = read_pid(&pidfile);
         let _reaper = Reaper(pid);
         assert!(alive(pid), "the holder lives on after the freeze phase");
-        // Looked at once it is sleep, asleep: not while its shell forks and
-        // execs, nor while the loader has libraries open.
-        assert!(eventually(Duration::from_secs(5), || {
-            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains("(sleep) S "))
-        }));
         assert_eq!(
-            open_descriptors(pid),
+            descriptors_of_sleep(pid),
             [0, 1, 2],
             "#! line: {shebang}; {:?}",
             fs::read_dir(format!("/proc/{pid}/fd"))
