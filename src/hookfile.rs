@@ -260,4 +260,46 @@ mod tests {
         let err = classify(&long[..SHEBANG_MAX], long.len() as u64, Path::new("/")).unwrap_err();
         assert!(err.contains("longer than 255 bytes"), "{err}");
     }
+
+    #[test]
+    fn a_file_without_shebang_has_bin_sh_judged_as_its_interpreter() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        std::fs::create_dir(root.path().join("bin")).unwrap();
+        std::fs::create_dir(root.path().join("hooks.d")).unwrap();
+        let sh = root.path().join("bin/sh");
+        std::fs::write(&sh, "ELF").unwrap();
+        let hook = root.path().join("hooks.d/10-plain");
+        std::fs::write(&hook, "echo no shebang\n").unwrap();
+        chmod(&hook, 0o755);
+        chmod(&sh, 0o755);
+        let policy = || Policy::current();
+        assert_eq!(
+            open_in(&hook, &policy(), root.path())
+                .map(|o| o.kind)
+                .unwrap(),
+            Kind::Shell
+        );
+        chmod(&sh, 0o757);
+        let refused = open_in(&hook, &policy(), root.path()).unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                Refusal::UntrustedInterpreter {
+                    no_shebang: true,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .starts_with("is run by /bin/sh (no #! line), which is not trusted: "),
+            "{refused}"
+        );
+    }
 }
