@@ -5,19 +5,20 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::admin::status;
 use crate::cli::{Cli, Command};
 use crate::config::Settings;
-use crate::event::{Event, Level};
-use crate::hooks::{self, Discovery, escape_path};
-use crate::journal::{self, Recorded, StateLock};
+use crate::config::units::{format_duration, format_limit};
 use crate::log::Log;
-use crate::report;
-use crate::runner::{End, Phase, Runner};
+use crate::log::event::{Event, Level};
+use crate::phase::discovery::{self as hooks, Discovery};
+use crate::phase::journal::{self, Recorded, StateLock};
+use crate::phase::report;
+use crate::phase::runner::{End, Phase, Runner};
+use crate::phase::trust::Policy;
 use crate::standalone;
-use crate::status;
 use crate::sys::{self, Events};
-use crate::trust::Policy;
-use crate::units::{format_duration, format_limit};
+use crate::text::escape_path;
 
 /// Exit statuses; documented in the README.
 pub const EXIT_OK: u8 = 0;
@@ -80,7 +81,7 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
             &command,
         ),
         Command::Status { json } => status::status(&settings, json),
-        Command::List { json } => crate::list::list(&settings, json),
+        Command::List { json } => crate::admin::list::list(&settings, json),
         Command::Hold {
             name,
             max_hold,
@@ -104,9 +105,9 @@ pub fn run(cli: Cli, argv0: &Path) -> ExitCode {
             let settings = crate::hold::settings_from_env(settings.clone());
             crate::hold::release(&settings, &open_log_at(&settings), &name)
         }
-        Command::Check { root } => crate::check::check(&root),
-        Command::Enable { root, dry_run } => crate::enable::enable(&root, dry_run),
-        Command::Disable { root, dry_run } => crate::enable::disable(&root, dry_run),
+        Command::Check { root } => crate::admin::check::check(&root),
+        Command::Enable { root, dry_run } => crate::admin::enable::enable(&root, dry_run),
+        Command::Disable { root, dry_run } => crate::admin::enable::disable(&root, dry_run),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut std::io::stdout());
@@ -122,7 +123,7 @@ pub fn fail(code: u8, line: &str) -> ExitCode {
     // One line, whatever a name in it holds: qemu-ga passes it on.
     eprintln!(
         "fsfreeze-hook: {}",
-        crate::hooks::escape_line(line.as_bytes())
+        crate::text::escape_line(line.as_bytes())
     );
     ExitCode::from(code)
 }
@@ -333,7 +334,7 @@ fn rehearse(settings: &Settings, log: &Log, events: &Events, hold: Duration) -> 
         Err(msg) => return fail(EXIT_SETUP, &msg),
     };
     for s in &found.skipped {
-        println!("skip {}: {}", hooks::escape(&s.name), s.reason);
+        println!("skip {}: {}", crate::text::escape(&s.name), s.reason);
     }
     runner.show_progress = true;
     let start = Instant::now();

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::units::{parse_duration, parse_limit_arg};
 use crate::config::{OnError, Overrides};
-use crate::units::{parse_duration, parse_limit_arg};
 
 /// Runs the scripts of fsfreeze-hook.d around a filesystem freeze: in order,
 /// logged, time-bounded, and rolled back when one fails.

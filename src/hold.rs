@@ -25,11 +25,11 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::app::{EXIT_HOOK_FAILED, EXIT_OK, EXIT_SETUP, fail};
+use crate::config::units::format_limit;
 use crate::config::{Limit, Settings};
 use crate::log::Log;
-use crate::process::{Context, WaitEnd, Watch};
+use crate::phase::process::{Context, WaitEnd, Watch};
 use crate::sys::{self, Event, Events, Exec, Program};
-use crate::units::format_limit;
 
 /// What a keeper waits for its COMMAND to end after closing its stdin,
 /// before ending it with signals.
@@ -64,7 +64,7 @@ fn held_dir(settings: &Settings) -> PathBuf {
 fn not_a_name(command: &str, name: &str) -> String {
     format!(
         "{command}: \"{}\" is not a name (letters, digits, - _ .)",
-        crate::hooks::escape(std::ffi::OsStr::new(name))
+        crate::text::escape(std::ffi::OsStr::new(name))
     )
 }
 
@@ -136,12 +136,12 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
     if !valid_name(&args.name) {
         return fail(EXIT_SETUP, &not_a_name("hold", &args.name));
     }
-    if let Err(e) = crate::journal::ensure_state_dir(&settings.state_dir) {
+    if let Err(e) = crate::phase::journal::ensure_state_dir(&settings.state_dir) {
         return fail(EXIT_SETUP, &format!("hold {}: {e:#}", args.name));
     }
     // A session of that name still held (a thaw never came): replace it.
     if let Some(old) = sessions(settings).into_iter().find(|s| s.name == args.name) {
-        if crate::watchdog::alive(old.keeper) {
+        if crate::standalone::watchdog::alive(old.keeper) {
             log.warn(&format!(
                 "hold {}: replacing the session still held (keeper pid {})",
                 args.name, old.keeper
@@ -205,7 +205,7 @@ pub fn release(settings: &Settings, log: &Log, name: &str) -> ExitCode {
         log.line(&format!("release {name}: nothing held under that name"));
         return ExitCode::from(EXIT_OK);
     };
-    if crate::watchdog::alive(s.keeper) {
+    if crate::standalone::watchdog::alive(s.keeper) {
         end_keeper(s.keeper);
     }
     let _ = fs::remove_file(held_dir(settings).join(name));
@@ -220,7 +220,7 @@ pub fn release(settings: &Settings, log: &Log, name: &str) -> ExitCode {
 fn end_keeper(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGUSR1);
     let deadline = Instant::now() + RELEASE_GRACE + Duration::from_secs(5);
-    while crate::watchdog::alive(pid) && Instant::now() < deadline {
+    while crate::standalone::watchdog::alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -239,7 +239,12 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     };
     let started = match start(args) {
         Ok(s) => s,
-        Err(e) => return say(format!("FAIL cannot run {}: {e}", shown(&args.command))),
+        Err(e) => {
+            return say(format!(
+                "FAIL cannot run {}: {e}",
+                crate::text::program(&args.command)
+            ));
+        }
     };
     let Started { pid, stdin, output } = started;
     let mut stdin = Some(std::fs::File::from(stdin));
@@ -281,7 +286,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
                     Ok(0) | Err(_) => {
                         break Err(format!(
                             "{} ended before it was ready",
-                            shown(&args.command)
+                            crate::text::program(&args.command)
                         ));
                     }
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
@@ -292,7 +297,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
                     drain(&output, &mut seen);
                     break Err(format!(
                         "{} ended before it was ready",
-                        shown(&args.command)
+                        crate::text::program(&args.command)
                     ));
                 }
             }
@@ -310,7 +315,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
         };
         return say(format!("FAIL {why}{detail}"));
     }
-    let since_ms = crate::journal::now_ms();
+    let since_ms = crate::phase::journal::now_ms();
     let until_ms = args.max_hold.map(|d| since_ms + d.as_millis() as u64);
     let session = Session {
         name: args.name.clone(),
@@ -327,7 +332,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     say(format!(
         "OK keeper pid {}, {} pid {}",
         session.keeper,
-        shown(&args.command),
+        crate::text::program(&args.command),
         pid
     ));
     // Hold: until release, the deadline, a stop signal, or COMMAND's end.
@@ -346,7 +351,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
                 if matches!(nix::unistd::read(&output, &mut buf), Ok(0) | Err(_)) {
                     // Output closed: wait for the exit (SIGCHLD) only.
                     if !matches!(sys::try_reap(pid), Ok(None)) {
-                        break format!("{} ended by itself", shown(&args.command));
+                        break format!("{} ended by itself", crate::text::program(&args.command));
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -354,7 +359,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
             Event::Signal(Signal::SIGUSR1) => break "released".to_string(),
             Event::Signal(Signal::SIGCHLD) | Event::Timeout => {
                 if !matches!(sys::try_reap(pid), Ok(None)) {
-                    break format!("{} ended by itself", shown(&args.command));
+                    break format!("{} ended by itself", crate::text::program(&args.command));
                 }
             }
             Event::Signal(sig) => break format!("got {}", sig.as_str()),
@@ -381,11 +386,11 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     let mut log = log;
     log.attach(!sys::is_root());
     log.release();
-    let held_for = Duration::from_millis(crate::journal::now_ms().saturating_sub(since_ms));
+    let held_for = Duration::from_millis(crate::phase::journal::now_ms().saturating_sub(since_ms));
     log.line(&format!(
         "hold {}: {why}; session closed after {} ({ended})",
         args.name,
-        crate::units::format_duration(held_for)
+        crate::config::units::format_duration(held_for)
     ));
 }
 
@@ -411,9 +416,9 @@ struct Started {
 /// COMMAND in its own process group: stdin from a pipe we keep, stdout and
 /// stderr into another we read.
 fn start(args: &HoldArgs) -> Result<Started, Errno> {
-    let argv = crate::process::argv_of(&args.command)?;
+    let argv = crate::phase::process::argv_of(&args.command)?;
     let first = argv.first().ok_or(Errno::EINVAL)?;
-    let envp = crate::process::environment_now();
+    let envp = crate::phase::process::environment_now();
     let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let pid = sys::spawn(&Exec {
@@ -432,14 +437,6 @@ fn start(args: &HoldArgs) -> Result<Started, Errno> {
         stdin: in_w,
         output: out_r,
     })
-}
-
-fn shown(command: &[OsString]) -> String {
-    crate::hooks::escape(
-        command
-            .first()
-            .map_or(std::ffi::OsStr::new("?"), |c| c.as_os_str()),
-    )
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> bool {

@@ -1,35 +1,20 @@
 //! fsfreeze-hook: runs fsfreeze-hook.d scripts for qemu-ga's filesystem freeze.
 
-mod agent;
+mod admin;
 mod app;
-mod check;
 mod cli;
 mod config;
-mod enable;
-mod event;
-mod freeze;
+mod filesystems;
 mod hold;
-mod hookfile;
-mod hooks;
-mod journal;
-mod json;
-mod list;
 mod log;
 #[cfg(test)]
 mod man;
-mod mounts;
-mod output;
-mod process;
-mod report;
-mod runner;
+mod phase;
 mod standalone;
-mod status;
 // The one OS layer: the only module where unsafe code (libc calls) is allowed.
 #[allow(unsafe_code)]
 mod sys;
-mod trust;
-mod units;
-mod watchdog;
+mod text;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

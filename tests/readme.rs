@@ -28,13 +28,20 @@ fn every_fault_row_names_existing_tests() {
             .collect();
         assert!(!names.is_empty(), "row without a test: {row}");
         for name in names {
-            // module::test (tests/module.rs), or module::tests::test for a
-            // unit test (src/module.rs).
-            let (module, rest) = name.split_once("::").unwrap();
-            let test = rest.rsplit("::").next().unwrap();
-            let source = fs::read_to_string(root.join("tests").join(format!("{module}.rs")))
-                .or_else(|_| fs::read_to_string(root.join("src").join(format!("{module}.rs"))))
-                .unwrap_or_else(|_| panic!("no tests/{module}.rs or src/{module}.rs for {name}"));
+            // module::test (tests/module.rs), or path::to::module::tests::test
+            // for a unit test (src/path/to/module.rs or its mod.rs).
+            let parts: Vec<&str> = name.split("::").collect();
+            let test = parts[parts.len() - 1];
+            let source = match parts.iter().position(|p| *p == "tests") {
+                Some(at) => {
+                    let module = parts[..at].join("/");
+                    fs::read_to_string(root.join("src").join(format!("{module}.rs"))).or_else(
+                        |_| fs::read_to_string(root.join("src").join(&module).join("mod.rs")),
+                    )
+                }
+                None => fs::read_to_string(root.join("tests").join(format!("{}.rs", parts[0]))),
+            }
+            .unwrap_or_else(|e| panic!("no source file for {name}: {e}"));
             assert!(
                 source.contains(&format!("fn {test}()")),
                 "README names {name}, which does not exist"

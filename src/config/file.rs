@@ -14,7 +14,7 @@ use super::{
     ConfigError, Limit, LogFormat, LogTarget, MAX_KILL_GRACE, MAX_LIMIT, MAX_OUTPUT_LIMIT, OnError,
     ThawOrder,
 };
-use crate::units::{format_limit, format_size, out_of_range, parse_duration, parse_size};
+use crate::config::units::{format_limit, format_size, out_of_range, parse_duration, parse_size};
 
 /// The config file's values, each `None` when absent.
 #[derive(Debug, Default)]
@@ -414,8 +414,8 @@ timeout = "5m"
 
         #[test]
         fn value_parsers_never_panic(text in any::<String>()) {
-            let _ = crate::units::parse_duration(&text);
-            let _ = crate::units::parse_size(&text);
+            let _ = crate::config::units::parse_duration(&text);
+            let _ = crate::config::units::parse_size(&text);
         }
     }
 }

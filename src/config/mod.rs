@@ -3,6 +3,7 @@
 //! be set in the file too.
 
 pub mod file;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -69,10 +70,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longer than any backup tool waits for a freeze (Proxmox: 600 s).
-const MAX_LIMIT: Duration = crate::units::MAX_DURATION;
+const MAX_LIMIT: Duration = crate::config::units::MAX_DURATION;
 const MAX_KILL_GRACE: Duration = Duration::from_secs(600);
 const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
-const MAX_OUTPUT_LIMIT: u64 = crate::units::MAX_SIZE;
+const MAX_OUTPUT_LIMIT: u64 = crate::config::units::MAX_SIZE;
 
 /// What the command line sets; `None` leaves the file's or default value.
 #[derive(Clone, Debug, Default)]
@@ -135,10 +136,10 @@ impl Settings {
     /// `hook` is the guest path qemu-ga runs, and every path is mapped into
     /// `root`.
     pub fn load_for_agent(hook: &Path, root: &Path) -> Result<Settings, ConfigError> {
-        let in_root = |p: &Path| crate::agent::in_root(root, p);
+        let in_root = |p: &Path| crate::admin::agent::in_root(root, p);
         // The hook as qemu-ga names it (not where a symlink leads): its
         // hooks dir and config are beside that name.
-        let argv0 = crate::agent::entry_in_root(root, hook);
+        let argv0 = crate::admin::agent::entry_in_root(root, hook);
         // The config beside the hook, else the system's, both read inside
         // `root` (a link there to a file of this machine is not followed out).
         let beside = hook

@@ -4,16 +4,18 @@
 //! thawing what was frozen. Behind a trait so the logic is tested with a fake;
 //! the kernel is tested on loop-mounted images only.
 
+pub mod mounts;
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-use crate::hooks::escape_path;
-use crate::journal::Journal;
 use crate::log::Log;
-use crate::mounts::{self, Target};
+use crate::phase::journal::Journal;
+use crate::text::escape_path;
+use mounts::Target;
 
 pub trait Filesystems {
     fn mountinfo(&self) -> io::Result<String>;
@@ -258,7 +260,7 @@ pub mod tests {
                 "thaw /c"
             ]
         );
-        let crate::journal::Recorded::Held(held) = journal.read() else {
+        let crate::phase::journal::Recorded::Held(held) = journal.read() else {
             panic!()
         };
         assert_eq!(held.filesystems, frozen);
@@ -271,7 +273,7 @@ pub mod tests {
         let t = targets(&fs, &[]).unwrap();
         let frozen = freeze_all(&fs, &t, &mut journal, &log).unwrap();
         assert_eq!(frozen, ["/c", "/"].map(PathBuf::from));
-        let crate::journal::Recorded::Held(held) = journal.read() else {
+        let crate::phase::journal::Recorded::Held(held) = journal.read() else {
             panic!()
         };
         assert_eq!(

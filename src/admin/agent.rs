@@ -84,7 +84,7 @@ pub fn entry_in_root(root: &Path, guest: &Path) -> PathBuf {
 /// The chroot-like resolution of [`in_root`], also for `root` `/` (where it
 /// is the kernel's); `follow_last`: whether a final symlink is followed.
 pub fn resolve_in(root: &Path, guest: &Path, follow_last: bool) -> PathBuf {
-    use crate::trust::components as parts;
+    use crate::phase::trust::components as parts;
     let mut pending = parts(guest);
     let mut real = root.to_path_buf();
     let mut links = 0;

@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::hooks::{Hook, escape};
-use crate::runner::{Phase, Record, held_window};
+use crate::phase::discovery::Hook;
+use crate::phase::runner::{Phase, Record, held_window};
+use crate::text::escape;
 
 pub fn table(hooks: &[Hook], records: &[Record]) -> String {
     let secs = |d: Duration| format!("{:.3}s", d.as_secs_f64());
@@ -100,7 +101,7 @@ pub fn table(hooks: &[Hook], records: &[Record]) -> String {
 pub fn progress(hook: &str, phase: &str, elapsed: Duration, limit: Option<Duration>) {
     use std::io::IsTerminal;
     let secs = elapsed.as_secs();
-    let limit = crate::units::format_limit(limit);
+    let limit = crate::config::units::format_limit(limit);
     let mut err = std::io::stderr();
     if err.is_terminal() {
         let _ = write!(

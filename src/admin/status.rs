@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 
 use crate::config::Settings;
-use crate::hooks::escape_path;
-use crate::journal::{Held, Journal, Recorded};
-use crate::json::{self, Object};
-use crate::watchdog;
+use crate::log::json::{self, Object};
+use crate::phase::journal::{Held, Journal, Recorded};
+use crate::standalone::watchdog;
+use crate::text::escape_path;
 
 /// `status`: what the journal holds, and whether its watchdog runs.
 pub fn status(settings: &Settings, json: bool) -> ExitCode {
@@ -77,7 +77,7 @@ fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
         };
     };
     let mut out = format!("frozen since {}\n", when(h.since_ms));
-    let names: Vec<String> = h.names.iter().map(|n| crate::hooks::escape(n)).collect();
+    let names: Vec<String> = h.names.iter().map(|n| crate::text::escape(n)).collect();
     out.push_str(&format!(
         "hooks holding: {}\n",
         if names.is_empty() {
@@ -138,7 +138,7 @@ fn status_json(held: Option<&Held>) -> String {
             json::array(
                 h.names
                     .iter()
-                    .map(|n| json::string(&crate::hooks::escape(n))),
+                    .map(|n| json::string(&crate::text::escape(n))),
             ),
         )
         .raw(

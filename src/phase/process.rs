@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::hookfile::{Kind, Opened};
 use crate::log::Log;
-use crate::output::Capture;
+use crate::phase::hookfile::{Kind, Opened};
+use crate::phase::output::Capture;
 use crate::sys::{self, Event, Events, Exec, Exit, Program};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
@@ -84,7 +84,7 @@ impl Outcome {
 
     /// A phrase for messages: "exited with status 1", "timed out after 60s".
     pub fn describe(&self) -> String {
-        use crate::units::format_duration;
+        use crate::config::units::format_duration;
         match self {
             Outcome::Exited(c) => format!("exited with status {c}"),
             Outcome::Signaled(s) => format!("was killed by {}", s.as_str()),
@@ -155,7 +155,7 @@ impl Finished {
             _ => format!(
                 "{} after {}",
                 self.outcome.describe(),
-                crate::units::format_duration(self.elapsed)
+                crate::config::units::format_duration(self.elapsed)
             ),
         }
     }
@@ -185,7 +185,7 @@ pub fn run(
         elapsed: start.elapsed(),
         output_bytes: 0,
     };
-    let label = crate::hooks::escape(spawn.path.file_name().unwrap_or(spawn.path.as_os_str()));
+    let label = crate::text::escape(spawn.path.file_name().unwrap_or(spawn.path.as_os_str()));
     let (mut capture, write) = match Capture::new(ctx.output_limit, label) {
         Ok(c) => c,
         Err(e) => return not_started(format!("no output pipe: {e}")),
@@ -246,7 +246,7 @@ pub fn run(
     };
     drop(write);
     let outcome = Watch::new(pid, Some(&mut capture), ctx, signal_seen).supervise(start, limits);
-    let output_bytes = capture.finish(ctx.log, &crate::hooks::escape_path(spawn.path));
+    let output_bytes = capture.finish(ctx.log, &crate::text::escape_path(spawn.path));
     Finished {
         outcome,
         elapsed: start.elapsed(),
@@ -464,8 +464,8 @@ impl<'a, 'b> Watch<'a, 'b> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hookfile;
-    use crate::trust::Policy;
+    use crate::phase::hookfile;
+    use crate::phase::trust::Policy;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;

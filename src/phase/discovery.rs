@@ -53,7 +53,7 @@ impl Hook {
     /// The name as text for logs and messages, with control characters and
     /// invalid UTF-8 escaped so one hook is always one line.
     pub fn display_name(&self) -> String {
-        escape(&self.name)
+        crate::text::escape(&self.name)
     }
 }
 
@@ -178,46 +178,10 @@ fn classify(name: &OsStr, path: &Path) -> Result<(), SkipReason> {
     Ok(())
 }
 
-/// Escapes control characters and bytes that are not UTF-8, so that any file
-/// name prints as one line.
-pub fn escape(name: &OsStr) -> String {
-    escape_bytes(name.as_bytes(), false)
-}
-
-/// One line of a hook's output for the text log: as [`escape`] does for
-/// names, but tab is kept; the line can so hold no newline, carriage return,
-/// escape sequence or NUL of its own.
-pub fn escape_line(line: &[u8]) -> String {
-    escape_bytes(line, true)
-}
-
-fn escape_bytes(bytes: &[u8], keep_tab: bool) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() && !(keep_tab && c == '\t') {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-/// [`escape`] for a path.
-pub fn escape_path(path: &Path) -> String {
-    escape(path.as_os_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::os::unix::ffi::OsStringExt;
 
     fn verdict(name: &str) -> Result<(), SkipReason> {
         name_verdict(OsStr::new(name))
@@ -304,13 +268,7 @@ mod tests {
                 prop_assert!(verdict.is_err(), "{:?} would run", String::from_utf8_lossy(&name));
             }
             // Any name prints as one line.
-            prop_assert!(!escape(OsStr::from_bytes(&name)).contains('\n'));
+            prop_assert!(!crate::text::escape(OsStr::from_bytes(&name)).contains('\n'));
         }
-    }
-
-    #[test]
-    fn escape_keeps_one_line() {
-        let raw = OsString::from_vec(b"a\nb\xffc".to_vec());
-        assert_eq!(escape(&raw), "a\\nb\\xffc");
     }
 }

@@ -2,6 +2,9 @@
 //! hooks' output. Logging never fails a phase: when the file cannot be opened or
 //! written, lines go to syslog, and without syslog to stderr.
 
+pub mod event;
+pub mod json;
+
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -12,8 +15,8 @@ use std::path::{Path, PathBuf};
 use nix::syslog::{Facility, LogFlags, Priority, Severity};
 
 use crate::config::{LogFormat, LogTarget};
-use crate::event::{Event, Level};
-use crate::hooks::escape_path;
+use crate::log::event::{Event, Level};
+use crate::text::escape_path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sink {
@@ -196,8 +199,8 @@ impl Log {
     /// written in a single write.
     pub fn event(&self, event: Event) {
         match self.target {
-            LogTarget::Syslog => return crate::event::to_syslog(&event),
-            LogTarget::Journal if crate::event::to_journal(&event) => return,
+            LogTarget::Syslog => return crate::log::event::to_syslog(&event),
+            LogTarget::Journal if crate::log::event::to_journal(&event) => return,
             _ => {}
         }
         let text = match self.format {

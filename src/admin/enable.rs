@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, entry_in_root, in_root};
+use crate::admin::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, entry_in_root, in_root};
 use crate::app::{EXIT_OK, EXIT_SETUP, fail};
 
 const RECORD_HEADER: &str = "fsfreeze-hook enable 1";
@@ -32,7 +32,7 @@ enum Change {
 
 impl Change {
     fn line(&self) -> String {
-        let p = |p: &Path| crate::hooks::escape_path(p);
+        let p = |p: &Path| crate::text::escape_path(p);
         match self {
             Change::Hook(a) => format!("hook {}", p(a)),
             Change::Stock(a, b) => format!("stock {} {}", p(a), p(b)),

@@ -16,8 +16,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
+use crate::config::units::format_size;
 use crate::log::Log;
-use crate::units::format_size;
 
 pub struct Capture {
     read: Option<OwnedFd>,
@@ -73,9 +73,9 @@ impl Lines {
 
     fn format(&self, line: &[u8]) -> Vec<u8> {
         match &self.json_label {
-            Some(hook) => crate::event::output_json(hook, line).into_bytes(),
+            Some(hook) => crate::log::event::output_json(hook, line).into_bytes(),
             None => {
-                let mut text = crate::hooks::escape_line(line).into_bytes();
+                let mut text = crate::text::escape_line(line).into_bytes();
                 text.push(b'\n');
                 text
             }
@@ -234,7 +234,7 @@ fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, labe
     }
     lines.finish(&mut write);
     if let (Some(fd), true) = (log, dropped > 0) {
-        let note = crate::event::Event::message(cut_note(label, budget.limit, dropped));
+        let note = crate::log::event::Event::message(cut_note(label, budget.limit, dropped));
         let line = if budget.json_label.is_some() {
             note.json()
         } else {

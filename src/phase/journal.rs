@@ -417,7 +417,7 @@ impl StateLock {
                         bail!(
                             "another fsfreeze-hook run holds {} (waited {})",
                             path.display(),
-                            crate::units::format_limit(wait)
+                            crate::config::units::format_limit(wait)
                         );
                     }
                     file = f;

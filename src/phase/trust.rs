@@ -26,7 +26,7 @@ pub struct Untrusted {
 
 impl fmt::Display for Untrusted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", crate::hooks::escape_path(&self.path), self.rule)
+        write!(f, "{} {}", crate::text::escape_path(&self.path), self.rule)
     }
 }
 

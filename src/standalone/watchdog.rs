@@ -23,9 +23,9 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 
 use crate::config::Settings;
-use crate::freeze::{self, Kernel};
-use crate::journal::{Journal, Recorded};
+use crate::filesystems::{self as freeze, Kernel};
 use crate::log::Log;
+use crate::phase::journal::{Journal, Recorded};
 use crate::sys::{self, Event, Events};
 
 const DONE: u8 = b'D';

@@ -4,6 +4,8 @@
 //! while one is frozen (log lines wait in memory, the journal is on tmpfs),
 //! and a thaw thaws filesystems first, then runs the thaw hooks.
 
+pub mod watchdog;
+
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -16,17 +18,18 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use crate::app::{self, EXIT_SETUP, fail};
+use crate::config::units::{format_duration, format_limit};
 use crate::config::{Limit, Settings};
-use crate::freeze::{self, Kernel};
-use crate::hooks::{Discovery, escape_path};
-use crate::journal::{Held, Journal, Recorded, StateLock, now_ms};
+use crate::filesystems::mounts::Target;
+use crate::filesystems::{self as freeze, Kernel};
 use crate::log::Log;
-use crate::mounts::Target;
-use crate::process::{Context, Outcome, WaitEnd, Watch};
-use crate::runner::{End, Phase, Runner};
+use crate::phase::discovery::Discovery;
+use crate::phase::journal::{Held, Journal, Recorded, StateLock, now_ms};
+use crate::phase::process::{Context, Outcome, WaitEnd, Watch};
+use crate::phase::runner::{End, Phase, Runner};
 use crate::sys::{self, Events, Exec, Program};
-use crate::units::{format_duration, format_limit};
-use crate::watchdog::{self, Watchdog};
+use crate::text::escape_path;
+use watchdog::Watchdog;
 
 /// A snapshot's frozen window expired: the filesystems were thawed and
 /// COMMAND ended. (As timeout(1).)
@@ -413,7 +416,11 @@ pub fn snapshot(
     let (code, why, running) = match spawn_command(command) {
         Err(e) => (
             if e == Errno::ENOENT { 127 } else { 126 },
-            Some(format!("cannot run {}: {}", shown(command), e.desc())),
+            Some(format!(
+                "cannot run {}: {}",
+                crate::text::program(command),
+                e.desc()
+            )),
             None,
         ),
         Ok(pid) => {
@@ -425,7 +432,7 @@ pub fn snapshot(
                     Some(format!(
                         "frozen window of {} expired; thawed, then ended {}",
                         format_limit(max_frozen),
-                        shown(command)
+                        crate::text::program(command)
                     )),
                     Some(watch),
                 ),
@@ -436,7 +443,7 @@ pub fn snapshot(
                         Some(format!(
                             "got {}; thawed, then ended {}",
                             sig.as_str(),
-                            shown(command)
+                            crate::text::program(command)
                         )),
                         Some(watch),
                     )
@@ -449,8 +456,10 @@ pub fn snapshot(
     let failed = thaw_frozen(&mut runner, &frozen, log);
     log.line(&format!(
         "{}; filesystems were frozen for {}",
-        why.clone()
-            .unwrap_or_else(|| format!("{} exited with status {code}", shown(command))),
+        why.clone().unwrap_or_else(|| format!(
+            "{} exited with status {code}",
+            crate::text::program(command)
+        )),
         format_duration(frozen_at.elapsed())
     ));
     if let Some(mut watch) = running {
@@ -461,8 +470,14 @@ pub fn snapshot(
     let hooks_failed = !matches!(end, End::Done | End::Nothing);
     // The log's result is the snapshot's: COMMAND's failure (or its cut)
     // counts as much as the hooks'; one stderr line says it all.
-    let command_failed = (code != 0)
-        .then(|| why.unwrap_or_else(|| format!("{} exited with status {code}", shown(command))));
+    let command_failed = (code != 0).then(|| {
+        why.unwrap_or_else(|| {
+            format!(
+                "{} exited with status {code}",
+                crate::text::program(command)
+            )
+        })
+    });
     let end = match (end, command_failed, stopped) {
         (end, None, _) => end,
         (End::Interrupted(sig, line), Some(f), _) => End::Interrupted(sig, format!("{f}; {line}")),
@@ -479,14 +494,6 @@ pub fn snapshot(
     ExitCode::from(code)
 }
 
-fn shown(command: &[OsString]) -> String {
-    crate::hooks::escape(
-        command
-            .first()
-            .map_or(std::ffi::OsStr::new("?"), |c| c.as_os_str()),
-    )
-}
-
 fn command_status(outcome: &Outcome) -> u8 {
     match outcome {
         Outcome::Exited(c) => *c as u8,
@@ -498,9 +505,9 @@ fn command_status(outcome: &Outcome) -> u8 {
 /// COMMAND runs in its own process group (so it can be ended whole) with the
 /// runner's stdin, stdout, stderr and environment, looked up in `PATH`.
 fn spawn_command(command: &[OsString]) -> Result<nix::unistd::Pid, Errno> {
-    let argv = crate::process::argv_of(command)?;
+    let argv = crate::phase::process::argv_of(command)?;
     let first = argv.first().ok_or(Errno::EINVAL)?;
-    let envp = crate::process::environment_now();
+    let envp = crate::phase::process::environment_now();
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
@@ -520,8 +527,8 @@ fn spawn_command(command: &[OsString]) -> Result<nix::unistd::Pid, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freeze::Filesystems;
-    use crate::freeze::tests::Fake;
+    use crate::filesystems::Filesystems;
+    use crate::filesystems::tests::Fake;
 
     #[test]
     fn thaw_all_covers_every_freezable_filesystem_in_mount_order() {

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 
 use nix::syslog::{Facility, LogFlags, Priority, Severity};
 
-use crate::json::{self, Object};
+use crate::log::json::{self, Object};
 use crate::log::timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +118,7 @@ impl Event {
             Level::Warning => "warning: ",
             Level::Error => "error: ",
         };
-        let message = crate::hooks::escape_line(self.message.as_bytes());
+        let message = crate::text::escape_line(self.message.as_bytes());
         format!("{}: {prefix}{message}\n", timestamp())
     }
 

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::trust::{Policy, Untrusted};
+use crate::phase::trust::{Policy, Untrusted};
 
 /// The kernel reads at most this much of a `#!` line (BINPRM_BUF_SIZE since
 /// Linux 5.1); a longer one cannot name its interpreter reliably.
@@ -57,7 +57,7 @@ pub enum Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use crate::hooks::escape_path;
+        use crate::text::escape_path;
         match self {
             Refusal::CannotOpen(e) => write!(f, "cannot be opened: {e}"),
             Refusal::CannotExamine(e) => write!(f, "cannot be examined: {e}"),

@@ -6,12 +6,13 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::config::units::format_limit;
 use crate::config::{Limit, OnError, Settings};
-use crate::hookfile::{self, Refusal};
-use crate::hooks::{self, Discovery, SkipReason, escape, escape_path};
-use crate::json::{self, Object};
-use crate::trust::Policy;
-use crate::units::format_limit;
+use crate::log::json::{self, Object};
+use crate::phase::discovery::{self as hooks, Discovery, SkipReason};
+use crate::phase::hookfile::{self, Refusal};
+use crate::phase::trust::Policy;
+use crate::text::{escape, escape_path};
 
 /// Whether an entry runs at the next freeze.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,12 +7,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::agent::{self, HookSetting, in_root};
+use crate::admin::agent::{self, HookSetting, in_root};
+use crate::admin::list::{self, Verdict};
 use crate::config::Settings;
-use crate::hookfile::Refusal;
-use crate::hooks::SkipReason;
-use crate::hooks::escape_path;
-use crate::list::{self, Verdict};
+use crate::phase::discovery::SkipReason;
+use crate::phase::hookfile::Refusal;
+use crate::text::escape_path;
 
 const PORT: &str = "/dev/virtio-ports/org.qemu.guest_agent.0";
 const RESTART: &str = "systemctl restart qemu-guest-agent";
@@ -232,7 +232,7 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     }
     let mut runs = 0;
     for e in &listing.entries {
-        let name = crate::hooks::escape(&e.name);
+        let name = crate::text::escape(&e.name);
         match &e.verdict {
             Verdict::Runs { .. } => runs += 1,
             Verdict::Skipped(why) if deliberate(why) => out.push(Finding::Note(format!(
@@ -396,7 +396,7 @@ mod tests {
     #[test]
     fn the_advice_follows_the_reason_not_its_wording() {
         let p = Path::new("/etc/qemu/fsfreeze-hook.d/20-db");
-        let untrusted = crate::trust::Untrusted {
+        let untrusted = crate::phase::trust::Untrusted {
             path: p.to_path_buf(),
             // Wording that mentions other reasons must not change the advice.
             rule: "is not executable by the interpreter's owner".into(),

@@ -128,13 +128,13 @@ pub fn at_mountpoints(
         let Some(m) = mounts.iter().rev().find(|m| &m.mountpoint == w) else {
             return Err(format!(
                 "{} is not a mountpoint",
-                crate::hooks::escape_path(w)
+                crate::text::escape_path(w)
             ));
         };
         let Some(t) = candidate(m, block_dev) else {
             return Err(format!(
                 "{} is a {} filesystem, not backed by a block device: it cannot be frozen",
-                crate::hooks::escape_path(w),
+                crate::text::escape_path(w),
                 m.fstype
             ));
         };

@@ -7,17 +7,18 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::config::units::format_limit;
 use crate::config::{OnError, Settings, ThawOrder};
-use crate::event::{Event, Level};
-use crate::hookfile::{self, Kind, Opened};
-use crate::hooks::{Discovery, Hook, escape, escape_path};
-use crate::journal::{Journal, Recorded};
 use crate::log::Log;
-use crate::process::{self, Context, Finished, LimitKind, Limits, Outcome, Spawn};
+use crate::log::event::{Event, Level};
+use crate::phase::discovery::{Discovery, Hook};
+use crate::phase::hookfile::{self, Kind, Opened};
+use crate::phase::journal::{Journal, Recorded};
+use crate::phase::process::{self, Context, Finished, LimitKind, Limits, Outcome, Spawn};
+use crate::phase::trust::Policy;
 use crate::sys;
 use crate::sys::Events;
-use crate::trust::Policy;
-use crate::units::format_limit;
+use crate::text::{escape, escape_path};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -100,7 +101,7 @@ impl<'a> Runner<'a> {
         {
             self.log.warn(&format!(
                 "the previous freeze was never thawed (hooks {}); starting a new one, they stay recorded for the next thaw",
-                list(&held.names)
+                crate::text::names(&held.names)
             ));
         }
         if let Err(e) = self.journal.begin_freeze() {
@@ -175,7 +176,7 @@ impl<'a> Runner<'a> {
         let mut line = format!("freeze aborted: {cause}");
         if !started.is_empty() {
             let names: Vec<OsString> = started.iter().rev().map(|h| h.name.clone()).collect();
-            line.push_str(&format!("; rolled back {}", list(&names)));
+            line.push_str(&format!("; rolled back {}", crate::text::names(&names)));
         }
         for f in &rollback.failures {
             line.push_str(&format!("; rollback: {f}"));
@@ -265,10 +266,12 @@ impl<'a> Runner<'a> {
                 failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
             }
         }
-        if let Err(e) = crate::journal::ensure_state_dir(&self.settings.state_dir).and_then(|()| {
-            let why = if rollback { "rollback" } else { "thaw" };
-            self.journal.settle(why)
-        }) {
+        if let Err(e) =
+            crate::phase::journal::ensure_state_dir(&self.settings.state_dir).and_then(|()| {
+                let why = if rollback { "rollback" } else { "thaw" };
+                self.journal.settle(why)
+            })
+        {
             self.log.warn(&format!("{e:#}"));
         }
         if failures.is_empty()
@@ -433,7 +436,8 @@ impl<'a> Runner<'a> {
         }
         let started = Instant::now();
         let limit = limits.timeout.map(|(d, _)| d);
-        let show = |elapsed: Duration| crate::report::progress(&name, &phase_word, elapsed, limit);
+        let show =
+            |elapsed: Duration| crate::phase::report::progress(&name, &phase_word, elapsed, limit);
         let fin = process::run(
             Spawn {
                 path: &hook.path,
@@ -452,7 +456,7 @@ impl<'a> Runner<'a> {
             &mut self.signal_seen,
         );
         if self.show_progress && fin.elapsed >= Duration::from_secs(1) {
-            crate::report::progress_done();
+            crate::phase::report::progress_done();
         }
         let detail = match &fin.outcome {
             Outcome::Exited(_) => String::new(),
@@ -546,14 +550,6 @@ fn resolve(
         });
     }
     (plan, missing, gone)
-}
-
-fn list(names: &[OsString]) -> String {
-    names
-        .iter()
-        .map(|n| escape(n))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Total wall time from the first freeze hook's start to the last thaw hook's
