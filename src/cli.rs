@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::units::{parse_duration, parse_limit_arg};
+use crate::config::units::{parse_duration, parse_time_limit};
 use crate::config::{OnError, Overrides};
 
 /// Runs the scripts of fsfreeze-hook.d around a filesystem freeze: in order,
@@ -59,8 +59,8 @@ pub struct GlobalArgs {
 
     /// Time limit of each hook, e.g. 500ms, 30s, 5m; 0 for none. Overrides the
     /// config's timeout and its per-hook timeouts [default: 60s]
-    #[arg(long, global = true, value_name = "DUR", value_parser = parse_limit_flag)]
-    pub timeout: Option<LimitArg>,
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_time_limit_flag)]
+    pub timeout: Option<TimeLimitFlag>,
 
     /// What a failing freeze hook does [default: abort]
     #[arg(long, global = true, value_enum, value_name = "POLICY")]
@@ -69,10 +69,10 @@ pub struct GlobalArgs {
 
 /// A `--timeout` value: `None` inside means no limit.
 #[derive(Clone, Copy, Debug)]
-pub struct LimitArg(pub Option<Duration>);
+pub struct TimeLimitFlag(pub Option<Duration>);
 
-fn parse_limit_flag(text: &str) -> Result<LimitArg, String> {
-    parse_limit_arg(text).map(LimitArg)
+fn parse_time_limit_flag(text: &str) -> Result<TimeLimitFlag, String> {
+    parse_time_limit(text).map(TimeLimitFlag)
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,8 +98,8 @@ pub enum Command {
         /// With --fs: if no thaw comes within DUR, the watchdog thaws the
         /// filesystems and runs the thaw hooks; 0 for never (it still thaws
         /// when interrupted)
-        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_limit_flag)]
-        auto_thaw: LimitArg,
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_time_limit_flag)]
+        auto_thaw: TimeLimitFlag,
     },
 
     /// Thaw what the last freeze left held: the filesystems it froze (if any),
@@ -129,8 +129,8 @@ pub enum Command {
 
         /// Longest time filesystems stay frozen; then they are thawed and
         /// COMMAND is ended (Windows VSS gives writers 60 s too)
-        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_limit_flag)]
-        max_frozen: LimitArg,
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_time_limit_flag)]
+        max_frozen: TimeLimitFlag,
 
         /// The command that takes the snapshot, run while frozen
         #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -186,16 +186,16 @@ pub enum Command {
         name: String,
 
         /// End the session by itself if no release comes within DUR
-        #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_limit_flag)]
-        max_hold: LimitArg,
+        #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_time_limit_flag)]
+        max_hold: TimeLimitFlag,
 
         /// Text of the line COMMAND prints once it holds what it should
         #[arg(long, value_name = "TEXT", default_value = "FSFREEZE-READY")]
         ready: String,
 
         /// Give up (and fail) if the ready line does not come within DUR
-        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_limit_flag)]
-        ready_timeout: LimitArg,
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_time_limit_flag)]
+        ready_timeout: TimeLimitFlag,
 
         /// Written to COMMAND's stdin on release, before it is closed
         #[arg(long, value_name = "TEXT")]
@@ -228,6 +228,23 @@ pub enum Command {
         #[arg(long, value_name = "DUR", default_value = "0", value_parser = parse_duration)]
         hold: Duration,
     },
+}
+
+/// `--on-error`'s words, with the help of each (the config takes the same).
+impl clap::ValueEnum for OnError {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[OnError::Abort, OnError::Continue]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            OnError::Abort => {
+                "Stop the phase, thaw every hook whose freeze started (in reverse), exit non-zero"
+            }
+            OnError::Continue => "Log the failure and go on, exit 0: what the stock script does",
+        };
+        Some(clap::builder::PossibleValue::new(self.as_str()).help(help))
+    }
 }
 
 impl GlobalArgs {
@@ -298,7 +315,7 @@ mod tests {
             cli.command,
             Command::Freeze {
                 fs: true,
-                auto_thaw: LimitArg(None),
+                auto_thaw: TimeLimitFlag(None),
                 ..
             }
         ));

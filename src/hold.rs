@@ -16,7 +16,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -24,12 +23,12 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::app::{EXIT_HOOK_FAILED, EXIT_OK, EXIT_SETUP, fail};
-use crate::config::units::format_limit;
-use crate::config::{Limit, Settings};
+use crate::config::units::format_time_limit;
+use crate::config::{Settings, TimeLimit};
+use crate::exit::Exit;
 use crate::log::Log;
-use crate::phase::process::{Context, WaitEnd, Watch};
-use crate::sys::{self, Event, Events, Exec, Program};
+use crate::phase::process::{Context, WaitEnd, Watch, spawn_command};
+use crate::sys::{self, Waiter, Wake};
 
 /// What a keeper waits for its COMMAND to end after closing its stdin,
 /// before ending it with signals.
@@ -38,9 +37,9 @@ const RELEASE_GRACE: Duration = Duration::from_secs(5);
 /// The options of one `hold`.
 pub struct HoldArgs {
     pub name: String,
-    pub max_hold: Limit,
+    pub max_hold: TimeLimit,
     pub ready: String,
-    pub ready_timeout: Limit,
+    pub ready_timeout: TimeLimit,
     pub release_input: Option<String>,
     pub command: Vec<OsString>,
 }
@@ -55,7 +54,7 @@ pub struct Session {
     pub until_ms: Option<u64>,
 }
 
-fn held_dir(settings: &Settings) -> PathBuf {
+fn sessions_dir(settings: &Settings) -> PathBuf {
     settings.state_dir.join("held")
 }
 
@@ -79,7 +78,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Every session recorded under the state dir.
 pub fn sessions(settings: &Settings) -> Vec<Session> {
-    let Ok(entries) = fs::read_dir(held_dir(settings)) else {
+    let Ok(entries) = fs::read_dir(sessions_dir(settings)) else {
         return Vec::new();
     };
     let mut out: Vec<Session> = entries
@@ -117,7 +116,7 @@ fn parse(name: &str, text: &str) -> Option<Session> {
 }
 
 fn record(settings: &Settings, s: &Session) -> std::io::Result<()> {
-    let dir = held_dir(settings);
+    let dir = sessions_dir(settings);
     fs::create_dir_all(&dir)?;
     let text = format!(
         "keeper {}\ncommand {}\nsince {}\nuntil {}\n",
@@ -132,23 +131,23 @@ fn record(settings: &Settings, s: &Session) -> std::io::Result<()> {
 }
 
 /// `hold`: start the session and return once it is ready.
-pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
+pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> Exit {
     if !valid_name(&args.name) {
-        return fail(EXIT_SETUP, &not_a_name("hold", &args.name));
+        return Exit::Setup(not_a_name("hold", &args.name));
     }
     if let Err(e) = crate::phase::journal::ensure_state_dir(&settings.state_dir) {
-        return fail(EXIT_SETUP, &format!("hold {}: {e:#}", args.name));
+        return Exit::Setup(format!("hold {}: {e:#}", args.name));
     }
     // A session of that name still held (a thaw never came): replace it.
     if let Some(old) = sessions(settings).into_iter().find(|s| s.name == args.name) {
-        if crate::standalone::watchdog::alive(old.keeper) {
+        if sys::proc::is_ours(old.keeper) {
             log.warn(&format!(
                 "hold {}: replacing the session still held (keeper pid {})",
                 args.name, old.keeper
             ));
             end_keeper(old.keeper);
         }
-        let _ = fs::remove_file(held_dir(settings).join(&args.name));
+        let _ = fs::remove_file(sessions_dir(settings).join(&args.name));
     }
     let mut input = Vec::new();
     let stdin = std::io::stdin();
@@ -157,7 +156,7 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
     }
     let (ready_r, ready_w) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return fail(EXIT_SETUP, &format!("hold {}: {e}", args.name)),
+        Err(e) => return Exit::Setup(format!("hold {}: {e}", args.name)),
     };
     let name = args.name.clone();
     let started = sys::detach(&[ready_w.as_fd()], |fds| {
@@ -165,10 +164,7 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
     });
     drop(ready_w);
     if let Err(e) = started {
-        return fail(
-            EXIT_SETUP,
-            &format!("hold {name}: cannot start the keeper: {e}"),
-        );
+        return Exit::Setup(format!("hold {name}: cannot start the keeper: {e}"));
     }
     let mut report = String::new();
     let _ = std::io::BufRead::read_line(
@@ -179,48 +175,45 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> ExitCode {
         Some(("OK", pids)) => {
             log.line(&format!(
                 "hold {name}: session ready ({pids}); held until `release {name}` or for {} at most",
-                format_limit(args.max_hold)
+                format_time_limit(args.max_hold)
             ));
-            ExitCode::from(EXIT_OK)
+            Exit::Ok
         }
         Some(("FAIL", why)) => {
             log.line(&format!("hold {name}: failed: {why}"));
-            fail(EXIT_HOOK_FAILED, &format!("hold {name} failed: {why}"))
+            Exit::Failed(format!("hold {name} failed: {why}"))
         }
-        _ => fail(
-            EXIT_HOOK_FAILED,
-            &format!("hold {name}: the keeper ended without a word"),
-        ),
+        _ => Exit::Failed(format!("hold {name}: the keeper ended without a word")),
     }
 }
 
 /// `release`: end the session held as `name`, and wait until it is gone.
-pub fn release(settings: &Settings, log: &Log, name: &str) -> ExitCode {
+pub fn release(settings: &Settings, log: &Log, name: &str) -> Exit {
     if !valid_name(name) {
         let line = not_a_name("release", name);
         log.line(&line);
-        return fail(EXIT_SETUP, &line);
+        return Exit::Setup(line);
     }
     let Some(s) = sessions(settings).into_iter().find(|s| s.name == name) else {
         log.line(&format!("release {name}: nothing held under that name"));
-        return ExitCode::from(EXIT_OK);
+        return Exit::Ok;
     };
-    if crate::standalone::watchdog::alive(s.keeper) {
+    if sys::proc::is_ours(s.keeper) {
         end_keeper(s.keeper);
     }
-    let _ = fs::remove_file(held_dir(settings).join(name));
+    let _ = fs::remove_file(sessions_dir(settings).join(name));
     log.line(&format!(
         "release {name}: released (keeper pid {})",
         s.keeper
     ));
-    ExitCode::from(EXIT_OK)
+    Exit::Ok
 }
 
 /// Asks a keeper to release (SIGUSR1) and waits for it to go.
 fn end_keeper(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGUSR1);
     let deadline = Instant::now() + RELEASE_GRACE + Duration::from_secs(5);
-    while crate::standalone::watchdog::alive(pid) && Instant::now() < deadline {
+    while sys::proc::is_ours(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -234,79 +227,32 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
         let line = format!("{}\n", text.replace('\n', " "));
         let _ = nix::unistd::write(ready, line.as_bytes());
     };
-    let Ok(events) = Events::take_over(&sys::HELPER_SIGNALS) else {
+    let program = crate::text::program(&args.command);
+    let Ok(waiter) = Waiter::take_over(&sys::HELPER_SIGNALS) else {
         return say("FAIL cannot set up signal handling".into());
     };
-    let started = match start(args) {
+    let Started { pid, stdin, output } = match start(args) {
         Ok(s) => s,
-        Err(e) => {
-            return say(format!(
-                "FAIL cannot run {}: {e}",
-                crate::text::program(&args.command)
-            ));
-        }
+        Err(e) => return say(format!("FAIL cannot run {program}: {e}")),
     };
-    let Started { pid, stdin, output } = started;
-    let mut stdin = Some(std::fs::File::from(stdin));
-    if let Some(w) = stdin.as_mut() {
-        let _ = w.write_all(input);
-        let _ = w.flush();
-    }
-    // Until the marker: read COMMAND's output.
-    let log = Log::held(&settings.log_file);
+    let mut stdin = std::fs::File::from(stdin);
+    let _ = stdin.write_all(input);
+    let _ = stdin.flush();
+    let log = Log::deferred(&settings.log_file);
     let ctx = Context {
-        events: &events,
+        waiter: &waiter,
         log: &log,
         output_limit: None,
         state_dir: &settings.state_dir,
         progress: None,
     };
-    let mut seen = Vec::new();
-    let ready_by = args.ready_timeout.map(|t| Instant::now() + t);
-    let mut signal_seen = None;
-    let outcome = loop {
-        if seen
-            .split(|&b| b == b'\n')
-            .any(|l| find(l, args.ready.as_bytes()))
-        {
-            break Ok(());
-        }
-        let left = ready_by.map(|d| d.saturating_duration_since(Instant::now()));
-        if left == Some(Duration::ZERO) {
-            break Err(format!(
-                "no \"{}\" within {}",
-                args.ready,
-                format_limit(args.ready_timeout)
-            ));
-        }
-        match events.wait(Some(output.as_fd()), left) {
-            Event::Readable => {
-                let mut buf = [0u8; 4096];
-                match nix::unistd::read(&output, &mut buf) {
-                    Ok(0) | Err(_) => {
-                        break Err(format!(
-                            "{} ended before it was ready",
-                            crate::text::program(&args.command)
-                        ));
-                    }
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            Event::Signal(Signal::SIGCHLD) | Event::Timeout => {
-                if !matches!(sys::try_reap(pid), Ok(None)) {
-                    drain(&output, &mut seen);
-                    break Err(format!(
-                        "{} ended before it was ready",
-                        crate::text::program(&args.command)
-                    ));
-                }
-            }
-            Event::Signal(sig) => break Err(format!("interrupted by {}", sig.as_str())),
-        }
+    let end_now = |stdin: std::fs::File| {
+        drop(stdin);
+        Watch::new(pid, None, &ctx, &mut None).end_group(RELEASE_GRACE);
     };
-    if let Err(why) = outcome {
-        drop(stdin.take());
-        Watch::new(pid, None, &ctx, &mut signal_seen).end_group(RELEASE_GRACE);
+    let mut seen = Vec::new();
+    if let Err(why) = wait_ready(args, &waiter, pid, &output, &mut seen) {
+        end_now(stdin);
         let output = String::from_utf8_lossy(&seen).trim().replace('\n', " | ");
         let detail = if output.is_empty() {
             String::new()
@@ -316,82 +262,139 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
         return say(format!("FAIL {why}{detail}"));
     }
     let since_ms = crate::phase::journal::now_ms();
-    let until_ms = args.max_hold.map(|d| since_ms + d.as_millis() as u64);
     let session = Session {
         name: args.name.clone(),
         keeper: std::process::id() as i32,
         command: pid.as_raw(),
         since_ms,
-        until_ms,
+        until_ms: args.max_hold.map(|d| since_ms + d.as_millis() as u64),
     };
     if let Err(e) = record(settings, &session) {
-        drop(stdin.take());
-        Watch::new(pid, None, &ctx, &mut signal_seen).end_group(RELEASE_GRACE);
+        end_now(stdin);
         return say(format!("FAIL cannot record the session: {e}"));
     }
     say(format!(
-        "OK keeper pid {}, {} pid {}",
-        session.keeper,
-        crate::text::program(&args.command),
-        pid
+        "OK keeper pid {}, {program} pid {pid}",
+        session.keeper
     ));
-    // Hold: until release, the deadline, a stop signal, or COMMAND's end.
-    let until = args.max_hold.map(|d| Instant::now() + d);
-    let why = loop {
-        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
-        if left == Some(Duration::ZERO) {
-            break format!(
-                "max hold of {} expired before any release",
-                format_limit(args.max_hold)
-            );
-        }
-        match events.wait(Some(output.as_fd()), left) {
-            Event::Readable => {
-                let mut buf = [0u8; 4096];
-                if matches!(nix::unistd::read(&output, &mut buf), Ok(0) | Err(_)) {
-                    // Output closed: wait for the exit (SIGCHLD) only.
-                    if !matches!(sys::try_reap(pid), Ok(None)) {
-                        break format!("{} ended by itself", crate::text::program(&args.command));
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            Event::Signal(Signal::SIGUSR1) => break "released".to_string(),
-            Event::Signal(Signal::SIGCHLD) | Event::Timeout => {
-                if !matches!(sys::try_reap(pid), Ok(None)) {
-                    break format!("{} ended by itself", crate::text::program(&args.command));
-                }
-            }
-            Event::Signal(sig) => break format!("got {}", sig.as_str()),
-        }
-    };
-    // Release: the courteous way first (the release input, then end of
-    // input), signals only if COMMAND does not end within the grace.
-    if let (Some(w), Some(text)) = (stdin.as_mut(), &args.release_input) {
-        let _ = w.write_all(text.as_bytes());
-        let _ = w.flush();
-    }
-    drop(stdin.take());
-    let mut watch = Watch::new(pid, None, &ctx, &mut signal_seen);
-    let ended = match watch.wait_until(Some(Instant::now() + RELEASE_GRACE), false) {
-        WaitEnd::Ended(_) => "it ended".to_string(),
-        _ => {
-            watch.end_group(RELEASE_GRACE);
-            "it was ended with signals".to_string()
-        }
-    };
-    let _ = fs::remove_file(held_dir(settings).join(&args.name));
+    let why = hold_until_released(args, &waiter, pid, &output);
+    let ended = close_session(args, stdin, pid, &ctx);
+    let _ = fs::remove_file(sessions_dir(settings).join(&args.name));
     // Only now the log: the lock is gone, so nothing waits on us any more
     // (the log may be on a filesystem that is still frozen).
     let mut log = log;
     log.attach(!sys::is_root());
-    log.release();
+    log.write_deferred();
     let held_for = Duration::from_millis(crate::phase::journal::now_ms().saturating_sub(since_ms));
     log.line(&format!(
         "hold {}: {why}; session closed after {} ({ended})",
         args.name,
         crate::config::units::format_duration(held_for)
     ));
+}
+
+/// Reads COMMAND's output into `seen` until a line holds the ready marker;
+/// `Err` says why it never came.
+fn wait_ready(
+    args: &HoldArgs,
+    waiter: &Waiter,
+    pid: Pid,
+    output: &OwnedFd,
+    seen: &mut Vec<u8>,
+) -> Result<(), String> {
+    let ended = || {
+        format!(
+            "{} ended before it was ready",
+            crate::text::program(&args.command)
+        )
+    };
+    let ready_by = args.ready_timeout.map(|t| Instant::now() + t);
+    loop {
+        if seen
+            .split(|&b| b == b'\n')
+            .any(|l| crate::text::contains(l, args.ready.as_bytes()))
+        {
+            return Ok(());
+        }
+        let left = ready_by.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Err(format!(
+                "no \"{}\" within {}",
+                args.ready,
+                format_time_limit(args.ready_timeout)
+            ));
+        }
+        match waiter.wait(Some(output.as_fd()), left) {
+            Wake::Readable => {
+                let mut buf = [0u8; 4096];
+                match nix::unistd::read(output, &mut buf) {
+                    Ok(0) | Err(_) => return Err(ended()),
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            Wake::Signal(Signal::SIGCHLD) | Wake::Timeout => {
+                if !matches!(sys::try_reap(pid), Ok(None)) {
+                    drain(output, seen);
+                    return Err(ended());
+                }
+            }
+            Wake::Signal(sig) => return Err(format!("interrupted by {}", sig.as_str())),
+        }
+    }
+}
+
+/// Holds the session until `release` (SIGUSR1), `--max-hold`, a stop signal
+/// or COMMAND's own end; returns which.
+fn hold_until_released(args: &HoldArgs, waiter: &Waiter, pid: Pid, output: &OwnedFd) -> String {
+    let ended = || format!("{} ended by itself", crate::text::program(&args.command));
+    let until = args.max_hold.map(|d| Instant::now() + d);
+    loop {
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return format!(
+                "max hold of {} expired before any release",
+                format_time_limit(args.max_hold)
+            );
+        }
+        match waiter.wait(Some(output.as_fd()), left) {
+            Wake::Readable => {
+                let mut buf = [0u8; 4096];
+                if matches!(nix::unistd::read(output, &mut buf), Ok(0) | Err(_)) {
+                    // Output closed: wait for the exit (SIGCHLD) only.
+                    if !matches!(sys::try_reap(pid), Ok(None)) {
+                        return ended();
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Wake::Signal(Signal::SIGUSR1) => return "released".to_string(),
+            Wake::Signal(Signal::SIGCHLD) | Wake::Timeout => {
+                if !matches!(sys::try_reap(pid), Ok(None)) {
+                    return ended();
+                }
+            }
+            Wake::Signal(sig) => return format!("got {}", sig.as_str()),
+        }
+    }
+}
+
+/// Ends the session the courteous way first (the release input, then end
+/// of input), with signals only if COMMAND does not end within the grace.
+fn close_session(args: &HoldArgs, mut stdin: std::fs::File, pid: Pid, ctx: &Context<'_>) -> String {
+    if let Some(text) = &args.release_input {
+        let _ = stdin.write_all(text.as_bytes());
+        let _ = stdin.flush();
+    }
+    drop(stdin);
+    let mut signal_seen = None;
+    let mut watch = Watch::new(pid, None, ctx, &mut signal_seen);
+    match watch.wait_until(Some(Instant::now() + RELEASE_GRACE), false) {
+        WaitEnd::Ended(_) => "it ended".to_string(),
+        _ => {
+            watch.end_group(RELEASE_GRACE);
+            "it was ended with signals".to_string()
+        }
+    }
 }
 
 /// What an ended COMMAND left in its output pipe (without waiting for
@@ -414,45 +417,16 @@ struct Started {
 }
 
 /// COMMAND in its own process group: stdin from a pipe we keep, stdout and
-/// stderr into another we read.
+/// stderr into another we read; it runs where the keeper is (`/`).
 fn start(args: &HoldArgs) -> Result<Started, Errno> {
-    let argv = crate::phase::process::argv_of(&args.command)?;
-    let first = argv.first().ok_or(Errno::EINVAL)?;
-    let envp = crate::phase::process::environment_now();
     let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let pid = sys::spawn(&Exec {
-        program: Program::Search(first),
-        argv: &argv,
-        envp: &envp,
-        stdin: in_r.as_fd(),
-        stdout: out_w.as_fd(),
-        stderr: out_w.as_fd(),
-        // Where the keeper is: `/` (it is detached).
-        dir: None,
-    })
-    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let pid = spawn_command(&args.command, in_r.as_fd(), out_w.as_fd(), out_w.as_fd())?;
     Ok(Started {
         pid,
         stdin: in_w,
         output: out_r,
     })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Where `hold` and `release` keep state and log when a hook calls them:
-/// the runner passes its state dir and log in the environment.
-pub fn settings_from_env(mut settings: Settings) -> Settings {
-    if let Some(d) = std::env::var_os("FSFREEZE_HOOK_STATE_DIR").filter(|d| !d.is_empty()) {
-        settings.state_dir = PathBuf::from(d);
-    }
-    if let Some(l) = std::env::var_os("FSFREEZE_HOOK_LOG").filter(|l| !l.is_empty()) {
-        settings.log_file = PathBuf::from(l);
-    }
-    settings
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
-//! fsfreeze-hook: runs fsfreeze-hook.d scripts for qemu-ga's filesystem freeze.
+//! fsfreeze-hook: runs fsfreeze-hook.d scripts for qemu-ga's filesystem
+//! freeze. This file only prepares the process, reads the command line and
+//! settings, hands the command to its audience's module and prints how it
+//! ended: `phase` (what qemu-ga calls), `standalone` (freezing without
+//! qemu-ga), `hold` (what hooks call), `admin` (administrators' commands),
+//! all over `sys`, the one OS layer.
 
 mod admin;
-mod app;
 mod cli;
 mod config;
+mod exit;
 mod filesystems;
 mod hold;
 mod log;
@@ -16,10 +21,17 @@ mod standalone;
 mod sys;
 mod text;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::Settings;
+use crate::exit::Exit;
+use crate::log::Log;
+use crate::phase::trust::Policy;
+use crate::sys::Waiter;
 
 fn main() -> ExitCode {
     // First, before any child exists: signal mask, descriptors, umask.
@@ -28,6 +40,116 @@ fn main() -> ExitCode {
         .next()
         .map(PathBuf::from)
         .unwrap_or_default();
-    let cli = cli::Cli::parse();
-    app::run(cli, &argv0)
+    let cli = Cli::parse();
+    let exit = run(cli, &argv0);
+    if let Some(line) = exit.line() {
+        // One line, whatever a name in it holds: qemu-ga passes it on.
+        eprintln!("fsfreeze-hook: {}", text::escape_line(line.as_bytes()));
+    }
+    ExitCode::from(exit.code())
+}
+
+/// The settings a run uses: the config file's over the defaults, flags over
+/// both; the config judged as a hook is, since it decides what runs as root.
+fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
+    let mut settings =
+        Settings::load(argv0, &cli.global.overrides()).map_err(|e| Exit::Setup(e.to_string()))?;
+    // Hooks run in `/` and are given these paths: absolute ones.
+    for path in [
+        &mut settings.hooks_dir,
+        &mut settings.log_file,
+        &mut settings.state_dir,
+    ] {
+        if let Ok(abs) = std::path::absolute(&*path) {
+            *path = abs;
+        }
+    }
+    if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
+        && let Err(u) = Policy::current().check_opened(config, meta)
+    {
+        return Err(Exit::Setup(format!(
+            "config is not trusted, no hook run: {u}"
+        )));
+    }
+    Ok(settings)
+}
+
+fn run(cli: Cli, argv0: &Path) -> Exit {
+    let settings = match settings(&cli, argv0) {
+        Ok(s) => s,
+        Err(exit) => return exit,
+    };
+    let waiter = match Waiter::new() {
+        Ok(e) => e,
+        Err(e) => return Exit::Setup(format!("cannot set up signal handling: {e}")),
+    };
+    // A thaw may run while the log's filesystem is frozen, and status
+    // writes nothing: neither opens the log up front.
+    let open_log =
+        |s: &Settings| Log::open(&s.log_file, !sys::is_root()).styled(s.log_format, s.log_target);
+    match cli.command {
+        Command::Freeze { fs: false, .. } => {
+            phase::freeze::freeze(&settings, &open_log(&settings), &waiter)
+        }
+        Command::Freeze {
+            fs: true,
+            mountpoints,
+            auto_thaw,
+        } => standalone::freeze_fs(
+            &settings,
+            &open_log(&settings),
+            &waiter,
+            &mountpoints,
+            auto_thaw.0,
+        ),
+        Command::Thaw { all, .. } => phase::thaw::thaw(&settings, &waiter, all),
+        Command::Snapshot {
+            mountpoints,
+            max_frozen,
+            command,
+        } => standalone::snapshot(
+            &settings,
+            &open_log(&settings),
+            &waiter,
+            &mountpoints,
+            max_frozen.0,
+            &command,
+        ),
+        Command::Rehearse { hold } => {
+            phase::rehearse::rehearse(&settings, &open_log(&settings), &waiter, hold)
+        }
+        Command::Hold {
+            name,
+            max_hold,
+            ready,
+            ready_timeout,
+            release_input,
+            command,
+        } => {
+            let settings = settings.as_seen_by_hooks();
+            let args = hold::HoldArgs {
+                name,
+                max_hold: max_hold.0,
+                ready,
+                ready_timeout: ready_timeout.0,
+                release_input,
+                command,
+            };
+            hold::hold(&settings, &open_log(&settings), args)
+        }
+        Command::Release { name } => {
+            let settings = settings.as_seen_by_hooks();
+            hold::release(&settings, &open_log(&settings), &name)
+        }
+        Command::Status { json } => admin::status::status(&settings.as_seen_by_hooks(), json),
+        Command::List { json } => admin::list::list(&settings, json),
+        Command::Check { root } => admin::check::check(&root),
+        Command::Enable { root, dry_run } => admin::enable::enable(&root, dry_run),
+        Command::Disable { root, dry_run } => admin::enable::disable(&root, dry_run),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut std::io::stdout());
+            Exit::Ok
+        }
+    }
 }

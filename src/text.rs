@@ -37,6 +37,11 @@ pub fn program<S: AsRef<OsStr>>(command: &[S]) -> String {
     escape(command.first().map_or(OsStr::new("?"), |c| c.as_ref()))
 }
 
+/// Whether `needle` (not empty) occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn escape_bytes(bytes: &[u8], keep_tab: bool) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
@@ -67,5 +72,6 @@ mod tests {
         assert_eq!(escape_line(b"a\tb\x1b[1m"), "a\tb\\u{1b}[1m");
         assert_eq!(names(&[OsString::from("a b"), raw]), "a b, a\\nb\\xffc");
         assert_eq!(program::<OsString>(&[]), "?");
+        assert!(contains(b"a PIPESTATUS[0]", b"PIPESTATUS") && !contains(b"abc", b""));
     }
 }

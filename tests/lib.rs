@@ -8,6 +8,7 @@ mod databases;
 mod docs;
 mod faults;
 mod hold;
+mod layout;
 mod logging;
 mod loopfs;
 mod package;

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::sys::paths::in_root;
+
 /// Where qemu-ga looks for its hook when `-F` comes without a path.
 pub const DEFAULT_HOOK: &str = "/etc/qemu/fsfreeze-hook";
 pub const UNIT: &str = "qemu-guest-agent.service";
@@ -56,66 +58,6 @@ pub struct Agent {
     /// A sysvinit defaults file that systemd ignores (Debian's
     /// /etc/default/qemu-guest-agent with DAEMON_ARGS), if present.
     pub ignored_defaults: Option<PathBuf>,
-}
-
-/// A path of the system mounted at `root`, as a path of this machine that
-/// stays inside `root`, whatever the system holds: resolved as a chroot
-/// would, `..` stopping at `root` and every symlink (an absolute one taken
-/// from `root`) followed inside it; what does not exist is taken as named.
-/// For `/` the path itself. An image someone else made can so never lead a
-/// read, and with [`entry_in_root`] a write, outside it.
-pub fn in_root(root: &Path, guest: &Path) -> PathBuf {
-    if root == Path::new("/") {
-        return guest.to_path_buf();
-    }
-    resolve_in(root, guest, true)
-}
-
-/// [`in_root`] for a write, a rename or a removal: the directory entry
-/// itself (its parent resolved inside `root`; a final symlink is the entry,
-/// not followed).
-pub fn entry_in_root(root: &Path, guest: &Path) -> PathBuf {
-    if root == Path::new("/") {
-        return guest.to_path_buf();
-    }
-    resolve_in(root, guest, false)
-}
-
-/// The chroot-like resolution of [`in_root`], also for `root` `/` (where it
-/// is the kernel's); `follow_last`: whether a final symlink is followed.
-pub fn resolve_in(root: &Path, guest: &Path, follow_last: bool) -> PathBuf {
-    use crate::phase::trust::components as parts;
-    let mut pending = parts(guest);
-    let mut real = root.to_path_buf();
-    let mut links = 0;
-    while let Some(part) = pending.pop_front() {
-        if part == ".." {
-            if real != root {
-                real.pop();
-            }
-            continue;
-        }
-        let next = real.join(&part);
-        let last = pending.is_empty();
-        let link = fs::symlink_metadata(&next).is_ok_and(|m| m.file_type().is_symlink());
-        if !link || (last && !follow_last) {
-            real = next;
-            continue;
-        }
-        links += 1;
-        let Some(target) = fs::read_link(&next).ok().filter(|_| links <= 40) else {
-            // A loop (or an unreadable link): the entry itself, inside root.
-            real = next;
-            continue;
-        };
-        if target.is_absolute() {
-            real = root.to_path_buf();
-        }
-        for c in parts(&target).into_iter().rev() {
-            pending.push_front(c);
-        }
-    }
-    real
 }
 
 pub fn inspect(root: &Path) -> Agent {

@@ -5,13 +5,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use crate::admin::agent::{self, HookSetting, in_root};
+use crate::admin::agent::{self, HookSetting};
 use crate::admin::list::{self, Verdict};
 use crate::config::Settings;
+use crate::exit::Exit;
 use crate::phase::discovery::SkipReason;
 use crate::phase::hookfile::Refusal;
+use crate::sys::paths::in_root;
 use crate::text::escape_path;
 
 const PORT: &str = "/dev/virtio-ports/org.qemu.guest_agent.0";
@@ -102,7 +103,7 @@ pub fn findings(root: &Path) -> Vec<Finding> {
         ));
     }
     if live {
-        if qemu_ga_running() {
+        if crate::sys::proc::running("qemu-ga") {
             out.push(Finding::Ok("qemu-ga is running".into()));
         } else {
             out.push(problem(
@@ -150,10 +151,11 @@ fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
                 ));
             }
         }
-        Ok(bytes) if find(&bytes, b"fsfreeze-hook journal 1") => out.push(Finding::Note(format!(
-            "{} is another build of fsfreeze-hook than this one",
-            hook.display()
-        ))),
+        Ok(bytes) if crate::text::contains(&bytes, crate::phase::journal::HEADER.as_bytes()) => out
+            .push(Finding::Note(format!(
+                "{} is another build of fsfreeze-hook than this one",
+                hook.display()
+            ))),
         Ok(_) => out.push(problem(
             format!("{} is another program, not fsfreeze-hook", hook.display()),
             "run `fsfreeze-hook enable`",
@@ -167,7 +169,7 @@ fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
 fn bash_array_under_sh(root: &Path, script: &[u8]) -> Option<String> {
     let first = script.split(|&b| b == b'\n').next()?;
     let interpreter = first.strip_prefix(b"#!")?.trim_ascii();
-    if interpreter != b"/bin/sh" || !find(script, b"PIPESTATUS") {
+    if interpreter != b"/bin/sh" || !crate::text::contains(script, b"PIPESTATUS") {
         return None;
     }
     match shell_name(root) {
@@ -180,15 +182,11 @@ fn bash_array_under_sh(root: &Path, script: &[u8]) -> Option<String> {
 /// The name of the program `/bin/sh` leads to in `root`, its symlinks
 /// followed inside `root`.
 fn shell_name(root: &Path) -> Option<String> {
-    let path = agent::resolve_in(root, Path::new("/bin/sh"), true);
+    let path = crate::sys::paths::resolve_in(root, Path::new("/bin/sh"), true);
     fs::symlink_metadata(&path).ok()?;
     let name = path.file_name()?.to_string_lossy().into_owned();
     // A plain file named sh says nothing of which shell it is.
     (name != "sh").then_some(name)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The config, hooks dir, hooks, log and state dir, as qemu-ga's call of
@@ -335,22 +333,7 @@ fn writable(path: &Path, what: &str, out: &mut Vec<Finding>) {
     }
 }
 
-fn qemu_ga_running() -> bool {
-    fs::read_dir("/proc").is_ok_and(|entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .any(|e| {
-                fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == "qemu-ga")
-            })
-    })
-}
-
-pub fn check(root: &Path) -> ExitCode {
+pub fn check(root: &Path) -> Exit {
     let findings = findings(root);
     let mut problems = 0;
     for f in &findings {
@@ -365,10 +348,10 @@ pub fn check(root: &Path) -> ExitCode {
     }
     if problems == 0 {
         println!("all good: the next freeze will run the hooks listed by `fsfreeze-hook list`");
-        ExitCode::from(crate::app::EXIT_OK)
+        Exit::Ok
     } else {
         println!("{problems} problem(s)");
-        ExitCode::from(crate::app::EXIT_HOOK_FAILED)
+        Exit::Problems
     }
 }
 

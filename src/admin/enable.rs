@@ -7,10 +7,10 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use crate::admin::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, entry_in_root, in_root};
-use crate::app::{EXIT_OK, EXIT_SETUP, fail};
+use crate::admin::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting};
+use crate::exit::Exit;
+use crate::sys::paths::{entry_in_root, in_root};
 
 const RECORD_HEADER: &str = "fsfreeze-hook enable 1";
 const RESTART: &str = "systemctl restart qemu-guest-agent";
@@ -190,10 +190,10 @@ fn ours() -> std::io::Result<Vec<u8>> {
     fs::read("/proc/self/exe")
 }
 
-pub fn enable(root: &Path, dry_run: bool) -> ExitCode {
+pub fn enable(root: &Path, dry_run: bool) -> Exit {
     match run_enable(root, dry_run) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(msg) => fail(EXIT_SETUP, &format!("enable: {msg}")),
+        Ok(()) => Exit::Ok,
+        Err(msg) => Exit::Setup(format!("enable: {msg}")),
     }
 }
 
@@ -233,7 +233,7 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
             println!("{} is already this fsfreeze-hook", hook.display())
         }
         Ok(existing) => {
-            let marker: &[u8] = b"fsfreeze-hook journal 1";
+            let marker: &[u8] = crate::phase::journal::HEADER.as_bytes();
             if existing.windows(marker.len()).any(|w| w == marker) {
                 plan.say(&format!(
                     "replace {} (another build of fsfreeze-hook) with this one",
@@ -337,10 +337,10 @@ fn record(plan: &Plan, hook: &Path) -> std::io::Result<()> {
     plan.write_file(&record_path(hook), text.as_bytes(), 0o644)
 }
 
-pub fn disable(root: &Path, dry_run: bool) -> ExitCode {
+pub fn disable(root: &Path, dry_run: bool) -> Exit {
     match run_disable(root, dry_run) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(msg) => fail(EXIT_SETUP, &format!("disable: {msg}")),
+        Ok(()) => Exit::Ok,
+        Err(msg) => Exit::Setup(format!("disable: {msg}")),
     }
 }
 

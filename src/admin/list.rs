@@ -4,10 +4,10 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use crate::config::units::format_limit;
-use crate::config::{Limit, OnError, Settings};
+use crate::config::units::format_time_limit;
+use crate::config::{OnError, Settings, TimeLimit};
+use crate::exit::Exit;
 use crate::log::json::{self, Object};
 use crate::phase::discovery::{self as hooks, Discovery, SkipReason};
 use crate::phase::hookfile::{self, Refusal};
@@ -18,7 +18,7 @@ use crate::text::{escape, escape_path};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Runs {
-        timeout: Limit,
+        timeout: TimeLimit,
         per_hook: bool,
     },
     /// Passed over by the name rules, as the stock script would: why.
@@ -139,9 +139,9 @@ fn judge(
     entries
 }
 
-pub fn list(settings: &Settings, as_json: bool) -> ExitCode {
+pub fn list(settings: &Settings, as_json: bool) -> Exit {
     let listing = inspect(settings, Path::new("/"));
-    let sessions = crate::hold::sessions(&crate::hold::settings_from_env(settings.clone()));
+    let sessions = crate::hold::sessions(&settings.as_seen_by_hooks());
     if as_json {
         let doc = to_json(&listing);
         let names = sessions.iter().map(|s| json::string(&s.name));
@@ -159,7 +159,7 @@ pub fn list(settings: &Settings, as_json: bool) -> ExitCode {
             );
         }
     }
-    ExitCode::from(crate::app::EXIT_OK)
+    Exit::Ok
 }
 
 fn to_text(l: &Listing) -> String {
@@ -179,7 +179,7 @@ fn to_text(l: &Listing) -> String {
         match &e.verdict {
             Verdict::Runs { timeout, per_hook } => out.push_str(&format!(
                 "  runs     {name}{pad}  timeout {}{}\n",
-                format_limit(*timeout),
+                format_time_limit(*timeout),
                 if *per_hook { " (per-hook setting)" } else { "" }
             )),
             Verdict::Skipped(_) | Verdict::DirRefused(_) => out.push_str(&format!(

@@ -1,30 +1,27 @@
 //! `status`: what the journal holds (hooks, filesystems, since when), and
 //! whether its watchdog is running. Reads only: safe while frozen.
 
-use std::process::ExitCode;
-
 use crate::config::Settings;
+use crate::exit::Exit;
 use crate::log::json::{self, Object};
-use crate::phase::journal::{Held, Journal, Recorded};
-use crate::standalone::watchdog;
+use crate::phase::journal::{Journal, Recorded, Unthawed};
 use crate::text::escape_path;
 
 /// `status`: what the journal holds, and whether its watchdog runs.
-pub fn status(settings: &Settings, json: bool) -> ExitCode {
-    let settings = crate::hold::settings_from_env(settings.clone());
+pub fn status(settings: &Settings, json: bool) -> Exit {
     let recorded = Journal::new(&settings.state_dir).read();
     let held = match &recorded {
-        Recorded::Held(h) => Some(h),
+        Recorded::Unthawed(h) => Some(h),
         _ => None,
     };
-    let sessions = crate::hold::sessions(&settings);
+    let sessions = crate::hold::sessions(settings);
     if json {
         let list = sessions.iter().map(|s| {
             Object::new()
                 .str("name", &s.name)
                 .num("keeper_pid", s.keeper)
                 .num("command_pid", s.command)
-                .bool("alive", watchdog::alive(s.keeper))
+                .bool("alive", crate::sys::proc::is_ours(s.keeper))
                 .num("since_ms", s.since_ms as f64)
                 .opt("until_ms", s.until_ms.map(|u| u.to_string()))
                 .finish()
@@ -43,7 +40,7 @@ pub fn status(settings: &Settings, json: bool) -> ExitCode {
                 "session {}: keeper pid {} ({}), since {}{}",
                 s.name,
                 s.keeper,
-                if watchdog::alive(s.keeper) {
+                if crate::sys::proc::is_ours(s.keeper) {
                     "holding"
                 } else {
                     "NOT RUNNING"
@@ -55,7 +52,7 @@ pub fn status(settings: &Settings, json: bool) -> ExitCode {
             );
         }
     }
-    ExitCode::from(crate::app::EXIT_OK)
+    Exit::Ok
 }
 
 fn when(ms: u64) -> String {
@@ -69,7 +66,7 @@ fn when(ms: u64) -> String {
         )
 }
 
-fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
+fn status_text(held: Option<&Unthawed>, recorded: &Recorded) -> String {
     let Some(h) = held else {
         return match recorded {
             Recorded::Corrupt(why) => format!("nothing held (journal unusable: {why})\n"),
@@ -99,7 +96,7 @@ fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
     match h.watchdog {
         Some((pid, deadline)) => out.push_str(&format!(
             "watchdog: pid {pid}, {}{}\n",
-            if watchdog::alive(pid) {
+            if crate::sys::proc::is_ours(pid) {
                 "armed"
             } else {
                 "NOT RUNNING"
@@ -114,7 +111,7 @@ fn status_text(held: Option<&Held>, recorded: &Recorded) -> String {
     out
 }
 
-fn status_json(held: Option<&Held>) -> String {
+fn status_json(held: Option<&Unthawed>) -> String {
     let Some(h) = held else {
         return Object::new()
             .bool("held", false)
@@ -126,7 +123,7 @@ fn status_json(held: Option<&Held>) -> String {
     let watchdog = h.watchdog.map(|(pid, deadline)| {
         Object::new()
             .num("pid", pid)
-            .bool("alive", watchdog::alive(pid))
+            .bool("alive", crate::sys::proc::is_ours(pid))
             .opt("deadline_ms", deadline.map(|d| d.to_string()))
             .finish()
     });

@@ -11,10 +11,12 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    ConfigError, Limit, LogFormat, LogTarget, MAX_KILL_GRACE, MAX_LIMIT, MAX_OUTPUT_LIMIT, OnError,
-    ThawOrder,
+    ConfigError, LogFormat, LogTarget, MAX_KILL_GRACE, MAX_OUTPUT_LIMIT, MAX_TIME_LIMIT, OnError,
+    ThawOrder, TimeLimit,
 };
-use crate::config::units::{format_limit, format_size, out_of_range, parse_duration, parse_size};
+use crate::config::units::{
+    format_size, format_time_limit, out_of_range, parse_duration, parse_size,
+};
 
 /// The config file's values, each `None` when absent.
 #[derive(Debug, Default)]
@@ -22,15 +24,15 @@ pub(super) struct FileConfig {
     pub hooks_dir: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
-    pub timeout: Option<Limit>,
-    pub phase_timeout: Option<Limit>,
+    pub timeout: Option<TimeLimit>,
+    pub phase_timeout: Option<TimeLimit>,
     pub kill_grace: Option<Duration>,
     pub on_error: Option<OnError>,
     pub thaw_order: Option<ThawOrder>,
     pub output_limit: Option<Option<u64>>,
     pub log_format: Option<LogFormat>,
     pub log_target: Option<LogTarget>,
-    pub hook_timeouts: BTreeMap<String, Limit>,
+    pub hook_timeouts: BTreeMap<String, TimeLimit>,
 }
 
 /// Every key of the file (the man page test checks each is documented).
@@ -96,8 +98,10 @@ impl FileConfig {
                 "hooks_dir" => cfg.hooks_dir = Some(path_value((key, value))?),
                 "log_file" => cfg.log_file = Some(path_value((key, value))?),
                 "state_dir" => cfg.state_dir = Some(path_value((key, value))?),
-                "timeout" => cfg.timeout = Some(limit_value((key, value), MAX_LIMIT)?),
-                "phase_timeout" => cfg.phase_timeout = Some(limit_value((key, value), MAX_LIMIT)?),
+                "timeout" => cfg.timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?),
+                "phase_timeout" => {
+                    cfg.phase_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)
+                }
                 "kill_grace" => {
                     let grace = limit_value((key, value), MAX_KILL_GRACE)?;
                     cfg.kill_grace = Some(grace.unwrap_or(Duration::ZERO));
@@ -127,7 +131,7 @@ impl FileConfig {
                         match word_value((key, value), &["file", "syslog", "journal"])? {
                             "file" => LogTarget::File,
                             "syslog" => LogTarget::Syslog,
-                            _ => LogTarget::Journal,
+                            _ => LogTarget::Journald,
                         },
                     )
                 }
@@ -171,7 +175,7 @@ fn path_value((key, value): Entry<'_>) -> Result<PathBuf, Located> {
     Ok(PathBuf::from(OsString::from(s)))
 }
 
-fn limit_value((key, value): Entry<'_>, max: Duration) -> Result<Limit, Located> {
+fn limit_value((key, value): Entry<'_>, max: Duration) -> Result<TimeLimit, Located> {
     let bad = |msg: String| Located::at(value.span(), key.get_ref(), msg);
     let text = match value.get_ref() {
         DeValue::String(s) => s.as_ref(),
@@ -185,7 +189,7 @@ fn limit_value((key, value): Entry<'_>, max: Duration) -> Result<Limit, Located>
     };
     let d = parse_duration(text).map_err(bad)?;
     if d > max {
-        return Err(bad(out_of_range(text, &format_limit(Some(max)))));
+        return Err(bad(out_of_range(text, &format_time_limit(Some(max)))));
     }
     Ok((!d.is_zero()).then_some(d))
 }
@@ -225,7 +229,7 @@ fn word_value<'a>((key, value): Entry<'a>, allowed: &[&str]) -> Result<&'a str, 
     }
 }
 
-fn hooks_table((key, value): Entry<'_>) -> Result<BTreeMap<String, Limit>, Located> {
+fn hooks_table((key, value): Entry<'_>) -> Result<BTreeMap<String, TimeLimit>, Located> {
     let DeValue::Table(table) = value.get_ref() else {
         return Err(Located::at(
             value.span(),
@@ -247,7 +251,7 @@ fn hooks_table((key, value): Entry<'_>) -> Result<BTreeMap<String, Limit>, Locat
         for (k, v) in settings_table.iter() {
             match k.get_ref().as_ref() {
                 "timeout" => {
-                    let limit = limit_value((k, v), MAX_LIMIT).map_err(|mut e| {
+                    let limit = limit_value((k, v), MAX_TIME_LIMIT).map_err(|mut e| {
                         e.key = Some(full("timeout"));
                         e
                     })?;

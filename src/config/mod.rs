@@ -1,6 +1,8 @@
-//! Settings: built-in defaults, overridden by the config file, overridden by
-//! command-line flags. qemu-ga passes no flags, so everything a flag can set can
-//! be set in the file too.
+//! Settings: built-in defaults, then the config file (`file`), then flags,
+//! and the one syntax of durations and sizes (`units`) both are written in.
+//!
+//! qemu-ga passes no flags, so everything a flag can set can be set in the
+//! file too.
 
 pub mod file;
 pub mod units;
@@ -14,10 +16,10 @@ use std::time::Duration;
 use file::{FileConfig, line_of};
 
 /// A time limit; `None` means no limit (written "0").
-pub type Limit = Option<Duration>;
+pub type TimeLimit = Option<Duration>;
 
 /// What a failing freeze hook does to the rest of the phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnError {
     /// Stop the phase, thaw every hook whose freeze started (in reverse), exit non-zero.
     Abort,
@@ -48,7 +50,8 @@ pub enum LogFormat {
 pub enum LogTarget {
     File,
     Syslog,
-    Journal,
+    /// systemd's journald (the config says "journal").
+    Journald,
 }
 
 /// The order of the thaw phase.
@@ -70,7 +73,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longer than any backup tool waits for a freeze (Proxmox: 600 s).
-const MAX_LIMIT: Duration = crate::config::units::MAX_DURATION;
+const MAX_TIME_LIMIT: Duration = crate::config::units::MAX_DURATION;
 const MAX_KILL_GRACE: Duration = Duration::from_secs(600);
 const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
 const MAX_OUTPUT_LIMIT: u64 = crate::config::units::MAX_SIZE;
@@ -82,7 +85,7 @@ pub struct Overrides {
     pub hooks_dir: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
-    pub timeout: Option<Limit>,
+    pub timeout: Option<TimeLimit>,
     pub on_error: Option<OnError>,
 }
 
@@ -95,8 +98,8 @@ pub struct Settings {
     pub hooks_dir: PathBuf,
     pub log_file: PathBuf,
     pub state_dir: PathBuf,
-    pub timeout: Limit,
-    pub phase_timeout: Limit,
+    pub timeout: TimeLimit,
+    pub phase_timeout: TimeLimit,
     pub kill_grace: Duration,
     pub on_error: OnError,
     pub thaw_order: ThawOrder,
@@ -105,14 +108,28 @@ pub struct Settings {
     /// Bytes of output one hook may add to the log per run; `None`: no limit.
     pub output_limit: Option<u64>,
     /// `[hooks."NAME"] timeout = ...`; a `--timeout` flag overrides these too.
-    pub hook_timeouts: BTreeMap<String, Limit>,
+    pub hook_timeouts: BTreeMap<String, TimeLimit>,
     /// Where the log and state went when not running as root, for `rehearse`.
     pub fallback_note: Option<String>,
 }
 
 impl Settings {
+    /// The settings of a command that a hook runs (`hold`, `release`) or
+    /// that looks at what hooks hold (`status`): the runner passes its state
+    /// dir and log in the environment, and they win.
+    pub fn as_seen_by_hooks(&self) -> Settings {
+        let mut settings = self.clone();
+        if let Some(d) = std::env::var_os("FSFREEZE_HOOK_STATE_DIR").filter(|d| !d.is_empty()) {
+            settings.state_dir = PathBuf::from(d);
+        }
+        if let Some(l) = std::env::var_os("FSFREEZE_HOOK_LOG").filter(|l| !l.is_empty()) {
+            settings.log_file = PathBuf::from(l);
+        }
+        settings
+    }
+
     /// The time limit of one hook.
-    pub fn timeout_for(&self, name: &OsStr) -> Limit {
+    pub fn timeout_for(&self, name: &OsStr) -> TimeLimit {
         name.to_str()
             .and_then(|n| self.hook_timeouts.get(n))
             .copied()
@@ -136,10 +153,10 @@ impl Settings {
     /// `hook` is the guest path qemu-ga runs, and every path is mapped into
     /// `root`.
     pub fn load_for_agent(hook: &Path, root: &Path) -> Result<Settings, ConfigError> {
-        let in_root = |p: &Path| crate::admin::agent::in_root(root, p);
+        let in_root = |p: &Path| crate::sys::paths::in_root(root, p);
         // The hook as qemu-ga names it (not where a symlink leads): its
         // hooks dir and config are beside that name.
-        let argv0 = crate::admin::agent::entry_in_root(root, hook);
+        let argv0 = crate::sys::paths::entry_in_root(root, hook);
         // The config beside the hook, else the system's, both read inside
         // `root` (a link there to a file of this machine is not followed out).
         let beside = hook

@@ -87,12 +87,12 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Like [`format_duration`], with "no limit" for `None`.
-pub fn format_limit(limit: Option<Duration>) -> String {
+pub fn format_time_limit(limit: Option<Duration>) -> String {
     limit.map_or_else(|| "no limit".to_string(), format_duration)
 }
 
 /// Parser for clap: the same syntax, "0" meaning no limit.
-pub fn parse_limit_arg(text: &str) -> Result<Option<Duration>, String> {
+pub fn parse_time_limit(text: &str) -> Result<Option<Duration>, String> {
     parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
 }
 
@@ -229,6 +229,6 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_secs(300)), "5m");
         assert_eq!(format_duration(Duration::from_secs(10)), "10s");
-        assert_eq!(format_limit(None), "no limit");
+        assert_eq!(format_time_limit(None), "no limit");
     }
 }

@@ -1,8 +1,10 @@
-//! Freezing filesystems ourselves, as qemu-ga does (QEMU
-//! qga/commands-linux.c): children before parents, EOPNOTSUPP skipped, EBUSY
-//! meaning someone else froze it (never thawed by us), any other failure
-//! thawing what was frozen. Behind a trait so the logic is tested with a fake;
-//! the kernel is tested on loop-mounted images only.
+//! Which filesystems a freeze covers (`mounts`, qemu-ga's rules) and the
+//! FIFREEZE/FITHAW layer behind a trait, with its fake for unit tests.
+//!
+//! Freezing as qemu-ga does (QEMU qga/commands-linux.c): children before
+//! parents, EOPNOTSUPP skipped, EBUSY meaning someone else froze it (never
+//! thawed by us), any other failure thawing what was frozen. The kernel is
+//! tested on loop-mounted images only.
 
 pub mod mounts;
 
@@ -13,9 +15,17 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use crate::log::Log;
-use crate::phase::journal::Journal;
 use crate::text::escape_path;
 use mounts::Target;
+
+/// Where a freeze writes down each filesystem before its FIFREEZE (the
+/// journal), so that whoever thaws later knows it.
+pub trait Ledger {
+    /// `mountpoint` is about to be frozen.
+    fn freezing(&mut self, mountpoint: &Path) -> anyhow::Result<()>;
+    /// ... and was not: not ours to thaw.
+    fn not_frozen(&mut self, mountpoint: &Path) -> anyhow::Result<()>;
+}
 
 pub trait Filesystems {
     fn mountinfo(&self) -> io::Result<String>;
@@ -100,7 +110,7 @@ impl fmt::Display for FreezeFailed {
 pub fn freeze_all(
     fs: &dyn Filesystems,
     targets: &[Target],
-    journal: &mut Journal,
+    ledger: &mut dyn Ledger,
     log: &Log,
 ) -> Result<Vec<PathBuf>, FreezeFailed> {
     let mut frozen: Vec<PathBuf> = Vec::with_capacity(targets.len());
@@ -111,12 +121,12 @@ pub fn freeze_all(
             cause,
             unthawed: thaw_all(fs, frozen, log),
         };
-        if let Err(e) = journal.fs_freezing(mp) {
+        if let Err(e) = ledger.freezing(mp) {
             return Err(fail(&frozen, format!("{e:#}")));
         }
         let result = fs.freeze(mp);
         if result.is_err()
-            && let Err(e) = journal.fs_skipped(mp)
+            && let Err(e) = ledger.not_frozen(mp)
         {
             log.warn(&format!("{e:#}"));
         }
@@ -165,6 +175,7 @@ pub fn thaw_all(fs: &dyn Filesystems, frozen: &[PathBuf], log: &Log) -> Vec<(Pat
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use crate::phase::journal::Journal;
     use std::cell::RefCell;
     use std::collections::HashMap;
 
@@ -260,7 +271,7 @@ pub mod tests {
                 "thaw /c"
             ]
         );
-        let crate::phase::journal::Recorded::Held(held) = journal.read() else {
+        let crate::phase::journal::Recorded::Unthawed(held) = journal.read() else {
             panic!()
         };
         assert_eq!(held.filesystems, frozen);
@@ -273,7 +284,7 @@ pub mod tests {
         let t = targets(&fs, &[]).unwrap();
         let frozen = freeze_all(&fs, &t, &mut journal, &log).unwrap();
         assert_eq!(frozen, ["/c", "/"].map(PathBuf::from));
-        let crate::phase::journal::Recorded::Held(held) = journal.read() else {
+        let crate::phase::journal::Recorded::Unthawed(held) = journal.read() else {
             panic!()
         };
         assert_eq!(

@@ -7,7 +7,6 @@ use std::os::unix::net::UnixDatagram;
 use nix::syslog::{Facility, LogFlags, Priority, Severity};
 
 use crate::log::json::{self, Object};
-use crate::log::timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -149,9 +148,9 @@ impl Event {
         let _ = nix::syslog::syslog(pri, &self.message.as_str());
     }
 
-    /// For the systemd journal's native protocol: one datagram of
+    /// For journald's native protocol: one datagram of
     /// `FIELD=value` lines (values without a newline in this use).
-    fn journal_datagram(&self) -> Vec<u8> {
+    fn journald_datagram(&self) -> Vec<u8> {
         let mut d = format!(
             "MESSAGE={}\nPRIORITY={}\nSYSLOG_IDENTIFIER=fsfreeze-hook\nSYSLOG_PID={}\nFSFREEZE_EVENT={}\n",
             self.message.replace('\n', " "),
@@ -171,20 +170,20 @@ impl Event {
     }
 }
 
-/// The journal's native socket.
-pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+/// journald's native socket.
+pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Sends `event` to syslog. Never fails the caller.
 pub fn to_syslog(event: &Event) {
     event.syslog();
 }
 
-/// Sends `event` to the journal; false when the journal cannot be reached.
-pub fn to_journal(event: &Event) -> bool {
+/// Sends `event` to journald; false when it cannot be reached.
+pub fn to_journald(event: &Event) -> bool {
     let Ok(sock) = UnixDatagram::unbound() else {
         return false;
     };
-    sock.send_to(&event.journal_datagram(), JOURNAL_SOCKET)
+    sock.send_to(&event.journald_datagram(), JOURNALD_SOCKET)
         .is_ok()
 }
 
@@ -198,4 +197,12 @@ pub fn output_json(hook: &str, line: &[u8]) -> String {
         .raw("line", json::string(&String::from_utf8_lossy(line)))
         .finish()
         + "\n"
+}
+
+/// Local time with milliseconds and offset: sortable, unambiguous across
+/// time-zone changes.
+pub fn timestamp() -> String {
+    chrono::Local::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+        .to_string()
 }

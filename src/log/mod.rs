@@ -1,6 +1,9 @@
-//! The run log: one appended file shared by the runner's own lines and the
-//! hooks' output. Logging never fails a phase: when the file cannot be opened or
-//! written, lines go to syslog, and without syslog to stderr.
+//! The run log (this file), the events written to it, syslog or journald
+//! (`event`), and the small JSON writer they share (`json`).
+//!
+//! One appended file holds the runner's own lines and the hooks' output.
+//! Logging never fails a phase: when the file cannot be opened or written,
+//! lines go to syslog, and without syslog to stderr.
 
 pub mod event;
 pub mod json;
@@ -31,7 +34,7 @@ pub struct Log {
     sink: Cell<Sink>,
     /// While filesystems are frozen, lines wait here: the log may live on one
     /// of them, and a write there would block until the thaw.
-    held: RefCell<Option<Held>>,
+    deferred: RefCell<Option<Deferred>>,
     format: LogFormat,
     target: LogTarget,
 }
@@ -40,12 +43,12 @@ pub struct Log {
 /// (the state dir) so that a runner killed while frozen loses none: whoever
 /// thaws appends the spill file to the log.
 #[derive(Default)]
-struct Held {
+struct Deferred {
     bytes: Vec<u8>,
     spill: Option<(PathBuf, File)>,
 }
 
-impl Held {
+impl Deferred {
     fn push(&mut self, bytes: &[u8]) {
         self.bytes.extend_from_slice(bytes);
         if let Some((_, f)) = self.spill.as_mut() {
@@ -58,9 +61,9 @@ impl Log {
     /// Opens (creating with mode 0600) the log at `path`. A missing parent is
     /// created only for the per-user fallback location, never under /var.
     pub fn open(path: &Path, create_parent: bool) -> Log {
-        let mut log = Log::held(path);
+        let mut log = Log::deferred(path);
         log.attach(create_parent);
-        *log.held.borrow_mut() = None;
+        *log.deferred.borrow_mut() = None;
         log
     }
 
@@ -68,12 +71,12 @@ impl Log {
     /// opening a file for writing on a frozen filesystem blocks until the
     /// thaw, so whatever may run while something is frozen starts this way
     /// and calls [`Log::attach`] once it is safe.
-    pub fn held(path: &Path) -> Log {
+    pub fn deferred(path: &Path) -> Log {
         Log {
             path: path.to_path_buf(),
             file: None,
             sink: Cell::new(Sink::File),
-            held: RefCell::new(Some(Held::default())),
+            deferred: RefCell::new(Some(Deferred::default())),
             format: LogFormat::Text,
             target: LogTarget::File,
         }
@@ -92,8 +95,8 @@ impl Log {
         self.format == LogFormat::Json
     }
 
-    /// Opens the file of a [`Log::held`] log; lines stay held until
-    /// [`Log::release`].
+    /// Opens the file of a [`Log::deferred`] log; lines stay deferred until
+    /// [`Log::write_deferred`].
     pub fn attach(&mut self, create_parent: bool) {
         if create_parent && let Some(parent) = self.path.parent() {
             let _ = fs::DirBuilder::new()
@@ -129,8 +132,8 @@ impl Log {
     /// dropped: hook output is never sent to the runner's own streams, which
     /// qemu-ga 9.1+ reads until EOF.
     pub fn output(&self, bytes: &[u8]) {
-        if let Some(held) = self.held.borrow_mut().as_mut() {
-            held.push(bytes);
+        if let Some(deferred) = self.deferred.borrow_mut().as_mut() {
+            deferred.push(bytes);
             return;
         }
         self.write_file(bytes);
@@ -152,7 +155,7 @@ impl Log {
 
     /// From now on keep lines (filesystems are about to freeze), in memory
     /// and in `spill`, a file on tmpfs.
-    pub fn hold(&self, spill: Option<&Path>) {
+    pub fn defer(&self, spill: Option<&Path>) {
         let spill = spill.and_then(|p| {
             OpenOptions::new()
                 .append(true)
@@ -162,18 +165,18 @@ impl Log {
                 .ok()
                 .map(|f| (p.to_path_buf(), f))
         });
-        *self.held.borrow_mut() = Some(Held {
+        *self.deferred.borrow_mut() = Some(Deferred {
             bytes: Vec::new(),
             spill,
         });
     }
 
-    /// Writes the lines kept since [`Log::hold`] and writes directly again.
-    pub fn release(&self) {
-        let held = self.held.borrow_mut().take();
-        if let Some(held) = held {
-            self.write_file(&held.bytes);
-            if let Some((path, _)) = held.spill {
+    /// Writes the lines kept since [`Log::defer`] and writes directly again.
+    pub fn write_deferred(&self) {
+        let deferred = self.deferred.borrow_mut().take();
+        if let Some(deferred) = deferred {
+            self.write_file(&deferred.bytes);
+            if let Some((path, _)) = deferred.spill {
                 let _ = fs::remove_file(path);
             }
         }
@@ -182,11 +185,11 @@ impl Log {
     /// Leaves the kept lines in the spill file for whoever thaws later: this
     /// process exits while frozen.
     pub fn park(&self) {
-        self.held.borrow_mut().take();
+        self.deferred.borrow_mut().take();
     }
 
     /// Appends lines parked by an earlier run, once filesystems are thawed,
-    /// ahead of any lines held now.
+    /// ahead of any lines deferred now.
     pub fn unpark(&self, path: &Path) {
         if let Ok(bytes) = fs::read(path) {
             self.write_file(&bytes);
@@ -200,15 +203,15 @@ impl Log {
     pub fn event(&self, event: Event) {
         match self.target {
             LogTarget::Syslog => return crate::log::event::to_syslog(&event),
-            LogTarget::Journal if crate::log::event::to_journal(&event) => return,
+            LogTarget::Journald if event::to_journald(&event) => return,
             _ => {}
         }
         let text = match self.format {
             LogFormat::Text => event.text(),
             LogFormat::Json => event.json(),
         };
-        if let Some(held) = self.held.borrow_mut().as_mut() {
-            held.push(text.as_bytes());
+        if let Some(deferred) = self.deferred.borrow_mut().as_mut() {
+            deferred.push(text.as_bytes());
             return;
         }
         if self.sink.get() == Sink::File
@@ -271,14 +274,6 @@ impl Log {
     }
 }
 
-/// Local time with milliseconds and offset: sortable, unambiguous across
-/// time-zone changes.
-pub fn timestamp() -> String {
-    chrono::Local::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,10 +298,10 @@ mod tests {
         assert!(lines[0].as_bytes()[4] == b'-' && lines[0].as_bytes()[10] == b'T');
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        // Held lines reach the file only when released.
+        // Deferred lines reach the file only when written out.
         let log = Log::open(&path, false);
         let spill = dir.join("spill");
-        log.hold(Some(&spill));
+        log.defer(Some(&spill));
         log.line("while frozen");
         assert!(
             fs::read_to_string(&spill)
@@ -314,7 +309,7 @@ mod tests {
                 .ends_with(": while frozen\n")
         );
         assert!(!fs::read_to_string(&path).unwrap().contains("while frozen"));
-        log.release();
+        log.write_deferred();
         assert!(
             fs::read_to_string(&path)
                 .unwrap()

@@ -44,7 +44,8 @@ use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-const HEADER: &str = "fsfreeze-hook journal 1";
+/// The journal's first line; its presence in a binary also marks it as ours.
+pub const HEADER: &str = "fsfreeze-hook journal 1";
 
 /// What the journal says is held.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,14 +55,14 @@ pub enum Recorded {
     /// The last freeze was thawed or rolled back.
     Idle,
     /// A freeze that was not thawed yet.
-    Held(Held),
+    Unthawed(Unthawed),
     /// Unreadable, or written by another version: treated as absent.
     Corrupt(String),
 }
 
-/// What a freeze holds.
+/// What a freeze not yet thawed holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Held {
+pub struct Unthawed {
     pub since_ms: u64,
     /// Hooks whose freeze started, in start order.
     pub names: Vec<OsString>,
@@ -106,7 +107,7 @@ impl Journal {
     pub fn begin_freeze(&mut self) -> Result<u64> {
         let since_ms = now_ms();
         let mut text = format!("{HEADER}\nfreeze {since_ms} {}\n", std::process::id());
-        if let Recorded::Held(carried) = self.read() {
+        if let Recorded::Unthawed(carried) = self.read() {
             for name in &carried.names {
                 text.push_str(&format!("held {}\n", encode(name.as_bytes())));
             }
@@ -176,7 +177,7 @@ impl Journal {
     /// Appends to the record when it holds something (nothing to say else).
     fn append_to_held(&mut self, line: &str) -> Result<()> {
         if self.append.is_none() {
-            if !matches!(self.read(), Recorded::Held(_)) {
+            if !matches!(self.read(), Recorded::Unthawed(_)) {
                 return Ok(());
             }
             self.open_append()?;
@@ -198,15 +199,15 @@ impl Journal {
     /// idle when nothing is held.
     pub fn settle(&mut self, why: &str) -> Result<()> {
         let rest = match self.read() {
-            Recorded::Held(h) => h,
-            _ => Held::default(),
+            Recorded::Unthawed(h) => h,
+            _ => Unthawed::default(),
         };
-        self.finish_held(&rest, why)
+        self.keep_unthawed(&rest, why)
     }
 
     /// Ends a freeze record, keeping what `rest` still holds (hooks not
     /// thawed, filesystems whose thaw failed); idle when it holds nothing.
-    pub fn finish_held(&mut self, rest: &Held, why: &str) -> Result<()> {
+    pub fn keep_unthawed(&mut self, rest: &Unthawed, why: &str) -> Result<()> {
         self.append = None;
         if rest.names.is_empty() && rest.filesystems.is_empty() {
             return self.replace(&format!("{HEADER}\nidle {} {why}\n", now_ms()));
@@ -253,6 +254,16 @@ impl Journal {
     }
 }
 
+impl crate::filesystems::Ledger for Journal {
+    fn freezing(&mut self, mountpoint: &Path) -> Result<()> {
+        self.fs_freezing(mountpoint)
+    }
+
+    fn not_frozen(&mut self, mountpoint: &Path) -> Result<()> {
+        self.fs_skipped(mountpoint)
+    }
+}
+
 fn parse(bytes: &[u8]) -> Recorded {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Recorded::Corrupt("not UTF-8".into());
@@ -278,13 +289,13 @@ fn parse(bytes: &[u8]) -> Recorded {
                 let Some(since_ms) = rest.split(' ').next().and_then(|s| s.parse().ok()) else {
                     return bad();
                 };
-                state = Some(Recorded::Held(Held {
+                state = Some(Recorded::Unthawed(Unthawed {
                     since_ms,
-                    ..Held::default()
+                    ..Unthawed::default()
                 }));
                 continue;
             }
-            (Some(Recorded::Held(h)), _) => h,
+            (Some(Recorded::Unthawed(h)), _) => h,
             _ => return Recorded::Corrupt(format!("unexpected line: {line}")),
         };
         let path = || {
@@ -417,7 +428,7 @@ impl StateLock {
                         bail!(
                             "another fsfreeze-hook run holds {} (waited {})",
                             path.display(),
-                            crate::config::units::format_limit(wait)
+                            crate::config::units::format_time_limit(wait)
                         );
                     }
                     file = f;
@@ -450,7 +461,7 @@ mod tests {
         j.started("10-app".as_ref()).unwrap();
         j.started(&odd).unwrap();
         match j.read() {
-            Recorded::Held(h) => {
+            Recorded::Unthawed(h) => {
                 assert_eq!(h.names, vec![OsString::from("10-app"), odd.clone()]);
                 assert!(!h.complete);
             }
@@ -463,7 +474,7 @@ mod tests {
         j.fs_freezing(Path::new("/busy")).unwrap();
         j.fs_skipped(Path::new("/busy")).unwrap();
         j.fs_all_frozen().unwrap();
-        let Recorded::Held(h) = j.read() else {
+        let Recorded::Unthawed(h) = j.read() else {
             panic!("not held");
         };
         assert!(h.complete);
@@ -475,7 +486,7 @@ mod tests {
         assert_eq!(h.watchdog, Some((4242, Some(99))));
         assert!(h.frozen_at_ms.is_some());
         j.fs_all_thawed().unwrap();
-        let Recorded::Held(after) = j.read() else {
+        let Recorded::Unthawed(after) = j.read() else {
             panic!("hooks still held");
         };
         assert!(after.filesystems.is_empty() && after.frozen_at_ms.is_none());
@@ -483,7 +494,7 @@ mod tests {
         // A thaw: 10-app's ran to its end, the other's was cut off.
         j.thawed("10-app".as_ref()).unwrap();
         j.settle("thaw").unwrap();
-        let Recorded::Held(rest) = j.read() else {
+        let Recorded::Unthawed(rest) = j.read() else {
             panic!("hooks still held");
         };
         assert_eq!(rest.names, vec![odd.clone()]);
@@ -508,14 +519,14 @@ mod tests {
         j.begin_freeze().unwrap();
         j.started("10".as_ref()).unwrap();
         j.started("20".as_ref()).unwrap();
-        let Recorded::Held(h) = j.read() else {
+        let Recorded::Unthawed(h) = j.read() else {
             panic!("held");
         };
         assert_eq!(h.names, ["30", "10", "20"].map(OsString::from));
         j.thawed("20".as_ref()).unwrap();
         j.thawed("10".as_ref()).unwrap();
         j.settle("rollback").unwrap();
-        let Recorded::Held(h) = j.read() else {
+        let Recorded::Unthawed(h) = j.read() else {
             panic!("30 must stay recorded");
         };
         assert_eq!(h.names, [OsString::from("30")]);
@@ -526,7 +537,7 @@ mod tests {
             j.started("30".as_ref()).unwrap();
             j.mark_frozen().unwrap();
         }
-        let Recorded::Held(h) = j.read() else {
+        let Recorded::Unthawed(h) = j.read() else {
             panic!("held");
         };
         assert_eq!(h.names, [OsString::from("30")]);

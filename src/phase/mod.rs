@@ -2,10 +2,33 @@
 //! Hooks are found, judged, run with limits and recorded in the journal here.
 
 pub mod discovery;
+pub mod execute;
+pub mod freeze;
 pub mod hookfile;
 pub mod journal;
 pub mod output;
 pub mod process;
+pub mod rehearse;
 pub mod report;
 pub mod runner;
+pub mod setup;
+pub mod thaw;
 pub mod trust;
+
+use std::fmt;
+
+/// The two phases of a freeze: what qemu-ga's hook is called with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Freeze,
+    Thaw,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Freeze => "freeze",
+            Phase::Thaw => "thaw",
+        })
+    }
+}

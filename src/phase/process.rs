@@ -5,19 +5,20 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::log::Log;
 use crate::phase::hookfile::{Kind, Opened};
 use crate::phase::output::Capture;
-use crate::sys::{self, Event, Events, Exec, Exit, Program};
+use crate::sys::{self, Exec, Exit, Program, Waiter, Wake};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
 /// init may not set one).
@@ -30,7 +31,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Which limit cut a hook off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitKind {
+pub enum TimeoutSource {
     Hook,
     Phase,
 }
@@ -43,7 +44,7 @@ pub enum Outcome {
     /// Ran past its limit; `killed` when SIGTERM and the grace were not enough.
     TimedOut {
         limit: Duration,
-        kind: LimitKind,
+        kind: TimeoutSource,
         killed: bool,
     },
     /// The runner itself received `signal`; the hook's group was ended.
@@ -96,8 +97,8 @@ impl Outcome {
                 "timed out after {}{}, ended by {}",
                 format_duration(*limit),
                 match kind {
-                    LimitKind::Hook => "",
-                    LimitKind::Phase => " (phase_timeout)",
+                    TimeoutSource::Hook => "",
+                    TimeoutSource::Phase => " (phase_timeout)",
                 },
                 if *killed { "SIGKILL" } else { "SIGTERM" }
             ),
@@ -118,7 +119,7 @@ pub struct Spawn<'a> {
 
 /// Where the runner's side of a hook run lives.
 pub struct Context<'a> {
-    pub events: &'a Events,
+    pub waiter: &'a Waiter,
     pub log: &'a Log,
     pub output_limit: Option<u64>,
     /// The state dir, passed to hooks (for `hold` and `release`).
@@ -161,10 +162,10 @@ impl Finished {
     }
 }
 
-/// Limits for one run.
+/// Bounds for one run.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub timeout: Option<(Duration, LimitKind)>,
+pub struct Bounds {
+    pub timeout: Option<(Duration, TimeoutSource)>,
     pub grace: Duration,
     /// Whether TERM/INT/HUP to the runner stop this hook (not during rollback:
     /// a rollback releases locks and must be allowed to finish).
@@ -175,7 +176,7 @@ pub struct Limits {
 /// recorded in `signal_seen`.
 pub fn run(
     spawn: Spawn<'_>,
-    limits: Limits,
+    limits: Bounds,
     ctx: &Context<'_>,
     signal_seen: &mut Option<Signal>,
 ) -> Finished {
@@ -254,17 +255,32 @@ pub fn run(
     }
 }
 
-/// A command line as C strings; a NUL byte in an argument is EINVAL.
-pub fn argv_of(command: &[OsString]) -> Result<Vec<CString>, nix::errno::Errno> {
-    command
+/// Starts an administrator's command line (a snapshot's COMMAND, a hold's
+/// client) in its own process group, looked up in `PATH` as a shell would,
+/// with this process's environment and working directory and the given
+/// stdin, stdout and stderr.
+pub fn spawn_command(
+    command: &[OsString],
+    stdin: BorrowedFd<'_>,
+    stdout: BorrowedFd<'_>,
+    stderr: BorrowedFd<'_>,
+) -> Result<Pid, Errno> {
+    let argv: Vec<CString> = command
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| nix::errno::Errno::EINVAL))
-        .collect()
-}
-
-/// This process's environment as `KEY=VALUE` C strings.
-pub fn environment_now() -> Vec<CString> {
-    key_values(std::env::vars_os())
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| Errno::EINVAL))
+        .collect::<Result<_, _>>()?;
+    let first = argv.first().ok_or(Errno::EINVAL)?;
+    let envp = key_values(std::env::vars_os());
+    sys::spawn(&Exec {
+        program: Program::Search(first),
+        argv: &argv,
+        envp: &envp,
+        stdin,
+        stdout,
+        stderr,
+        dir: None,
+    })
+    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 fn key_values(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<CString> {
@@ -378,10 +394,10 @@ impl<'a, 'b> Watch<'a, 'b> {
                 let to_tick = next_tick.saturating_duration_since(now);
                 wake = Some(wake.map_or(to_tick, |w| w.min(to_tick)));
             }
-            match self.ctx.events.wait(self.capture_fd(), wake) {
-                Event::Readable => self.pump(),
-                Event::Timeout | Event::Signal(Signal::SIGCHLD) => {}
-                Event::Signal(sig) => {
+            match self.ctx.waiter.wait(self.capture_fd(), wake) {
+                Wake::Readable => self.pump(),
+                Wake::Timeout | Wake::Signal(Signal::SIGCHLD) => {}
+                Wake::Signal(sig) => {
                     *self.signal_seen = Some(sig);
                     if interruptible {
                         return WaitEnd::Stopped(sig);
@@ -391,7 +407,7 @@ impl<'a, 'b> Watch<'a, 'b> {
         }
     }
 
-    fn supervise(&mut self, start: Instant, limits: Limits) -> Outcome {
+    fn supervise(&mut self, start: Instant, limits: Bounds) -> Outcome {
         let deadline = limits.timeout.map(|(d, _)| start + d);
         match self.wait_until(deadline, limits.interruptible) {
             WaitEnd::Ended(outcome) => outcome,
@@ -452,9 +468,9 @@ impl<'a, 'b> Watch<'a, 'b> {
                 thread::sleep(step);
                 continue;
             }
-            match self.ctx.events.wait(self.capture_fd(), Some(step)) {
-                Event::Readable => self.pump(),
-                Event::Signal(sig) if sig != Signal::SIGCHLD => *self.signal_seen = Some(sig),
+            match self.ctx.waiter.wait(self.capture_fd(), Some(step)) {
+                Wake::Readable => self.pump(),
+                Wake::Signal(sig) if sig != Signal::SIGCHLD => *self.signal_seen = Some(sig),
                 _ => {}
             }
         }
@@ -475,7 +491,7 @@ mod tests {
     struct Setup {
         dir: tempfile::TempDir,
         log: Log,
-        events: Events,
+        waiter: Waiter,
     }
 
     impl Setup {
@@ -483,8 +499,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             fs::create_dir(dir.path().join("hooks.d")).unwrap();
             let log = Log::open(&dir.path().join("log"), false);
-            let events = Events::take_over(&[]).unwrap();
-            Setup { dir, log, events }
+            let waiter = Waiter::take_over(&[]).unwrap();
+            Setup { dir, log, waiter }
         }
 
         /// An executable file in the hooks dir; it records `$0` in a file
@@ -500,7 +516,7 @@ mod tests {
         }
 
         fn run(&self, path: &Path, opened: &Opened) -> Finished {
-            let limits = Limits {
+            let limits = Bounds {
                 timeout: None,
                 grace: Duration::from_secs(1),
                 interruptible: true,
@@ -509,7 +525,7 @@ mod tests {
             // threads may take it): the progress tick wakes the watch loop,
             // which reaps the hook, once a second.
             let ctx = Context {
-                events: &self.events,
+                waiter: &self.waiter,
                 log: &self.log,
                 output_limit: None,
                 state_dir: self.dir.path(),

@@ -2,11 +2,11 @@
 //! applications were held.
 
 use std::fmt::Write as _;
-use std::io::Write;
 use std::time::Duration;
 
+use crate::phase::Phase;
 use crate::phase::discovery::Hook;
-use crate::phase::runner::{Phase, Record, held_window};
+use crate::phase::runner::{Record, held_window};
 use crate::text::escape;
 
 pub fn table(hooks: &[Hook], records: &[Record]) -> String {
@@ -94,33 +94,4 @@ pub fn table(hooks: &[Hook], records: &[Record]) -> String {
         None => {}
     }
     out
-}
-
-/// Progress of a hook that runs longer than a second, on stderr: one line
-/// rewritten in place on a terminal, plain lines (every 5 s) otherwise.
-pub fn progress(hook: &str, phase: &str, elapsed: Duration, limit: Option<Duration>) {
-    use std::io::IsTerminal;
-    let secs = elapsed.as_secs();
-    let limit = crate::config::units::format_limit(limit);
-    let mut err = std::io::stderr();
-    if err.is_terminal() {
-        let _ = write!(
-            err,
-            "\r\x1b[K  {phase} {hook}: running for {secs}s (limit {limit})"
-        );
-        let _ = std::io::Write::flush(&mut err);
-    } else if secs == 1 || secs.is_multiple_of(5) {
-        let _ = writeln!(
-            err,
-            "{phase} {hook}: still running after {secs}s (limit {limit})"
-        );
-    }
-}
-
-/// Ends a progress line on a terminal.
-pub fn progress_done() {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
 }

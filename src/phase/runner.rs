@@ -1,39 +1,24 @@
 //! One phase: which hooks run in which order, what a failure does to the
-//! others (rollback), and what the journal records.
+//! others (rollback), and what the journal records. Hooks run through
+//! [`Execute`], so all of this is unit tested with a fake.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::config::units::format_limit;
+use crate::config::units::format_time_limit;
 use crate::config::{OnError, Settings, ThawOrder};
+use crate::exit::Exit;
 use crate::log::Log;
 use crate::log::event::{Event, Level};
+use crate::phase::Phase;
 use crate::phase::discovery::{Discovery, Hook};
-use crate::phase::hookfile::{self, Kind, Opened};
-use crate::phase::journal::{Journal, Recorded};
-use crate::phase::process::{self, Context, Finished, LimitKind, Limits, Outcome, Spawn};
-use crate::phase::trust::Policy;
-use crate::sys;
-use crate::sys::Events;
+use crate::phase::execute::{Execute, Processes, Run};
+use crate::phase::journal::{self, Journal, Recorded};
+use crate::phase::process::{Bounds, Finished, Outcome, TimeoutSource};
+use crate::sys::Waiter;
 use crate::text::{escape, escape_path};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Freeze,
-    Thaw,
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Freeze => "freeze",
-            Phase::Thaw => "thaw",
-        })
-    }
-}
 
 /// One hook run, kept for the rehearsal table.
 #[derive(Clone, Debug)]
@@ -58,29 +43,41 @@ pub enum End {
     Interrupted(Signal, String),
 }
 
-pub struct Runner<'a> {
+impl End {
+    pub fn into_exit(self) -> Exit {
+        match self {
+            End::Done | End::Nothing => Exit::Ok,
+            End::Failed(line) => Exit::Failed(line),
+            End::Interrupted(sig, line) => Exit::Signal(sig, line),
+        }
+    }
+}
+
+pub struct Runner<'a, X: Execute = Processes<'a>> {
     settings: &'a Settings,
     log: &'a Log,
-    events: &'a Events,
-    policy: Policy,
+    exec: X,
     journal: Journal,
     signal_seen: Option<Signal>,
     pub records: Vec<Record>,
-    /// Show hooks that run longer than a second on stderr (`rehearse`).
-    pub show_progress: bool,
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(settings: &'a Settings, log: &'a Log, events: &'a Events) -> Runner<'a> {
+    /// A runner of real hooks.
+    pub fn new(settings: &'a Settings, log: &'a Log, waiter: &'a Waiter) -> Runner<'a> {
+        Runner::with(settings, log, Processes::new(settings, log, waiter))
+    }
+}
+
+impl<'a, X: Execute> Runner<'a, X> {
+    pub fn with(settings: &'a Settings, log: &'a Log, exec: X) -> Runner<'a, X> {
         Runner {
             settings,
             log,
-            events,
-            policy: Policy::current(),
+            exec,
             journal: Journal::new(&settings.state_dir),
             signal_seen: None,
             records: Vec::new(),
-            show_progress: false,
         }
     }
 
@@ -96,48 +93,65 @@ impl<'a> Runner<'a> {
     /// Runs the freeze hooks in order. The first failure under `abort` stops
     /// the phase and thaws, in reverse, every hook whose freeze started.
     pub fn freeze(&mut self, hooks: &[Hook]) -> End {
-        if let Recorded::Held(held) = self.journal.read()
-            && !held.names.is_empty()
+        if let Recorded::Unthawed(before) = self.journal.read()
+            && !before.names.is_empty()
         {
             self.log.warn(&format!(
                 "the previous freeze was never thawed (hooks {}); starting a new one, they stay recorded for the next thaw",
-                crate::text::names(&held.names)
+                crate::text::names(&before.names)
             ));
         }
         if let Err(e) = self.journal.begin_freeze() {
             return End::Failed(format!("freeze refused, no hook run: {e:#}"));
         }
-        let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
+        let (started, failure) = self.freeze_in_order(hooks);
+        match failure {
+            None => {
+                if let Err(e) = self.journal.mark_frozen() {
+                    self.log.warn(&format!("{e:#}"));
+                }
+                End::Done
+            }
+            Some(cause) => self.abort(&cause, &started),
+        }
+    }
+
+    /// The freeze hooks one by one: those whose freeze started, and the
+    /// cause that stops the phase, if one does.
+    fn freeze_in_order(&mut self, hooks: &[Hook]) -> (Vec<Hook>, Option<String>) {
+        let deadline = self.deadline();
         let mut started: Vec<Hook> = Vec::new();
-        let mut failure = None;
         for (i, hook) in hooks.iter().enumerate() {
             if let Some(sig) = self.stop_signal() {
-                failure = Some(format!(
+                let cause = format!(
                     "runner got {} before {} started",
                     sig.as_str(),
                     hook.display_name()
-                ));
-                break;
+                );
+                return (started, Some(cause));
             }
-            let Some(limits) = self.limits_for(hook, deadline, true) else {
+            let Some(bounds) = self.bounds_for(hook, deadline, true) else {
+                self.log_not_run(&hooks[i..], "phase_timeout expired");
                 let cause = format!(
                     "phase_timeout ({}) expired before {} started",
-                    format_limit(self.settings.phase_timeout),
+                    format_time_limit(self.settings.phase_timeout),
                     hook.display_name()
                 );
-                self.log_not_run(&hooks[i..], "phase_timeout expired");
-                failure = Some(cause);
-                break;
+                return (started, Some(cause));
             };
-            let fin = match self.open(hook, Phase::Freeze, false) {
+            let run = Run {
+                phase: Phase::Freeze,
+                rollback: false,
+                bounds,
+            };
+            let fin = match self.open(hook, run) {
                 Err(refused) => refused,
-                Ok(opened) => {
+                Ok(ready) => {
                     if let Err(e) = self.journal.started(&hook.name) {
-                        failure = Some(format!("{}: {e:#}", hook.display_name()));
-                        break;
+                        return (started, Some(format!("{}: {e:#}", hook.display_name())));
                     }
                     started.push(hook.clone());
-                    self.run(hook, &opened, Phase::Freeze, false, limits)
+                    self.run(hook, &ready, run)
                 }
             };
             if fin.outcome.success() {
@@ -145,18 +159,16 @@ impl<'a> Runner<'a> {
             }
             let cause = format!("{} {}", hook.display_name(), fin.summary());
             if self.settings.on_error == OnError::Abort || self.signal_seen.is_some() {
-                failure = Some(cause);
-                break;
+                return (started, Some(cause));
             }
             self.log
                 .line(&format!("{cause}; going on (on_error = continue)"));
         }
-        let Some(cause) = failure else {
-            if let Err(e) = self.journal.mark_frozen() {
-                self.log.warn(&format!("{e:#}"));
-            }
-            return End::Done;
-        };
+        (started, None)
+    }
+
+    /// A freeze that failed: roll back what started, and say so in one line.
+    fn abort(&mut self, cause: &str, started: &[Hook]) -> End {
         self.log.event(
             Event::new(
                 "rollback",
@@ -166,27 +178,27 @@ impl<'a> Runner<'a> {
                 ),
             )
             .level(Level::Error)
-            .with("cause", cause.as_str())
+            .with("cause", cause)
             .with("hooks", started.len() as u64),
         );
-        let rollback = self.rollback(&started);
+        let failures = self.rollback(started);
         if let Err(e) = self.journal.settle("rollback") {
             self.log.warn(&format!("{e:#}"));
         }
         let mut line = format!("freeze aborted: {cause}");
         if !started.is_empty() {
-            let names: Vec<OsString> = started.iter().rev().map(|h| h.name.clone()).collect();
+            let names: Vec<&OsString> = started.iter().rev().map(|h| &h.name).collect();
             line.push_str(&format!("; rolled back {}", crate::text::names(&names)));
         }
-        for f in &rollback.failures {
+        for f in &failures {
             line.push_str(&format!("; rollback: {f}"));
         }
         self.ended(line)
     }
 
-    /// Runs the thaw hooks of what the journal says is held, in reverse of the
-    /// freeze order (or forward, `thaw_order = "forward"`). Every hook runs even
-    /// when an earlier one fails.
+    /// Runs the thaw hooks of what the journal says is unthawed, in reverse
+    /// of the freeze order (or forward, `thaw_order = "forward"`). Every hook
+    /// runs even when an earlier one fails.
     pub fn thaw(&mut self, found: Option<&Discovery>) -> End {
         self.thaw_as(found, false)
     }
@@ -194,58 +206,22 @@ impl<'a> Runner<'a> {
     /// [`Runner::thaw`]; with `rollback`, as the undoing of a freeze that
     /// failed after its hooks (a FIFREEZE failure): `FSFREEZE_ROLLBACK=1`.
     pub fn thaw_as(&mut self, found: Option<&Discovery>, rollback: bool) -> End {
-        let all: &[Hook] = found.map_or(&[], |d| &d.hooks);
-        let (mut plan, mut failures) = match self.journal.read() {
-            Recorded::Idle => {
-                self.log
-                    .line("no freeze recorded since the last thaw or rollback; no hook runs");
-                return End::Done;
-            }
-            Recorded::Absent => {
-                self.log.line("no journal (first run since boot); thawing every hook, as the stock script does");
-                (all.to_vec(), Vec::new())
-            }
-            Recorded::Corrupt(why) => {
-                self.log.warn(&format!(
-                    "journal {} is unusable ({why}); treated as absent: thawing every hook",
-                    escape_path(self.journal.path())
-                ));
-                (all.to_vec(), Vec::new())
-            }
-            Recorded::Held(held) => {
-                if !held.complete {
-                    self.log.warn(&format!(
-                        "the last freeze did not complete (its runner died); thawing the {} hook(s) it started",
-                        held.names.len()
-                    ));
-                }
-                let (plan, missing, gone) = resolve(&held.names, found);
-                for m in &missing {
-                    self.log.warn(m);
-                }
-                // Nothing can ever thaw a hook that no longer exists:
-                // reported once, then no longer held.
-                for name in &gone {
-                    if let Err(e) = self.journal.thawed(name) {
-                        self.log.warn(&format!("{e:#}"));
-                    }
-                }
-                (plan, missing)
-            }
+        let Some((mut plan, mut failures)) = self.thaw_plan(found) else {
+            return End::Done;
         };
         if self.settings.thaw_order == ThawOrder::Reverse {
             plan.reverse();
         }
-        let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
+        let deadline = self.deadline();
         for (i, hook) in plan.iter().enumerate() {
             let stop = self.stop_signal();
-            let limits = self.limits_for(hook, deadline, true);
-            let Some(limits) = limits.filter(|_| stop.is_none()) else {
+            let bounds = self.bounds_for(hook, deadline, true);
+            let Some(bounds) = bounds.filter(|_| stop.is_none()) else {
                 let why = match stop {
                     Some(sig) => format!("runner got {}", sig.as_str()),
                     None => format!(
                         "phase_timeout ({}) expired",
-                        format_limit(self.settings.phase_timeout)
+                        format_time_limit(self.settings.phase_timeout)
                     ),
                 };
                 self.log_not_run(&plan[i..], &why);
@@ -255,7 +231,12 @@ impl<'a> Runner<'a> {
                 ));
                 break;
             };
-            let fin = self.open_and_run(hook, Phase::Thaw, rollback, limits);
+            let run = Run {
+                phase: Phase::Thaw,
+                rollback,
+                bounds,
+            };
+            let fin = self.open_and_run(hook, run);
             self.record_thaw(hook, &fin);
             if !fin.outcome.success() {
                 let kept = if fin.outcome.ran_to_end() {
@@ -266,12 +247,10 @@ impl<'a> Runner<'a> {
                 failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
             }
         }
-        if let Err(e) =
-            crate::phase::journal::ensure_state_dir(&self.settings.state_dir).and_then(|()| {
-                let why = if rollback { "rollback" } else { "thaw" };
-                self.journal.settle(why)
-            })
-        {
+        if let Err(e) = journal::ensure_state_dir(&self.settings.state_dir).and_then(|()| {
+            let why = if rollback { "rollback" } else { "thaw" };
+            self.journal.settle(why)
+        }) {
             self.log.warn(&format!("{e:#}"));
         }
         if failures.is_empty()
@@ -282,8 +261,52 @@ impl<'a> Runner<'a> {
         self.ended(format!("thaw failed: {}", failures.join("; ")))
     }
 
+    /// Which hooks a thaw runs, by what the journal says (in freeze order),
+    /// with what is already known to fail; `None`: nothing to thaw.
+    fn thaw_plan(&mut self, found: Option<&Discovery>) -> Option<(Vec<Hook>, Vec<String>)> {
+        let all: &[Hook] = found.map_or(&[], |d| &d.hooks);
+        match self.journal.read() {
+            Recorded::Idle => {
+                self.log
+                    .line("no freeze recorded since the last thaw or rollback; no hook runs");
+                None
+            }
+            Recorded::Absent => {
+                self.log.line("no journal (first run since boot); thawing every hook, as the stock script does");
+                Some((all.to_vec(), Vec::new()))
+            }
+            Recorded::Corrupt(why) => {
+                self.log.warn(&format!(
+                    "journal {} is unusable ({why}); treated as absent: thawing every hook",
+                    escape_path(self.journal.path())
+                ));
+                Some((all.to_vec(), Vec::new()))
+            }
+            Recorded::Unthawed(unthawed) => {
+                if !unthawed.complete {
+                    self.log.warn(&format!(
+                        "the last freeze did not complete (its runner died); thawing the {} hook(s) it started",
+                        unthawed.names.len()
+                    ));
+                }
+                let (plan, missing, gone) = resolve(&unthawed.names, found);
+                for m in &missing {
+                    self.log.warn(m);
+                }
+                // Nothing can ever thaw a hook that no longer exists:
+                // reported once, then no longer recorded.
+                for name in &gone {
+                    if let Err(e) = self.journal.thawed(name) {
+                        self.log.warn(&format!("{e:#}"));
+                    }
+                }
+                Some((plan, missing))
+            }
+        }
+    }
+
     /// A thaw that ran to its end (whatever its status) releases the hook
-    /// in the journal; one cut off, refused or not started keeps it held.
+    /// in the journal; one cut off, refused or not started keeps it.
     fn record_thaw(&mut self, hook: &Hook, fin: &Finished) {
         if fin.outcome.ran_to_end()
             && let Err(e) = self.journal.thawed(&hook.name)
@@ -300,59 +323,68 @@ impl<'a> Runner<'a> {
     }
 
     fn stop_signal(&mut self) -> Option<Signal> {
-        if let Some(sig) = sys::take_pending_stop_signal() {
+        if let Some(sig) = self.exec.stop_signal() {
             self.signal_seen = Some(sig);
         }
         self.signal_seen
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        self.settings.phase_timeout.map(|t| self.exec.now() + t)
+    }
+
     /// The rollback after a failed freeze: thaw, in reverse, every hook whose
     /// freeze started. It has its own phase budget, and signals do not cut it
-    /// short: it is what releases the locks.
-    fn rollback(&mut self, started: &[Hook]) -> Rollback {
-        let deadline = self.settings.phase_timeout.map(|t| Instant::now() + t);
-        let mut out = Rollback::default();
+    /// short: it is what releases the locks. Returns what failed.
+    fn rollback(&mut self, started: &[Hook]) -> Vec<String> {
+        let deadline = self.deadline();
+        let mut failures = Vec::new();
         for (i, hook) in started.iter().enumerate().rev() {
-            let Some(limits) = self.limits_for(hook, deadline, false) else {
+            let Some(bounds) = self.bounds_for(hook, deadline, false) else {
                 self.log_not_run(&started[..=i], "phase_timeout expired during rollback");
-                out.failures.push(format!(
+                failures.push(format!(
                     "phase_timeout expired, {} hook(s) not rolled back",
                     i + 1
                 ));
                 break;
             };
-            let fin = self.open_and_run(hook, Phase::Thaw, true, limits);
+            let run = Run {
+                phase: Phase::Thaw,
+                rollback: true,
+                bounds,
+            };
+            let fin = self.open_and_run(hook, run);
             self.record_thaw(hook, &fin);
             if !fin.outcome.success() {
-                out.failures.push(format!(
+                failures.push(format!(
                     "{} {}",
                     hook.display_name(),
                     fin.outcome.describe()
                 ));
             }
         }
-        out
+        failures
     }
 
-    /// The limit of one hook: its own timeout or what is left of the phase,
+    /// The bounds of one hook: its own timeout or what is left of the phase,
     /// whichever is shorter. `None` when the phase has no time left.
-    fn limits_for(
+    fn bounds_for(
         &self,
         hook: &Hook,
         deadline: Option<Instant>,
         interruptible: bool,
-    ) -> Option<Limits> {
+    ) -> Option<Bounds> {
         let own = self
             .settings
             .timeout_for(&hook.name)
-            .map(|d| (d, LimitKind::Hook));
+            .map(|d| (d, TimeoutSource::Hook));
         let phase = match deadline {
             Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
+                let left = d.saturating_duration_since(self.exec.now());
                 if left.is_zero() {
                     return None;
                 }
-                Some((left, LimitKind::Phase))
+                Some((left, TimeoutSource::Phase))
             }
             None => None,
         };
@@ -360,7 +392,7 @@ impl<'a> Runner<'a> {
             (Some(o), Some(p)) => Some(if p.0 < o.0 { p } else { o }),
             (o, p) => o.or(p),
         };
-        Some(Limits {
+        Some(Bounds {
             timeout,
             grace: self.settings.kill_grace,
             interruptible,
@@ -368,139 +400,67 @@ impl<'a> Runner<'a> {
     }
 
     /// Opens and checks a hook; a refusal is logged and recorded.
-    fn open(&mut self, hook: &Hook, phase: Phase, rollback: bool) -> Result<Opened, Finished> {
-        hookfile::open(&hook.path, &self.policy).map_err(|why| {
+    fn open(&mut self, hook: &Hook, run: Run) -> Result<X::Ready, Finished> {
+        self.exec.open(hook).map_err(|why| {
             let why = why.to_string();
             self.log.event(
                 Event::new(
                     "hook_refused",
-                    format!("refused {} {phase}: it {why}", escape_path(&hook.path)),
+                    format!(
+                        "refused {} {}: it {why}",
+                        escape_path(&hook.path),
+                        run.phase
+                    ),
                 )
                 .level(Level::Error)
                 .with("hook", hook.display_name())
-                .with("phase", phase.to_string())
+                .with("phase", run.phase.to_string())
                 .with("reason", why.as_str()),
             );
             let fin = Finished::refused(why);
-            self.records.push(Record {
-                name: hook.name.clone(),
-                phase,
-                rollback,
-                started: Instant::now(),
-                finished: fin.clone(),
-            });
+            self.record(hook, run, self.exec.now(), &fin);
             fin
         })
     }
 
-    fn open_and_run(
-        &mut self,
-        hook: &Hook,
-        phase: Phase,
-        rollback: bool,
-        limits: Limits,
-    ) -> Finished {
-        match self.open(hook, phase, rollback) {
-            Ok(opened) => self.run(hook, &opened, phase, rollback, limits),
+    fn open_and_run(&mut self, hook: &Hook, run: Run) -> Finished {
+        match self.open(hook, run) {
+            Ok(ready) => self.run(hook, &ready, run),
             Err(refused) => refused,
         }
     }
 
-    fn run(
-        &mut self,
-        hook: &Hook,
-        opened: &Opened,
-        phase: Phase,
-        rollback: bool,
-        limits: Limits,
-    ) -> Finished {
-        let path = escape_path(&hook.path);
-        let phase_word = phase.to_string();
-        let name = hook.display_name();
+    fn run(&mut self, hook: &Hook, ready: &X::Ready, run: Run) -> Finished {
         // The stock line, which existing monitoring greps for.
         self.log.event(
             Event::new(
                 "hook_start",
                 format!(
-                    "execute {path} {phase_word}{}",
-                    if rollback { " (rollback)" } else { "" }
+                    "execute {} {}{}",
+                    escape_path(&hook.path),
+                    run.phase,
+                    if run.rollback { " (rollback)" } else { "" }
                 ),
             )
-            .with("hook", name.as_str())
-            .with("phase", phase_word.as_str())
-            .with("rollback", rollback),
+            .with("hook", hook.display_name())
+            .with("phase", run.phase.to_string())
+            .with("rollback", run.rollback),
         );
-        if opened.kind == Kind::Shell {
-            self.log
-                .warn(&format!("{path} has no #! line; running it with /bin/sh"));
-        }
-        let started = Instant::now();
-        let limit = limits.timeout.map(|(d, _)| d);
-        let show =
-            |elapsed: Duration| crate::phase::report::progress(&name, &phase_word, elapsed, limit);
-        let fin = process::run(
-            Spawn {
-                path: &hook.path,
-                opened,
-                phase: &phase_word,
-                rollback,
-            },
-            limits,
-            &Context {
-                events: self.events,
-                log: self.log,
-                output_limit: self.settings.output_limit,
-                state_dir: &self.settings.state_dir,
-                progress: self.show_progress.then_some(&show as &dyn Fn(Duration)),
-            },
-            &mut self.signal_seen,
-        );
-        if self.show_progress && fin.elapsed >= Duration::from_secs(1) {
-            crate::phase::report::progress_done();
-        }
-        let detail = match &fin.outcome {
-            Outcome::Exited(_) => String::new(),
-            other => format!(", {}", other.describe()),
-        };
-        let mut end = Event::new(
-            "hook_end",
-            format!(
-                "{path} finished with status={} in {:.3}s{detail}",
-                fin.outcome.status_code(),
-                fin.elapsed.as_secs_f64()
-            ),
-        )
-        .level(if fin.outcome.success() {
-            Level::Info
-        } else {
-            Level::Error
-        })
-        .with("hook", name.as_str())
-        .with("phase", phase_word.as_str())
-        .with("rollback", rollback)
-        .with("status", fin.outcome.status_code())
-        .with("duration_ms", fin.elapsed.as_millis() as u64)
-        .with("output_bytes", fin.output_bytes);
-        match &fin.outcome {
-            Outcome::Signaled(sig) | Outcome::Interrupted(sig) => {
-                end = end.with("signal", sig.as_str())
-            }
-            Outcome::TimedOut { limit, killed, .. } => {
-                end = end
-                    .with("timeout_ms", limit.as_millis() as u64)
-                    .with("signal", if *killed { "SIGKILL" } else { "SIGTERM" })
-            }
-            _ => {}
-        }
-        self.log.event(end);
+        let started = self.exec.now();
+        let fin = self.exec.run(hook, ready, run, &mut self.signal_seen);
+        self.log.event(end_event(hook, run, &fin));
+        self.record(hook, run, started, &fin);
+        fin
+    }
+
+    fn record(&mut self, hook: &Hook, run: Run, started: Instant, fin: &Finished) {
         self.records.push(Record {
             name: hook.name.clone(),
-            phase,
-            rollback,
+            phase: run.phase,
+            rollback: run.rollback,
             started,
             finished: fin.clone(),
         });
-        fin
     }
 
     fn log_not_run(&self, hooks: &[Hook], why: &str) {
@@ -511,9 +471,44 @@ impl<'a> Runner<'a> {
     }
 }
 
-#[derive(Default)]
-struct Rollback {
-    failures: Vec<String>,
+/// The stock "finished with status=N" line, with the details as fields.
+fn end_event(hook: &Hook, run: Run, fin: &Finished) -> Event {
+    let detail = match &fin.outcome {
+        Outcome::Exited(_) => String::new(),
+        other => format!(", {}", other.describe()),
+    };
+    let mut end = Event::new(
+        "hook_end",
+        format!(
+            "{} finished with status={} in {:.3}s{detail}",
+            escape_path(&hook.path),
+            fin.outcome.status_code(),
+            fin.elapsed.as_secs_f64()
+        ),
+    )
+    .level(if fin.outcome.success() {
+        Level::Info
+    } else {
+        Level::Error
+    })
+    .with("hook", hook.display_name())
+    .with("phase", run.phase.to_string())
+    .with("rollback", run.rollback)
+    .with("status", fin.outcome.status_code())
+    .with("duration_ms", fin.elapsed.as_millis() as u64)
+    .with("output_bytes", fin.output_bytes);
+    match &fin.outcome {
+        Outcome::Signaled(sig) | Outcome::Interrupted(sig) => {
+            end = end.with("signal", sig.as_str())
+        }
+        Outcome::TimedOut { limit, killed, .. } => {
+            end = end
+                .with("timeout_ms", limit.as_millis() as u64)
+                .with("signal", if *killed { "SIGKILL" } else { "SIGTERM" })
+        }
+        _ => {}
+    }
+    end
 }
 
 /// Maps the journal's names to hooks of the current dir, in journal order.

@@ -15,7 +15,9 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, Metadata};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::sys::paths::components;
 
 /// The reason a path is not trusted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,18 +283,6 @@ impl Policy {
             .insert(path.to_path_buf(), judged.clone());
         judged
     }
-}
-
-/// The names of a path's components, `..` kept (resolved by the walk after
-/// the symlinks before it), `.` and the root left out.
-pub(crate) fn components(path: &Path) -> VecDeque<OsString> {
-    path.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -26,7 +26,9 @@ use crate::config::Settings;
 use crate::filesystems::{self as freeze, Kernel};
 use crate::log::Log;
 use crate::phase::journal::{Journal, Recorded};
-use crate::sys::{self, Event, Events};
+use crate::phase::setup;
+use crate::phase::thaw::{open_log_after_thaw, thaw_hooks_locked};
+use crate::sys::{self, Waiter, Wake};
 
 const DONE: u8 = b'D';
 const HAND_OVER: u8 = b'H';
@@ -83,28 +85,9 @@ impl Watchdog {
     }
 }
 
-/// Wakes the watchdog `pid` after a thaw, if it is still ours.
-pub fn disarm(pid: i32) {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim_end() == "fsfreeze-hook" {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR1);
-    }
-}
-
-/// Whether a watchdog process is running as `pid`.
-pub fn alive(pid: i32) -> bool {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().next());
-    comm.trim_end() == "fsfreeze-hook" && !matches!(state, Some("Z" | "X") | None)
-}
-
 /// The watchdog's life, in the detached process.
 fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: Option<Instant>) {
-    let Ok(events) = Events::take_over(&sys::HELPER_SIGNALS) else {
+    let Ok(waiter) = Waiter::take_over(&sys::HELPER_SIGNALS) else {
         return; // the runner reads no pid, and freezes nothing
     };
     let pid = std::process::id() as i32;
@@ -124,8 +107,8 @@ fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: 
             }
             break "its deadline passed".to_string();
         }
-        match events.wait(runner_attached.then_some(rx), left) {
-            Event::Readable => {
+        match waiter.wait(runner_attached.then_some(rx), left) {
+            Wake::Readable => {
                 let mut byte = [0u8; 1];
                 match nix::unistd::read(rx, &mut byte) {
                     Ok(1) if byte[0] == DONE => return,
@@ -134,37 +117,39 @@ fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: 
                     _ => break "the runner died before it thawed".to_string(),
                 }
             }
-            Event::Signal(Signal::SIGUSR1) => {
+            Wake::Signal(Signal::SIGUSR1) => {
                 if !holds_filesystems(settings) {
                     return;
                 }
             }
-            Event::Signal(Signal::SIGCHLD) | Event::Timeout => {}
-            Event::Signal(sig) => break format!("it got {}", sig.as_str()),
+            Wake::Signal(Signal::SIGCHLD) | Wake::Timeout => {}
+            Wake::Signal(sig) => break format!("it got {}", sig.as_str()),
         }
     };
-    thaw_for(settings, &events, &why);
+    thaw_for(settings, &waiter, &why);
 }
 
 fn holds_filesystems(settings: &Settings) -> bool {
-    matches!(Journal::new(&settings.state_dir).read(), Recorded::Held(h) if !h.filesystems.is_empty())
+    matches!(Journal::new(&settings.state_dir).read(), Recorded::Unthawed(h) if !h.filesystems.is_empty())
 }
 
 /// Thaws what the journal holds: filesystems first, without waiting for the
 /// lock (a stuck runner may hold it; FITHAW of a filesystem already thawed
 /// only says EINVAL), then, under the lock, the thaw hooks.
-fn thaw_for(settings: &Settings, events: &Events, why: &str) {
-    let Recorded::Held(held) = Journal::new(&settings.state_dir).read() else {
+fn thaw_for(settings: &Settings, waiter: &Waiter, why: &str) {
+    let Recorded::Unthawed(held) = Journal::new(&settings.state_dir).read() else {
         return;
     };
     let start = Instant::now();
-    let mut log = Log::held(&settings.log_file).styled(settings.log_format, settings.log_target);
+    let mut log =
+        Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
     log.line(&format!(
         "watchdog pid {}: {why}; thawing what the journal holds",
         std::process::id()
     ));
     let failed = freeze::thaw_all(&Kernel, &held.filesystems, &log);
-    crate::standalone::open_log_after_thaw(&mut log, settings);
-    let end = crate::standalone::thaw_hooks_locked(settings, &log, events, &failed);
-    let _ = crate::app::finish(&log, "watchdog thaw", start, end);
+    open_log_after_thaw(&mut log, settings);
+    let end = thaw_hooks_locked(settings, &log, waiter, &failed);
+    // No one reads its exit status: the log has the end.
+    setup::log_end(&log, "watchdog thaw", start, &end);
 }

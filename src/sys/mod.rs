@@ -1,8 +1,12 @@
-//! Every libc call that nix does not wrap safely lives in this module,
-//! behind a small safe function, with a `SAFETY:` note on each `unsafe` block.
-//! The runner is single-threaded: `spawn` and `detach` rely on it.
+//! The one OS layer: every libc call nix does not wrap safely, /proc,
+//! paths as the kernel resolves them, signals, spawning, FIFREEZE.
+//!
+//! Each `unsafe` block sits behind a small safe function with a `SAFETY:`
+//! note. The runner is single-threaded: `spawn` and `detach` rely on it.
 
 mod freeze;
+pub mod paths;
+pub mod proc;
 mod signals;
 mod spawn;
 
@@ -16,7 +20,8 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
 pub use freeze::{fifreeze, fithaw};
-pub use signals::{Event, Events, HELPER_SIGNALS, take_pending_stop_signal, waited_signals};
+pub use proc::group_alive;
+pub use signals::{HELPER_SIGNALS, Waiter, Wake, take_pending_stop_signal, waited_signals};
 pub use spawn::{Exec, Exit, Program, detach, spawn, try_reap};
 
 /// Puts the process in the state the runner relies on: fds 0-2 open (so no
@@ -91,34 +96,6 @@ fn mark_inherited_fds_cloexec() {
     }
 }
 
-/// True while a live (not zombie) process is left in process group `pgid`.
-/// Zombies are skipped: a grandchild orphaned to an init that does not reap
-/// (some container and microVM inits) would otherwise look alive forever.
-pub fn group_alive(pgid: Pid) -> bool {
-    if matches!(nix::sys::signal::killpg(pgid, None), Err(Errno::ESRCH)) {
-        return false;
-    }
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return true;
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .any(|stat| stat_is_live_member(&stat, pgid.as_raw()))
-}
-
-/// Reads `/proc/PID/stat`: "pid (comm) state ppid pgrp ...". comm may hold
-/// spaces and parentheses, so fields are counted from the last ')'.
-fn stat_is_live_member(stat: &str, pgid: i32) -> bool {
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace();
-    let state = fields.next();
-    let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-    pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
-}
-
 /// Sends `sig` to every process of group `pgid`; a group already gone is fine.
 pub fn signal_group(pgid: Pid, sig: Signal) {
     let _ = nix::sys::signal::killpg(pgid, sig);
@@ -127,33 +104,4 @@ pub fn signal_group(pgid: Pid, sig: Signal) {
 /// True when running with effective uid 0.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_alive_tracks_a_real_group() {
-        use std::os::unix::process::CommandExt;
-        use std::process::Command;
-        let mut child = Command::new("sleep")
-            .arg("5")
-            .process_group(0)
-            .spawn()
-            .expect("spawn sleep");
-        let pgid = Pid::from_raw(child.id() as i32);
-        assert!(group_alive(pgid));
-        signal_group(pgid, Signal::SIGKILL);
-        child.wait().expect("reap");
-        assert!(!group_alive(pgid));
-    }
-
-    #[test]
-    fn stat_parsing_skips_zombies_and_odd_names() {
-        assert!(stat_is_live_member("10 (a) b) S 1 77 77 0", 77));
-        assert!(!stat_is_live_member("10 (sleep) Z 1 77 77 0", 77));
-        assert!(!stat_is_live_member("10 (sleep) S 1 78 78 0", 77));
-        assert!(!stat_is_live_member("garbage", 77));
-    }
 }

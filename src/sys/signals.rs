@@ -36,42 +36,44 @@ pub fn waited_signals() -> SigSet {
 
 /// What ended a wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Wake {
     Signal(Signal),
     /// The polled descriptor is readable (or at end of file).
     Readable,
     Timeout,
 }
 
-pub struct Events {
+/// Waits for what wakes a helper or the runner: a signal (taken from a
+/// signalfd: they stay blocked), a readable descriptor, or a timeout.
+pub struct Waiter {
     fd: SignalFd,
 }
 
-impl Events {
+impl Waiter {
     /// Needs the signals blocked first (`prepare_process`).
-    pub fn new() -> std::io::Result<Events> {
-        Events::from_set(&waited_signals())
+    pub fn new() -> std::io::Result<Waiter> {
+        Waiter::from_set(&waited_signals())
     }
 
     /// Blocks `signals` and reads them from now on: how a detached helper
     /// (the watchdog, a hold keeper) takes over its signals.
-    pub fn take_over(signals: &[Signal]) -> std::io::Result<Events> {
+    pub fn take_over(signals: &[Signal]) -> std::io::Result<Waiter> {
         let mut set = SigSet::empty();
         for sig in signals {
             set.add(*sig);
         }
         nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-        Events::from_set(&set)
+        Waiter::from_set(&set)
     }
 
-    fn from_set(set: &SigSet) -> std::io::Result<Events> {
+    fn from_set(set: &SigSet) -> std::io::Result<Waiter> {
         let fd = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
-        Ok(Events { fd })
+        Ok(Waiter { fd })
     }
 
     /// Waits for a waited signal, for `input` to become readable, or for
     /// `timeout` (`None`: no limit) to pass.
-    pub fn wait(&self, input: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Event {
+    pub fn wait(&self, input: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Wake {
         let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
         if let Some(fd) = input {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
@@ -81,24 +83,20 @@ impl Events {
         let ms = timeout.map_or(u16::MAX as u128 * 1000, |t| t.as_micros().div_ceil(1000));
         let ms = PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, ms) {
-            Ok(0) => Event::Timeout,
+            Ok(0) => Wake::Timeout,
             Ok(_) => {
                 if let Some(sig) = self.take() {
-                    return Event::Signal(sig);
+                    return Wake::Signal(sig);
                 }
                 let ready = fds
                     .get(1)
                     .and_then(|f| f.revents())
                     .is_some_and(|r| !r.is_empty());
-                if ready {
-                    Event::Readable
-                } else {
-                    Event::Timeout
-                }
+                if ready { Wake::Readable } else { Wake::Timeout }
             }
             // EINTR cannot come from the blocked signals; treat any failure
             // as a spurious wake-up and let the caller loop.
-            Err(Errno::EINTR) | Err(_) => Event::Timeout,
+            Err(Errno::EINTR) | Err(_) => Wake::Timeout,
         }
     }
 

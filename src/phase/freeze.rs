@@ -1,0 +1,51 @@
+//! qemu-ga's `freeze`: the freeze hooks, in order, rolled back on failure.
+//! Filesystems are qemu-ga's to freeze, after this returns.
+
+use std::time::Instant;
+
+use crate::config::Settings;
+use crate::exit::Exit;
+use crate::log::Log;
+use crate::phase::Phase;
+use crate::phase::journal::Recorded;
+use crate::phase::runner::Runner;
+use crate::phase::setup;
+use crate::sys::Waiter;
+use crate::text::escape_path;
+
+/// `freeze`: the hooks only.
+pub fn freeze(settings: &Settings, log: &Log, waiter: &Waiter) -> Exit {
+    setup::header(settings, log, "freeze");
+    let start = Instant::now();
+    let _lock = match setup::lock(settings, log, Phase::Freeze) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
+    let refuse = |msg: &str| {
+        log.line(&format!("freeze refused: {msg}"));
+        Exit::Setup(format!("freeze refused, no hook run: {msg}"))
+    };
+    let found = match setup::discover(settings, log) {
+        Ok(f) => f,
+        Err(msg) => return refuse(&msg),
+    };
+    let mut runner = Runner::new(settings, log, waiter);
+    if let Recorded::Unthawed(h) = runner.journal().read()
+        && !h.filesystems.is_empty()
+    {
+        // A new record would lose them, and with it the thaw.
+        return refuse(
+            "filesystems are frozen by a standalone freeze; run `fsfreeze-hook thaw` first",
+        );
+    }
+    let Some(found) = found else {
+        // The stock script's behaviour: no hooks dir, nothing to do.
+        log.line(&format!(
+            "hooks dir {} does not exist; nothing to run",
+            escape_path(&settings.hooks_dir)
+        ));
+        return Exit::Ok;
+    };
+    let end = runner.freeze(&found.hooks);
+    setup::finish(log, "freeze", start, end)
+}

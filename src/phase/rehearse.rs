@@ -1,0 +1,105 @@
+//! `rehearse`: a freeze and a thaw of the hooks by hand, with a pause where
+//! the snapshot would be, a live view of slow hooks and a table at the end.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::Settings;
+use crate::config::units::format_duration;
+use crate::exit::Exit;
+use crate::log::Log;
+use crate::phase::Phase;
+use crate::phase::execute::Processes;
+use crate::phase::journal::Recorded;
+use crate::phase::report;
+use crate::phase::runner::{End, Runner};
+use crate::phase::setup;
+use crate::sys::{self, Waiter};
+use crate::text::{escape, escape_path};
+
+/// `rehearse [--hold DUR]`.
+pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration) -> Exit {
+    setup::header(settings, log, "rehearse");
+    println!(
+        "Rehearsal of {}: freeze then thaw of the hooks; no filesystem is frozen.",
+        escape_path(&settings.hooks_dir)
+    );
+    if let Some(note) = &settings.fallback_note {
+        println!("{note}");
+    } else {
+        println!(
+            "log in {}, state in {}",
+            escape_path(&settings.log_file),
+            escape_path(&settings.state_dir)
+        );
+    }
+    let _lock = match setup::lock(settings, log, Phase::Freeze) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
+    let mut exec = Processes::new(settings, log, waiter);
+    exec.show_progress = true;
+    let mut runner = Runner::with(settings, log, exec);
+    if let Recorded::Unthawed(_) = runner.journal().read() {
+        let msg = "a freeze is in progress (the journal holds hooks not yet thawed); a rehearsal \
+                   would thaw them. Run `fsfreeze-hook thaw` first if that freeze is stale";
+        log.line(&format!("rehearse refused: {msg}"));
+        return Exit::Setup(msg.into());
+    }
+    let found = match setup::discover(settings, log) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return Exit::Setup(format!(
+                "hooks dir {} does not exist",
+                escape_path(&settings.hooks_dir)
+            ));
+        }
+        Err(msg) => return Exit::Setup(msg),
+    };
+    for s in &found.skipped {
+        println!("skip {}: {}", escape(&s.name), s.reason);
+    }
+    let start = Instant::now();
+    let end = match runner.freeze(&found.hooks) {
+        End::Done => {
+            let interrupted = snapshot_pause(waiter, pause);
+            // Interrupted while paused: thaw first (that is what releases the
+            // applications), then report the interruption.
+            match (runner.thaw(Some(&found)), interrupted) {
+                (End::Done, Some(sig)) => End::Interrupted(
+                    sig,
+                    format!("rehearsal interrupted by {}; thawed", sig.as_str()),
+                ),
+                (end, _) => end,
+            }
+        }
+        failed => failed,
+    };
+    print!("{}", report::table(&found.hooks, &runner.records));
+    println!("log: {}", escape_path(log.path()));
+    setup::finish(log, "rehearse", start, end)
+}
+
+/// The rehearsal's stand-in for the snapshot: waits `pause`, or less if a
+/// stop signal comes (returned).
+fn snapshot_pause(waiter: &Waiter, pause: Duration) -> Option<Signal> {
+    if pause.is_zero() {
+        return None;
+    }
+    println!(
+        "holding for {} (the snapshot would be taken now)",
+        format_duration(pause)
+    );
+    let end = Instant::now() + pause;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match waiter.wait(None, Some(left)) {
+            sys::Wake::Signal(Signal::SIGCHLD) | sys::Wake::Timeout | sys::Wake::Readable => {}
+            sys::Wake::Signal(sig) => return Some(sig),
+        }
+    }
+}

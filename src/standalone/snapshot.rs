@@ -1,0 +1,220 @@
+//! `snapshot -- COMMAND`: freeze hooks, FIFREEZE, COMMAND, FITHAW, thaw
+//! hooks; COMMAND's status is the snapshot's, as with timeout(1).
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use super::{freeze_everything, prepare, thaw_frozen};
+use crate::config::units::{format_duration, format_time_limit};
+use crate::config::{Settings, TimeLimit};
+use crate::exit::Exit;
+use crate::log::Log;
+use crate::phase::process::{Context, Outcome, WaitEnd, Watch, spawn_command};
+use crate::phase::runner::{End, Runner};
+use crate::phase::setup;
+use crate::phase::thaw::thaw_hooks;
+use crate::sys::Waiter;
+use crate::text::program;
+
+/// What the watchdog waits beyond `--max-frozen` before it acts on its own,
+/// in case the runner is alive but stuck.
+const WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
+
+/// How COMMAND's time while frozen ended.
+enum CommandEnd<'a, 'b> {
+    /// It exited: its status (128+N for a signal).
+    Exited(u8),
+    /// It could not be started: 127 (not found) or 126, and why.
+    NotRun(u8, String),
+    /// The frozen window expired; it still runs, to be ended after the thaw.
+    TooLong(Watch<'a, 'b>),
+    /// The runner got a stop signal; COMMAND still runs.
+    Stopped(Signal, Watch<'a, 'b>),
+}
+
+/// `snapshot`.
+pub fn snapshot(
+    settings: &Settings,
+    log: &Log,
+    waiter: &Waiter,
+    mountpoints: &[PathBuf],
+    max_frozen: TimeLimit,
+    command: &[OsString],
+) -> Exit {
+    let start = Instant::now();
+    let prepared = match prepare(settings, log, "snapshot", mountpoints) {
+        Ok(p) => p,
+        Err(exit) => return exit,
+    };
+    let mut runner = Runner::new(settings, log, waiter);
+    let deadline = max_frozen.map(|d| d + WATCHDOG_MARGIN);
+    let (dog, frozen) = match freeze_everything(settings, log, &mut runner, &prepared, deadline) {
+        Ok(x) => x,
+        Err(end) => {
+            setup::log_end(log, "snapshot", start, &end);
+            return Exit::FreezeFailed(match end.into_exit().line() {
+                Some(line) => line.to_string(),
+                None => "freeze failed".into(),
+            });
+        }
+    };
+    let frozen_at = Instant::now();
+    let ctx = Context {
+        waiter,
+        log,
+        output_limit: settings.output_limit,
+        state_dir: &settings.state_dir,
+        progress: None,
+    };
+    let mut signal_seen = None;
+    let ended = run_command(
+        command,
+        &ctx,
+        &mut signal_seen,
+        max_frozen.map(|d| frozen_at + d),
+    );
+    let (code, why, stopped) = describe(&ended, command, max_frozen);
+    // Thaw first, in every case: the guarantee comes before the courtesy to
+    // a COMMAND still running.
+    let failed = thaw_frozen(&mut runner, &frozen, log);
+    let exited = || format!("{} exited with status {code}", program(command));
+    log.line(&format!(
+        "{}; filesystems were frozen for {}",
+        why.clone().unwrap_or_else(exited),
+        format_duration(frozen_at.elapsed())
+    ));
+    if let CommandEnd::TooLong(mut watch) | CommandEnd::Stopped(_, mut watch) = ended {
+        watch.end_group(settings.kill_grace);
+    }
+    let hooks = thaw_hooks(settings, log, waiter, &failed);
+    dog.done();
+    // The log's result is the snapshot's: COMMAND's failure (or its cut)
+    // counts as much as the hooks'; one stderr line says it all.
+    let command_failed = (code != 0).then(|| why.unwrap_or_else(exited));
+    let end = merge(hooks, command_failed, stopped);
+    setup::log_end(log, "snapshot", start, &end);
+    exit_of(end, code, stopped)
+}
+
+/// Starts COMMAND and waits for its end, the frozen window's or a stop
+/// signal, whichever comes first.
+fn run_command<'a, 'b>(
+    command: &[OsString],
+    ctx: &'b Context<'a>,
+    signal_seen: &'b mut Option<Signal>,
+    deadline: Option<Instant>,
+) -> CommandEnd<'a, 'b> {
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let pid = match spawn_command(command, stdin.as_fd(), stdout.as_fd(), stderr.as_fd()) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let code = if e == Errno::ENOENT { 127 } else { 126 };
+            return CommandEnd::NotRun(
+                code,
+                format!("cannot run {}: {}", program(command), e.desc()),
+            );
+        }
+    };
+    let mut watch = Watch::new(pid, None, ctx, signal_seen);
+    match watch.wait_until(deadline, true) {
+        WaitEnd::Ended(Outcome::Exited(c)) => CommandEnd::Exited(c as u8),
+        WaitEnd::Ended(Outcome::Signaled(s)) => CommandEnd::Exited(128 + s as u8),
+        WaitEnd::Ended(_) => CommandEnd::Exited(126),
+        WaitEnd::Deadline => CommandEnd::TooLong(watch),
+        WaitEnd::Stopped(sig) => CommandEnd::Stopped(sig, watch),
+    }
+}
+
+/// COMMAND's status, why it was cut short (if it was) and the stop signal.
+fn describe(
+    ended: &CommandEnd<'_, '_>,
+    command: &[OsString],
+    max_frozen: TimeLimit,
+) -> (u8, Option<String>, Option<Signal>) {
+    match ended {
+        CommandEnd::Exited(code) => (*code, None, None),
+        CommandEnd::NotRun(code, why) => (*code, Some(why.clone()), None),
+        CommandEnd::TooLong(_) => (
+            124,
+            Some(format!(
+                "frozen window of {} expired; thawed, then ended {}",
+                format_time_limit(max_frozen),
+                program(command)
+            )),
+            None,
+        ),
+        CommandEnd::Stopped(sig, _) => (
+            128 + *sig as u8,
+            Some(format!(
+                "got {}; thawed, then ended {}",
+                sig.as_str(),
+                program(command)
+            )),
+            Some(*sig),
+        ),
+    }
+}
+
+/// The snapshot's end: the thaw hooks' with COMMAND's failure in front.
+fn merge(hooks: End, command_failed: Option<String>, stopped: Option<Signal>) -> End {
+    match (hooks, command_failed, stopped) {
+        (end, None, _) => end,
+        (End::Interrupted(sig, line), Some(f), _) => End::Interrupted(sig, format!("{f}; {line}")),
+        (End::Failed(line), Some(f), Some(sig)) => End::Interrupted(sig, format!("{f}; {line}")),
+        (End::Failed(line), Some(f), None) => End::Failed(format!("{f}; {line}")),
+        (End::Done | End::Nothing, Some(f), Some(sig)) => End::Interrupted(sig, f),
+        (End::Done | End::Nothing, Some(f), None) => End::Failed(f),
+    }
+}
+
+/// The exit status: COMMAND's (124 for the window, 128+N for a stop
+/// signal), or 1 when COMMAND succeeded but the thaw hooks did not.
+fn exit_of(end: End, code: u8, stopped: Option<Signal>) -> Exit {
+    let line = match end {
+        End::Done | End::Nothing => return Exit::Command(code, None),
+        End::Failed(line) | End::Interrupted(_, line) => line,
+    };
+    match (code, stopped) {
+        (0, _) => Exit::Failed(line),
+        (_, Some(sig)) => Exit::Signal(sig, line),
+        (124, None) => Exit::FrozenTooLong(line),
+        (code, None) => Exit::Command(code, Some(line)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_status_is_commands_then_the_thaws() {
+        let failed = || End::Failed("x".into());
+        assert_eq!(exit_of(End::Done, 0, None), Exit::Command(0, None));
+        assert_eq!(exit_of(failed(), 0, None).code(), 1);
+        assert_eq!(
+            exit_of(failed(), 7, None),
+            Exit::Command(7, Some("x".into()))
+        );
+        assert_eq!(exit_of(failed(), 124, None).code(), 124);
+        assert_eq!(exit_of(failed(), 127, None).code(), 127);
+        let stopped = exit_of(
+            End::Interrupted(Signal::SIGTERM, "x".into()),
+            143,
+            Some(Signal::SIGTERM),
+        );
+        assert_eq!(stopped.code(), 143);
+        assert_eq!(
+            merge(End::Done, Some("c".into()), Some(Signal::SIGINT)),
+            End::Interrupted(Signal::SIGINT, "c".into())
+        );
+        assert_eq!(
+            merge(failed(), Some("c".into()), None),
+            End::Failed("c; x".into())
+        );
+    }
+}
