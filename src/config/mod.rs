@@ -176,6 +176,19 @@ impl Settings {
         Ok(s)
     }
 
+    /// Root's defaults with no config file, the log and state under `dir`:
+    /// for unit tests of what runs on settings.
+    #[cfg(test)]
+    pub fn defaults_in(dir: &Path) -> Settings {
+        let flags = Overrides {
+            log_file: Some(dir.join("log")),
+            state_dir: Some(dir.join("state")),
+            ..Overrides::default()
+        };
+        Settings::from_file(None, &dir.join("fsfreeze-hook"), &flags, true)
+            .expect("no file to read")
+    }
+
     fn from_file(
         located: Option<PathBuf>,
         argv0: &Path,

@@ -18,7 +18,7 @@ pub mod trust;
 use std::fmt;
 
 /// The two phases of a freeze: what qemu-ga's hook is called with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
     Freeze,
     Thaw,

@@ -21,12 +21,49 @@ use crate::log::Log;
 
 pub struct Capture {
     read: Option<OwnedFd>,
-    limit: Option<u64>,
-    kept: u64,
-    dropped: u64,
+    budget: Budget,
     /// The hook, for JSON output lines.
     label: String,
     lines: Lines,
+}
+
+/// What the log takes of one hook's output: at most `limit` bytes per hook
+/// and run (`None`: everything), counted across the runner and its relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Budget {
+    limit: Option<u64>,
+    kept: u64,
+    dropped: u64,
+}
+
+impl Budget {
+    fn new(limit: Option<u64>) -> Budget {
+        Budget {
+            limit,
+            kept: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Of `n` bytes read, how many the log takes; the rest count as dropped.
+    fn admit(&mut self, n: usize) -> usize {
+        let room = self.limit.map_or(n as u64, |l| l.saturating_sub(self.kept));
+        let keep = (n as u64).min(room) as usize;
+        self.kept += keep as u64;
+        self.dropped += (n - keep) as u64;
+        keep
+    }
+
+    /// The line that says what was dropped, if anything was.
+    fn cut_note(&self, label: &str) -> Option<String> {
+        (self.dropped > 0).then(|| {
+            format!(
+                "{label}: output cut at {} (output_limit); {} more discarded",
+                format_size(self.limit.unwrap_or(0)),
+                format_size(self.dropped)
+            )
+        })
+    }
 }
 
 /// A line longer than this without a newline is logged in pieces of this
@@ -92,9 +129,7 @@ impl Capture {
         fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         let capture = Capture {
             read: Some(read),
-            limit,
-            kept: 0,
-            dropped: 0,
+            budget: Budget::new(limit),
             label,
             lines: Lines::new(None),
         };
@@ -118,13 +153,10 @@ impl Capture {
                     return;
                 }
                 Ok(n) => {
-                    let room = self.limit.map_or(n as u64, |l| l.saturating_sub(self.kept));
-                    let keep = (n as u64).min(room) as usize;
+                    let keep = self.budget.admit(n);
                     if keep > 0 {
                         self.emit(log, &buf[..keep]);
                     }
-                    self.kept += keep as u64;
-                    self.dropped += (n - keep) as u64;
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => return,
@@ -149,26 +181,29 @@ impl Capture {
         if self.read.is_none() {
             self.lines.finish(&mut |line| log.output(line));
         }
-        let written = self.kept + self.dropped;
-        if self.dropped > 0 {
-            log.line(&cut_note(label, self.limit, self.dropped));
+        let written = self.budget.kept + self.budget.dropped;
+        if let Some(note) = self.budget.cut_note(label) {
+            log.line(&note);
         }
         let Some(read) = self.read.take() else {
             return written;
         };
+        // The relay goes on with what is left of the budget, and with the
+        // line the hook began (it gets the rest of it); it notes only what
+        // it drops itself.
         let budget = Budget {
-            limit: self.limit,
-            remaining: self.limit.map(|l| l.saturating_sub(self.kept)),
-            json_label: log.is_json().then(|| self.label.clone()),
-            // A line the hook began is ended by the relay, which gets the
-            // rest of it.
-            partial: std::mem::take(&mut self.lines.partial),
+            dropped: 0,
+            ..self.budget
         };
+        self.lines.json_label = log.is_json().then(|| self.label.clone());
+        let lines = std::mem::replace(&mut self.lines, Lines::new(None));
         let handed = match log.file_fd() {
             Some(log_fd) => crate::sys::detach(&[read.as_fd(), log_fd], |fds| {
-                relay(fds[0], Some(fds[1]), budget, label)
+                relay(fds[0], Some(fds[1]), budget, lines, label)
             }),
-            None => crate::sys::detach(&[read.as_fd()], |fds| relay(fds[0], None, budget, label)),
+            None => crate::sys::detach(&[read.as_fd()], |fds| {
+                relay(fds[0], None, budget, lines, label)
+            }),
         };
         match handed {
             Ok(()) => log.line(&format!(
@@ -182,34 +217,18 @@ impl Capture {
     }
 }
 
-fn cut_note(label: &str, limit: Option<u64>, dropped: u64) -> String {
-    format!(
-        "{label}: output cut at {} (output_limit); {} more discarded",
-        format_size(limit.unwrap_or(0)),
-        format_size(dropped)
-    )
-}
-
-/// The limit of one hook's output and what the hook itself left of it; in
-/// JSON mode, the hook's name for the output events.
-#[derive(Clone)]
-struct Budget {
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    json_label: Option<String>,
-    /// The start of a line the hook did not end.
-    partial: Vec<u8>,
-}
-
 /// The relay's loop, in the detached process: copy until every writer is
 /// gone, within what is left of the limit.
-fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, label: &str) {
-    let mut remaining = budget.remaining;
+fn relay(
+    read: BorrowedFd<'_>,
+    log: Option<BorrowedFd<'_>>,
+    mut budget: Budget,
+    mut lines: Lines,
+    label: &str,
+) {
     let _ = fcntl(read, FcntlArg::F_SETFL(OFlag::empty()));
-    let mut dropped = 0u64;
     let mut buf = [0u8; 64 * 1024];
-    let mut lines = Lines::new(budget.json_label.clone());
-    lines.partial = budget.partial.clone();
+    let json = lines.json_label.is_some();
     let mut write = |line: &[u8]| {
         if let Some(fd) = log {
             write_all(fd, line);
@@ -219,27 +238,19 @@ fn relay(read: BorrowedFd<'_>, log: Option<BorrowedFd<'_>>, budget: Budget, labe
         match nix::unistd::read(read, &mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                let keep = remaining.map_or(n as u64, |r| r.min(n as u64)) as usize;
+                let keep = budget.admit(n);
                 if keep > 0 {
                     lines.push(&buf[..keep], &mut write);
                 }
-                if let Some(r) = remaining.as_mut() {
-                    *r -= keep as u64;
-                }
-                dropped += (n - keep) as u64;
             }
             Err(Errno::EINTR) => {}
             Err(_) => break,
         }
     }
     lines.finish(&mut write);
-    if let (Some(fd), true) = (log, dropped > 0) {
-        let note = crate::log::event::Event::message(cut_note(label, budget.limit, dropped));
-        let line = if budget.json_label.is_some() {
-            note.json()
-        } else {
-            note.text()
-        };
+    if let (Some(fd), Some(note)) = (log, budget.cut_note(label)) {
+        let note = crate::log::event::Event::message(note);
+        let line = if json { note.json() } else { note.text() };
         write_all(fd, line.as_bytes());
     }
 }
@@ -251,5 +262,78 @@ fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) {
             Err(Errno::EINTR) => {}
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(chunks: &[&[u8]]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut lines = Lines::new(None);
+        let mut write = |l: &[u8]| out.push(String::from_utf8(l.to_vec()).unwrap());
+        for c in chunks {
+            lines.push(c, &mut write);
+        }
+        lines.finish(&mut write);
+        out
+    }
+
+    #[test]
+    fn output_becomes_whole_escaped_lines() {
+        // A line split across reads is one line; control characters but tab
+        // are escaped; a last line without a newline gets one.
+        assert_eq!(
+            lines_of(&[b"one\ntw", b"o\tx\n", b"\x1b[2Jforged\rline"]),
+            ["one\n", "two\tx\n", "\\u{1b}[2Jforged\\rline\n"]
+        );
+        assert!(lines_of(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_at_the_longest_line() {
+        let long = vec![b'x'; LONGEST_LINE + 10];
+        let out = lines_of(&[&long]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), LONGEST_LINE + 1);
+        assert_eq!(out[1], format!("{}\n", "x".repeat(10)));
+    }
+
+    #[test]
+    fn the_budget_is_kept_across_reads_and_says_what_it_dropped() {
+        let mut b = Budget::new(Some(10));
+        assert_eq!(b.cut_note("h"), None);
+        assert_eq!((b.admit(6), b.admit(6), b.admit(3)), (6, 4, 0));
+        assert_eq!((b.kept, b.dropped), (10, 5));
+        assert_eq!(
+            b.cut_note("h").unwrap(),
+            format!(
+                "h: output cut at {} (output_limit); {} more discarded",
+                format_size(10),
+                format_size(5)
+            )
+        );
+        let mut unlimited = Budget::new(None);
+        assert_eq!(unlimited.admit(1 << 20), 1 << 20);
+    }
+
+    #[test]
+    fn a_capture_logs_what_the_pipe_carried_within_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = Log::open(&path, false);
+        let (mut capture, write) = Capture::new(Some(8), "h".into()).unwrap();
+        nix::unistd::write(&write, b"abc\ndefghij\n").unwrap();
+        drop(write);
+        capture.pump(&log);
+        assert_eq!(capture.finish(&log, "h"), 12);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..2], ["abc", "defg"]);
+        assert!(
+            lines[2].ends_with("h: output cut at 8 bytes (output_limit); 4 bytes more discarded"),
+            "{text}"
+        );
     }
 }

@@ -558,3 +558,364 @@ pub fn held_window(records: &[Record]) -> Option<Duration> {
         .max()?;
     Some(last.saturating_duration_since(first))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phase::hookfile::Refusal;
+    use std::cell::Cell;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Hooks that take the time and give the outcome they are told to, on a
+    /// clock of their own: no process, no sleep.
+    struct Fake {
+        now: Cell<Instant>,
+        steps: HashMap<(&'static str, Phase), (Duration, Outcome)>,
+        refused: Vec<&'static str>,
+        /// The runner gets this signal while the named hook's freeze runs.
+        signal_during: Option<(&'static str, Signal)>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            Fake {
+                now: Cell::new(Instant::now()),
+                steps: HashMap::new(),
+                refused: Vec::new(),
+                signal_during: None,
+            }
+        }
+
+        fn step(mut self, name: &'static str, phase: Phase, takes: u64, outcome: Outcome) -> Fake {
+            self.steps.insert((name, phase), (ms(takes), outcome));
+            self
+        }
+
+        fn pass(&self, d: Duration) -> Finished {
+            self.now.set(self.now.get() + d);
+            Finished {
+                outcome: Outcome::Exited(0),
+                elapsed: d,
+                output_bytes: 0,
+            }
+        }
+    }
+
+    impl Execute for Fake {
+        type Ready = ();
+
+        fn open(&mut self, hook: &Hook) -> Result<(), Refusal> {
+            match self.refused.iter().any(|r| hook.name == *r) {
+                true => Err(Refusal::NotExecutable),
+                false => Ok(()),
+            }
+        }
+
+        fn run(
+            &mut self,
+            hook: &Hook,
+            _ready: &(),
+            run: Run,
+            signal_seen: &mut Option<Signal>,
+        ) -> Finished {
+            let name = hook.name.to_str().unwrap();
+            let (takes, outcome) = self
+                .steps
+                .iter()
+                .find(|((n, p), _)| *n == name && *p == run.phase)
+                .map_or((ms(10), Outcome::Exited(0)), |(_, s)| s.clone());
+            if let Some((at, sig)) = self.signal_during
+                && at == name
+                && run.phase == Phase::Freeze
+                && run.bounds.interruptible
+            {
+                *signal_seen = Some(sig);
+                let mut fin = self.pass(ms(5));
+                fin.outcome = Outcome::Interrupted(sig);
+                return fin;
+            }
+            if let Some((limit, kind)) = run.bounds.timeout
+                && limit < takes
+            {
+                let mut fin = self.pass(limit);
+                fin.outcome = Outcome::TimedOut {
+                    limit,
+                    kind,
+                    killed: false,
+                };
+                return fin;
+            }
+            let mut fin = self.pass(takes);
+            fin.outcome = outcome;
+            fin
+        }
+
+        fn stop_signal(&mut self) -> Option<Signal> {
+            None
+        }
+
+        fn now(&self) -> Instant {
+            self.now.get()
+        }
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        settings: Settings,
+        log: Log,
+        found: Discovery,
+    }
+
+    fn setup(names: &[&str]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::defaults_in(dir.path());
+        journal::ensure_state_dir(&settings.state_dir).unwrap();
+        let log = Log::open(&settings.log_file, false);
+        let hooks = names
+            .iter()
+            .map(|n| Hook {
+                name: OsString::from(n),
+                path: PathBuf::from("/hooks").join(n),
+            })
+            .collect();
+        Setup {
+            _dir: dir,
+            settings,
+            log,
+            found: Discovery {
+                hooks,
+                skipped: Vec::new(),
+            },
+        }
+    }
+
+    /// The runs as "phase name", "(rollback)" marked.
+    fn runs<X: Execute>(runner: &Runner<'_, X>) -> Vec<String> {
+        runner
+            .records
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}{}",
+                    r.phase,
+                    r.name.to_string_lossy(),
+                    if r.rollback { " (rollback)" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    fn log_of(s: &Setup) -> String {
+        std::fs::read_to_string(&s.settings.log_file).unwrap()
+    }
+
+    fn failed() -> Outcome {
+        Outcome::Exited(1)
+    }
+
+    #[test]
+    fn freezes_in_order_and_thaws_in_reverse() {
+        let s = setup(&["10-a", "20-b", "30-c"]);
+        let mut runner = Runner::with(&s.settings, &s.log, Fake::new());
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        assert!(
+            matches!(runner.journal().read(), Recorded::Unthawed(u) if u.complete && u.names.len() == 3)
+        );
+        assert_eq!(runner.thaw(Some(&s.found)), End::Done);
+        assert_eq!(
+            runs(&runner),
+            [
+                "freeze 10-a",
+                "freeze 20-b",
+                "freeze 30-c",
+                "thaw 30-c",
+                "thaw 20-b",
+                "thaw 10-a"
+            ]
+        );
+        assert_eq!(runner.journal().read(), Recorded::Idle);
+        // Nothing recorded now: a second thaw runs nothing.
+        assert_eq!(runner.thaw(Some(&s.found)), End::Done);
+        assert_eq!(runner.records.len(), 6);
+        assert!(log_of(&s).contains("no freeze recorded since the last thaw"));
+    }
+
+    #[test]
+    fn thaw_order_forward_thaws_in_freeze_order() {
+        let mut s = setup(&["10-a", "20-b"]);
+        s.settings.thaw_order = ThawOrder::Forward;
+        let mut runner = Runner::with(&s.settings, &s.log, Fake::new());
+        runner.freeze(&s.found.hooks);
+        runner.thaw(Some(&s.found));
+        assert_eq!(runs(&runner)[2..], ["thaw 10-a", "thaw 20-b"]);
+    }
+
+    #[test]
+    fn a_failed_freeze_rolls_back_every_started_hook_in_reverse_the_failed_one_included() {
+        let s = setup(&["10-a", "20-b", "30-c"]);
+        let fake = Fake::new().step("20-b", Phase::Freeze, 400, failed());
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Failed(line) = runner.freeze(&s.found.hooks) else {
+            panic!("the freeze must fail");
+        };
+        assert_eq!(
+            line,
+            "freeze aborted: 20-b exited with status 1 after 400ms; rolled back 20-b, 10-a"
+        );
+        assert_eq!(
+            runs(&runner),
+            [
+                "freeze 10-a",
+                "freeze 20-b",
+                "thaw 20-b (rollback)",
+                "thaw 10-a (rollback)"
+            ]
+        );
+        assert_eq!(runner.journal().read(), Recorded::Idle);
+        assert!(log_of(&s).contains("rolling back 2 hook(s)"));
+    }
+
+    #[test]
+    fn a_refused_hook_fails_the_freeze_and_only_started_hooks_are_rolled_back() {
+        let s = setup(&["10-a", "20-b", "30-c"]);
+        let mut fake = Fake::new();
+        fake.refused.push("20-b");
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Failed(line) = runner.freeze(&s.found.hooks) else {
+            panic!("the freeze must fail");
+        };
+        assert!(
+            line.starts_with("freeze aborted: 20-b was not run"),
+            "{line}"
+        );
+        assert!(line.ends_with("; rolled back 10-a"), "{line}");
+        assert_eq!(
+            runs(&runner),
+            ["freeze 10-a", "freeze 20-b", "thaw 10-a (rollback)"]
+        );
+        assert!(log_of(&s).contains("refused /hooks/20-b freeze: it "));
+    }
+
+    #[test]
+    fn on_error_continue_runs_every_hook_and_thaws_each_that_started() {
+        let mut s = setup(&["10-a", "20-b", "30-c"]);
+        s.settings.on_error = OnError::Continue;
+        let fake = Fake::new().step("20-b", Phase::Freeze, 10, failed()).step(
+            "10-a",
+            Phase::Thaw,
+            10,
+            failed(),
+        );
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        assert_eq!(runner.thaw(Some(&s.found)), End::Done);
+        assert_eq!(runs(&runner).len(), 6);
+        assert!(
+            log_of(&s)
+                .contains("20-b exited with status 1 after 10ms; going on (on_error = continue)")
+        );
+    }
+
+    #[test]
+    fn the_phase_deadline_cuts_the_running_hook_and_stops_the_phase() {
+        let mut s = setup(&["10-a", "20-b", "30-c"]);
+        s.settings.phase_timeout = Some(ms(100));
+        let fake = Fake::new()
+            .step("10-a", Phase::Freeze, 60, Outcome::Exited(0))
+            .step("20-b", Phase::Freeze, 60, Outcome::Exited(0));
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Failed(line) = runner.freeze(&s.found.hooks) else {
+            panic!("the freeze must fail");
+        };
+        // 20-b got what was left of the phase (40ms), not its own 60s.
+        assert!(
+            line.starts_with("freeze aborted: 20-b timed out after 40ms (phase_timeout)"),
+            "{line}"
+        );
+        // The rollback has a budget of its own: both hooks are thawed.
+        assert_eq!(
+            runs(&runner)[2..],
+            ["thaw 20-b (rollback)", "thaw 10-a (rollback)"]
+        );
+    }
+
+    #[test]
+    fn a_phase_without_time_left_starts_no_further_hook() {
+        let mut s = setup(&["10-a", "20-b"]);
+        s.settings.phase_timeout = Some(ms(100));
+        s.settings.on_error = OnError::Continue;
+        let fake = Fake::new().step("10-a", Phase::Freeze, 500, Outcome::Exited(0));
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Failed(line) = runner.freeze(&s.found.hooks) else {
+            panic!("an expired phase fails even under continue");
+        };
+        assert!(
+            line.starts_with("freeze aborted: phase_timeout (100ms) expired before 20-b started"),
+            "{line}"
+        );
+        assert_eq!(runs(&runner), ["freeze 10-a", "thaw 10-a (rollback)"]);
+        assert!(log_of(&s).contains("not run: /hooks/20-b (phase_timeout expired)"));
+    }
+
+    #[test]
+    fn a_stop_signal_mid_freeze_rolls_back_uninterrupted_and_is_reported() {
+        let mut s = setup(&["10-a", "20-b", "30-c"]);
+        // Even under `continue`: a stop signal is no hook failure to go past.
+        s.settings.on_error = OnError::Continue;
+        let mut fake = Fake::new();
+        fake.signal_during = Some(("20-b", Signal::SIGTERM));
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Interrupted(sig, line) = runner.freeze(&s.found.hooks) else {
+            panic!("the freeze must be interrupted");
+        };
+        assert_eq!(sig, Signal::SIGTERM);
+        assert_eq!(
+            line,
+            "freeze aborted: 20-b was stopped because the runner got SIGTERM after 5ms; rolled back 20-b, 10-a"
+        );
+        assert_eq!(
+            runs(&runner)[2..],
+            ["thaw 20-b (rollback)", "thaw 10-a (rollback)"]
+        );
+        assert!(
+            runner.records[2..]
+                .iter()
+                .all(|r| r.finished.outcome.success())
+        );
+    }
+
+    #[test]
+    fn every_thaw_hook_runs_after_a_failure_and_one_cut_off_is_kept_for_the_next_thaw() {
+        let s = setup(&["10-a", "20-b", "30-c"]);
+        let fake = Fake::new().step("30-c", Phase::Thaw, 10, failed()).step(
+            "20-b",
+            Phase::Thaw,
+            120_000,
+            Outcome::Exited(0),
+        );
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        let End::Failed(line) = runner.thaw(Some(&s.found)) else {
+            panic!("the thaw must fail");
+        };
+        assert!(
+            line.starts_with("thaw failed: 30-c exited with status 1"),
+            "{line}"
+        );
+        assert!(
+            line.contains("20-b timed out after 1m, ended by SIGTERM (kept for the next thaw)"),
+            "{line}"
+        );
+        assert_eq!(runs(&runner)[3..], ["thaw 30-c", "thaw 20-b", "thaw 10-a"]);
+        // 30-c's thaw ran to its end (it failed, but it ran): only 20-b is left.
+        let Recorded::Unthawed(left) = runner.journal().read() else {
+            panic!("20-b must stay recorded");
+        };
+        assert_eq!(left.names, [OsString::from("20-b")]);
+    }
+}
