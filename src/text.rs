@@ -42,6 +42,39 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A byte string as one word of a record file (the journal, enable's
+/// record): every byte but printable ASCII other than `%` as `%XX`, so a
+/// space, a newline or any other byte round-trips.
+pub fn encode_field(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The bytes of an [`encode_field`] word; `None` for a broken `%XX`.
+pub fn decode_field(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 fn escape_bytes(bytes: &[u8], keep_tab: bool) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
@@ -72,6 +105,10 @@ mod tests {
         assert_eq!(escape_line(b"a\tb\x1b[1m"), "a\tb\\u{1b}[1m");
         assert_eq!(names(&[OsString::from("a b"), raw]), "a b, a\\nb\\xffc");
         assert_eq!(program::<OsString>(&[]), "?");
+        let odd = b"a b%\n\xff";
+        assert_eq!(encode_field(odd), "a%20b%25%0A%FF");
+        assert_eq!(decode_field(&encode_field(odd)).unwrap(), odd);
+        assert_eq!(decode_field("%G0"), None);
         assert!(contains(b"a PIPESTATUS[0]", b"PIPESTATUS") && !contains(b"abc", b""));
     }
 }

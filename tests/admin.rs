@@ -241,6 +241,45 @@ fn enable_creates_qemu_ga_conf_when_there_is_none_and_disable_removes_it() {
 
 #[test]
 #[ignore = "needs root"]
+fn a_hook_path_with_spaces_is_enabled_and_disabled_back_to_the_same_tree() {
+    require_root("enable_disable_spaces");
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    // The site's own agent config names a hook in a dir with spaces.
+    put(
+        root.path(),
+        "/etc/qemu/qemu-ga.conf",
+        "[general]\nfsfreeze-hook=/opt/site hooks/fsfreeze hook\n",
+        0o644,
+    );
+    put(root.path(), "/opt/site hooks/fsfreeze hook", STOCK, 0o755);
+    let before = tree(root.path());
+    let out = run(&["enable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_has(
+        &out.stdout,
+        "keep /opt/site hooks/fsfreeze hook as /opt/site hooks/fsfreeze hook.stock",
+    );
+    let record =
+        fs::read_to_string(root.path().join("opt/site hooks/fsfreeze hook.enabled")).unwrap();
+    assert!(
+        record.contains(
+            "stock /opt/site%20hooks/fsfreeze%20hook /opt/site%20hooks/fsfreeze%20hook.stock"
+        ),
+        "{record}"
+    );
+    let out = run(&["disable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_has(
+        &out.stdout,
+        "put /opt/site hooks/fsfreeze hook.stock back as /opt/site hooks/fsfreeze hook",
+    );
+    assert_eq!(tree(root.path()), before, "{}", out.stdout);
+}
+
+#[test]
+#[ignore = "needs root"]
 fn rhel_hook_comes_from_sysconfig_enable_installs_there() {
     require_root("enable_disable_rhel");
     let root = tempfile::tempdir().unwrap();

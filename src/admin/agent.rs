@@ -14,6 +14,8 @@ use crate::sys::paths::in_root;
 /// Where qemu-ga looks for its hook when `-F` comes without a path.
 pub const DEFAULT_HOOK: &str = "/etc/qemu/fsfreeze-hook";
 pub const UNIT: &str = "qemu-guest-agent.service";
+/// What makes a running qemu-ga read its set-up again.
+pub const RESTART: &str = "systemctl restart qemu-guest-agent";
 const BINARIES: [&str; 2] = ["/usr/sbin/qemu-ga", "/usr/bin/qemu-ga"];
 const UNIT_DIRS: [&str; 4] = [
     "/etc/systemd/system",

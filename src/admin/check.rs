@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::admin::agent::{self, HookSetting};
+use crate::admin::agent::{self, HookSetting, RESTART};
 use crate::admin::list::{self, Verdict};
 use crate::config::Settings;
 use crate::exit::Exit;
@@ -16,7 +16,6 @@ use crate::sys::paths::in_root;
 use crate::text::escape_path;
 
 const PORT: &str = "/dev/virtio-ports/org.qemu.guest_agent.0";
-const RESTART: &str = "systemctl restart qemu-guest-agent";
 
 /// One finding: fine, or a problem with its fix.
 #[derive(Debug, Clone, PartialEq, Eq)]

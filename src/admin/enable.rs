@@ -3,17 +3,22 @@
 //! the hook; `disable` reads it back. Both are idempotent, and `--dry-run`
 //! only says what they would do.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::admin::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting};
+use crate::admin::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, RESTART};
 use crate::exit::Exit;
 use crate::sys::paths::{entry_in_root, in_root};
+use crate::text::{decode_field, encode_field};
 
-const RECORD_HEADER: &str = "fsfreeze-hook enable 1";
-const RESTART: &str = "systemctl restart qemu-guest-agent";
+/// The record's first line; paths in it are encoded fields.
+const RECORD_HEADER: &str = "fsfreeze-hook enable 2";
+/// The first version's record: paths as plain words.
+const RECORD_HEADER_1: &str = "fsfreeze-hook enable 1";
 
 /// One change `enable` made, as recorded (guest paths).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +36,9 @@ enum Change {
 }
 
 impl Change {
+    /// One line of the record: a word for the kind, then encoded paths.
     fn line(&self) -> String {
-        let p = |p: &Path| crate::text::escape_path(p);
+        let p = |p: &Path| encode_field(p.as_os_str().as_bytes());
         match self {
             Change::Hook(a) => format!("hook {}", p(a)),
             Change::Stock(a, b) => format!("stock {} {}", p(a), p(b)),
@@ -42,16 +48,25 @@ impl Change {
         }
     }
 
-    fn parse(line: &str) -> Option<Change> {
+    /// A line of the record; `encoded`: written by a version that encodes
+    /// paths ([`RECORD_HEADER`]), else the first one's plain words.
+    fn parse(line: &str, encoded: bool) -> Option<Change> {
         let mut w = line.split(' ');
         let kind = w.next()?;
-        let a = PathBuf::from(w.next()?);
+        let mut path = || -> Option<PathBuf> {
+            let word = w.next()?;
+            match encoded {
+                true => Some(PathBuf::from(OsString::from_vec(decode_field(word)?))),
+                false => Some(PathBuf::from(word)),
+            }
+        };
+        let a = path()?;
         Some(match kind {
             "hook" => Change::Hook(a),
-            "stock" => Change::Stock(a, PathBuf::from(w.next()?)),
+            "stock" => Change::Stock(a, path()?),
             "dir" => Change::Dir(a),
             "conf-created" => Change::ConfCreated(a),
-            "conf-edited" => Change::ConfEdited(a, PathBuf::from(w.next()?)),
+            "conf-edited" => Change::ConfEdited(a, path()?),
             _ => return None,
         })
     }
@@ -198,121 +213,20 @@ pub fn enable(root: &Path, dry_run: bool) -> Exit {
 }
 
 fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
-    let agent = agent::inspect(root);
-    let (hook, conf_to_set) = match &agent.hook {
-        HookSetting::CommandLine { path, .. } | HookSetting::Config { path, .. } => {
-            (path.clone(), None)
-        }
-        HookSetting::Disabled { source } => {
-            return Err(format!(
-                "{} switches qemu-ga's hook off (/dev/null); set the hook path there first (RHEL: FSFREEZE_HOOK_PATHNAME=/etc/qemu-ga/fsfreeze-hook in /etc/sysconfig/qemu-ga)",
-                source.display()
-            ));
-        }
-        HookSetting::None => {
-            // Edit the config qemu-ga reads: an existing one, else Debian's.
-            let conf = CONFIGS
-                .iter()
-                .map(PathBuf::from)
-                .find(|c| in_root(root, c).exists())
-                .unwrap_or_else(|| PathBuf::from(CONFIGS[0]));
-            (PathBuf::from(DEFAULT_HOOK), Some(conf))
-        }
-    };
+    let (hook, conf_to_set) = hook_to_set(root, &agent::inspect(root))?;
     let mut plan = Plan {
         root: root.to_path_buf(),
         dry_run,
         done: Vec::new(),
     };
     let binary = ours().map_err(|e| format!("cannot read this binary: {e}"))?;
-    let hook_at = plan.path(&hook);
     let parent = hook.parent().unwrap_or(Path::new("/")).to_path_buf();
     plan.mkdir(&parent).map_err(|e| e.to_string())?;
-    match fs::read(&hook_at) {
-        Ok(existing) if existing == binary => {
-            println!("{} is already this fsfreeze-hook", hook.display())
-        }
-        Ok(existing) => {
-            let marker: &[u8] = crate::phase::journal::HEADER.as_bytes();
-            if existing.windows(marker.len()).any(|w| w == marker) {
-                plan.say(&format!(
-                    "replace {} (another build of fsfreeze-hook) with this one",
-                    hook.display()
-                ));
-            } else {
-                let stock = stock_path(&hook);
-                if plan.path(&stock).exists() {
-                    return Err(format!(
-                        "{} is not fsfreeze-hook and {} exists too: move one of them away first",
-                        hook.display(),
-                        stock.display()
-                    ));
-                }
-                plan.say(&format!(
-                    "keep {} as {} (never run; `disable` puts it back)",
-                    hook.display(),
-                    stock.display()
-                ));
-                if !dry_run {
-                    fs::rename(plan.entry(&hook), plan.entry(&stock)).map_err(|e| e.to_string())?;
-                }
-                plan.done.push(Change::Stock(hook.clone(), stock));
-            }
-            plan.say(&format!(
-                "install this binary as {} (mode 0755)",
-                hook.display()
-            ));
-            plan.write_file(&hook, &binary, 0o755)
-                .map_err(|e| e.to_string())?;
-            plan.done.push(Change::Hook(hook.clone()));
-        }
-        Err(_) => {
-            plan.say(&format!(
-                "install this binary as {} (mode 0755)",
-                hook.display()
-            ));
-            plan.write_file(&hook, &binary, 0o755)
-                .map_err(|e| e.to_string())?;
-            plan.done.push(Change::Hook(hook.clone()));
-        }
-    }
+    plan.install(&hook, &binary)?;
     plan.mkdir(&hooks_dir_of(root, &hook))
         .map_err(|e| e.to_string())?;
     if let Some(conf) = conf_to_set {
-        let at = plan.path(&conf);
-        match fs::read_to_string(&at) {
-            Ok(text) => {
-                let backup = backup_path(&conf);
-                plan.say(&format!(
-                    "set fsfreeze-hook={} in {} (the rest kept; original saved as {})",
-                    hook.display(),
-                    conf.display(),
-                    backup.display()
-                ));
-                if !dry_run {
-                    let mode = fs::metadata(&at)
-                        .map(|m| m.permissions().mode() & 0o7777)
-                        .unwrap_or(0o644);
-                    plan.write_file(&backup, text.as_bytes(), mode)
-                        .map_err(|e| e.to_string())?;
-                    plan.write_file(&conf, with_hook(&text, &hook).as_bytes(), mode)
-                        .map_err(|e| e.to_string())?;
-                }
-                plan.done.push(Change::ConfEdited(conf, backup));
-            }
-            Err(_) => {
-                plan.mkdir(conf.parent().unwrap_or(Path::new("/")))
-                    .map_err(|e| e.to_string())?;
-                plan.say(&format!(
-                    "create {} with fsfreeze-hook={}",
-                    conf.display(),
-                    hook.display()
-                ));
-                plan.write_file(&conf, with_hook("", &hook).as_bytes(), 0o644)
-                    .map_err(|e| e.to_string())?;
-                plan.done.push(Change::ConfCreated(conf));
-            }
-        }
+        plan.set_hook_in(&conf, &hook).map_err(|e| e.to_string())?;
     }
     if plan.done.is_empty() {
         println!("already enabled: nothing to change");
@@ -323,6 +237,121 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
     }
     println!("then restart the agent: {RESTART}");
     Ok(())
+}
+
+/// Where qemu-ga runs its hook, and the config to point at it when nothing
+/// names one yet.
+fn hook_to_set(root: &Path, agent: &agent::Agent) -> Result<(PathBuf, Option<PathBuf>), String> {
+    match &agent.hook {
+        HookSetting::CommandLine { path, .. } | HookSetting::Config { path, .. } => {
+            Ok((path.clone(), None))
+        }
+        HookSetting::Disabled { source } => Err(format!(
+            "{} switches qemu-ga's hook off (/dev/null); set the hook path there first (RHEL: FSFREEZE_HOOK_PATHNAME=/etc/qemu-ga/fsfreeze-hook in /etc/sysconfig/qemu-ga)",
+            source.display()
+        )),
+        HookSetting::None => {
+            // Edit the config qemu-ga reads: an existing one, else Debian's.
+            let conf = CONFIGS
+                .iter()
+                .map(PathBuf::from)
+                .find(|c| in_root(root, c).exists())
+                .unwrap_or_else(|| PathBuf::from(CONFIGS[0]));
+            Ok((PathBuf::from(DEFAULT_HOOK), Some(conf)))
+        }
+    }
+}
+
+impl Plan {
+    /// This binary at `hook`: nothing if it is there already, another build
+    /// replaced, anything else kept aside as `<hook>.stock`.
+    fn install(&mut self, hook: &Path, binary: &[u8]) -> Result<(), String> {
+        match fs::read(self.path(hook)) {
+            Ok(existing) if existing == binary => {
+                println!("{} is already this fsfreeze-hook", hook.display());
+                return Ok(());
+            }
+            Ok(existing)
+                if crate::text::contains(&existing, crate::phase::journal::HEADER.as_bytes()) =>
+            {
+                self.say(&format!(
+                    "replace {} (another build of fsfreeze-hook) with this one",
+                    hook.display()
+                ));
+            }
+            Ok(_) => self.keep_aside(hook)?,
+            Err(_) => {}
+        }
+        self.say(&format!(
+            "install this binary as {} (mode 0755)",
+            hook.display()
+        ));
+        self.write_file(hook, binary, 0o755)
+            .map_err(|e| e.to_string())?;
+        self.done.push(Change::Hook(hook.to_path_buf()));
+        Ok(())
+    }
+
+    /// Moves a hook that is not ours to `<hook>.stock`, never to be run.
+    fn keep_aside(&mut self, hook: &Path) -> Result<(), String> {
+        let stock = stock_path(hook);
+        if self.path(&stock).exists() {
+            return Err(format!(
+                "{} is not fsfreeze-hook and {} exists too: move one of them away first",
+                hook.display(),
+                stock.display()
+            ));
+        }
+        self.say(&format!(
+            "keep {} as {} (never run; `disable` puts it back)",
+            hook.display(),
+            stock.display()
+        ));
+        if !self.dry_run {
+            fs::rename(self.entry(hook), self.entry(&stock)).map_err(|e| e.to_string())?;
+        }
+        self.done.push(Change::Stock(hook.to_path_buf(), stock));
+        Ok(())
+    }
+
+    /// `fsfreeze-hook=HOOK` in qemu-ga's config `conf`: an existing one
+    /// edited (its original kept beside it), else a new one.
+    fn set_hook_in(&mut self, conf: &Path, hook: &Path) -> std::io::Result<()> {
+        let at = self.path(conf);
+        let Ok(text) = fs::read_to_string(&at) else {
+            self.mkdir(conf.parent().unwrap_or(Path::new("/")))?;
+            self.say(&format!(
+                "create {} with fsfreeze-hook={}",
+                conf.display(),
+                hook.display()
+            ));
+            self.write_file(conf, with_hook("", hook).as_bytes(), 0o644)?;
+            self.done.push(Change::ConfCreated(conf.to_path_buf()));
+            return Ok(());
+        };
+        let backup = backup_path(conf);
+        self.say(&format!(
+            "set fsfreeze-hook={} in {} (the rest kept; original saved as {})",
+            hook.display(),
+            conf.display(),
+            backup.display()
+        ));
+        if !self.dry_run {
+            let mode = mode_of(&at);
+            self.write_file(&backup, text.as_bytes(), mode)?;
+            self.write_file(conf, with_hook(&text, hook).as_bytes(), mode)?;
+        }
+        self.done
+            .push(Change::ConfEdited(conf.to_path_buf(), backup));
+        Ok(())
+    }
+}
+
+/// The permission bits of a file, 0644 when it cannot be read.
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644)
 }
 
 /// Appends the changes to the record beside the hook (a second `enable`
@@ -360,89 +389,20 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
         return Ok(());
     };
     let mut lines = text.lines();
-    if lines.next() != Some(RECORD_HEADER) {
-        return Err(format!("{} is not a record of `enable`", rec.display()));
-    }
-    let changes: Vec<Change> = lines.filter_map(Change::parse).collect();
+    let encoded = match lines.next() {
+        Some(RECORD_HEADER) => true,
+        Some(RECORD_HEADER_1) => false,
+        _ => return Err(format!("{} is not a record of `enable`", rec.display())),
+    };
+    let changes: Vec<Change> = lines.filter_map(|l| Change::parse(l, encoded)).collect();
     let plan = Plan {
         root: root.to_path_buf(),
         dry_run,
         done: Vec::new(),
     };
-    let at = |p: &Path| plan.path(p);
-    let entry = |p: &Path| plan.entry(p);
     // Undo in reverse order of doing.
     for change in changes.iter().rev() {
-        match change {
-            Change::ConfEdited(conf, backup) => {
-                let original =
-                    fs::read(at(backup)).map_err(|e| format!("{}: {e}", backup.display()))?;
-                let now = fs::read_to_string(at(conf)).unwrap_or_default();
-                let ours = with_hook(&String::from_utf8_lossy(&original), &hook);
-                if now == ours {
-                    plan.say(&format!(
-                        "restore {} from {}",
-                        conf.display(),
-                        backup.display()
-                    ));
-                    if !dry_run {
-                        fs::rename(entry(backup), entry(conf)).map_err(|e| e.to_string())?;
-                    }
-                } else {
-                    // Edited since: take out only our line.
-                    let line = format!("fsfreeze-hook={}", hook.display());
-                    plan.say(&format!(
-                        "remove {line} from {} (edited since enable; the rest kept)",
-                        conf.display()
-                    ));
-                    if !dry_run {
-                        let kept: String = now
-                            .split_inclusive('\n')
-                            .filter(|l| l.trim() != line)
-                            .collect();
-                        let mode = fs::metadata(at(conf))
-                            .map(|m| m.permissions().mode() & 0o7777)
-                            .unwrap_or(0o644);
-                        plan.write_file(conf, kept.as_bytes(), mode)
-                            .map_err(|e| e.to_string())?;
-                        let _ = fs::remove_file(entry(backup));
-                    }
-                }
-            }
-            Change::ConfCreated(conf) => {
-                plan.say(&format!("remove {}", conf.display()));
-                if !dry_run {
-                    let _ = fs::remove_file(entry(conf));
-                }
-            }
-            Change::Hook(path) => {
-                plan.say(&format!("remove {}", path.display()));
-                if !dry_run {
-                    let _ = fs::remove_file(entry(path));
-                }
-            }
-            Change::Stock(path, stock) => {
-                plan.say(&format!(
-                    "put {} back as {}",
-                    stock.display(),
-                    path.display()
-                ));
-                if !dry_run {
-                    fs::rename(entry(stock), entry(path)).map_err(|e| e.to_string())?;
-                }
-            }
-            Change::Dir(dir) => {
-                let empty = fs::read_dir(at(dir)).is_ok_and(|mut d| d.next().is_none());
-                if empty {
-                    plan.say(&format!("remove the empty {}", dir.display()));
-                    if !dry_run {
-                        let _ = fs::remove_dir(entry(dir));
-                    }
-                } else {
-                    println!("keep {}: it is not empty", dir.display());
-                }
-            }
-        }
+        plan.undo(change, &hook)?;
     }
     plan.say(&format!("remove {}", record_path(&hook).display()));
     if !dry_run {
@@ -450,6 +410,79 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
     }
     println!("then restart the agent: {RESTART}");
     Ok(())
+}
+
+impl Plan {
+    /// Undoes one change of `enable`'s record.
+    fn undo(&self, change: &Change, hook: &Path) -> Result<(), String> {
+        let remove = |path: &Path| {
+            self.say(&format!("remove {}", path.display()));
+            if !self.dry_run {
+                let _ = fs::remove_file(self.entry(path));
+            }
+        };
+        match change {
+            Change::ConfEdited(conf, backup) => self.restore_conf(conf, backup, hook)?,
+            Change::ConfCreated(conf) => remove(conf),
+            Change::Hook(path) => remove(path),
+            Change::Stock(path, stock) => {
+                self.say(&format!(
+                    "put {} back as {}",
+                    stock.display(),
+                    path.display()
+                ));
+                if !self.dry_run {
+                    fs::rename(self.entry(stock), self.entry(path)).map_err(|e| e.to_string())?;
+                }
+            }
+            Change::Dir(dir) => {
+                let empty = fs::read_dir(self.path(dir)).is_ok_and(|mut d| d.next().is_none());
+                if !empty {
+                    println!("keep {}: it is not empty", dir.display());
+                    return Ok(());
+                }
+                self.say(&format!("remove the empty {}", dir.display()));
+                if !self.dry_run {
+                    let _ = fs::remove_dir(self.entry(dir));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A config `enable` edited: the original back if nothing else changed
+    /// since, else only our line taken out.
+    fn restore_conf(&self, conf: &Path, backup: &Path, hook: &Path) -> Result<(), String> {
+        let original =
+            fs::read(self.path(backup)).map_err(|e| format!("{}: {e}", backup.display()))?;
+        let now = fs::read_to_string(self.path(conf)).unwrap_or_default();
+        if now == with_hook(&String::from_utf8_lossy(&original), hook) {
+            self.say(&format!(
+                "restore {} from {}",
+                conf.display(),
+                backup.display()
+            ));
+            if !self.dry_run {
+                fs::rename(self.entry(backup), self.entry(conf)).map_err(|e| e.to_string())?;
+            }
+            return Ok(());
+        }
+        let line = format!("fsfreeze-hook={}", hook.display());
+        self.say(&format!(
+            "remove {line} from {} (edited since enable; the rest kept)",
+            conf.display()
+        ));
+        if !self.dry_run {
+            let kept: String = now
+                .split_inclusive('\n')
+                .filter(|l| l.trim() != line)
+                .collect();
+            self.write_file(conf, kept.as_bytes(), mode_of(&self.path(conf)))
+                .map_err(|e| e.to_string())?;
+            let _ = fs::remove_file(self.entry(backup));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -481,8 +514,22 @@ mod tests {
             Change::Dir("/d".into()),
             Change::ConfCreated("/c".into()),
             Change::ConfEdited("/c".into(), "/c.b".into()),
+            // Any byte of a path: spaces, a newline, not UTF-8.
+            Change::Stock("/my hooks/a b".into(), "/x\ny".into()),
+            Change::Dir(PathBuf::from(OsString::from_vec(b"/d\xff%".to_vec()))),
         ] {
-            assert_eq!(Change::parse(&c.line()), Some(c));
+            assert_eq!(Change::parse(&c.line(), true), Some(c));
         }
+        // A record of the first version: plain words.
+        assert_eq!(
+            Change::parse(
+                "stock /etc/qemu/fsfreeze-hook /etc/qemu/fsfreeze-hook.stock",
+                false
+            ),
+            Some(Change::Stock(
+                "/etc/qemu/fsfreeze-hook".into(),
+                "/etc/qemu/fsfreeze-hook.stock".into()
+            ))
+        );
     }
 }
