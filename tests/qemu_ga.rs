@@ -82,6 +82,17 @@ pub fn agents() -> Vec<TestAgent> {
             eprintln!("skipped qemu-ga {}: not there", path.display());
         }
     }
+    // Root runs the test command, which unpacks them: none is a failure.
+    // A normal user's run without them says so on every test that skips.
+    if out.is_empty() {
+        assert!(
+            !ci && !nix::unistd::geteuid().is_root(),
+            "no qemu-ga to test under (FSFREEZE_HOOK_TEST_AGENTS={list:?}); the test command unpacks them (tests/fetch-qemu)"
+        );
+        eprintln!(
+            "SKIPPED: no qemu-ga to test under; run the test command (tests/run) to unpack them"
+        );
+    }
     if ci {
         let old = out.iter().any(|a| !a.reports_hook_errors);
         let new = out.iter().any(|a| a.reports_hook_errors);

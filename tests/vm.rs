@@ -465,13 +465,10 @@ fn host_side_copies(g: &mut Guest, who: &str) {
 #[ignore = "needs root"]
 fn whole_chain_in_a_real_guest_under_both_agents() {
     let _exclusive = freezing_test("vm");
-    let agents = agents();
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    assert!(!agents.is_empty() || !ci, "no qemu-ga to put in the guest");
+    // As root, agents() fails when there is none: this loop never runs empty.
     let start = Instant::now();
-    for qga in agents {
+    for qga in agents() {
         scenarios(&qga);
     }
     eprintln!("boots and scenarios took {:?}", start.elapsed());
-    assert!(start.elapsed() < Duration::from_secs(600));
 }
