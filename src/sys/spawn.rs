@@ -181,11 +181,13 @@ pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[BorrowedFd<'_>])) -> 
                 libc::setsid();
                 // Pin no mountpoint (an unmount would fail with EBUSY).
                 libc::chdir(c"/".as_ptr());
-                // First out of the way (above any target number), then into
-                // place, then everything else closed.
+                // First out of the way (above every target number, which
+                // a low RLIMIT_NOFILE still allows), then into place, then
+                // everything else closed.
+                let above = 3 + keep.len() as libc::c_int;
                 let high: Vec<RawFd> = keep
                     .iter()
-                    .map(|&fd| libc::fcntl(fd, libc::F_DUPFD, 1000))
+                    .map(|&fd| libc::fcntl(fd, libc::F_DUPFD, above))
                     .collect();
                 let mut placed = Vec::with_capacity(high.len());
                 for (i, &fd) in high.iter().enumerate() {
