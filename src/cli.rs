@@ -100,6 +100,12 @@ pub enum Command {
         /// when interrupted)
         #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_time_limit_flag)]
         auto_thaw: TimeLimitFlag,
+
+        /// Without --fs: if no thaw comes within DUR after the freeze hooks,
+        /// a guard thaws every filesystem and runs the thaw hooks (0: no
+        /// guard) [default: the config's max_frozen, else 10m]
+        #[arg(long, value_name = "DUR", conflicts_with = "fs", value_parser = parse_time_limit_flag)]
+        max_frozen: Option<TimeLimitFlag>,
     },
 
     /// Thaw what the last freeze left held: the filesystems it froze (if any),

@@ -88,13 +88,22 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
     let open_log =
         |s: &Settings| Log::open(&s.log_file, !sys::is_root()).styled(s.log_format, s.log_target);
     match cli.command {
-        Command::Freeze { fs: false, .. } => {
+        Command::Freeze {
+            fs: false,
+            max_frozen,
+            ..
+        } => {
+            let mut settings = settings;
+            if let Some(flag) = max_frozen {
+                settings.max_frozen = flag.0;
+            }
             phase::freeze::freeze(&settings, &open_log(&settings), &waiter)
         }
         Command::Freeze {
             fs: true,
             mountpoints,
             auto_thaw,
+            ..
         } => standalone::freeze_fs(
             &settings,
             &open_log(&settings),

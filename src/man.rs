@@ -96,6 +96,12 @@ Time limit of each hook; default "60s".
 Time limit of a whole freeze or thaw, and of the wait for the lock; default
 "300s".
 .TP
+.B max_frozen
+Drop\-in: if no thaw comes within this after a freeze, the guard left by the
+freeze thaws every filesystem qemu\-ga would freeze and runs the thaw hooks
+as a rollback; default "10m"; "0" for no guard (the guest then stays frozen
+until the hypervisor thaws it). Also \fB\-\-max\-frozen\fR on \fBfreeze\fR.
+.TP
 .B kill_grace
 Time between SIGTERM and SIGKILL of a hook's process group; default "5s".
 .TP

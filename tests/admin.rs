@@ -224,6 +224,35 @@ fn enable_then_disable_on_debian_leaves_the_root_byte_identical() {
 
 #[test]
 #[ignore = "needs root"]
+fn check_flags_max_frozen_0_and_says_the_guard_is_on_otherwise() {
+    require_root("check_max_frozen");
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    let out = run(&["check", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert_has(
+        &out.stdout,
+        "ok: max_frozen 10m: if no thaw comes, the guest thaws itself",
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.conf",
+        "max_frozen = \"0\"\n",
+        0o644,
+    );
+    let out = run(&["check", "--root", &r]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_has(
+        &out.stdout,
+        "problem: max_frozen is 0: no guard; if the hypervisor's thaw never comes, the guest stays frozen until someone thaws it from its console",
+    );
+    assert_has(&out.stdout, "Fix: set max_frozen = \"10m\"");
+}
+
+#[test]
+#[ignore = "needs root"]
 fn enable_creates_qemu_ga_conf_when_there_is_none_and_disable_removes_it() {
     require_root("enable_disable_no_conf");
     let root = tempfile::tempdir().unwrap();

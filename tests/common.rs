@@ -162,6 +162,36 @@ impl Env {
 }
 
 /// Whether a pid is a live process (not gone, not a zombie).
+/// The guard recorded in the journal of `state_dir`, if any.
+pub fn guard_of(state_dir: &Path) -> Option<i32> {
+    let journal = fs::read_to_string(state_dir.join("journal")).ok()?;
+    journal
+        .lines()
+        .filter_map(|l| l.strip_prefix("guard "))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .next_back()
+}
+
+/// Ends the guard recorded in `state_dir` if it still runs: a test that
+/// freezes and never thaws must not leave one to thaw the machine later.
+pub fn end_guard(state_dir: &Path) {
+    if let Some(pid) = guard_of(state_dir)
+        && fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "fsfreeze-hook")
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        end_guard(&self.state);
+    }
+}
+
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {

@@ -7,6 +7,7 @@ mod consistency;
 mod databases;
 mod docs;
 mod faults;
+mod guard;
 mod hold;
 mod layout;
 mod logging;

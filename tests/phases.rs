@@ -480,3 +480,49 @@ fn a_thaw_cut_off_by_the_phase_deadline_is_finished_by_the_next_thaw() {
         |_, _| {},
     );
 }
+
+// ---- the guard of a drop-in freeze (end to end under qemu-ga: guard.rs) -----
+
+#[test]
+#[ignore = "needs root"]
+fn a_second_freeze_replaces_the_guard() {
+    crate::common::require_root("second_freeze_guard");
+    let env = Env::new();
+    three_hooks(&env);
+    env.set_config("max_frozen = \"10m\"\n");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let first = crate::common::guard_of(&env.state).expect("a guard");
+    assert!(crate::common::alive(first));
+    // No thaw came; a new freeze: the old guard ends, one new one remains.
+    let run = env.run(&["freeze", "--max-frozen", "20m"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let second = crate::common::guard_of(&env.state).expect("a guard");
+    assert_ne!(first, second);
+    assert!(!crate::common::alive(first), "the first guard still runs");
+    assert!(crate::common::alive(second));
+    assert_has(&run.log, &format!("guard pid {first} ended"));
+    assert_has(
+        &run.log,
+        &format!("guard pid {second} armed: if no thaw comes within 20m"),
+    );
+    let status = env.run(&["status"]);
+    assert_has(&status.stdout, &format!("guard: pid {second}, armed"));
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert!(!crate::common::alive(second), "the thaw ends the guard");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_failed_freeze_leaves_no_guard_and_max_frozen_0_arms_none() {
+    crate::common::require_root("failed_freeze_guard");
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.hook("20-fails", "exit 1");
+    assert_eq!(env.run(&["freeze"]).code, Some(1));
+    assert_eq!(crate::common::guard_of(&env.state), None);
+    std::fs::remove_file(env.hooks.join("20-fails")).unwrap();
+    let run = env.run(&["freeze", "--max-frozen", "0"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(crate::common::guard_of(&env.state), None);
+    assert_has(&run.log, "no guard: max_frozen is 0");
+}

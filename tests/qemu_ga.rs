@@ -107,20 +107,20 @@ pub fn agents() -> Vec<TestAgent> {
 
 /// An installed hook: our binary as <dir>/etc/fsfreeze-hook, its hooks dir
 /// and config beside it, as `enable` would lay them out under /etc/qemu.
-struct Install {
-    dir: tempfile::TempDir,
-    hook: PathBuf,
-    hooks_dir: PathBuf,
-    log: PathBuf,
-    trace: PathBuf,
+pub struct Install {
+    pub dir: tempfile::TempDir,
+    pub hook: PathBuf,
+    pub hooks_dir: PathBuf,
+    pub log: PathBuf,
+    pub trace: PathBuf,
 }
 
 impl Install {
-    fn new() -> Install {
+    pub fn new() -> Install {
         Install::with_config("timeout = \"10s\"\nkill_grace = \"1s\"\n")
     }
 
-    fn with_config(settings: &str) -> Install {
+    pub fn with_config(settings: &str) -> Install {
         let dir = tempfile::Builder::new()
             .prefix("fsfreeze-hook-qga.")
             .tempdir()
@@ -153,7 +153,7 @@ impl Install {
     /// A hook that records its phase in the trace (outside the frozen
     /// filesystem) and writes a file named after itself and the phase into
     /// the frozen filesystem: possible only while it is not frozen.
-    fn add(&self, name: &str, mnt: &Path, extra: &str) {
+    pub fn add(&self, name: &str, mnt: &Path, extra: &str) {
         let path = self.hooks_dir.join(name);
         fs::write(
             &path,
@@ -170,7 +170,7 @@ impl Install {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    fn trace(&self) -> Vec<String> {
+    pub fn trace(&self) -> Vec<String> {
         fs::read_to_string(&self.trace)
             .unwrap_or_default()
             .lines()
@@ -179,22 +179,65 @@ impl Install {
     }
 }
 
+impl Install {
+    /// The state dir of the installed hook (its journal says the guard).
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        crate::common::end_guard(&self.state());
+    }
+}
+
 /// qemu-ga on a temp socket with its own statedir and pidfile, killed by its
 /// pid on drop.
-struct Agent {
+pub struct Agent {
     child: Child,
     qmp: Qmp,
 }
 
 impl Agent {
-    fn start(qga: &TestAgent, install: &Install) -> Agent {
+    pub fn start(qga: &TestAgent, install: &Install) -> Agent {
+        Agent::start_in(qga, install, Command::new(&qga.path))
+    }
+
+    /// qemu-ga in a private mount namespace whose /dev/log is the datagram
+    /// socket `syslog` (the machine's logging is never touched): what it,
+    /// its hooks and what they leave behind send to syslog arrives there.
+    pub fn start_logging_to(qga: &TestAgent, install: &Install, syslog: &Path) -> Agent {
+        let keep = install.dir.path().join("dev-keep");
+        fs::create_dir_all(&keep).unwrap();
+        let script = format!(
+            "set -e\nmount --rbind /dev '{keep}'\nmount -t tmpfs tmpfs /dev\ntouch /dev/null /dev/log\nmount --bind '{keep}/null' /dev/null\nln -s /proc/self/fd /dev/fd\nmount --bind '{sock}' /dev/log\nexec \"$@\"",
+            keep = keep.display(),
+            sock = syslog.display()
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+            .arg(&qga.path);
+        Agent::start_in(qga, install, cmd)
+    }
+
+    /// The pid of qemu-ga itself (the wrappers exec it).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn start_in(qga: &TestAgent, install: &Install, mut command: Command) -> Agent {
         qga.announce();
         let dir = install.dir.path();
         let sock = dir.join("qga.sock");
         let statedir = dir.join("qga-state");
         fs::create_dir_all(&statedir).unwrap();
         let log = dir.join("qga.log");
-        let child = Command::new(&qga.path)
+        let child = command
             .arg("-m")
             .arg("unix-listen")
             .arg("-p")
@@ -239,11 +282,11 @@ impl Agent {
         agent
     }
 
-    fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+    pub fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
         self.qmp.call(command, arguments)
     }
 
-    fn status(&mut self) -> String {
+    pub fn status(&mut self) -> String {
         self.call("guest-fsfreeze-status", json!({}))
             .unwrap()
             .as_str()
@@ -259,7 +302,7 @@ impl Drop for Agent {
     }
 }
 
-fn freeze_list(agent: &mut Agent, mnt: &Path) -> Result<Value, String> {
+pub fn freeze_list(agent: &mut Agent, mnt: &Path) -> Result<Value, String> {
     agent.call(
         "guest-fsfreeze-freeze-list",
         json!({ "mountpoints": [mnt] }),

@@ -386,7 +386,57 @@ fn scenarios(qga: &TestAgent) {
         "{who}: watchdog ran the thaw hooks"
     );
 
+    guard_thaws_when_no_thaw_comes(&mut g, &who);
     host_side_copies(&mut g, &who);
+}
+
+/// The host freezes every filesystem (root included) and never thaws: the
+/// guard thaws the guest after max_frozen (5 s here), a write waiting inside
+/// completes, the host's late thaw is answered and runs no hook again, and
+/// the next cycle works.
+fn guard_thaws_when_no_thaw_comes(g: &mut Guest, who: &str) {
+    g.ok("rm -f /run/trace; echo 'max_frozen = \"5s\"' >> /etc/qemu/fsfreeze-hook.conf");
+    // Started before the freeze, it writes while frozen and says on the
+    // serial console (which the host reads) when its write went through.
+    g.ok("( sleep 3; echo x > /after-guard; echo x > /data/after-guard; echo 'guest: write after the guard completed' > /dev/console ) >/dev/null 2>&1 &");
+    g.freeze().unwrap_or_else(|e| panic!("{who}: {e}"));
+    let frozen_at = Instant::now();
+    let completed = eventually(Duration::from_secs(60), || {
+        g.console()
+            .contains("guest: write after the guard completed")
+    });
+    let took = frozen_at.elapsed();
+    assert!(completed, "{who}: the guest never thawed itself");
+    assert!(
+        took >= Duration::from_secs(4),
+        "{who}: thawed after {took:?}"
+    );
+    eprintln!("{who}: the guard thawed the guest {took:?} after the freeze");
+    // qemu-ga still holds its freeze until the host's thaw, which it answers.
+    assert_eq!(g.status(), "frozen");
+    g.thaw().unwrap_or_else(|e| panic!("{who}: late thaw: {e}"));
+    let rolled_back = [
+        "10-a freeze rollback=0",
+        "20-b freeze rollback=0",
+        "20-b thaw rollback=1",
+        "10-a thaw rollback=1",
+    ];
+    assert_eq!(g.trace(), rolled_back, "{who}");
+    let log = g.ok("cat /var/log/qga-fsfreeze-hook.log");
+    assert!(
+        log.contains("thawed by max_frozen after 5s: no thaw came from the hypervisor")
+            && log.contains("the guard had already thawed"),
+        "{who}: {log}"
+    );
+    // The next cycle is an ordinary one.
+    g.freeze().unwrap();
+    g.thaw().unwrap();
+    assert_eq!(g.trace().len(), 8, "{who}: {:?}", g.trace());
+    assert_eq!(
+        g.trace()[6..],
+        ["20-b thaw rollback=0", "10-a thaw rollback=0"]
+    );
+    g.ok("sed -i '/max_frozen/d' /etc/qemu/fsfreeze-hook.conf; rm -f /run/trace");
 }
 
 /// Images copied by the host while the guest is frozen (under a steady

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::admin::agent::{self, HookSetting, RESTART};
 use crate::admin::list::{self, Verdict};
 use crate::config::Settings;
+use crate::config::units::format_duration;
 use crate::exit::Exit;
 use crate::phase::discovery::SkipReason;
 use crate::phase::hookfile::Refusal;
@@ -202,6 +203,22 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
         Some(c) => format!("config {} parses", c.display()),
         None => "no config file: defaults apply".into(),
     }));
+    out.push(match settings.max_frozen {
+        Some(d) => Finding::Ok(format!(
+            "max_frozen {}: if no thaw comes, the guest thaws itself",
+            format_duration(d)
+        )),
+        None => problem(
+            "max_frozen is 0: no guard; if the hypervisor's thaw never comes, the guest stays frozen until someone thaws it from its console",
+            format!(
+                "set max_frozen = \"10m\" (or longer than your longest snapshot) in {}",
+                settings
+                    .config_file
+                    .as_deref()
+                    .map_or_else(|| "the config".into(), |c| c.display().to_string())
+            ),
+        ),
+    });
     let listing = list::inspect(&settings, root);
     let dir = escape_path(&settings.hooks_dir);
     match &listing.problem {

@@ -108,6 +108,17 @@ fn status_text(held: Option<&Unthawed>, recorded: &Recorded) -> String {
         None if !h.filesystems.is_empty() => out.push_str("watchdog: none\n"),
         None => {}
     }
+    if let Some((pid, deadline)) = h.guard {
+        out.push_str(&format!(
+            "guard: pid {pid}, {}, thaws the guest at {} unless a thaw comes (max_frozen)\n",
+            if crate::sys::proc::is_ours(pid) {
+                "armed"
+            } else {
+                "NOT RUNNING"
+            },
+            when(deadline)
+        ));
+    }
     out
 }
 
@@ -118,6 +129,7 @@ fn status_json(held: Option<&Unthawed>) -> String {
             .raw("hooks", json::array([]))
             .raw("filesystems", json::array([]))
             .opt("watchdog", None)
+            .opt("guard", None)
             .finish();
     };
     let watchdog = h.watchdog.map(|(pid, deadline)| {
@@ -144,5 +156,15 @@ fn status_json(held: Option<&Unthawed>) -> String {
         )
         .opt("frozen_since_ms", h.frozen_at_ms.map(|t| t.to_string()))
         .opt("watchdog", watchdog)
+        .opt(
+            "guard",
+            h.guard.map(|(pid, deadline)| {
+                Object::new()
+                    .num("pid", pid)
+                    .bool("alive", crate::sys::proc::is_ours(pid))
+                    .num("deadline_ms", deadline as f64)
+                    .finish()
+            }),
+        )
         .finish()
 }

@@ -26,6 +26,7 @@ pub(super) struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub timeout: Option<TimeLimit>,
     pub phase_timeout: Option<TimeLimit>,
+    pub max_frozen: Option<TimeLimit>,
     pub kill_grace: Option<Duration>,
     pub on_error: Option<OnError>,
     pub thaw_order: Option<ThawOrder>,
@@ -36,12 +37,13 @@ pub(super) struct FileConfig {
 }
 
 /// Every key of the file (the man page test checks each is documented).
-pub const KEY_NAMES: [&str; 12] = [
+pub const KEY_NAMES: [&str; 13] = [
     "hooks_dir",
     "log_file",
     "state_dir",
     "timeout",
     "phase_timeout",
+    "max_frozen",
     "kill_grace",
     "on_error",
     "thaw_order",
@@ -102,6 +104,7 @@ impl FileConfig {
                 "phase_timeout" => {
                     cfg.phase_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)
                 }
+                "max_frozen" => cfg.max_frozen = Some(limit_value((key, value), MAX_TIME_LIMIT)?),
                 "kill_grace" => {
                     let grace = limit_value((key, value), MAX_KILL_GRACE)?;
                     cfg.kill_grace = Some(grace.unwrap_or(Duration::ZERO));

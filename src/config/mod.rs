@@ -72,6 +72,10 @@ pub const CONFIG_ENV: &str = "FSFREEZE_HOOK_CONFIG";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a drop-in freeze may last before the guard thaws the guest:
+/// longer than any backup's snapshot takes (Proxmox VE gives its thaw 3
+/// minutes), shorter than the peers' own bounds (VMware Tools 15 minutes).
+pub const DEFAULT_MAX_FROZEN: Duration = Duration::from_secs(600);
 /// Longer than any backup tool waits for a freeze (Proxmox: 600 s).
 const MAX_TIME_LIMIT: Duration = crate::config::units::MAX_DURATION;
 const MAX_KILL_GRACE: Duration = Duration::from_secs(600);
@@ -100,6 +104,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub timeout: TimeLimit,
     pub phase_timeout: TimeLimit,
+    /// Drop-in: the guard thaws the guest when no thaw came within this;
+    /// `None` (written "0"): no guard.
+    pub max_frozen: TimeLimit,
     pub kill_grace: Duration,
     pub on_error: OnError,
     pub thaw_order: ThawOrder,
@@ -260,6 +267,7 @@ impl Settings {
                 .or(file.timeout)
                 .unwrap_or(Some(DEFAULT_TIMEOUT)),
             phase_timeout: file.phase_timeout.unwrap_or(Some(DEFAULT_PHASE_TIMEOUT)),
+            max_frozen: file.max_frozen.unwrap_or(Some(DEFAULT_MAX_FROZEN)),
             kill_grace: file.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
             on_error: flags.on_error.or(file.on_error).unwrap_or(OnError::Abort),
             thaw_order: file.thaw_order.unwrap_or(ThawOrder::Reverse),
@@ -434,6 +442,7 @@ mod tests {
             state_dir: "/s".into(),
             timeout: Some(Duration::from_secs(60)),
             phase_timeout: None,
+            max_frozen: None,
             kill_grace: Duration::from_secs(5),
             on_error: OnError::Abort,
             thaw_order: ThawOrder::Reverse,

@@ -228,6 +228,15 @@ impl Log {
         self.emit_fallback(Severity::LOG_INFO, &event.message);
     }
 
+    /// An event monitoring must see even where nobody reads the log file:
+    /// as [`Log::event`], and to syslog too unless events go there anyway.
+    pub fn alert(&self, event: Event) {
+        if self.target != LogTarget::Syslog {
+            event::to_syslog(&event);
+        }
+        self.event(event);
+    }
+
     /// A plain message.
     pub fn line(&self, msg: &str) {
         self.event(Event::message(msg));

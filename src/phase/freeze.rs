@@ -7,8 +7,9 @@ use crate::config::Settings;
 use crate::exit::Exit;
 use crate::log::Log;
 use crate::phase::Phase;
+use crate::phase::guard;
 use crate::phase::journal::Recorded;
-use crate::phase::runner::Runner;
+use crate::phase::runner::{End, Runner, ThawCause};
 use crate::phase::setup;
 use crate::sys::Waiter;
 use crate::text::escape_path;
@@ -17,6 +18,9 @@ use crate::text::escape_path;
 pub fn freeze(settings: &Settings, log: &Log, waiter: &Waiter) -> Exit {
     setup::header(settings, log, "freeze");
     let start = Instant::now();
+    // One guard at a time, the newest: an older one (a freeze never thawed)
+    // ends before anything else, and before the lock it would take.
+    guard::stand_down(settings, log);
     let _lock = match setup::lock(settings, log, Phase::Freeze) {
         Ok(l) => l,
         Err(exit) => return exit,
@@ -46,6 +50,20 @@ pub fn freeze(settings: &Settings, log: &Log, waiter: &Waiter) -> Exit {
         ));
         return Exit::Ok;
     };
-    let end = runner.freeze(&found.hooks);
+    let end = match runner.freeze(&found.hooks) {
+        End::Done => match guard::arm(settings, log, runner.journal_mut()) {
+            Ok(()) => End::Done,
+            Err(why) => {
+                // Without its guard the guest could stay frozen for good.
+                let undone = runner.thaw_as(Some(&found), ThawCause::Rollback);
+                let line = format!("freeze aborted: {why}; hooks rolled back");
+                match undone {
+                    End::Done | End::Nothing => End::Failed(line),
+                    End::Failed(l) | End::Interrupted(_, l) => End::Failed(format!("{line}; {l}")),
+                }
+            }
+        },
+        other => other,
+    };
     setup::finish(log, "freeze", start, end)
 }

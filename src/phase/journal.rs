@@ -54,8 +54,9 @@ pub const HEADER: &str = "fsfreeze-hook journal 1";
 pub enum Recorded {
     /// No journal: first run since boot, or the state dir was lost.
     Absent,
-    /// The last freeze was thawed or rolled back.
-    Idle,
+    /// The last freeze was thawed or rolled back; by what (the `why` of
+    /// [`Journal::settle`]: "thaw", "rollback", "max_frozen").
+    Idle(String),
     /// A freeze that was not thawed yet.
     Unthawed(Unthawed),
     /// Unreadable, or written by another version: treated as absent.
@@ -76,6 +77,8 @@ pub struct Unthawed {
     pub frozen_at_ms: Option<u64>,
     /// The watchdog's pid and deadline (unix ms), if one is armed.
     pub watchdog: Option<(i32, Option<u64>)>,
+    /// Drop-in: the guard's pid and deadline (unix ms), if one is armed.
+    pub guard: Option<(i32, u64)>,
 }
 
 pub struct Journal {
@@ -135,6 +138,11 @@ impl Journal {
     /// Records the watchdog guarding this freeze.
     pub fn watchdog(&mut self, pid: i32, deadline_ms: Option<u64>) -> Result<()> {
         self.append_line(&format!("watchdog {pid} {}\n", deadline_ms.unwrap_or(0)))
+    }
+
+    /// Records the guard left behind by a drop-in freeze.
+    pub fn guard(&mut self, pid: i32, deadline_ms: u64) -> Result<()> {
+        self.append_to_held(&format!("guard {pid} {deadline_ms}\n"))
     }
 
     /// Records a filesystem about to be frozen.
@@ -284,7 +292,8 @@ fn parse(bytes: &[u8]) -> Recorded {
         let bad = || Recorded::Corrupt(format!("bad line: {line}"));
         let held = match (&mut state, word) {
             (None, "idle") => {
-                state = Some(Recorded::Idle);
+                let why = rest.split_once(' ').map_or("", |(_, why)| why);
+                state = Some(Recorded::Idle(why.to_string()));
                 continue;
             }
             (None, "freeze") => {
@@ -331,6 +340,13 @@ fn parse(bytes: &[u8]) -> Recorded {
                     (Some(pid), Some(deadline)) => {
                         held.watchdog = Some((pid as i32, (deadline != 0).then_some(deadline)));
                     }
+                    _ => return bad(),
+                }
+            }
+            "guard" => {
+                let mut parts = rest.split(' ').map(|p| p.parse::<u64>().ok());
+                match (parts.next().flatten(), parts.next().flatten()) {
+                    (Some(pid), Some(deadline)) => held.guard = Some((pid as i32, deadline)),
                     _ => return bad(),
                 }
             }
@@ -474,7 +490,34 @@ mod tests {
         assert!(rest.complete && rest.filesystems.is_empty());
         j.thawed(&odd).unwrap();
         j.settle("thaw").unwrap();
-        assert_eq!(j.read(), Recorded::Idle);
+        assert_eq!(j.read(), Recorded::Idle("thaw".into()));
+    }
+
+    #[test]
+    fn the_guard_is_recorded_and_what_settled_the_freeze_is_kept() {
+        let dir = temp_dir("guard");
+        let mut j = Journal::new(dir.path());
+        j.begin_freeze().unwrap();
+        j.started("10-app".as_ref()).unwrap();
+        j.mark_frozen().unwrap();
+        j.guard(777, 1_700_000_000_000).unwrap();
+        let Recorded::Unthawed(h) = j.read() else {
+            panic!("not held");
+        };
+        assert_eq!(h.guard, Some((777, 1_700_000_000_000)));
+        // A new freeze's record starts without the old guard.
+        j.begin_freeze().unwrap();
+        let Recorded::Unthawed(h) = j.read() else {
+            panic!("not held");
+        };
+        assert_eq!(h.guard, None);
+        j.thawed("10-app".as_ref()).unwrap();
+        j.settle("max_frozen").unwrap();
+        assert_eq!(j.read(), Recorded::Idle("max_frozen".into()));
+        assert!(matches!(
+            parse(b"fsfreeze-hook journal 1\nfreeze 1 2\nguard x 5\n"),
+            Recorded::Corrupt(_)
+        ));
     }
 
     #[test]

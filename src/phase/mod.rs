@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod execute;
 pub mod freeze;
+pub mod guard;
 pub mod hookfile;
 pub mod journal;
 pub mod output;
@@ -14,6 +15,7 @@ pub mod runner;
 pub mod setup;
 pub mod thaw;
 pub mod trust;
+pub mod unfreeze;
 
 use std::fmt;
 

@@ -53,6 +53,33 @@ impl End {
     }
 }
 
+/// Why a thaw runs: what its hooks are told (`FSFREEZE_ROLLBACK`) and what
+/// the journal says of it afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThawCause {
+    /// The thaw after a snapshot (qemu-ga's, or ours after `freeze --fs`).
+    Thaw,
+    /// The undoing of a freeze that failed after its hooks (FIFREEZE).
+    Rollback,
+    /// The guard's: no thaw came within `max_frozen`.
+    MaxFrozen,
+}
+
+impl ThawCause {
+    fn rollback(self) -> bool {
+        self != ThawCause::Thaw
+    }
+
+    /// The journal's word for it (`idle <ms> <word>`).
+    pub fn word(self) -> &'static str {
+        match self {
+            ThawCause::Thaw => "thaw",
+            ThawCause::Rollback => "rollback",
+            ThawCause::MaxFrozen => "max_frozen",
+        }
+    }
+}
+
 pub struct Runner<'a, X: Execute = Processes<'a>> {
     settings: &'a Settings,
     log: &'a Log,
@@ -200,12 +227,13 @@ impl<'a, X: Execute> Runner<'a, X> {
     /// of the freeze order (or forward, `thaw_order = "forward"`). Every hook
     /// runs even when an earlier one fails.
     pub fn thaw(&mut self, found: Option<&Discovery>) -> End {
-        self.thaw_as(found, false)
+        self.thaw_as(found, ThawCause::Thaw)
     }
 
-    /// [`Runner::thaw`]; with `rollback`, as the undoing of a freeze that
-    /// failed after its hooks (a FIFREEZE failure): `FSFREEZE_ROLLBACK=1`.
-    pub fn thaw_as(&mut self, found: Option<&Discovery>, rollback: bool) -> End {
+    /// [`Runner::thaw`] for `cause`: a rollback's and the guard's hooks get
+    /// `FSFREEZE_ROLLBACK=1`.
+    pub fn thaw_as(&mut self, found: Option<&Discovery>, cause: ThawCause) -> End {
+        let rollback = cause.rollback();
         let Some((mut plan, mut failures)) = self.thaw_plan(found) else {
             return End::Done;
         };
@@ -247,10 +275,9 @@ impl<'a, X: Execute> Runner<'a, X> {
                 failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
             }
         }
-        if let Err(e) = journal::ensure_state_dir(&self.settings.state_dir).and_then(|()| {
-            let why = if rollback { "rollback" } else { "thaw" };
-            self.journal.settle(why)
-        }) {
+        if let Err(e) = journal::ensure_state_dir(&self.settings.state_dir)
+            .and_then(|()| self.journal.settle(cause.word()))
+        {
             self.log.warn(&format!("{e:#}"));
         }
         if failures.is_empty()
@@ -266,7 +293,7 @@ impl<'a, X: Execute> Runner<'a, X> {
     fn thaw_plan(&mut self, found: Option<&Discovery>) -> Option<(Vec<Hook>, Vec<String>)> {
         let all: &[Hook] = found.map_or(&[], |d| &d.hooks);
         match self.journal.read() {
-            Recorded::Idle => {
+            Recorded::Idle(_) => {
                 self.log
                     .line("no freeze recorded since the last thaw or rollback; no hook runs");
                 None
@@ -738,7 +765,7 @@ mod tests {
                 "thaw 10-a"
             ]
         );
-        assert_eq!(runner.journal().read(), Recorded::Idle);
+        assert!(matches!(runner.journal().read(), Recorded::Idle(_)));
         // Nothing recorded now: a second thaw runs nothing.
         assert_eq!(runner.thaw(Some(&s.found)), End::Done);
         assert_eq!(runner.records.len(), 6);
@@ -776,7 +803,7 @@ mod tests {
                 "thaw 10-a (rollback)"
             ]
         );
-        assert_eq!(runner.journal().read(), Recorded::Idle);
+        assert!(matches!(runner.journal().read(), Recorded::Idle(_)));
         assert!(log_of(&s).contains("rolling back 2 hook(s)"));
     }
 

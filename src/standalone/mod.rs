@@ -25,9 +25,9 @@ use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::discovery::Discovery;
 use crate::phase::journal::{Journal, Recorded, StateLock, now_ms};
-use crate::phase::runner::{End, Runner};
+use crate::phase::runner::{End, Runner, ThawCause};
 use crate::phase::setup;
-use crate::phase::thaw::{parked_log, thaw_hooks};
+use crate::phase::unfreeze::{parked_log, thaw_hooks};
 use crate::sys::{self, Waiter};
 use crate::text::escape_path;
 use watchdog::Watchdog;
@@ -112,7 +112,7 @@ pub(super) fn freeze_everything(
         other => return Err(other),
     }
     let undo_hooks = |runner: &mut Runner<'_>, cause: String| {
-        let end = runner.thaw_as(Some(&prepared.found), true);
+        let end = runner.thaw_as(Some(&prepared.found), ThawCause::Rollback);
         Err(match end {
             End::Done | End::Nothing => {
                 End::Failed(format!("freeze aborted: {cause}; hooks rolled back"))
@@ -174,7 +174,7 @@ pub fn freeze_fs(
     if let Some(sig) = sys::take_pending_stop_signal() {
         // Stopped while freezing: undo all of it.
         let failed = thaw_frozen(&mut runner, &frozen, log);
-        let end = thaw_hooks(settings, log, waiter, &failed);
+        let end = thaw_hooks(settings, log, waiter, &failed, ThawCause::Thaw);
         dog.done();
         let line = format!(
             "freeze --fs interrupted by {}; thawed and rolled back",

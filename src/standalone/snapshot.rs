@@ -15,9 +15,9 @@ use crate::config::{Settings, TimeLimit};
 use crate::exit::Exit;
 use crate::log::Log;
 use crate::phase::process::{Context, Outcome, WaitEnd, Watch, spawn_command};
-use crate::phase::runner::{End, Runner};
+use crate::phase::runner::{End, Runner, ThawCause};
 use crate::phase::setup;
-use crate::phase::thaw::thaw_hooks;
+use crate::phase::unfreeze::thaw_hooks;
 use crate::sys::Waiter;
 use crate::text::program;
 
@@ -91,7 +91,7 @@ pub fn snapshot(
     if let CommandEnd::TooLong(mut watch) | CommandEnd::Stopped(_, mut watch) = ended {
         watch.end_group(settings.kill_grace);
     }
-    let hooks = thaw_hooks(settings, log, waiter, &failed);
+    let hooks = thaw_hooks(settings, log, waiter, &failed, ThawCause::Thaw);
     dog.done();
     // The log's result is the snapshot's: COMMAND's failure (or its cut)
     // counts as much as the hooks'; one stderr line says it all.

@@ -26,8 +26,9 @@ use crate::config::Settings;
 use crate::filesystems::{self as freeze, Kernel};
 use crate::log::Log;
 use crate::phase::journal::{Journal, Recorded};
+use crate::phase::runner::ThawCause;
 use crate::phase::setup;
-use crate::phase::thaw::{open_log_after_thaw, thaw_hooks_locked};
+use crate::phase::unfreeze::{open_log_after_thaw, thaw_hooks_locked};
 use crate::sys::{self, Waiter, Wake};
 
 const DONE: u8 = b'D';
@@ -43,30 +44,11 @@ impl Watchdog {
     /// up), so that nothing is frozen before it watches.
     pub fn arm(settings: &Settings, deadline: Option<Duration>) -> io::Result<Watchdog> {
         let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let (ready_rx, ready_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let until = deadline.map(|d| Instant::now() + d);
-        sys::detach(&[rx.as_fd(), ready_tx.as_fd()], |fds| {
-            watch(fds[0], fds[1], settings, until)
+        let pid = sys::start_helper(&[rx.as_fd()], |fds, waiter| {
+            watch(fds[0], &waiter, settings, until)
         })?;
-        drop(rx);
-        drop(ready_tx);
-        let mut buf = [0u8; 4];
-        let mut n = 0;
-        while n < buf.len() {
-            match nix::unistd::read(&ready_rx, &mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if n < buf.len() {
-            return Err(io::Error::other("the watchdog did not start"));
-        }
-        Ok(Watchdog {
-            tx,
-            pid: i32::from_ne_bytes(buf),
-        })
+        Ok(Watchdog { tx, pid })
     }
 
     pub fn pid(&self) -> i32 {
@@ -86,14 +68,7 @@ impl Watchdog {
 }
 
 /// The watchdog's life, in the detached process.
-fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: Option<Instant>) {
-    let Ok(waiter) = Waiter::take_over(&sys::HELPER_SIGNALS) else {
-        return; // the runner reads no pid, and freezes nothing
-    };
-    let pid = std::process::id() as i32;
-    if nix::unistd::write(ready, &pid.to_ne_bytes()).is_err() {
-        return;
-    }
+fn watch(rx: BorrowedFd<'_>, waiter: &Waiter, settings: &Settings, until: Option<Instant>) {
     let mut runner_attached = true;
     let mut until = until;
     let why = loop {
@@ -126,7 +101,7 @@ fn watch(rx: BorrowedFd<'_>, ready: BorrowedFd<'_>, settings: &Settings, until: 
             Wake::Signal(sig) => break format!("it got {}", sig.as_str()),
         }
     };
-    thaw_for(settings, &waiter, &why);
+    thaw_for(settings, waiter, &why);
 }
 
 fn holds_filesystems(settings: &Settings) -> bool {
@@ -149,7 +124,7 @@ fn thaw_for(settings: &Settings, waiter: &Waiter, why: &str) {
     ));
     let failed = freeze::thaw_all(&Kernel, &held.filesystems, &log);
     open_log_after_thaw(&mut log, settings);
-    let end = thaw_hooks_locked(settings, &log, waiter, &failed);
+    let end = thaw_hooks_locked(settings, &log, waiter, &failed, ThawCause::Thaw);
     // No one reads its exit status: the log has the end.
     setup::log_end(&log, "watchdog thaw", start, &end);
 }

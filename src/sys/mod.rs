@@ -11,7 +11,7 @@ mod signals;
 mod spawn;
 
 use std::fs;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
@@ -94,6 +94,44 @@ fn mark_inherited_fds_cloexec() {
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
+}
+
+/// Starts a helper process ([`detach`]) that waits on [`HELPER_SIGNALS`], and
+/// returns its pid once it is ready: from then on a signal sent to it is
+/// read by its [`Waiter`], never lost and never fatal. `body` gets the kept
+/// descriptors and that waiter.
+pub fn start_helper(
+    keep: &[BorrowedFd<'_>],
+    body: impl FnOnce(&[BorrowedFd<'_>], Waiter),
+) -> std::io::Result<i32> {
+    let (ready_rx, ready_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let mut fds = keep.to_vec();
+    fds.push(ready_tx.as_fd());
+    detach(&fds, |fds| {
+        let (keep, ready) = fds.split_at(fds.len() - 1);
+        let Ok(waiter) = Waiter::take_over(&HELPER_SIGNALS) else {
+            return; // no pid is written: the caller learns it did not start
+        };
+        let pid = std::process::id() as i32;
+        if nix::unistd::write(ready[0], &pid.to_ne_bytes()).is_ok() {
+            body(keep, waiter);
+        }
+    })?;
+    drop(ready_tx);
+    let mut buf = [0u8; 4];
+    let mut n = 0;
+    while n < buf.len() {
+        match nix::unistd::read(&ready_rx, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if n < buf.len() {
+        return Err(std::io::Error::other("the helper did not start"));
+    }
+    Ok(i32::from_ne_bytes(buf))
 }
 
 /// Sends `sig` to every process of group `pgid`; a group already gone is fine.
