@@ -526,3 +526,47 @@ fn a_failed_freeze_leaves_no_guard_and_max_frozen_0_arms_none() {
     assert_eq!(crate::common::guard_of(&env.state), None);
     assert_has(&run.log, "no guard: max_frozen is 0");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn another_users_process_at_the_guards_pid_is_neither_signalled_nor_waited_for() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    crate::common::require_root("guard_pid_reused");
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    // A process of uid 65534 named fsfreeze-hook, at the pid a journal
+    // records for its guard (as if the guard's pid had been reused).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = dir.path().join("fsfreeze-hook");
+    std::fs::copy("/bin/sleep", &fake).unwrap();
+    let mut other = std::process::Command::new(&fake)
+        .arg("30")
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    let pid = other.id() as i32;
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::write(
+        env.state.join("journal"),
+        format!("fsfreeze-hook journal 1\nfreeze 1 1\nstart 10-a\nfrozen 2\nguard {pid} 3\n"),
+    )
+    .unwrap();
+    let status = env.run(&["status"]);
+    assert_has(&status.stdout, &format!("guard: pid {pid}, NOT RUNNING"));
+    let thaw = env.run(&["thaw"]);
+    assert_eq!(thaw.code, Some(0), "{thaw:?}");
+    assert_has(
+        &thaw.log,
+        &format!("the guard (pid {pid}) of the last freeze is not running"),
+    );
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other user's process was signalled"
+    );
+    assert_eq!(env.trace(), ["10-a thaw rollback=0"]);
+    other.kill().unwrap();
+    other.wait().unwrap();
+}

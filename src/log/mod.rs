@@ -45,6 +45,9 @@ pub struct Log {
 #[derive(Default)]
 struct Deferred {
     bytes: Vec<u8>,
+    /// Events for syslog or journald: a daemon that writes to a frozen disk
+    /// stops reading its socket, and a send to it would block.
+    events: Vec<Event>,
     spill: Option<(PathBuf, File)>,
 }
 
@@ -166,8 +169,8 @@ impl Log {
                 .map(|f| (p.to_path_buf(), f))
         });
         *self.deferred.borrow_mut() = Some(Deferred {
-            bytes: Vec::new(),
             spill,
+            ..Deferred::default()
         });
     }
 
@@ -176,6 +179,9 @@ impl Log {
         let deferred = self.deferred.borrow_mut().take();
         if let Some(deferred) = deferred {
             self.write_file(&deferred.bytes);
+            for event in deferred.events {
+                self.event(event);
+            }
             if let Some((path, _)) = deferred.spill {
                 let _ = fs::remove_file(path);
             }
@@ -201,6 +207,16 @@ impl Log {
     /// (or when the journal cannot be reached) as one line of the file,
     /// written in a single write.
     pub fn event(&self, event: Event) {
+        if self.target != LogTarget::File
+            && let Some(deferred) = self.deferred.borrow_mut().as_mut()
+        {
+            // Parked (the runner exits frozen), it reaches the file instead.
+            if let Some((_, f)) = deferred.spill.as_mut() {
+                let _ = f.write_all(event.text().as_bytes());
+            }
+            deferred.events.push(event);
+            return;
+        }
         match self.target {
             LogTarget::Syslog => return crate::log::event::to_syslog(&event),
             LogTarget::Journald if event::to_journald(&event) => return,
@@ -286,6 +302,22 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deferred_log_keeps_syslog_events_until_the_thaw() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::deferred(&dir.path().join("log")).styled(LogFormat::Text, LogTarget::Syslog);
+        log.line("while frozen");
+        log.output(b"hook output\n");
+        {
+            let deferred = log.deferred.borrow();
+            let d = deferred.as_ref().unwrap();
+            assert_eq!(d.events.len(), 1, "not sent while frozen");
+            assert_eq!(d.bytes, b"hook output\n");
+        }
+        log.write_deferred();
+        assert!(log.deferred.borrow().is_none());
+    }
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

@@ -62,10 +62,14 @@ pub fn running(name: &str) -> bool {
     pids().into_iter().any(|p| comm(p).as_deref() == Some(name))
 }
 
-/// Whether `pid` is a live process of ours (a watchdog, a keeper): a pid
-/// recorded earlier may have been reused by anything since.
+/// Whether `pid` is a live process of ours (a watchdog, a guard, a keeper),
+/// running as this user: a pid recorded earlier may have been reused by
+/// anything since, by another user's process of the same name too.
 pub fn is_ours(pid: i32) -> bool {
-    comm(pid).as_deref() == Some(OURS) && stat(pid).is_some_and(|s| s.live())
+    use std::os::unix::fs::MetadataExt;
+    let mine = fs::metadata(format!("/proc/{pid}"))
+        .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
+    mine && comm(pid).as_deref() == Some(OURS) && stat(pid).is_some_and(|s| s.live())
 }
 
 /// Sends `sig` to `pid` if it is still one of ours.
