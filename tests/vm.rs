@@ -391,14 +391,16 @@ fn scenarios(qga: &TestAgent) {
 }
 
 /// The host freezes every filesystem (root included) and never thaws: the
-/// guard thaws the guest after max_frozen (5 s here), a write waiting inside
-/// completes, the host's late thaw is answered and runs no hook again, and
+/// guard thaws the guest after max_frozen (5 s here), whatever the guest's
+/// clock does meanwhile, a write waiting inside completes, the host's late thaw is answered and runs no hook again, and
 /// the next cycle works.
 fn guard_thaws_when_no_thaw_comes(g: &mut Guest, who: &str) {
     g.ok("rm -f /run/trace; echo 'max_frozen = \"5s\"' >> /etc/qemu/fsfreeze-hook.conf");
-    // Started before the freeze, it writes while frozen and says on the
-    // serial console (which the host reads) when its write went through.
-    g.ok("( sleep 3; echo x > /after-guard; echo x > /data/after-guard; echo 'guest: write after the guard completed' > /dev/console ) >/dev/null 2>&1 &");
+    // Started before the freeze: a second in, it moves the clock an hour
+    // ahead (the guard's deadline is on the monotonic clock: it must not
+    // thaw then); then it writes while frozen and says on the serial console
+    // (which the host reads) when its write went through.
+    g.ok("( sleep 1; date -s @$(( $(date +%s) + 3600 )); sleep 2; echo x > /after-guard; echo x > /data/after-guard; echo 'guest: write after the guard completed' > /dev/console ) >/dev/null 2>&1 &");
     g.freeze().unwrap_or_else(|e| panic!("{who}: {e}"));
     let frozen_at = Instant::now();
     let completed = eventually(Duration::from_secs(60), || {
@@ -436,7 +438,7 @@ fn guard_thaws_when_no_thaw_comes(g: &mut Guest, who: &str) {
         g.trace()[6..],
         ["20-b thaw rollback=0", "10-a thaw rollback=0"]
     );
-    g.ok("sed -i '/max_frozen/d' /etc/qemu/fsfreeze-hook.conf; rm -f /run/trace");
+    g.ok("sed -i '/max_frozen/d' /etc/qemu/fsfreeze-hook.conf; rm -f /run/trace; date -s @$(( $(date +%s) - 3600 )) >/dev/null");
 }
 
 /// Images copied by the host while the guest is frozen (under a steady
