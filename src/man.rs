@@ -112,6 +112,20 @@ already run are thawed) or "continue" (log it and go on, as the stock script).
 .B thaw_order
 "reverse" (default) or "forward".
 .TP
+.B parallel
+true: consecutive hooks run at once, as a group; the quick ones start later,
+so that all finish together (from how long each took in recent runs); their
+thaws run at once. A hook whose [hooks."NAME"] table says parallel = false runs
+alone, at its place. Default false: one after the other.
+.TP
+.B presync
+Before the first freeze hook, flush the filesystems to be frozen (syncfs), so
+that the freeze itself has little to write; default true.
+.TP
+.B presync_timeout
+How long the flush may hold the freeze; past it the freeze goes on (a stuck
+device holds nothing); default "30s".
+.TP
 .B output_limit
 Output one hook may add to the log per run; default "1MiB"; "0" for none.
 .TP

@@ -13,6 +13,7 @@ mod layout;
 mod logging;
 mod loopfs;
 mod package;
+mod parallel;
 mod phases;
 mod processes;
 mod qemu_ga;

@@ -30,6 +30,7 @@ fn json_log_has_one_object_per_event_with_the_fields_fleets_ship() {
         kinds,
         [
             "run_start",
+            "presync",
             "hook_start",
             "output",
             "output",
@@ -46,24 +47,27 @@ fn json_log_has_one_object_per_event_with_the_fields_fleets_ship() {
             "run_end"
         ]
     );
-    let out = &events[2];
+    let presync = &events[1];
+    assert_eq!(presync["done"], true);
+    assert!(presync["filesystems"].as_u64().unwrap() >= 1, "{presync}");
+    let out = &events[3];
     assert_eq!(
         (out["hook"].as_str(), out["line"].as_str()),
         (Some("10-a"), Some("out freeze"))
     );
-    let ok = &events[4];
+    let ok = &events[5];
     assert_eq!(ok["status"], 0);
     assert_eq!(ok["output_bytes"], 15);
     assert_eq!(ok["rollback"], false);
-    let slow = &events[6];
+    let slow = &events[7];
     assert_eq!(slow["level"], "error");
     assert_eq!(slow["status"], 143);
     assert_eq!(slow["timeout_ms"], 300);
     assert_eq!(slow["signal"], "SIGTERM");
     assert!(slow["duration_ms"].as_u64().unwrap() >= 300);
-    assert_eq!(events[7]["hooks"], 2);
-    assert_eq!(events[8]["rollback"], true);
-    assert_eq!(events[14]["result"], "failed");
+    assert_eq!(events[8]["hooks"], 2);
+    assert_eq!(events[9]["rollback"], true);
+    assert_eq!(events[15]["result"], "failed");
 }
 
 /// Runs the binary in a private mount namespace where `socket_at` is the

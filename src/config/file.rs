@@ -1,7 +1,7 @@
 //! The config file: TOML, read with spans so that every error names the
 //! file, line and key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -34,10 +34,15 @@ pub(super) struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_target: Option<LogTarget>,
     pub hook_timeouts: BTreeMap<String, TimeLimit>,
+    pub parallel: Option<bool>,
+    /// `[hooks."NAME"] parallel = false`: hooks kept out of a parallel group.
+    pub hook_solo: BTreeSet<String>,
+    pub presync: Option<bool>,
+    pub presync_timeout: Option<TimeLimit>,
 }
 
 /// Every key of the file (the man page test checks each is documented).
-pub const KEY_NAMES: [&str; 13] = [
+pub const KEY_NAMES: [&str; 16] = [
     "hooks_dir",
     "log_file",
     "state_dir",
@@ -48,6 +53,9 @@ pub const KEY_NAMES: [&str; 13] = [
     "on_error",
     "thaw_order",
     "output_limit",
+    "parallel",
+    "presync",
+    "presync_timeout",
     "log_format",
     "log_target",
     "hooks",
@@ -138,7 +146,12 @@ impl FileConfig {
                         },
                     )
                 }
-                "hooks" => cfg.hook_timeouts = hooks_table((key, value))?,
+                "parallel" => cfg.parallel = Some(bool_value((key, value))?),
+                "presync" => cfg.presync = Some(bool_value((key, value))?),
+                "presync_timeout" => {
+                    cfg.presync_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)
+                }
+                "hooks" => (cfg.hook_timeouts, cfg.hook_solo) = hooks_table((key, value))?,
                 other => {
                     return Err(Located::at(
                         span,
@@ -232,7 +245,22 @@ fn word_value<'a>((key, value): Entry<'a>, allowed: &[&str]) -> Result<&'a str, 
     }
 }
 
-fn hooks_table((key, value): Entry<'_>) -> Result<BTreeMap<String, TimeLimit>, Located> {
+fn bool_value((key, value): Entry<'_>) -> Result<bool, Located> {
+    match value.get_ref() {
+        DeValue::Boolean(b) => Ok(*b),
+        _ => Err(Located::at(
+            value.span(),
+            key.get_ref(),
+            "expected true or false (no quotes)",
+        )),
+    }
+}
+
+/// `[hooks."NAME"]` tables: per-hook timeouts, and the hooks with
+/// `parallel = false`.
+type HookTables = (BTreeMap<String, TimeLimit>, BTreeSet<String>);
+
+fn hooks_table((key, value): Entry<'_>) -> Result<HookTables, Located> {
     let DeValue::Table(table) = value.get_ref() else {
         return Err(Located::at(
             value.span(),
@@ -241,6 +269,7 @@ fn hooks_table((key, value): Entry<'_>) -> Result<BTreeMap<String, TimeLimit>, L
         ));
     };
     let mut out = BTreeMap::new();
+    let mut solo = BTreeSet::new();
     for (name, settings) in table.iter() {
         let hook = name.get_ref().as_ref();
         let full = |k: &str| format!("hooks.\"{hook}\".{k}");
@@ -260,17 +289,26 @@ fn hooks_table((key, value): Entry<'_>) -> Result<BTreeMap<String, TimeLimit>, L
                     })?;
                     out.insert(hook.to_string(), limit);
                 }
+                "parallel" => {
+                    let parallel = bool_value((k, v)).map_err(|mut e| {
+                        e.key = Some(full("parallel"));
+                        e
+                    })?;
+                    if !parallel {
+                        solo.insert(hook.to_string());
+                    }
+                }
                 other => {
                     return Err(Located::at(
                         k.span(),
                         &full(other),
-                        "unknown key (known in a hook table: timeout)",
+                        "unknown key (known in a hook table: timeout, parallel)",
                     ));
                 }
             }
         }
     }
-    Ok(out)
+    Ok((out, solo))
 }
 
 pub(super) fn line_of(text: &[u8], offset: usize) -> usize {

@@ -72,6 +72,7 @@ pub const CONFIG_ENV: &str = "FSFREEZE_HOOK_CONFIG";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_PRESYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a drop-in freeze may last before the guard thaws the guest:
 /// longer than any backup's snapshot takes (Proxmox VE gives its thaw 3
 /// minutes), shorter than the peers' own bounds (VMware Tools 15 minutes).
@@ -116,6 +117,14 @@ pub struct Settings {
     pub output_limit: Option<u64>,
     /// `[hooks."NAME"] timeout = ...`; a `--timeout` flag overrides these too.
     pub hook_timeouts: BTreeMap<String, TimeLimit>,
+    /// Hooks run in parallel groups (see [`Settings::groups_of`]).
+    pub parallel: bool,
+    /// `[hooks."NAME"] parallel = false`: run alone, at its place.
+    pub hook_solo: std::collections::BTreeSet<String>,
+    /// Flush the filesystems before the first freeze hook (`syncfs`).
+    pub presync: bool,
+    /// How long the presync may hold the phase; past it the phase goes on.
+    pub presync_timeout: TimeLimit,
     /// Where the log and state went when not running as root, for `rehearse`.
     pub fallback_note: Option<String>,
 }
@@ -275,6 +284,12 @@ impl Settings {
             log_target: file.log_target.unwrap_or(LogTarget::File),
             output_limit: file.output_limit.unwrap_or(Some(DEFAULT_OUTPUT_LIMIT)),
             hook_timeouts,
+            parallel: file.parallel.unwrap_or(false),
+            hook_solo: file.hook_solo,
+            presync: file.presync.unwrap_or(true),
+            presync_timeout: file
+                .presync_timeout
+                .unwrap_or(Some(DEFAULT_PRESYNC_TIMEOUT)),
             fallback_note: fallback_note.filter(|_| !(log_explicit && state_explicit)),
         })
     }
@@ -450,6 +465,10 @@ mod tests {
             log_target: LogTarget::File,
             output_limit: None,
             hook_timeouts,
+            parallel: false,
+            hook_solo: Default::default(),
+            presync: false,
+            presync_timeout: None,
             fallback_note: None,
         };
         assert_eq!(s.timeout_for(OsStr::new("20-mysql")), None);

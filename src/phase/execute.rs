@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::discovery::Hook;
+use crate::phase::group::{Member, run_group};
 use crate::phase::hookfile::{self, Kind, Opened, Refusal};
 use crate::phase::process::{self, Bounds, Context, Finished, Spawn};
 use crate::phase::trust::Policy;
@@ -24,6 +25,15 @@ pub struct Run {
     /// A thaw that undoes a failed freeze (`FSFREEZE_ROLLBACK=1`).
     pub rollback: bool,
     pub bounds: Bounds,
+}
+
+/// One hook of a parallel group.
+pub struct GroupRun<'r, R> {
+    pub hook: &'r Hook,
+    pub ready: &'r R,
+    pub run: Run,
+    /// When it starts, after the group's start.
+    pub delay: Duration,
 }
 
 /// What the runner needs of the world to run hooks.
@@ -41,6 +51,19 @@ pub trait Execute {
         run: Run,
         signal_seen: &mut Option<Signal>,
     ) -> Finished;
+    /// Runs hooks at once, each started `delay` after the group's start
+    /// ([`crate::phase::group`]): `on_start(i, now)` just before member `i`
+    /// starts (an `Err` keeps it from starting, as its failure),
+    /// `on_end(i, ..)` when it ended; with `stop_on_failure` the first failure
+    /// ends the rest. `None`: never started.
+    fn run_group(
+        &mut self,
+        members: &[GroupRun<'_, Self::Ready>],
+        stop_on_failure: bool,
+        signal_seen: &mut Option<Signal>,
+        on_start: &mut dyn FnMut(usize, Instant) -> Result<(), String>,
+        on_end: &mut dyn FnMut(usize, &Finished),
+    ) -> Vec<Option<Finished>>;
     /// A stop signal (TERM, INT, HUP) that came between hooks, taken.
     fn stop_signal(&mut self) -> Option<Signal>;
     /// The clock of phase deadlines and of the records.
@@ -100,6 +123,7 @@ impl Execute for Processes<'_> {
                 opened,
                 phase: &phase,
                 rollback: run.rollback,
+                prefixed: false,
             },
             run.bounds,
             &Context {
@@ -115,6 +139,46 @@ impl Execute for Processes<'_> {
             progress_done();
         }
         fin
+    }
+
+    fn run_group(
+        &mut self,
+        members: &[GroupRun<'_, Opened>],
+        stop_on_failure: bool,
+        signal_seen: &mut Option<Signal>,
+        on_start: &mut dyn FnMut(usize, Instant) -> Result<(), String>,
+        on_end: &mut dyn FnMut(usize, &Finished),
+    ) -> Vec<Option<Finished>> {
+        for m in members.iter().filter(|m| m.ready.kind == Kind::Shell) {
+            self.log.warn(&format!(
+                "{} has no #! line; running it with /bin/sh",
+                escape_path(&m.hook.path)
+            ));
+        }
+        let phases: Vec<String> = members.iter().map(|m| m.run.phase.to_string()).collect();
+        let group: Vec<Member<'_>> = members
+            .iter()
+            .zip(&phases)
+            .map(|(m, phase)| Member {
+                spawn: Spawn {
+                    path: &m.hook.path,
+                    opened: m.ready,
+                    phase,
+                    rollback: m.run.rollback,
+                    prefixed: true,
+                },
+                bounds: m.run.bounds,
+                delay: m.delay,
+            })
+            .collect();
+        let ctx = Context {
+            waiter: self.waiter,
+            log: self.log,
+            output_limit: self.settings.output_limit,
+            state_dir: &self.settings.state_dir,
+            progress: None,
+        };
+        run_group(&group, &ctx, signal_seen, stop_on_failure, on_start, on_end)
     }
 
     fn stop_signal(&mut self) -> Option<Signal> {

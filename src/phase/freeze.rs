@@ -9,6 +9,7 @@ use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::guard;
 use crate::phase::journal::Recorded;
+use crate::phase::presync;
 use crate::phase::runner::{End, Runner, ThawCause};
 use crate::phase::setup;
 use crate::sys::Waiter;
@@ -50,6 +51,9 @@ pub fn freeze(settings: &Settings, log: &Log, waiter: &Waiter) -> Exit {
         ));
         return Exit::Ok;
     };
+    if settings.presync {
+        presync::presync(settings, log, &presync::every_freezable(log));
+    }
     let end = match runner.freeze(&found.hooks) {
         End::Done => match guard::arm(settings, log, runner.journal_mut()) {
             Ok(()) => End::Done,

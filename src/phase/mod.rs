@@ -4,10 +4,13 @@
 pub mod discovery;
 pub mod execute;
 pub mod freeze;
+pub mod group;
 pub mod guard;
+pub mod history;
 pub mod hookfile;
 pub mod journal;
 pub mod output;
+pub mod presync;
 pub mod process;
 pub mod rehearse;
 pub mod report;

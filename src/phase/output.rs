@@ -75,6 +75,9 @@ struct Lines {
     partial: Vec<u8>,
     /// JSON mode: the hook's name for the output events.
     json_label: Option<String>,
+    /// Text mode: put in front of each line (`[NAME] ` for hooks that run
+    /// at once, so that each line says whose it is).
+    prefix: String,
 }
 
 impl Lines {
@@ -82,6 +85,7 @@ impl Lines {
         Lines {
             partial: Vec::new(),
             json_label,
+            prefix: String::new(),
         }
     }
 
@@ -112,7 +116,8 @@ impl Lines {
         match &self.json_label {
             Some(hook) => crate::log::event::output_json(hook, line).into_bytes(),
             None => {
-                let mut text = crate::text::escape_line(line).into_bytes();
+                let mut text = self.prefix.clone().into_bytes();
+                text.extend(crate::text::escape_line(line).into_bytes());
                 text.push(b'\n');
                 text
             }
@@ -134,6 +139,11 @@ impl Capture {
             lines: Lines::new(None),
         };
         Ok((capture, write))
+    }
+
+    /// Text lines get `[label] ` in front, from now on.
+    pub fn prefix_lines(&mut self, label: &str) {
+        self.lines.prefix = format!("[{label}] ");
     }
 
     /// The read end while it is open, for polling.

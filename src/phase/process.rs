@@ -27,7 +27,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// How long to wait for a process to go after SIGKILL. A process stuck in
 /// uninterruptible sleep (say, writing to a frozen filesystem) cannot die
 /// before that ends; we stop waiting rather than hang the agent.
-const KILL_WAIT: Duration = Duration::from_secs(5);
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Which limit cut a hook off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,11 @@ pub enum Outcome {
     },
     /// The runner itself received `signal`; the hook's group was ended.
     Interrupted(Signal),
+    /// Another hook of its parallel group failed: this one's group was
+    /// ended (`killed`: SIGTERM and the grace were not enough).
+    Cancelled {
+        killed: bool,
+    },
     /// Checked and not run (untrusted, missing interpreter, ...): why.
     Refused(String),
     /// Could not be executed at all.
@@ -79,6 +84,13 @@ impl Outcome {
                     Signal::SIGTERM
                 } as i32
             }
+            Outcome::Cancelled { killed } => {
+                128 + if *killed {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGTERM
+                } as i32
+            }
             Outcome::Refused(_) | Outcome::NotStarted(_) => 126,
         }
     }
@@ -103,6 +115,10 @@ impl Outcome {
                 if *killed { "SIGKILL" } else { "SIGTERM" }
             ),
             Outcome::Interrupted(s) => format!("was stopped because the runner got {}", s.as_str()),
+            Outcome::Cancelled { killed } => format!(
+                "was ended by {} when another hook of its group failed",
+                if *killed { "SIGKILL" } else { "SIGTERM" }
+            ),
             Outcome::Refused(why) => format!("was not run: it {why}"),
             Outcome::NotStarted(why) => format!("could not be executed: {why}"),
         }
@@ -115,6 +131,8 @@ pub struct Spawn<'a> {
     pub opened: &'a Opened,
     pub phase: &'a str,
     pub rollback: bool,
+    /// Its output lines get `[NAME] ` in front (hooks that run at once).
+    pub prefixed: bool,
 }
 
 /// Where the runner's side of a hook run lives.
@@ -139,6 +157,14 @@ pub struct Finished {
 }
 
 impl Finished {
+    pub fn not_started(why: String) -> Finished {
+        Finished {
+            outcome: Outcome::NotStarted(why),
+            elapsed: Duration::ZERO,
+            output_bytes: 0,
+        }
+    }
+
     pub fn refused(why: String) -> Finished {
         Finished {
             outcome: Outcome::Refused(why),
@@ -180,6 +206,40 @@ pub fn run(
     ctx: &Context<'_>,
     signal_seen: &mut Option<Signal>,
 ) -> Finished {
+    let mut started = match start(&spawn, ctx) {
+        Ok(s) => s,
+        Err(not_run) => return not_run,
+    };
+    let outcome = Watch::new(started.pid, Some(&mut started.capture), ctx, signal_seen)
+        .supervise(started.at, limits);
+    started.finish(outcome, ctx, spawn.path)
+}
+
+/// A hook's process group, started, with its output.
+pub struct Started {
+    pub pid: Pid,
+    pub capture: Capture,
+    pub at: Instant,
+}
+
+impl Started {
+    /// After its end: what is left of its output, and how it went.
+    pub fn finish(self, outcome: Outcome, ctx: &Context<'_>, path: &Path) -> Finished {
+        let output_bytes = self
+            .capture
+            .finish(ctx.log, &crate::text::escape_path(path));
+        Finished {
+            outcome,
+            elapsed: self.at.elapsed(),
+            output_bytes,
+        }
+    }
+}
+
+/// Starts one hook as its own process group, its output into a capture
+/// (lines prefixed with `prefix`, for hooks that run at once); `Err`: how
+/// it ended without running.
+pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> {
     let start = Instant::now();
     let not_started = |why: String| Finished {
         outcome: Outcome::NotStarted(why),
@@ -187,13 +247,16 @@ pub fn run(
         output_bytes: 0,
     };
     let label = crate::text::escape(spawn.path.file_name().unwrap_or(spawn.path.as_os_str()));
-    let (mut capture, write) = match Capture::new(ctx.output_limit, label) {
+    let (mut capture, write) = match Capture::new(ctx.output_limit, label.clone()) {
         Ok(c) => c,
-        Err(e) => return not_started(format!("no output pipe: {e}")),
+        Err(e) => return Err(not_started(format!("no output pipe: {e}"))),
     };
+    if spawn.prefixed {
+        capture.prefix_lines(&label);
+    }
     let devnull = match File::open("/dev/null") {
         Ok(f) => f,
-        Err(e) => return not_started(format!("/dev/null: {e}")),
+        Err(e) => return Err(not_started(format!("/dev/null: {e}"))),
     };
     // The hook sees what the stock script gave it: $0 is its path in the
     // hooks dir (argv[0] of an ELF program; for a script, the name the
@@ -206,7 +269,7 @@ pub fn run(
     let path = c_string(spawn.path.as_os_str());
     let phase = OsStr::new(spawn.phase);
     let (program, argv) = match (spawn.opened.kind, &path) {
-        (_, None) => return not_started("its path holds a NUL byte".into()),
+        (_, None) => return Err(not_started("its path holds a NUL byte".into())),
         (Kind::Elf, Some(_)) => (
             Program::Open(spawn.opened.file.as_fd()),
             vec![spawn.path.as_os_str(), phase],
@@ -215,7 +278,7 @@ pub fn run(
         (Kind::Shell, Some(_)) => {
             shell = match File::open("/bin/sh") {
                 Ok(f) => f,
-                Err(e) => return not_started(format!("/bin/sh: {e}")),
+                Err(e) => return Err(not_started(format!("/bin/sh: {e}"))),
             };
             (
                 Program::Open(shell.as_fd()),
@@ -224,7 +287,7 @@ pub fn run(
         }
     };
     let argv: Vec<CString> = argv.into_iter().filter_map(c_string).collect();
-    let envp = environment(&spawn, ctx.log.path(), ctx.state_dir);
+    let envp = environment(spawn, ctx.log.path(), ctx.state_dir);
     let exec = Exec {
         program,
         argv: &argv,
@@ -239,20 +302,18 @@ pub fn run(
     if spawn.opened.kind != Kind::Elf
         && let Err(why) = spawn.opened.still_at(spawn.path)
     {
-        return Finished::refused(why.to_string());
+        return Err(Finished::refused(why.to_string()));
     }
     let pid = match sys::spawn(&exec) {
         Ok(pid) => pid,
-        Err(e) => return not_started(e.to_string()),
+        Err(e) => return Err(not_started(e.to_string())),
     };
     drop(write);
-    let outcome = Watch::new(pid, Some(&mut capture), ctx, signal_seen).supervise(start, limits);
-    let output_bytes = capture.finish(ctx.log, &crate::text::escape_path(spawn.path));
-    Finished {
-        outcome,
-        elapsed: start.elapsed(),
-        output_bytes,
-    }
+    Ok(Started {
+        pid,
+        capture,
+        at: start,
+    })
 }
 
 /// Starts an administrator's command line (a snapshot's COMMAND, a hold's
@@ -536,6 +597,7 @@ mod tests {
                 opened,
                 phase: "freeze",
                 rollback: false,
+                prefixed: false,
             };
             run(spawn, limits, &ctx, &mut None)
         }

@@ -12,6 +12,7 @@ use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::execute::Processes;
 use crate::phase::journal::Recorded;
+use crate::phase::presync;
 use crate::phase::report;
 use crate::phase::runner::{End, Runner};
 use crate::phase::setup;
@@ -61,6 +62,9 @@ pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration
         println!("skip {}: {}", escape(&s.name), s.reason);
     }
     let start = Instant::now();
+    if settings.presync {
+        presync::presync(settings, log, &presync::every_freezable(log));
+    }
     let end = match runner.freeze(&found.hooks) {
         End::Done => {
             let interrupted = snapshot_pause(waiter, pause);
@@ -76,7 +80,10 @@ pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration
         }
         failed => failed,
     };
-    print!("{}", report::table(&found.hooks, &runner.records));
+    print!(
+        "{}",
+        report::table(&found.hooks, &runner.records, settings.parallel)
+    );
     println!("log: {}", escape_path(log.path()));
     setup::finish(log, "rehearse", start, end)
 }

@@ -9,9 +9,16 @@ use crate::phase::discovery::Hook;
 use crate::phase::runner::{Record, held_window};
 use crate::text::escape;
 
-pub fn table(hooks: &[Hook], records: &[Record]) -> String {
+/// The table; with `schedule` (parallel groups) each freeze's start and end
+/// too, from the first freeze hook's start.
+pub fn table(hooks: &[Hook], records: &[Record], schedule: bool) -> String {
     let secs = |d: Duration| format!("{:.3}s", d.as_secs_f64());
-    let mut rows: Vec<[String; 5]> = Vec::new();
+    let first = records
+        .iter()
+        .filter(|r| r.phase == Phase::Freeze)
+        .map(|r| r.started)
+        .min();
+    let mut rows: Vec<[String; 6]> = Vec::new();
     let (mut freeze_total, mut thaw_total) = (Duration::ZERO, Duration::ZERO);
     for hook in hooks {
         let find = |phase: Phase| {
@@ -41,8 +48,16 @@ pub fn table(hooks: &[Hook], records: &[Record]) -> String {
             (Some(_), Some(_)) => "ok".to_string(),
             (Some(_), None) => "not thawed".to_string(),
         };
+        let span = match (freeze, first) {
+            (Some(f), Some(t0)) => {
+                let from = f.started.saturating_duration_since(t0);
+                format!("+{}..+{}", secs(from), secs(from + f.finished.elapsed))
+            }
+            _ => "-".into(),
+        };
         rows.push([
             escape(&hook.name),
+            span,
             freeze.map_or_else(|| "-".into(), |r| secs(r.finished.elapsed)),
             thaw.map_or_else(|| "-".into(), |r| secs(r.finished.elapsed)),
             held,
@@ -52,12 +67,19 @@ pub fn table(hooks: &[Hook], records: &[Record]) -> String {
     let held = held_window(records);
     rows.push([
         "total".into(),
+        String::new(),
         secs(freeze_total),
         secs(thaw_total),
         held.map_or_else(|| "-".into(), secs),
         String::new(),
     ]);
-    let header = ["HOOK", "FREEZE", "THAW", "HELD", "RESULT"].map(String::from);
+    let header = ["HOOK", "FROZE AT", "FREEZE", "THAW", "HELD", "RESULT"].map(String::from);
+    // The schedule column only for parallel groups: the rest as before.
+    let columns: Vec<usize> = if schedule {
+        (0..6).collect()
+    } else {
+        vec![0, 2, 3, 4, 5]
+    };
     let width = |i: usize| {
         rows.iter()
             .chain(std::iter::once(&header))
@@ -65,21 +87,19 @@ pub fn table(hooks: &[Hook], records: &[Record]) -> String {
             .max()
             .unwrap_or(0)
     };
-    let w: Vec<usize> = (0..4).map(width).collect();
     let mut out = String::new();
     for row in std::iter::once(&header).chain(rows.iter()) {
-        let line = format!(
-            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
+        let mut line = String::new();
+        for (n, &c) in columns.iter().enumerate() {
+            let cell = &row[c];
+            if n == 0 {
+                line.push_str(&format!("{cell:<w$}", w = width(c)));
+            } else if n + 1 == columns.len() {
+                line.push_str(&format!("  {cell}"));
+            } else {
+                line.push_str(&format!("  {cell:>w$}", w = width(c)));
+            }
+        }
         let _ = writeln!(out, "{}", line.trim_end());
     }
     match held {

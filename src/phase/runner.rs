@@ -14,7 +14,8 @@ use crate::log::Log;
 use crate::log::event::{Event, Level};
 use crate::phase::Phase;
 use crate::phase::discovery::{Discovery, Hook};
-use crate::phase::execute::{Execute, Processes, Run};
+use crate::phase::execute::{Execute, GroupRun, Processes, Run};
+use crate::phase::history::History;
 use crate::phase::journal::{self, Journal, Recorded};
 use crate::phase::process::{Bounds, Finished, Outcome, TimeoutSource};
 use crate::sys::Waiter;
@@ -132,6 +133,7 @@ impl<'a, X: Execute> Runner<'a, X> {
             return End::Failed(format!("freeze refused, no hook run: {e:#}"));
         }
         let (started, failure) = self.freeze_in_order(hooks);
+        self.remember_durations();
         match failure {
             None => {
                 if let Err(e) = self.journal.mark_frozen() {
@@ -143,55 +145,241 @@ impl<'a, X: Execute> Runner<'a, X> {
         }
     }
 
-    /// The freeze hooks one by one: those whose freeze started, and the
-    /// cause that stops the phase, if one does.
+    /// The freeze hooks in order (a parallel group at once): those whose
+    /// freeze started, and the cause that stops the phase, if one does.
     fn freeze_in_order(&mut self, hooks: &[Hook]) -> (Vec<Hook>, Option<String>) {
         let deadline = self.deadline();
         let mut started: Vec<Hook> = Vec::new();
-        for (i, hook) in hooks.iter().enumerate() {
-            if let Some(sig) = self.stop_signal() {
-                let cause = format!(
-                    "runner got {} before {} started",
-                    sig.as_str(),
-                    hook.display_name()
-                );
-                return (started, Some(cause));
+        let mut done = 0;
+        for segment in self.segments(hooks) {
+            let rest = &hooks[done..];
+            done += segment.len();
+            let failure = match segment.as_slice() {
+                [hook] => self.freeze_one(hook, rest, deadline, &mut started),
+                group => self.freeze_group(group, rest, deadline, &mut started),
+            };
+            if failure.is_some() {
+                return (started, failure);
             }
+        }
+        (started, None)
+    }
+
+    /// One hook's freeze; `Some`: the cause that stops the phase.
+    fn freeze_one(
+        &mut self,
+        hook: &Hook,
+        rest: &[Hook],
+        deadline: Option<Instant>,
+        started: &mut Vec<Hook>,
+    ) -> Option<String> {
+        if let Some(sig) = self.stop_signal() {
+            return Some(format!(
+                "runner got {} before {} started",
+                sig.as_str(),
+                hook.display_name()
+            ));
+        }
+        let Some(bounds) = self.bounds_for(hook, deadline, true) else {
+            self.log_not_run(rest, "phase_timeout expired");
+            return Some(format!(
+                "phase_timeout ({}) expired before {} started",
+                format_time_limit(self.settings.phase_timeout),
+                hook.display_name()
+            ));
+        };
+        let run = Run {
+            phase: Phase::Freeze,
+            rollback: false,
+            bounds,
+        };
+        let fin = match self.open(hook, run) {
+            Err(refused) => refused,
+            Ok(ready) => {
+                if let Err(e) = self.journal.started(&hook.name) {
+                    return Some(format!("{}: {e:#}", hook.display_name()));
+                }
+                started.push(hook.clone());
+                self.run(hook, &ready, run)
+            }
+        };
+        self.judge_freeze(hook, &fin)
+    }
+
+    /// A freeze hook's end: `Some` cause when it stops the phase (`abort`,
+    /// or a stop signal); under `continue` a failure is logged and passed.
+    fn judge_freeze(&self, hook: &Hook, fin: &Finished) -> Option<String> {
+        if fin.outcome.success() {
+            return None;
+        }
+        let cause = format!("{} {}", hook.display_name(), fin.summary());
+        if self.settings.on_error == OnError::Abort || self.signal_seen.is_some() {
+            return Some(cause);
+        }
+        self.log
+            .line(&format!("{cause}; going on (on_error = continue)"));
+        None
+    }
+
+    /// A parallel group's freeze: every hook opened and checked, then all
+    /// run at once, the quick ones started later (see [`History`]).
+    fn freeze_group(
+        &mut self,
+        group: &[Hook],
+        rest: &[Hook],
+        deadline: Option<Instant>,
+        started: &mut Vec<Hook>,
+    ) -> Option<String> {
+        let names = crate::text::names(&group.iter().map(|h| &h.name).collect::<Vec<_>>());
+        if let Some(sig) = self.stop_signal() {
+            return Some(format!(
+                "runner got {} before {names} started",
+                sig.as_str()
+            ));
+        }
+        let mut readies = Vec::new();
+        for hook in group {
             let Some(bounds) = self.bounds_for(hook, deadline, true) else {
-                self.log_not_run(&hooks[i..], "phase_timeout expired");
-                let cause = format!(
-                    "phase_timeout ({}) expired before {} started",
-                    format_time_limit(self.settings.phase_timeout),
-                    hook.display_name()
-                );
-                return (started, Some(cause));
+                self.log_not_run(rest, "phase_timeout expired");
+                return Some(format!(
+                    "phase_timeout ({}) expired before {names} started",
+                    format_time_limit(self.settings.phase_timeout)
+                ));
             };
             let run = Run {
                 phase: Phase::Freeze,
                 rollback: false,
                 bounds,
             };
-            let fin = match self.open(hook, run) {
-                Err(refused) => refused,
-                Ok(ready) => {
-                    if let Err(e) = self.journal.started(&hook.name) {
-                        return (started, Some(format!("{}: {e:#}", hook.display_name())));
+            match self.open(hook, run) {
+                Ok(ready) => readies.push((hook, ready, run)),
+                Err(refused) => {
+                    // Refused before any of the group started.
+                    if let Some(cause) = self.judge_freeze(hook, &refused) {
+                        return Some(cause);
                     }
-                    started.push(hook.clone());
-                    self.run(hook, &ready, run)
                 }
-            };
-            if fin.outcome.success() {
-                continue;
             }
-            let cause = format!("{} {}", hook.display_name(), fin.summary());
-            if self.settings.on_error == OnError::Abort || self.signal_seen.is_some() {
-                return (started, Some(cause));
-            }
-            self.log
-                .line(&format!("{cause}; going on (on_error = continue)"));
         }
-        (started, None)
+        let history = History::load(&self.settings.state_dir);
+        let delays = history.schedule(
+            &readies
+                .iter()
+                .map(|(h, _, _)| h.name.as_os_str())
+                .collect::<Vec<_>>(),
+        );
+        let members: Vec<GroupRun<'_, X::Ready>> = readies
+            .iter()
+            .zip(delays)
+            .map(|((hook, ready, run), delay)| GroupRun {
+                hook,
+                ready,
+                run: *run,
+                delay,
+            })
+            .collect();
+        let stop_on_failure = self.settings.on_error == OnError::Abort;
+        let before = self.records.len();
+        self.run_members(&members, stop_on_failure, Some(started));
+        // The cause is the first failure in time; those ended because of it
+        // are not causes.
+        let ended: Vec<Record> = self.records[before..].to_vec();
+        let mut failure = None;
+        for r in ended
+            .iter()
+            .filter(|r| !matches!(r.finished.outcome, Outcome::Cancelled { .. }))
+        {
+            let hook = group.iter().find(|h| h.name == r.name).expect("a member");
+            if let Some(cause) = self.judge_freeze(hook, &r.finished) {
+                failure = failure.or(Some(cause));
+            }
+        }
+        failure
+    }
+
+    /// Runs `members` at once, each logged and recorded as a single hook is;
+    /// with `started`, each is recorded in the journal (and there) before it
+    /// starts. Returns how each ended; `None`: never started.
+    fn run_members(
+        &mut self,
+        members: &[GroupRun<'_, X::Ready>],
+        stop_on_failure: bool,
+        mut started: Option<&mut Vec<Hook>>,
+    ) -> Vec<Option<Finished>> {
+        let log = self.log;
+        let journal = &mut self.journal;
+        let records = &mut self.records;
+        let starts: Vec<std::cell::Cell<Option<Instant>>> =
+            members.iter().map(|_| std::cell::Cell::new(None)).collect();
+        let mut on_start = |i: usize, at: Instant| -> Result<(), String> {
+            let m = &members[i];
+            if let Some(started) = started.as_deref_mut() {
+                journal
+                    .started(&m.hook.name)
+                    .map_err(|e| format!("{e:#}"))?;
+                started.push(m.hook.clone());
+            }
+            log.event(start_event(m.hook, m.run));
+            starts[i].set(Some(at));
+            Ok(())
+        };
+        let mut on_end = |i: usize, fin: &Finished| {
+            let m = &members[i];
+            log.event(end_event(m.hook, m.run, fin));
+            records.push(Record {
+                name: m.hook.name.clone(),
+                phase: m.run.phase,
+                rollback: m.run.rollback,
+                started: starts[i].get().unwrap_or_else(Instant::now),
+                finished: fin.clone(),
+            });
+        };
+        self.exec.run_group(
+            members,
+            stop_on_failure,
+            &mut self.signal_seen,
+            &mut on_start,
+            &mut on_end,
+        )
+    }
+
+    /// The hooks in the order they run: each alone, or with `parallel`,
+    /// consecutive hooks together but for those `[hooks."NAME"] parallel =
+    /// false` keeps out, which run alone at their place.
+    fn segments(&self, hooks: &[Hook]) -> Vec<Vec<Hook>> {
+        let alone = |h: &Hook| {
+            !self.settings.parallel
+                || h.name
+                    .to_str()
+                    .is_some_and(|n| self.settings.hook_solo.contains(n))
+        };
+        let mut out: Vec<Vec<Hook>> = Vec::new();
+        for hook in hooks {
+            match out.last_mut() {
+                Some(last) if !alone(hook) && last.last().is_some_and(|l| !alone(l)) => {
+                    last.push(hook.clone())
+                }
+                _ => out.push(vec![hook.clone()]),
+            }
+        }
+        out
+    }
+
+    /// Remembers how long each hook's freeze took this time, for the next
+    /// parallel schedule.
+    fn remember_durations(&self) {
+        let mut history = History::load(&self.settings.state_dir);
+        let mut any = false;
+        for r in &self.records {
+            if r.phase == Phase::Freeze && r.finished.outcome.success() {
+                history.add(&r.name, r.finished.elapsed);
+                any = true;
+            }
+        }
+        if any && let Err(e) = history.save(&self.settings.state_dir) {
+            self.log
+                .warn(&format!("cannot remember hook durations: {e}"));
+        }
     }
 
     /// A freeze that failed: roll back what started, and say so in one line.
@@ -241,9 +429,13 @@ impl<'a, X: Execute> Runner<'a, X> {
             plan.reverse();
         }
         let deadline = self.deadline();
-        for (i, hook) in plan.iter().enumerate() {
+        let mut done = 0;
+        for segment in self.segments(&plan) {
             let stop = self.stop_signal();
-            let bounds = self.bounds_for(hook, deadline, true);
+            let bounds: Option<Vec<Bounds>> = segment
+                .iter()
+                .map(|h| self.bounds_for(h, deadline, true))
+                .collect();
             let Some(bounds) = bounds.filter(|_| stop.is_none()) else {
                 let why = match stop {
                     Some(sig) => format!("runner got {}", sig.as_str()),
@@ -252,27 +444,24 @@ impl<'a, X: Execute> Runner<'a, X> {
                         format_time_limit(self.settings.phase_timeout)
                     ),
                 };
-                self.log_not_run(&plan[i..], &why);
+                self.log_not_run(&plan[done..], &why);
                 failures.push(format!(
                     "{why}; {} hook(s) not thawed, kept for the next thaw",
-                    plan.len() - i
+                    plan.len() - done
                 ));
                 break;
             };
-            let run = Run {
-                phase: Phase::Thaw,
-                rollback,
-                bounds,
-            };
-            let fin = self.open_and_run(hook, run);
-            self.record_thaw(hook, &fin);
-            if !fin.outcome.success() {
-                let kept = if fin.outcome.ran_to_end() {
-                    ""
-                } else {
-                    " (kept for the next thaw)"
-                };
-                failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
+            done += segment.len();
+            for (hook, fin) in self.thaw_segment(&segment, &bounds, rollback) {
+                self.record_thaw(&hook, &fin);
+                if !fin.outcome.success() {
+                    let kept = if fin.outcome.ran_to_end() {
+                        ""
+                    } else {
+                        " (kept for the next thaw)"
+                    };
+                    failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
+                }
             }
         }
         if let Err(e) = journal::ensure_state_dir(&self.settings.state_dir)
@@ -366,31 +555,79 @@ impl<'a, X: Execute> Runner<'a, X> {
     fn rollback(&mut self, started: &[Hook]) -> Vec<String> {
         let deadline = self.deadline();
         let mut failures = Vec::new();
-        for (i, hook) in started.iter().enumerate().rev() {
-            let Some(bounds) = self.bounds_for(hook, deadline, false) else {
-                self.log_not_run(&started[..=i], "phase_timeout expired during rollback");
+        let reversed: Vec<Hook> = started.iter().rev().cloned().collect();
+        let mut done = 0;
+        for segment in self.segments(&reversed) {
+            let bounds: Option<Vec<Bounds>> = segment
+                .iter()
+                .map(|h| self.bounds_for(h, deadline, false))
+                .collect();
+            let Some(bounds) = bounds else {
+                let left = &reversed[done..];
+                let in_order: Vec<Hook> = left.iter().rev().cloned().collect();
+                self.log_not_run(&in_order, "phase_timeout expired during rollback");
                 failures.push(format!(
                     "phase_timeout expired, {} hook(s) not rolled back",
-                    i + 1
+                    left.len()
                 ));
                 break;
             };
-            let run = Run {
-                phase: Phase::Thaw,
-                rollback: true,
-                bounds,
-            };
-            let fin = self.open_and_run(hook, run);
-            self.record_thaw(hook, &fin);
-            if !fin.outcome.success() {
-                failures.push(format!(
-                    "{} {}",
-                    hook.display_name(),
-                    fin.outcome.describe()
-                ));
+            done += segment.len();
+            for (hook, fin) in self.thaw_segment(&segment, &bounds, true) {
+                self.record_thaw(&hook, &fin);
+                if !fin.outcome.success() {
+                    failures.push(format!(
+                        "{} {}",
+                        hook.display_name(),
+                        fin.outcome.describe()
+                    ));
+                }
             }
         }
         failures
+    }
+
+    /// The thaw (or rollback) of one hook, or of a parallel group at once;
+    /// how each ended.
+    fn thaw_segment(
+        &mut self,
+        segment: &[Hook],
+        bounds: &[Bounds],
+        rollback: bool,
+    ) -> Vec<(Hook, Finished)> {
+        let run = |bounds: Bounds| Run {
+            phase: Phase::Thaw,
+            rollback,
+            bounds,
+        };
+        if let ([hook], [bounds]) = (segment, bounds) {
+            return vec![(hook.clone(), self.open_and_run(hook, run(*bounds)))];
+        }
+        let mut out = Vec::new();
+        let mut readies = Vec::new();
+        for (hook, bounds) in segment.iter().zip(bounds) {
+            match self.open(hook, run(*bounds)) {
+                Ok(ready) => readies.push((hook, ready, run(*bounds))),
+                Err(refused) => out.push((hook.clone(), refused)),
+            }
+        }
+        let members: Vec<GroupRun<'_, X::Ready>> = readies
+            .iter()
+            .map(|(hook, ready, run)| GroupRun {
+                hook,
+                ready,
+                run: *run,
+                delay: Duration::ZERO,
+            })
+            .collect();
+        let results = self.run_members(&members, false, None);
+        for (member, fin) in members.iter().zip(results) {
+            let fin = fin.unwrap_or_else(|| {
+                Finished::not_started("not started: the runner got a stop signal".into())
+            });
+            out.push((member.hook.clone(), fin));
+        }
+        out
     }
 
     /// The bounds of one hook: its own timeout or what is left of the phase,
@@ -458,21 +695,7 @@ impl<'a, X: Execute> Runner<'a, X> {
     }
 
     fn run(&mut self, hook: &Hook, ready: &X::Ready, run: Run) -> Finished {
-        // The stock line, which existing monitoring greps for.
-        self.log.event(
-            Event::new(
-                "hook_start",
-                format!(
-                    "execute {} {}{}",
-                    escape_path(&hook.path),
-                    run.phase,
-                    if run.rollback { " (rollback)" } else { "" }
-                ),
-            )
-            .with("hook", hook.display_name())
-            .with("phase", run.phase.to_string())
-            .with("rollback", run.rollback),
-        );
+        self.log.event(start_event(hook, run));
         let started = self.exec.now();
         let fin = self.exec.run(hook, ready, run, &mut self.signal_seen);
         self.log.event(end_event(hook, run, &fin));
@@ -496,6 +719,22 @@ impl<'a, X: Execute> Runner<'a, X> {
                 .line(&format!("not run: {} ({why})", escape_path(&h.path)));
         }
     }
+}
+
+/// The stock "execute PATH PHASE" line, which existing monitoring greps for.
+fn start_event(hook: &Hook, run: Run) -> Event {
+    Event::new(
+        "hook_start",
+        format!(
+            "execute {} {}{}",
+            escape_path(&hook.path),
+            run.phase,
+            if run.rollback { " (rollback)" } else { "" }
+        ),
+    )
+    .with("hook", hook.display_name())
+    .with("phase", run.phase.to_string())
+    .with("rollback", run.rollback)
 }
 
 /// The stock "finished with status=N" line, with the details as fields.
@@ -680,6 +919,70 @@ mod tests {
             let mut fin = self.pass(takes);
             fin.outcome = outcome;
             fin
+        }
+
+        /// The group on the fake clock: starts and ends in time order, the
+        /// first failure (with `stop_on_failure`) cancelling what runs and
+        /// what has not started.
+        fn run_group(
+            &mut self,
+            members: &[GroupRun<'_, ()>],
+            stop_on_failure: bool,
+            signal_seen: &mut Option<Signal>,
+            on_start: &mut dyn FnMut(usize, Instant) -> Result<(), String>,
+            on_end: &mut dyn FnMut(usize, &Finished),
+        ) -> Vec<Option<Finished>> {
+            let t0 = self.now.get();
+            let mut results: Vec<Option<Finished>> = members.iter().map(|_| None).collect();
+            let mut pending: Vec<usize> = (0..members.len()).collect();
+            pending.sort_by_key(|&i| members[i].delay);
+            // (when it ends, who, how), computed at its start.
+            let mut running: Vec<(Instant, usize, Finished)> = Vec::new();
+            let mut stopped = false;
+            loop {
+                let next_start = pending.first().map(|&i| t0 + members[i].delay);
+                let next_end = running.iter().map(|r| r.0).min();
+                match (next_start, next_end) {
+                    (Some(s), e) if !stopped && e.is_none_or(|e| s <= e) => {
+                        let i = pending.remove(0);
+                        self.now.set(s);
+                        if let Err(why) = on_start(i, s) {
+                            let fin = Finished::not_started(why);
+                            on_end(i, &fin);
+                            results[i] = Some(fin);
+                            continue;
+                        }
+                        let at = self.now.get();
+                        let fin = self.run(members[i].hook, &(), members[i].run, signal_seen);
+                        self.now.set(at);
+                        running.push((at + fin.elapsed, i, fin));
+                    }
+                    (_, Some(e)) => {
+                        let k = running.iter().position(|r| r.0 == e).unwrap();
+                        let (end, i, fin) = running.remove(k);
+                        self.now.set(end);
+                        on_end(i, &fin);
+                        let failed = !fin.outcome.success();
+                        results[i] = Some(fin);
+                        if stop_on_failure && failed && !stopped {
+                            stopped = true;
+                            pending.clear();
+                            for (started, j, _) in running.drain(..) {
+                                let _ = started;
+                                let fin = Finished {
+                                    outcome: Outcome::Cancelled { killed: false },
+                                    elapsed: end.saturating_duration_since(t0 + members[j].delay),
+                                    output_bytes: 0,
+                                };
+                                on_end(j, &fin);
+                                results[j] = Some(fin);
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            results
         }
 
         fn stop_signal(&mut self) -> Option<Signal> {
@@ -944,5 +1247,175 @@ mod tests {
             panic!("20-b must stay recorded");
         };
         assert_eq!(left.names, [OsString::from("20-b")]);
+    }
+
+    // ---- parallel groups ----
+
+    /// Offsets of each freeze hook's start and end from the first start.
+    fn schedule_of<X: Execute>(runner: &Runner<'_, X>) -> Vec<(String, u64, u64)> {
+        let freezes: Vec<&Record> = runner
+            .records
+            .iter()
+            .filter(|r| r.phase == Phase::Freeze)
+            .collect();
+        let t0 = freezes.iter().map(|r| r.started).min().unwrap();
+        let mut out: Vec<(String, u64, u64)> = freezes
+            .iter()
+            .map(|r| {
+                let start = (r.started - t0).as_millis() as u64;
+                (
+                    r.name.to_string_lossy().into_owned(),
+                    start,
+                    start + r.finished.elapsed.as_millis() as u64,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn parallel(names: &[&str]) -> Setup {
+        let mut s = setup(names);
+        s.settings.parallel = true;
+        s
+    }
+
+    fn remember(s: &Setup, runs: &[(&str, u64)]) {
+        let mut h = History::default();
+        for (name, took) in runs {
+            h.add(OsStr::new(name), ms(*took));
+        }
+        h.save(&s.settings.state_dir).unwrap();
+    }
+
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_parallel_group_starts_the_quick_hooks_later_so_that_all_finish_together() {
+        let s = parallel(&["10-app", "20-pg", "30-redis"]);
+        remember(&s, &[("10-app", 100), ("20-pg", 1000), ("30-redis", 400)]);
+        let fake = Fake::new()
+            .step("10-app", Phase::Freeze, 100, Outcome::Exited(0))
+            .step("20-pg", Phase::Freeze, 1000, Outcome::Exited(0))
+            .step("30-redis", Phase::Freeze, 400, Outcome::Exited(0));
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        assert_eq!(
+            schedule_of(&runner),
+            [
+                ("10-app".into(), 900, 1000),
+                ("20-pg".into(), 0, 1000),
+                ("30-redis".into(), 600, 1000)
+            ]
+        );
+        // The thaw: all at once, as soon as it starts.
+        assert_eq!(runner.thaw(Some(&s.found)), End::Done);
+        let thaws: Vec<&Record> = runner
+            .records
+            .iter()
+            .filter(|r| r.phase == Phase::Thaw)
+            .collect();
+        assert_eq!(thaws.len(), 3);
+        assert!(thaws.iter().all(|r| r.started == thaws[0].started));
+        // What this freeze took is remembered for the next schedule.
+        let h = History::load(&s.settings.state_dir);
+        assert_eq!(h.expected(OsStr::new("20-pg")), Some(ms(1000)));
+    }
+
+    #[test]
+    fn without_history_a_group_starts_together_and_a_failure_cancels_the_rest() {
+        let s = parallel(&["10-a", "20-b", "30-c"]);
+        let fake = Fake::new()
+            .step("10-a", Phase::Freeze, 300, Outcome::Exited(0))
+            .step("20-b", Phase::Freeze, 50, failed())
+            .step("30-c", Phase::Freeze, 400, Outcome::Exited(0));
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Failed(line) = runner.freeze(&s.found.hooks) else {
+            panic!("the freeze must fail");
+        };
+        assert!(
+            line.starts_with("freeze aborted: 20-b exited with status 1"),
+            "{line}"
+        );
+        // All three started at once; the two still running were ended; all
+        // three are rolled back, the failed one included.
+        assert!(line.ends_with("rolled back 30-c, 20-b, 10-a"), "{line}");
+        let cancelled: Vec<String> = runner
+            .records
+            .iter()
+            .filter(|r| matches!(r.finished.outcome, Outcome::Cancelled { .. }))
+            .map(|r| r.name.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(cancelled, ["10-a", "30-c"]);
+        let rollbacks = runner.records.iter().filter(|r| r.rollback).count();
+        assert_eq!(rollbacks, 3);
+    }
+
+    #[test]
+    fn a_failure_before_the_later_hooks_start_rolls_back_only_what_started() {
+        let s = parallel(&["10-a", "20-b", "30-c"]);
+        remember(&s, &[("10-a", 100), ("20-b", 1000), ("30-c", 400)]);
+        // 20-b starts first (it is the slow one) and fails at once.
+        let fake = Fake::new().step("20-b", Phase::Freeze, 50, failed());
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Failed(line) = runner.freeze(&s.found.hooks) else {
+            panic!("the freeze must fail");
+        };
+        assert!(line.ends_with("; rolled back 20-b"), "{line}");
+        assert_eq!(runs(&runner), ["freeze 20-b", "thaw 20-b (rollback)"]);
+    }
+
+    #[test]
+    fn a_hook_kept_out_of_the_group_runs_alone_at_its_place() {
+        let mut s = parallel(&["10-a", "20-solo", "30-c", "40-d"]);
+        s.settings.hook_solo.insert("20-solo".into());
+        let mut runner = Runner::with(&s.settings, &s.log, Fake::new());
+        assert_eq!(
+            runner
+                .segments(&s.found.hooks)
+                .iter()
+                .map(|g| g.len())
+                .collect::<Vec<_>>(),
+            [1, 1, 2]
+        );
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        let sched = schedule_of(&runner);
+        // 10-a, then 20-solo after it, then 30-c and 40-d together.
+        assert_eq!(sched[0], ("10-a".into(), 0, 10));
+        assert_eq!(sched[1], ("20-solo".into(), 10, 20));
+        assert_eq!((sched[2].1, sched[3].1), (20, 20));
+        // Without `parallel`, every hook is alone: today's order.
+        s.settings.parallel = false;
+        let runner = Runner::with(&s.settings, &s.log, Fake::new());
+        assert_eq!(runner.segments(&s.found.hooks).len(), 4);
+    }
+
+    #[test]
+    fn a_group_member_past_its_timeout_times_out_and_the_group_is_ended() {
+        let mut s = parallel(&["10-a", "20-b"]);
+        s.settings
+            .hook_timeouts
+            .insert("20-b".into(), Some(ms(200)));
+        let fake = Fake::new()
+            .step("10-a", Phase::Freeze, 5000, Outcome::Exited(0))
+            .step("20-b", Phase::Freeze, 9000, Outcome::Exited(0));
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        let End::Failed(line) = runner.freeze(&s.found.hooks) else {
+            panic!("the freeze must fail");
+        };
+        assert!(
+            line.starts_with("freeze aborted: 20-b timed out after 200ms"),
+            "{line}"
+        );
+        assert!(matches!(
+            runner
+                .records
+                .iter()
+                .find(|r| r.name == "10-a")
+                .unwrap()
+                .finished
+                .outcome,
+            Outcome::Cancelled { .. }
+        ));
     }
 }

@@ -107,6 +107,12 @@ pub(super) fn freeze_everything(
     prepared: &Prepared,
     deadline: TimeLimit,
 ) -> Result<(Watchdog, Vec<PathBuf>), End> {
+    let mountpoints: Vec<PathBuf> = prepared
+        .targets
+        .iter()
+        .map(|t| t.mountpoint.clone())
+        .collect();
+    crate::phase::presync::presync(settings, log, &mountpoints);
     match runner.freeze(&prepared.found.hooks) {
         End::Done | End::Nothing => {}
         other => return Err(other),

@@ -74,10 +74,17 @@ impl Waiter {
     /// Waits for a waited signal, for `input` to become readable, or for
     /// `timeout` (`None`: no limit) to pass.
     pub fn wait(&self, input: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Wake {
-        let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-        if let Some(fd) = input {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        match input {
+            Some(fd) => self.wait_any(&[fd], timeout),
+            None => self.wait_any(&[], timeout),
         }
+    }
+
+    /// [`Waiter::wait`] for any of `inputs` (the outputs of hooks that run
+    /// at once).
+    pub fn wait_any(&self, inputs: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Wake {
+        let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        fds.extend(inputs.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
         // poll takes whole milliseconds; round up so a deadline is never
         // reported early, and cap what one call waits (callers loop).
         let ms = timeout.map_or(u16::MAX as u128 * 1000, |t| t.as_micros().div_ceil(1000));
@@ -88,10 +95,9 @@ impl Waiter {
                 if let Some(sig) = self.take() {
                     return Wake::Signal(sig);
                 }
-                let ready = fds
-                    .get(1)
-                    .and_then(|f| f.revents())
-                    .is_some_and(|r| !r.is_empty());
+                let ready = fds[1..]
+                    .iter()
+                    .any(|f| f.revents().is_some_and(|r| !r.is_empty()));
                 if ready { Wake::Readable } else { Wake::Timeout }
             }
             // EINTR cannot come from the blocked signals; treat any failure

@@ -1,0 +1,130 @@
+//! How long each hook's freeze took in recent runs (a small file in the
+//! state dir), and the schedule a parallel group gets from it: the quick
+//! hooks start later, so that all finish together and no lock is held while
+//! a slower hook still quiesces.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::text::{decode_field, encode_field};
+
+/// Runs remembered per hook.
+const KEPT: usize = 5;
+
+/// Recent freeze durations, by hook name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct History {
+    runs: BTreeMap<OsString, Vec<u64>>,
+}
+
+fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("durations")
+}
+
+impl History {
+    /// What the state dir remembers; nothing when it has no (readable) file.
+    pub fn load(state_dir: &Path) -> History {
+        let text = fs::read_to_string(path(state_dir)).unwrap_or_default();
+        let mut runs = BTreeMap::new();
+        for line in text.lines() {
+            let Some((name, list)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(name) = decode_field(name).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let ms: Vec<u64> = list.split(',').filter_map(|m| m.parse().ok()).collect();
+            if !ms.is_empty() {
+                runs.insert(OsString::from_vec(name), ms);
+            }
+        }
+        History { runs }
+    }
+
+    /// Adds a freeze that ran to success, keeping the last few.
+    pub fn add(&mut self, name: &OsStr, took: Duration) {
+        let list = self.runs.entry(name.to_os_string()).or_default();
+        list.push(took.as_millis() as u64);
+        if list.len() > KEPT {
+            list.remove(0);
+        }
+    }
+
+    /// Writes it back (temp file, then rename: never half a file).
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        let mut text = String::new();
+        for (name, ms) in &self.runs {
+            let list: Vec<String> = ms.iter().map(u64::to_string).collect();
+            text.push_str(&format!(
+                "{} {}\n",
+                encode_field(name.as_bytes()),
+                list.join(",")
+            ));
+        }
+        let tmp = state_dir.join(".durations.tmp");
+        fs::write(&tmp, text)?;
+        fs::rename(tmp, path(state_dir))
+    }
+
+    /// The freeze time to expect of a hook: the median of its recent runs.
+    pub fn expected(&self, name: &OsStr) -> Option<Duration> {
+        let mut ms = self.runs.get(name)?.clone();
+        ms.sort_unstable();
+        Some(Duration::from_millis(ms[ms.len() / 2]))
+    }
+
+    /// When each of `names` (one parallel group) starts, after the group's
+    /// start: the slowest at once, each other one later by as much as it is
+    /// quicker. A hook without history: everyone starts at once.
+    pub fn schedule(&self, names: &[&OsStr]) -> Vec<Duration> {
+        let expected: Option<Vec<Duration>> = names.iter().map(|n| self.expected(n)).collect();
+        let Some(expected) = expected else {
+            return vec![Duration::ZERO; names.len()];
+        };
+        let longest = expected.iter().copied().max().unwrap_or_default();
+        expected.iter().map(|e| longest - *e).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_quick_start_later_so_that_all_finish_together() {
+        let mut h = History::default();
+        let (slow, quick, odd) = (
+            OsStr::new("20-pg"),
+            OsStr::new("10-app"),
+            OsStr::new("3 a%\n"),
+        );
+        for t in [900, 1000, 5000, 1100, 950] {
+            h.add(slow, ms(t));
+        }
+        h.add(quick, ms(100));
+        // One odd run does not move the median.
+        assert_eq!(h.expected(slow), Some(ms(1000)));
+        assert_eq!(h.schedule(&[quick, slow]), [ms(900), ms(0)]);
+        // No history for one of them: all at once.
+        assert_eq!(h.schedule(&[quick, odd]), [ms(0), ms(0)]);
+        // Kept across runs, any name, the last few runs only.
+        h.add(odd, ms(7));
+        for _ in 0..10 {
+            h.add(quick, ms(200));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        h.save(dir.path()).unwrap();
+        let back = History::load(dir.path());
+        assert_eq!(back, h);
+        assert_eq!(back.runs[quick].len(), KEPT);
+        assert_eq!(History::load(&dir.path().join("none")), History::default());
+    }
+}

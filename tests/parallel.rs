@@ -1,0 +1,213 @@
+//! `parallel = true`: hooks that run at once, end together on a failure, are
+//! bounded each by its own timeout, and keep their output lines whole; and the
+//! presync, which a stuck device must not hold up. (How much shorter the
+//! applications' pause gets is measured by benches/parallel.py, not here.)
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{Env, alive, assert_has, eventually, freezing_test, read_pid, require_root};
+use crate::loopfs::LoopFs;
+
+/// 10-waits finishes only once 20-makes has run: one after the other, it
+/// waits in vain (and fails after 10 s); at once, both succeed.
+fn waiting_pair(env: &Env) {
+    let marker = env.path().join("made");
+    env.tracing_hook(
+        "10-waits",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\ni=0\nwhile [ ! -e '{m}' ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done\n[ -e '{m}' ]",
+            m = marker.display()
+        ),
+    );
+    env.tracing_hook(
+        "20-makes",
+        &format!(
+            "[ \"$1\" = freeze ] && touch '{}'\nexit 0",
+            marker.display()
+        ),
+    );
+}
+
+#[test]
+fn the_hooks_of_a_group_run_at_once() {
+    let env = Env::new();
+    waiting_pair(&env);
+    env.set_config("parallel = true\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let mut trace = env.trace();
+    trace.sort();
+    assert_eq!(
+        trace,
+        ["10-waits freeze rollback=0", "20-makes freeze rollback=0"]
+    );
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+}
+
+#[test]
+fn without_parallel_the_same_hooks_run_one_after_the_other() {
+    let env = Env::new();
+    waiting_pair(&env);
+    let run = env.run(&["freeze"]);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "10-waits must have waited in vain: {run:?}"
+    );
+    assert_eq!(
+        env.trace(),
+        ["10-waits freeze rollback=0", "10-waits thaw rollback=1"]
+    );
+}
+
+#[test]
+fn a_failure_in_a_group_ends_the_running_hooks_and_rolls_back_each_that_started() {
+    let env = Env::new();
+    let pid = env.path().join("slow.pid");
+    env.tracing_hook(
+        "10-slow",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\necho $$ > '{}'\nsleep 30",
+            pid.display()
+        ),
+    );
+    env.tracing_hook(
+        "20-fails",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\ni=0; while [ ! -e '{}' ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done\nexit 1",
+            pid.display()
+        ),
+    );
+    env.set_config("parallel = true\nkill_grace = \"1s\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("fsfreeze-hook: freeze aborted: 20-fails exited with status 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(pid.exists(), "10-slow never ran: {run:?}");
+    assert!(!alive(read_pid(&pid)), "10-slow still runs");
+    assert_has(&run.log, "10-slow finished with status=143");
+    assert_has(
+        &run.log,
+        "was ended by SIGTERM when another hook of its group failed",
+    );
+    let mut thaws: Vec<String> = env
+        .trace()
+        .into_iter()
+        .filter(|l| l.contains("thaw"))
+        .collect();
+    thaws.sort();
+    assert_eq!(
+        thaws,
+        ["10-slow thaw rollback=1", "20-fails thaw rollback=1"]
+    );
+}
+
+#[test]
+fn a_group_member_past_its_timeout_is_killed_with_its_process_group() {
+    let env = Env::new();
+    let grandchild = env.path().join("grandchild.pid");
+    env.tracing_hook(
+        "10-hangs",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\nsh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 60' &\nsleep 60",
+            grandchild.display()
+        ),
+    );
+    env.tracing_hook("20-quick", "exit 0");
+    env.set_config(
+        "parallel = true\nkill_grace = \"300ms\"\n[hooks.\"10-hangs\"]\ntimeout = \"1s\"\n",
+    );
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("10-hangs timed out after 1s, ended by SIGKILL"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(read_pid(&grandchild))),
+        "the TERM-ignoring grandchild survived"
+    );
+}
+
+#[test]
+fn output_of_hooks_that_run_at_once_is_never_interleaved_within_a_line() {
+    let env = Env::new();
+    for (name, c) in [("10-a", 'a'), ("20-b", 'b'), ("30-c", 'c')] {
+        env.hook(
+            name,
+            &format!(
+                "i=0; line=$(printf '%0.s{c}' $(seq 300)); while [ $i -lt 400 ]; do echo \"$line\"; i=$((i+1)); done"
+            ),
+        );
+    }
+    env.set_config("parallel = true\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let mut counts = [0; 3];
+    for line in run.log.lines().filter(|l| l.starts_with('[')) {
+        let (name, c, n) = match &line[..6] {
+            "[10-a]" => ("10-a", 'a', 0),
+            "[20-b]" => ("20-b", 'b', 1),
+            "[30-c]" => ("30-c", 'c', 2),
+            other => panic!("a line of nobody's: {other}"),
+        };
+        assert_eq!(line, format!("[{name}] {}", c.to_string().repeat(300)));
+        counts[n] += 1;
+    }
+    assert_eq!(counts, [400, 400, 400]);
+}
+
+/// Thaws the outer filesystem on drop (before the inner one's unmount).
+struct Thaw<'a>(&'a LoopFs);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0.mnt).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_presync_that_cannot_finish_does_not_hold_the_freeze() {
+    let _exclusive = freezing_test("presync_stuck");
+    require_root("presync_stuck");
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.set_config("presync_timeout = \"1s\"\n");
+    // A filesystem whose backing file lives on another one, frozen: its
+    // dirty data cannot reach its device, and syncfs on it blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let outer = LoopFs::ext4(dir.path());
+    let inner = LoopFs::make(&outer.mnt, "ext4", &dir.path().join("inner"));
+    fs::write(inner.mnt.join("dirty"), vec![7u8; 16 << 20]).unwrap();
+    let status = Command::new("fsfreeze")
+        .arg("-f")
+        .arg(&outer.mnt)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let thaw = Thaw(&outer);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_has(
+        &run.log,
+        "presync: not finished after 1s (presync_timeout; a device is slow or stuck); going on without it",
+    );
+    assert_eq!(env.trace(), ["10-a freeze rollback=0"]);
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "the freeze waited {:?}",
+        run.elapsed
+    );
+    drop(thaw);
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    drop(inner);
+}
