@@ -612,3 +612,127 @@ fn postgresql_and_redis_examples_fail_the_freeze_when_the_server_refuses() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
 }
+
+// ---- benchmark: the real databases, parallel or not ------------------------------
+
+/// Not a test: a benchmark run by hand (README, "Benchmark"), skipped by the
+/// test command. MariaDB held by 20-mariadb, PostgreSQL's CHECKPOINT (under a
+/// write load that gives it work) by 30-postgresql, Redis paused and saved by
+/// 40-redis; a MariaDB writer inserts row after row, and the longest wait
+/// between two of its completed inserts during one freeze/0.2 s/thaw cycle
+/// is reported, with `parallel = false` and `true`, median of 3 cycles each.
+/// It fails only if a cycle fails, never on a number.
+#[test]
+#[ignore = "benchmark, by hand: cargo test --test integration bench_ -- --ignored --nocapture"]
+fn bench_real_databases_writer_wait_parallel_or_not() {
+    require_root("bench_databases");
+    let env = Env::new();
+    for hook in ["20-mariadb", "30-postgresql", "40-redis"] {
+        use_example(&env, hook);
+    }
+    let db = Mariadb::start(&env.path().join("mariadb"));
+    db.sql("CREATE TABLE t.w (id INT AUTO_INCREMENT PRIMARY KEY, at DOUBLE) ENGINE=InnoDB");
+    let pg = Postgres::start(&env.path().join("pg"));
+    pg.sql("CREATE TABLE big (id int, pad text)");
+    let redis = Redis::start(&env.path().join("redis"));
+    // 1M keys of 100 bytes: its SAVE takes a while.
+    redis.try_cli(&[
+        "EVAL",
+        "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'k' .. i, string.rep('x', 100)) end return 1",
+        "0",
+        "1000000",
+    ]);
+    assert_eq!(redis.try_cli(&["DBSIZE"]).as_deref(), Some("1000000"));
+    let mut vars = db.vars("5m");
+    vars.extend(pg.vars());
+    vars.push((
+        "FSFREEZE_REDIS_SOCKET",
+        redis.socket().display().to_string(),
+    ));
+    vars.push(("FSFREEZE_REDIS_SAVE", "1".to_string()));
+    // The PostgreSQL write load, and the MariaDB writer (one client session,
+    // each insert's completion time taken by the server's clock).
+    let pg_load = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while :; do psql -X -q -U postgres -h '{}' -c \"INSERT INTO big SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g\" >/dev/null 2>&1; done",
+            env.path().join("pg").display()
+        ))
+        .spawn()
+        .unwrap();
+    // One insert after another, each in its own client; the time each one
+    // completed, taken after it returned.
+    let stamps = env.path().join("stamps");
+    let writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while :; do mariadb --no-defaults --socket='{sock}' -uroot -e 'INSERT INTO t.w (at) VALUES (0)' && date +%s.%N >> '{stamps}'; done",
+            sock = env.path().join("mariadb/sock").display(),
+            stamps = stamps.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut killers = vec![pg_load, writer];
+    std::thread::sleep(Duration::from_secs(3));
+    let longest_wait = |from: f64, to: f64| -> f64 {
+        let text = fs::read_to_string(&stamps).unwrap_or_default();
+        let at: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .filter(|t| (from..=to).contains(t))
+            .collect();
+        at.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let cycle = |parallel: bool| -> f64 {
+        env.set_config(&format!("parallel = {parallel}\n"));
+        let from = now();
+        let run = run_with(&env, &vars, &["freeze"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        let run = run_with(&env, &vars, &["thaw"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        std::thread::sleep(Duration::from_millis(500));
+        longest_wait(from - 0.05, now())
+    };
+    // A first cycle each: the schedule learns how long each hook takes.
+    cycle(false);
+    cycle(true);
+    let (mut sequential, mut parallel) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        sequential.push(cycle(false));
+        parallel.push(cycle(true));
+    }
+    for k in &mut killers {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (s, p) = (median(&mut sequential), median(&mut parallel));
+    eprintln!(
+        "MariaDB writer's longest wait during a cycle (20-mariadb, 30-postgresql CHECKPOINT under load, 40-redis SAVE of 1M keys), median of 3:"
+    );
+    eprintln!("  parallel = false: {s:.3}s   {sequential:.3?}");
+    eprintln!("  parallel = true:  {p:.3}s   {parallel:.3?}");
+    eprintln!("  ratio: {:.2}x", p / s);
+    eprintln!(
+        "  freeze hooks' recent durations (ms): {}",
+        fs::read_to_string(env.state.join("durations"))
+            .unwrap_or_default()
+            .replace('\n', "; ")
+    );
+    eprintln!(
+        "  PostgreSQL rows written under load: {}",
+        pg.sql("SELECT count(*) FROM big")
+    );
+}
