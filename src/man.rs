@@ -122,6 +122,12 @@ alone, at its place. Default false: one after the other.
 Before the first freeze hook, flush the filesystems to be frozen (syncfs), so
 that the freeze itself has little to write; default true.
 .TP
+.B metrics_file
+After every phase that ends with nothing frozen, the runner writes this file
+anew (atomically) in the Prometheus text format, for node_exporter's textfile
+collector, e.g. \fI/var/lib/prometheus/node\-exporter/fsfreeze_hook.prom\fR;
+unset (default): no metrics. A rehearsal writes none.
+.TP
 .B presync_timeout
 How long the flush may hold the freeze; past it the freeze goes on (a stuck
 device holds nothing); default "30s".

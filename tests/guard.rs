@@ -46,10 +46,26 @@ fn thawed_after(fs: &LoopFs, since: Instant, limit: Duration) -> Duration {
 
 const HOOKS: [&str; 2] = ["10-first", "20-second"];
 
+fn metrics_file(install: &Install) -> String {
+    install
+        .dir
+        .path()
+        .join("metrics.prom")
+        .display()
+        .to_string()
+}
+
 fn install(max_frozen: &str) -> (Install, LoopFs) {
     let install = Install::with_config(&format!(
         "timeout = \"10s\"\nkill_grace = \"1s\"\nmax_frozen = \"{max_frozen}\"\n"
     ));
+    let conf = install.dir.path().join("etc/fsfreeze-hook.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        format!("{text}metrics_file = \"{}\"\n", metrics_file(&install)),
+    )
+    .unwrap();
     let fs = LoopFs::ext4(install.dir.path());
     for h in HOOKS {
         install.add(h, &fs.mnt, "");
@@ -115,6 +131,13 @@ fn no_thaw_the_guest_thaws_itself_after_max_frozen_and_the_late_thaw_runs_no_hoo
         assert!(
             eventually(LATE, || !alive(guard)),
             "{qga}: the guard did not end"
+        );
+        let metrics = std::fs::read_to_string(metrics_file(&install)).unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "fsfreeze_hook_guard_thaws_total 1"),
+            "{metrics}"
         );
         // The same line reached syslog, as an error (<27>: daemon.err).
         let mut said = Vec::new();

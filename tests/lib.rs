@@ -12,6 +12,7 @@ mod hold;
 mod layout;
 mod logging;
 mod loopfs;
+mod metrics;
 mod package;
 mod parallel;
 mod phases;

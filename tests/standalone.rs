@@ -261,6 +261,7 @@ fn freeze_fs_then_thaw_fs_with_status_in_between() {
     let status = env.run(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(json["held"], true);
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(json["hooks"], serde_json::json!(["10-a", "20-b"]));
     assert_eq!(json["filesystems"], serde_json::json!([m]));
     assert_eq!(json["watchdog"]["alive"], true);

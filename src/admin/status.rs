@@ -125,6 +125,7 @@ fn status_text(held: Option<&Unthawed>, recorded: &Recorded) -> String {
 fn status_json(held: Option<&Unthawed>) -> String {
     let Some(h) = held else {
         return Object::new()
+            .str("version", env!("CARGO_PKG_VERSION"))
             .bool("held", false)
             .raw("hooks", json::array([]))
             .raw("filesystems", json::array([]))
@@ -140,6 +141,7 @@ fn status_json(held: Option<&Unthawed>) -> String {
             .finish()
     });
     Object::new()
+        .str("version", env!("CARGO_PKG_VERSION"))
         .bool("held", true)
         .num("since_ms", h.since_ms as f64)
         .raw(

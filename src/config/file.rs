@@ -39,10 +39,11 @@ pub(super) struct FileConfig {
     pub hook_solo: BTreeSet<String>,
     pub presync: Option<bool>,
     pub presync_timeout: Option<TimeLimit>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Every key of the file (the man page test checks each is documented).
-pub const KEY_NAMES: [&str; 16] = [
+pub const KEY_NAMES: [&str; 17] = [
     "hooks_dir",
     "log_file",
     "state_dir",
@@ -56,6 +57,7 @@ pub const KEY_NAMES: [&str; 16] = [
     "parallel",
     "presync",
     "presync_timeout",
+    "metrics_file",
     "log_format",
     "log_target",
     "hooks",
@@ -147,6 +149,7 @@ impl FileConfig {
                     )
                 }
                 "parallel" => cfg.parallel = Some(bool_value((key, value))?),
+                "metrics_file" => cfg.metrics_file = Some(path_value((key, value))?),
                 "presync" => cfg.presync = Some(bool_value((key, value))?),
                 "presync_timeout" => {
                     cfg.presync_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)

@@ -125,6 +125,8 @@ pub struct Settings {
     pub presync: bool,
     /// How long the presync may hold the phase; past it the phase goes on.
     pub presync_timeout: TimeLimit,
+    /// Where the Prometheus metrics go after every phase; `None`: nowhere.
+    pub metrics_file: Option<PathBuf>,
     /// Where the log and state went when not running as root, for `rehearse`.
     pub fallback_note: Option<String>,
 }
@@ -290,6 +292,7 @@ impl Settings {
             presync_timeout: file
                 .presync_timeout
                 .unwrap_or(Some(DEFAULT_PRESYNC_TIMEOUT)),
+            metrics_file: file.metrics_file,
             fallback_note: fallback_note.filter(|_| !(log_explicit && state_explicit)),
         })
     }
@@ -469,6 +472,7 @@ mod tests {
             hook_solo: Default::default(),
             presync: false,
             presync_timeout: None,
+            metrics_file: None,
             fallback_note: None,
         };
         assert_eq!(s.timeout_for(OsStr::new("20-mysql")), None);

@@ -9,6 +9,7 @@ use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::guard;
 use crate::phase::journal::Recorded;
+use crate::phase::metrics;
 use crate::phase::presync;
 use crate::phase::runner::{End, Runner, ThawCause};
 use crate::phase::setup;
@@ -69,5 +70,16 @@ pub fn freeze(settings: &Settings, log: &Log, waiter: &Waiter) -> Exit {
         },
         other => other,
     };
+    // Before returning: qemu-ga freezes only after this.
+    metrics::record(
+        settings,
+        log,
+        &metrics::Ran {
+            phase: "freeze",
+            took: start.elapsed(),
+            end: &end,
+            records: &runner.records,
+        },
+    );
     setup::finish(log, "freeze", start, end)
 }

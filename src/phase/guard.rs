@@ -24,6 +24,7 @@ use crate::filesystems::{self, Kernel};
 use crate::log::Log;
 use crate::log::event::{Event, Level};
 use crate::phase::journal::{Journal, Recorded, now_ms};
+use crate::phase::metrics;
 use crate::phase::runner::ThawCause;
 use crate::phase::setup;
 use crate::phase::unfreeze::{open_log_after_thaw, thaw_hooks_locked, to_thaw};
@@ -132,12 +133,30 @@ fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str) {
     let every = to_thaw(&Kernel, unthawed.filesystems.clone(), true, &log);
     let failed = filesystems::thaw_all(&Kernel, &every, &log);
     open_log_after_thaw(&mut log, settings);
-    let end = thaw_hooks_locked(settings, &log, waiter, &failed, ThawCause::MaxFrozen);
+    let mut ran = Vec::new();
+    let end = thaw_hooks_locked(
+        settings,
+        &log,
+        waiter,
+        &failed,
+        ThawCause::MaxFrozen,
+        &mut ran,
+    );
     log.alert(
         Event::new("guard_thaw", why)
             .level(Level::Error)
             .with("guard_pid", me as u32)
             .with("filesystems", every.len() as u64),
+    );
+    metrics::record(
+        settings,
+        &log,
+        &metrics::Ran {
+            phase: "guard_thaw",
+            took: start.elapsed(),
+            end: &end,
+            records: &ran,
+        },
     );
     setup::log_end(&log, "guard thaw", start, &end);
 }

@@ -14,6 +14,7 @@ use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::guard;
 use crate::phase::journal::{Journal, Recorded};
+use crate::phase::metrics;
 use crate::phase::runner::ThawCause;
 use crate::phase::setup;
 use crate::phase::unfreeze::{open_log_after_thaw, thaw_hooks, to_thaw};
@@ -50,7 +51,25 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, all: bool) -> Exit {
         Ok(l) => l,
         Err(exit) => return exit,
     };
-    let end = thaw_hooks(settings, &log, waiter, &fs_failed, ThawCause::Thaw);
+    let mut ran = Vec::new();
+    let end = thaw_hooks(
+        settings,
+        &log,
+        waiter,
+        &fs_failed,
+        ThawCause::Thaw,
+        &mut ran,
+    );
+    metrics::record(
+        settings,
+        &log,
+        &metrics::Ran {
+            phase: "thaw",
+            took: start.elapsed(),
+            end: &end,
+            records: &ran,
+        },
+    );
     if let Some((pid, _)) = held.and_then(|h| h.watchdog) {
         // Its watchdog exits once the journal holds no filesystem.
         sys::proc::signal_ours(pid, Signal::SIGUSR1);

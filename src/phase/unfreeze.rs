@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::filesystems::{self, Filesystems};
 use crate::log::Log;
 use crate::phase::journal::{Journal, Recorded, StateLock, Unthawed, now_ms};
-use crate::phase::runner::{End, Runner, ThawCause};
+use crate::phase::runner::{End, Record, Runner, ThawCause};
 use crate::phase::setup;
 use crate::sys::{self, Waiter};
 use crate::text::escape_path;
@@ -32,13 +32,15 @@ pub fn open_log_after_thaw(log: &mut Log, settings: &Settings) {
 }
 
 /// The thaw hooks of what the journal records, after its filesystems were
-/// thawed; filesystems whose thaw failed stay recorded.
+/// thawed; filesystems whose thaw failed stay recorded. The hooks' runs are
+/// added to `ran` (for the metrics).
 pub fn thaw_hooks(
     settings: &Settings,
     log: &Log,
     waiter: &Waiter,
     fs_failed: &[(PathBuf, Errno)],
     cause: ThawCause,
+    ran: &mut Vec<Record>,
 ) -> End {
     let found = match setup::discover(settings, log) {
         Ok(f) => f,
@@ -59,6 +61,7 @@ pub fn thaw_hooks(
     } else {
         runner.thaw_as(found.as_ref(), cause)
     };
+    ran.append(&mut runner.records);
     if fs_failed.is_empty() {
         return end;
     }
@@ -97,9 +100,10 @@ pub fn thaw_hooks_locked(
     waiter: &Waiter,
     fs_failed: &[(PathBuf, Errno)],
     cause: ThawCause,
+    ran: &mut Vec<Record>,
 ) -> End {
     match StateLock::acquire(&settings.state_dir, settings.phase_timeout) {
-        Ok(_lock) => thaw_hooks(settings, log, waiter, fs_failed, cause),
+        Ok(_lock) => thaw_hooks(settings, log, waiter, fs_failed, cause, ran),
         Err(e) => End::Failed(format!("filesystems thawed, hooks not: {e:#}")),
     }
 }

@@ -180,7 +180,14 @@ pub fn freeze_fs(
     if let Some(sig) = sys::take_pending_stop_signal() {
         // Stopped while freezing: undo all of it.
         let failed = thaw_frozen(&mut runner, &frozen, log);
-        let end = thaw_hooks(settings, log, waiter, &failed, ThawCause::Thaw);
+        let end = thaw_hooks(
+            settings,
+            log,
+            waiter,
+            &failed,
+            ThawCause::Thaw,
+            &mut Vec::new(),
+        );
         dog.done();
         let line = format!(
             "freeze --fs interrupted by {}; thawed and rolled back",

@@ -56,6 +56,17 @@ pub fn snapshot(
     let (dog, frozen) = match freeze_everything(settings, log, &mut runner, &prepared, deadline) {
         Ok(x) => x,
         Err(end) => {
+            // Rolled back: nothing is frozen.
+            crate::phase::metrics::record(
+                settings,
+                log,
+                &crate::phase::metrics::Ran {
+                    phase: "snapshot",
+                    took: start.elapsed(),
+                    end: &end,
+                    records: &runner.records,
+                },
+            );
             setup::log_end(log, "snapshot", start, &end);
             return Exit::FreezeFailed(match end.into_exit().line() {
                 Some(line) => line.to_string(),
@@ -91,12 +102,24 @@ pub fn snapshot(
     if let CommandEnd::TooLong(mut watch) | CommandEnd::Stopped(_, mut watch) = ended {
         watch.end_group(settings.kill_grace);
     }
-    let hooks = thaw_hooks(settings, log, waiter, &failed, ThawCause::Thaw);
+    let mut ran = std::mem::take(&mut runner.records);
+    let hooks = thaw_hooks(settings, log, waiter, &failed, ThawCause::Thaw, &mut ran);
     dog.done();
     // The log's result is the snapshot's: COMMAND's failure (or its cut)
     // counts as much as the hooks'; one stderr line says it all.
     let command_failed = (code != 0).then(|| why.unwrap_or_else(exited));
     let end = merge(hooks, command_failed, stopped);
+    // After FITHAW: nothing is frozen any more.
+    crate::phase::metrics::record(
+        settings,
+        log,
+        &crate::phase::metrics::Ran {
+            phase: "snapshot",
+            took: start.elapsed(),
+            end: &end,
+            records: &ran,
+        },
+    );
     setup::log_end(log, "snapshot", start, &end);
     exit_of(end, code, stopped)
 }

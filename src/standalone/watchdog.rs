@@ -124,7 +124,18 @@ fn thaw_for(settings: &Settings, waiter: &Waiter, why: &str) {
     ));
     let failed = freeze::thaw_all(&Kernel, &held.filesystems, &log);
     open_log_after_thaw(&mut log, settings);
-    let end = thaw_hooks_locked(settings, &log, waiter, &failed, ThawCause::Thaw);
+    let mut ran = Vec::new();
+    let end = thaw_hooks_locked(settings, &log, waiter, &failed, ThawCause::Thaw, &mut ran);
+    crate::phase::metrics::record(
+        settings,
+        &log,
+        &crate::phase::metrics::Ran {
+            phase: "watchdog_thaw",
+            took: start.elapsed(),
+            end: &end,
+            records: &ran,
+        },
+    );
     // No one reads its exit status: the log has the end.
     setup::log_end(&log, "watchdog thaw", start, &end);
 }
