@@ -11,7 +11,7 @@ use crate::common::{BIN, Env, assert_has, require_root};
 
 const STOCK: &str = "#!/bin/sh\n# the stock fsfreeze-hook script\nexit 0\n";
 
-fn put(root: &Path, guest: &str, text: &str, mode: u32) {
+pub fn put(root: &Path, guest: &str, text: &str, mode: u32) {
     let p = root.join(guest.trim_start_matches('/'));
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(&p, text).unwrap();
@@ -44,7 +44,7 @@ fn debian(root: &Path) {
 
 /// RHEL 9: the unit passes -F${FSFREEZE_HOOK_PATHNAME} from
 /// /etc/sysconfig/qemu-ga, hooks under /etc/qemu-ga.
-fn rhel(root: &Path) {
+pub fn rhel(root: &Path) {
     put(root, "/usr/bin/qemu-ga", "ELF", 0o755);
     put(root, "/usr/bin/sh", "ELF", 0o755);
     // RHEL's /bin is a symlink into /usr.
@@ -93,13 +93,13 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
     out
 }
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn run(args: &[&str]) -> Out {
+pub fn run(args: &[&str]) -> Out {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("FSFREEZE_HOOK_CONFIG")
@@ -112,7 +112,7 @@ fn run(args: &[&str]) -> Out {
     }
 }
 
-fn at(root: &Path) -> String {
+pub fn at(root: &Path) -> String {
     root.display().to_string()
 }
 
@@ -666,4 +666,120 @@ fn enable_makes_the_hooks_dir_the_runner_reads_and_check_flags_scripts_elsewhere
         "{}",
         check.stdout
     );
+}
+
+/// Sets a file's SELinux label (the `security.selinux` attribute: an ext4
+/// keeps it without an SELinux kernel).
+#[allow(unsafe_code)]
+fn label(path: &Path, label: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let value = format!("{label}\0");
+    // SAFETY: NUL-terminated strings and a buffer that live for the call.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"security.selinux".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "{}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
+    require_root("check_selinux");
+    let dir = tempfile::tempdir().unwrap();
+    // The root on an ext4 the test made: it keeps security.selinux.
+    let fs = crate::loopfs::LoopFs::ext4(dir.path());
+    let root = fs.mnt.clone();
+    let r = at(&root);
+    rhel(&root);
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    put(&root, "/sys/fs/selinux/enforce", "1", 0o644);
+    let good = "system_u:object_r:virt_qemu_ga_unconfined_exec_t:s0";
+    put(
+        &root,
+        "/etc/qemu-ga/fsfreeze-hook.d/10-good",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    put(
+        &root,
+        "/etc/qemu-ga/fsfreeze-hook.d/20-moved",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    label(&root.join("etc/qemu-ga/fsfreeze-hook.d"), good);
+    label(&root.join("etc/qemu-ga/fsfreeze-hook.d/10-good"), good);
+    // Moved in from a home directory: it kept that label.
+    label(
+        &root.join("etc/qemu-ga/fsfreeze-hook.d/20-moved"),
+        "unconfined_u:object_r:user_home_t:s0",
+    );
+    label(
+        &root.join("etc/qemu-ga/fsfreeze-hook"),
+        "system_u:object_r:virt_qemu_ga_exec_t:s0",
+    );
+    let out = run(&["check", "--root", &r]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_has(&out.stdout, "note: SELinux is enforcing");
+    assert_has(
+        &out.stdout,
+        "note: hook /etc/qemu-ga/fsfreeze-hook is labelled system_u:object_r:virt_qemu_ga_exec_t:s0",
+    );
+    assert_has(
+        &out.stdout,
+        &format!("ok: /etc/qemu-ga/fsfreeze-hook.d is labelled {good}"),
+    );
+    assert_has(
+        &out.stdout,
+        &format!("ok: /etc/qemu-ga/fsfreeze-hook.d/10-good is labelled {good}"),
+    );
+    assert_has(
+        &out.stdout,
+        "problem: /etc/qemu-ga/fsfreeze-hook.d/20-moved is labelled unconfined_u:object_r:user_home_t:s0, not virt_qemu_ga_unconfined_exec_t: qemu-ga's SELinux domain may not run it. Fix: `restorecon -Rv /etc/qemu-ga/fsfreeze-hook.d`",
+    );
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("1 problem(s)"),
+        "{}",
+        out.stdout
+    );
+    // Permissive: said, not a problem. A log outside /var/log/qemu-ga is
+    // a problem only when enforcing.
+    put(&root, "/sys/fs/selinux/enforce", "0", 0o644);
+    let out = run(&["check", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert_has(&out.stdout, "note: SELinux is permissive");
+    assert_has(
+        &out.stdout,
+        "20-moved is labelled unconfined_u:object_r:user_home_t:s0, not virt_qemu_ga_unconfined_exec_t: qemu-ga's SELinux domain would be denied it when enforcing",
+    );
+    put(&root, "/sys/fs/selinux/enforce", "1", 0o644);
+    label(&root.join("etc/qemu-ga/fsfreeze-hook.d/20-moved"), good);
+    put(
+        &root,
+        "/etc/qemu-ga/fsfreeze-hook.conf",
+        "log_file = \"/var/log/fsfreeze.log\"\n",
+        0o644,
+    );
+    let out = run(&["check", "--root", &r]);
+    assert_has(
+        &out.stdout,
+        "problem: log_file /var/log/fsfreeze.log is outside /var/log/qemu-ga",
+    );
+    // No SELinux (no enforce file): not a word about it.
+    fs::remove_file(root.join("sys/fs/selinux/enforce")).unwrap();
+    let out = run(&["check", "--root", &r]);
+    assert!(!out.stdout.contains("SELinux"), "{}", out.stdout);
 }

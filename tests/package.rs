@@ -1,5 +1,7 @@
-//! The Debian package: built by packaging/build-deb from the test binary,
-//! installed into a scratch root with `dpkg --root`.
+//! The packages: the .deb built by packaging/build-deb, installed into a
+//! scratch root with `dpkg --root`; the .rpm built by packaging/build-rpm,
+//! checked with `rpm -qp` and installed into a RHEL 9 style root with
+//! `rpm --root`, where `check` and `enable --dry-run` then run.
 
 use std::fs;
 use std::path::Path;
@@ -87,4 +89,117 @@ fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
         .unwrap();
     let page = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("man/fsfreeze-hook.8")).unwrap();
     assert_eq!(gz.stdout, page);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
+    use crate::admin::{at, put, rhel, run};
+    require_root("rpm_package");
+    let work = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-rpm");
+    let out = Command::new(&script)
+        .arg(BIN)
+        .arg(work.path().join("out"))
+        .output()
+        .expect("packaging/build-rpm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rpm = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(rpm.ends_with(".x86_64.rpm"), "{rpm}");
+    let query = |args: &[&str]| {
+        let out = Command::new("rpm").args(args).arg(&rpm).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let files = query(&["-qpl"]);
+    for f in [
+        "/usr/sbin/fsfreeze-hook",
+        "/usr/share/man/man8/fsfreeze-hook.8.gz",
+        "/usr/share/doc/fsfreeze-hook/README.RHEL",
+        "/usr/share/doc/fsfreeze-hook/README.md.gz",
+        "/usr/share/doc/fsfreeze-hook/examples/20-mariadb",
+        "/usr/share/bash-completion/completions/fsfreeze-hook",
+        "/usr/share/zsh/site-functions/_fsfreeze-hook",
+        "/usr/share/fish/vendor_completions.d/fsfreeze-hook.fish",
+    ] {
+        assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
+    }
+    assert!(!files.contains("/etc/"), "nothing under /etc:\n{files}");
+    let info = query(&["-qpi"]);
+    let version = format!("Version     : {}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        info.contains("Name        : fsfreeze-hook") && info.contains(&version),
+        "{info}"
+    );
+    assert!(
+        query(&["-qpR"]).lines().all(|l| l.starts_with("rpmlib(")),
+        "a static binary requires nothing"
+    );
+
+    // A RHEL 9 style root with the stock hook, the package installed into it.
+    let root = work.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    rhel(&root);
+    let r = at(&root);
+    let install = Command::new("rpm")
+        .args([
+            "--root",
+            &r,
+            "--nodeps",
+            "--nosignature",
+            "--noscripts",
+            "-i",
+            &rpm,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let installed = root.join("usr/sbin/fsfreeze-hook");
+    assert_eq!(fs::read(&installed).unwrap(), fs::read(BIN).unwrap());
+    put(
+        &root,
+        "/etc/qemu-ga/fsfreeze-hook.d/10-app",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    let check = run(&["check", "--root", &r]);
+    assert_eq!(check.code, Some(1), "{}", check.stdout);
+    assert!(
+        check.stdout.lines().any(|l| l.starts_with(
+            "problem: /etc/qemu-ga/fsfreeze-hook is a script (the stock hook?), not fsfreeze-hook"
+        )),
+        "{}",
+        check.stdout
+    );
+    let dry = Command::new(&installed)
+        .args(["enable", "--root", &r, "--dry-run"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{said}");
+    assert!(
+        said.contains("would: keep /etc/qemu-ga/fsfreeze-hook as /etc/qemu-ga/fsfreeze-hook.stock")
+            && said.contains("would: install this binary as /etc/qemu-ga/fsfreeze-hook"),
+        "{said}"
+    );
+    // Enabled for real, the hook logs where qemu-ga's SELinux domain may.
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    let check = run(&["check", "--root", &r]);
+    assert!(
+        check.stdout.contains("/var/log/qemu-ga/fsfreeze-hook.log"),
+        "{}",
+        check.stdout
+    );
 }

@@ -266,6 +266,85 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     }
     writable(&settings.log_file, "log", out);
     writable(&settings.state_dir, "state dir", out);
+    selinux(root, hook, &settings, &listing, out);
+}
+
+/// The label hooks need on the RHEL family: qemu-ga's domain runs them
+/// through a transition out of its own confinement (its policy labels
+/// /etc/qemu-ga/fsfreeze-hook.d so).
+const HOOK_TYPE: &str = "virt_qemu_ga_unconfined_exec_t";
+
+/// Where SELinux is enabled (`/sys/fs/selinux/enforce` exists): its mode,
+/// the labels of the hook, the hooks dir and each hook, with the
+/// `restorecon` that fixes a wrong one, and whether the log may be written.
+fn selinux(
+    root: &Path,
+    hook: &Path,
+    settings: &Settings,
+    listing: &list::Listing,
+    out: &mut Vec<Finding>,
+) {
+    let Ok(mode) = fs::read_to_string(in_root(root, Path::new("/sys/fs/selinux/enforce"))) else {
+        return;
+    };
+    let enforcing = mode.trim() == "1";
+    out.push(Finding::Note(format!(
+        "SELinux is {}",
+        if enforcing { "enforcing" } else { "permissive" }
+    )));
+    let guest = |p: &Path| -> PathBuf {
+        match p.strip_prefix(root) {
+            Ok(inside) if root != Path::new("/") => Path::new("/").join(inside),
+            _ => p.to_path_buf(),
+        }
+    };
+    let label = |p: &Path| crate::sys::paths::selinux_label(p).unwrap_or_else(|| "no label".into());
+    out.push(Finding::Note(format!(
+        "hook {} is labelled {}",
+        hook.display(),
+        label(&in_root(root, hook))
+    )));
+    let mut judged: Vec<PathBuf> = vec![settings.hooks_dir.clone()];
+    judged.extend(
+        listing
+            .entries
+            .iter()
+            .filter(|e| matches!(e.verdict, Verdict::Runs { .. }))
+            .map(|e| e.path.clone()),
+    );
+    for path in judged {
+        let l = label(&path);
+        let shown = guest(&path);
+        if l.split(':').nth(2) == Some(HOOK_TYPE) {
+            out.push(Finding::Ok(format!("{} is labelled {l}", shown.display())));
+            continue;
+        }
+        let what = format!(
+            "{} is labelled {l}, not {HOOK_TYPE}: qemu-ga's SELinux domain {}",
+            shown.display(),
+            if enforcing {
+                "may not run it"
+            } else {
+                "would be denied it when enforcing"
+            }
+        );
+        let fix = format!("`restorecon -Rv {}`", guest(&settings.hooks_dir).display());
+        out.push(if enforcing {
+            problem(what, fix)
+        } else {
+            Finding::Note(format!("{what}; fix: {fix}"))
+        });
+    }
+    let log = guest(&settings.log_file);
+    if enforcing && !log.starts_with("/var/log/qemu-ga") {
+        out.push(problem(
+            format!(
+                "log_file {} is outside /var/log/qemu-ga, which is all qemu-ga's SELinux domain may write: the runner's lines go to syslog instead",
+                log.display()
+            ),
+            "remove log_file from the config (the default under /etc/qemu-ga is /var/log/qemu-ga/fsfreeze-hook.log)",
+        ));
+    }
 }
 
 /// Another hooks dir with entries, where an administrator may have put

@@ -66,6 +66,11 @@ pub enum ThawOrder {
 pub const SYSTEM_HOOKS_DIR: &str = "/etc/qemu/fsfreeze-hook.d";
 pub const SYSTEM_CONFIG: &str = "/etc/qemu/fsfreeze-hook.conf";
 pub const ROOT_LOG_FILE: &str = "/var/log/qga-fsfreeze-hook.log";
+/// The RHEL family's agent dir: a hook invoked from there logs where
+/// qemu-ga's SELinux domain may write (virt_qemu_ga_log_t, the dir RHEL
+/// moved the stock hook's log to: RHEL-52250).
+pub const RHEL_AGENT_DIR: &str = "/etc/qemu-ga";
+pub const RHEL_LOG_FILE: &str = "/var/log/qemu-ga/fsfreeze-hook.log";
 pub const ROOT_STATE_DIR: &str = "/run/fsfreeze-hook";
 pub const CONFIG_ENV: &str = "FSFREEZE_HOOK_CONFIG";
 
@@ -237,7 +242,7 @@ impl Settings {
             None => (None, None, FileConfig::default()),
         };
         let (log_default, state_default, fallback_note) = if as_root {
-            (ROOT_LOG_FILE.into(), ROOT_STATE_DIR.into(), None)
+            (root_log_file(argv0), ROOT_STATE_DIR.into(), None)
         } else {
             let (log, state) = user_locations();
             let note = format!(
@@ -301,6 +306,15 @@ impl Settings {
 /// The stock script reads `$(dirname "$0")/fsfreeze-hook.d`. Typed through
 /// `PATH` (no slash in argv[0]) we look where qemu-ga's hook looks instead of
 /// in the directory of whatever `PATH` entry matched.
+/// Root's default log: under /var/log/qemu-ga for a hook in the RHEL
+/// family's /etc/qemu-ga, the stock script's place otherwise.
+pub fn root_log_file(argv0: &Path) -> PathBuf {
+    match argv0.parent() {
+        Some(dir) if dir.ends_with(RHEL_AGENT_DIR.trim_start_matches('/')) => RHEL_LOG_FILE.into(),
+        _ => ROOT_LOG_FILE.into(),
+    }
+}
+
 pub fn default_hooks_dir(argv0: &Path) -> PathBuf {
     beside_invoked(argv0, "fsfreeze-hook.d").unwrap_or_else(|| SYSTEM_HOOKS_DIR.into())
 }
@@ -445,6 +459,22 @@ mod tests {
         assert_eq!(
             locate_config(None, None, &argv0, Path::new("/")).unwrap(),
             beside
+        );
+    }
+
+    #[test]
+    fn a_hook_in_the_rhel_agent_dir_logs_where_its_selinux_domain_may() {
+        assert_eq!(
+            root_log_file(Path::new("/etc/qemu-ga/fsfreeze-hook")),
+            PathBuf::from("/var/log/qemu-ga/fsfreeze-hook.log")
+        );
+        assert_eq!(
+            root_log_file(Path::new("/img/etc/qemu-ga/fsfreeze-hook")),
+            PathBuf::from(RHEL_LOG_FILE)
+        );
+        assert_eq!(
+            root_log_file(Path::new("/etc/qemu/fsfreeze-hook")),
+            PathBuf::from(ROOT_LOG_FILE)
         );
     }
 

@@ -76,3 +76,29 @@ pub fn components(path: &Path) -> VecDeque<OsString> {
         })
         .collect()
 }
+
+/// The SELinux label of `path` (its `security.selinux` attribute, the
+/// target's for a symlink), if it has one.
+pub fn selinux_label(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: both strings are NUL-terminated and live for the call; the
+    // kernel writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c"security.selinux".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    while buf.last() == Some(&0) {
+        buf.pop();
+    }
+    String::from_utf8(buf).ok()
+}
