@@ -291,8 +291,13 @@ fn render(state: &State) -> String {
 }
 
 /// `text` as `path`: a temporary file in the same directory (which the
-/// textfile collector ignores: it reads only `*.prom`), then a rename.
+/// textfile collector ignores: it reads only `*.prom`), then a rename. That
+/// directory may belong to the exporter's user: whatever it left at the
+/// temporary name (a symlink to a file of root's) is removed, not followed,
+/// and the file is created new (O_EXCL, O_NOFOLLOW).
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
@@ -301,8 +306,19 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     tmp_name.push(name);
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    fs::write(&tmp, text)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))?;
+    drop(f);
     fs::rename(tmp, path)
 }
 
@@ -416,5 +432,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         s.save(dir.path()).unwrap();
         assert_eq!(State::load(dir.path()), s);
+    }
+
+    #[test]
+    fn a_link_at_the_temporary_name_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "root's").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(".m.prom.tmp")).unwrap();
+        write_atomically(&dir.path().join("m.prom"), "x 1\n").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("m.prom")).unwrap(),
+            "x 1\n"
+        );
+        assert!(!dir.path().join(".m.prom.tmp").exists());
     }
 }
