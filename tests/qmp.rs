@@ -18,8 +18,21 @@ impl Qmp {
     /// Connects; every answer must come within `timeout`, or the test fails
     /// showing `log` (the agent's log or the guest's console).
     pub fn connect(socket: &Path, timeout: Duration, log: &Path) -> Qmp {
-        let stream =
-            UnixStream::connect(socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+        // The socket file appears at bind(), before listen(): a refused
+        // connection right then is retried (10 s at most).
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("{}: {e}", socket.display()),
+            }
+        };
         stream.set_read_timeout(Some(timeout)).unwrap();
         Qmp {
             reader: BufReader::new(stream.try_clone().unwrap()),
