@@ -9,23 +9,31 @@ use std::process::Command;
 
 use crate::common::{BIN, require_root};
 
-#[test]
-#[ignore = "needs root"]
-fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
-    require_root("deb_package");
-    let work = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-deb");
-    let out = Command::new(&script)
+/// Runs `packaging/SCRIPT` on the test binary into `<work>/out`; the
+/// package's path.
+fn build(script: &str, work: &Path) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging")
+        .join(script);
+    let out = Command::new(&path)
         .arg(BIN)
-        .arg(work.path().join("out"))
+        .arg(work.join("out"))
         .output()
-        .expect("packaging/build-deb");
+        .unwrap_or_else(|e| panic!("packaging/{script}: {e}"));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
+    require_root("deb_package");
+    let work = tempfile::tempdir().unwrap();
+    let deb = build("build-deb", work.path());
     assert!(
         deb.ends_with("_amd64.deb") || deb.ends_with(".deb"),
         "{deb}"
@@ -97,18 +105,7 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
     use crate::admin::{at, put, rhel, run};
     require_root("rpm_package");
     let work = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-rpm");
-    let out = Command::new(&script)
-        .arg(BIN)
-        .arg(work.path().join("out"))
-        .output()
-        .expect("packaging/build-rpm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rpm = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let rpm = build("build-rpm", work.path());
     assert!(rpm.ends_with(".x86_64.rpm"), "{rpm}");
     let query = |args: &[&str]| {
         let out = Command::new("rpm").args(args).arg(&rpm).output().unwrap();

@@ -5,9 +5,8 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::admin::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, RESTART};
@@ -168,23 +167,10 @@ impl Plan {
             return Ok(());
         }
         let target = self.entry(guest);
+        // A new file of our own: what the tree held at the temporary name
+        // (a symlink out of it, say) is removed, not followed.
         let tmp = target.with_extension("fsfreeze-hook-new");
-        // A new file of our own: whatever the tree held at that name (a
-        // symlink out of it, say) is removed, not followed.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-        fs::rename(tmp, target)
+        crate::sys::paths::replace_file(&target, &tmp, bytes, mode, true)
     }
 }
 

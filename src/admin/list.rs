@@ -141,7 +141,7 @@ fn judge(
 
 pub fn list(settings: &Settings, as_json: bool) -> Exit {
     let listing = inspect(settings, Path::new("/"));
-    let sessions = crate::hold::sessions(&settings.as_seen_by_hooks());
+    let sessions = crate::hold::sessions(settings);
     if as_json {
         let doc = to_json(&listing);
         let names = sessions.iter().map(|s| json::string(&s.name));

@@ -71,15 +71,6 @@ pub fn freeze(settings: &Settings, log: &Log, waiter: &Waiter) -> Exit {
         other => other,
     };
     // Before returning: qemu-ga freezes only after this.
-    metrics::record(
-        settings,
-        log,
-        &metrics::Ran {
-            phase: "freeze",
-            took: start.elapsed(),
-            end: &end,
-            records: &runner.records,
-        },
-    );
+    metrics::record(settings, log, "freeze", start, &end, &runner.records);
     setup::finish(log, "freeze", start, end)
 }

@@ -148,15 +148,6 @@ fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str) {
             .with("guard_pid", me as u32)
             .with("filesystems", every.len() as u64),
     );
-    metrics::record(
-        settings,
-        &log,
-        &metrics::Ran {
-            phase: "guard_thaw",
-            took: start.elapsed(),
-            end: &end,
-            records: &ran,
-        },
-    );
+    metrics::record(settings, &log, "guard_thaw", start, &end, &ran);
     setup::log_end(&log, "guard thaw", start, &end);
 }

@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::log::Log;
@@ -20,6 +19,7 @@ use crate::phase::Phase;
 use crate::phase::journal::now_ms;
 use crate::phase::process::Outcome;
 use crate::phase::runner::{End, Record};
+use crate::sys::paths::replace_file;
 use crate::text::{decode_field, encode_field};
 
 /// What is kept between runs: flat `key value` lines; hook names encoded.
@@ -69,7 +69,7 @@ impl State {
 }
 
 /// One phase that ended thawed: what the metrics learn from it.
-pub struct Ran<'a> {
+struct Ran<'a> {
     /// "freeze", "thaw", "snapshot", "guard_thaw", "watchdog_thaw".
     pub phase: &'a str,
     pub took: Duration,
@@ -77,14 +77,28 @@ pub struct Ran<'a> {
     pub records: &'a [Record],
 }
 
-/// Adds `ran` to the counters and writes `metrics_file`, if one is set.
+/// Adds a phase that ended thawed (`phase` begun at `start`, its hooks'
+/// runs `records`) to the counters and writes `metrics_file`, if one is set.
 /// Failures are logged, never fatal.
-pub fn record(settings: &Settings, log: &Log, ran: &Ran<'_>) {
+pub fn record(
+    settings: &Settings,
+    log: &Log,
+    phase: &str,
+    start: Instant,
+    end: &End,
+    records: &[Record],
+) {
     let Some(file) = &settings.metrics_file else {
         return;
     };
+    let ran = Ran {
+        phase,
+        took: start.elapsed(),
+        end,
+        records,
+    };
     let mut state = State::load(&settings.state_dir);
-    update(&mut state, ran, now_ms() as f64 / 1000.0);
+    update(&mut state, &ran, now_ms() as f64 / 1000.0);
     let written = state
         .save(&settings.state_dir)
         .and_then(|()| write_atomically(file, &render(&state)));
@@ -292,12 +306,8 @@ fn render(state: &State) -> String {
 
 /// `text` as `path`: a temporary file in the same directory (which the
 /// textfile collector ignores: it reads only `*.prom`), then a rename. That
-/// directory may belong to the exporter's user: whatever it left at the
-/// temporary name (a symlink to a file of root's) is removed, not followed,
-/// and the file is created new (O_EXCL, O_NOFOLLOW).
+/// directory may belong to the exporter's user: see [`replace_file`].
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
@@ -305,21 +315,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.set_permissions(fs::Permissions::from_mode(0o644))?;
-    drop(f);
-    fs::rename(tmp, path)
+    replace_file(path, &dir.join(tmp_name), text.as_bytes(), 0o644, false)
 }
 
 #[cfg(test)]

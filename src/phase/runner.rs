@@ -268,16 +268,7 @@ impl<'a, X: Execute> Runner<'a, X> {
                 .map(|(h, _, _)| h.name.as_os_str())
                 .collect::<Vec<_>>(),
         );
-        let members: Vec<GroupRun<'_, X::Ready>> = readies
-            .iter()
-            .zip(delays)
-            .map(|((hook, ready, run), delay)| GroupRun {
-                hook,
-                ready,
-                run: *run,
-                delay,
-            })
-            .collect();
+        let members = group_runs(&readies, delays);
         let stop_on_failure = self.settings.on_error == OnError::Abort;
         let before = self.records.len();
         self.run_members(&members, stop_on_failure, Some(started));
@@ -611,15 +602,7 @@ impl<'a, X: Execute> Runner<'a, X> {
                 Err(refused) => out.push((hook.clone(), refused)),
             }
         }
-        let members: Vec<GroupRun<'_, X::Ready>> = readies
-            .iter()
-            .map(|(hook, ready, run)| GroupRun {
-                hook,
-                ready,
-                run: *run,
-                delay: Duration::ZERO,
-            })
-            .collect();
+        let members = group_runs(&readies, vec![Duration::ZERO; readies.len()]);
         let results = self.run_members(&members, false, None);
         for (member, fin) in members.iter().zip(results) {
             let fin = fin.unwrap_or_else(|| {
@@ -719,6 +702,23 @@ impl<'a, X: Execute> Runner<'a, X> {
                 .line(&format!("not run: {} ({why})", escape_path(&h.path)));
         }
     }
+}
+
+/// The members of a group: the hooks opened for it, each with its delay.
+fn group_runs<'r, R>(
+    readies: &'r [(&'r Hook, R, Run)],
+    delays: Vec<Duration>,
+) -> Vec<GroupRun<'r, R>> {
+    readies
+        .iter()
+        .zip(delays)
+        .map(|((hook, ready, run), delay)| GroupRun {
+            hook,
+            ready,
+            run: *run,
+            delay,
+        })
+        .collect()
 }
 
 /// The stock "execute PATH PHASE" line, which existing monitoring greps for.
@@ -967,8 +967,7 @@ mod tests {
                         if stop_on_failure && failed && !stopped {
                             stopped = true;
                             pending.clear();
-                            for (started, j, _) in running.drain(..) {
-                                let _ = started;
+                            for (_, j, _) in running.drain(..) {
                                 let fin = Finished {
                                     outcome: Outcome::Cancelled { killed: false },
                                     elapsed: end.saturating_duration_since(t0 + members[j].delay),

@@ -60,16 +60,7 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, all: bool) -> Exit {
         ThawCause::Thaw,
         &mut ran,
     );
-    metrics::record(
-        settings,
-        &log,
-        &metrics::Ran {
-            phase: "thaw",
-            took: start.elapsed(),
-            end: &end,
-            records: &ran,
-        },
-    );
+    metrics::record(settings, &log, "thaw", start, &end, &ran);
     if let Some((pid, _)) = held.and_then(|h| h.watchdog) {
         // Its watchdog exits once the journal holds no filesystem.
         sys::proc::signal_ours(pid, Signal::SIGUSR1);

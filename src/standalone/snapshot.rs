@@ -57,16 +57,7 @@ pub fn snapshot(
         Ok(x) => x,
         Err(end) => {
             // Rolled back: nothing is frozen.
-            crate::phase::metrics::record(
-                settings,
-                log,
-                &crate::phase::metrics::Ran {
-                    phase: "snapshot",
-                    took: start.elapsed(),
-                    end: &end,
-                    records: &runner.records,
-                },
-            );
+            crate::phase::metrics::record(settings, log, "snapshot", start, &end, &runner.records);
             setup::log_end(log, "snapshot", start, &end);
             return Exit::FreezeFailed(match end.into_exit().line() {
                 Some(line) => line.to_string(),
@@ -110,16 +101,7 @@ pub fn snapshot(
     let command_failed = (code != 0).then(|| why.unwrap_or_else(exited));
     let end = merge(hooks, command_failed, stopped);
     // After FITHAW: nothing is frozen any more.
-    crate::phase::metrics::record(
-        settings,
-        log,
-        &crate::phase::metrics::Ran {
-            phase: "snapshot",
-            took: start.elapsed(),
-            end: &end,
-            records: &ran,
-        },
-    );
+    crate::phase::metrics::record(settings, log, "snapshot", start, &end, &ran);
     setup::log_end(log, "snapshot", start, &end);
     exit_of(end, code, stopped)
 }

@@ -126,16 +126,7 @@ fn thaw_for(settings: &Settings, waiter: &Waiter, why: &str) {
     open_log_after_thaw(&mut log, settings);
     let mut ran = Vec::new();
     let end = thaw_hooks_locked(settings, &log, waiter, &failed, ThawCause::Thaw, &mut ran);
-    crate::phase::metrics::record(
-        settings,
-        &log,
-        &crate::phase::metrics::Ran {
-            phase: "watchdog_thaw",
-            took: start.elapsed(),
-            end: &end,
-            records: &ran,
-        },
-    );
+    crate::phase::metrics::record(settings, &log, "watchdog_thaw", start, &end, &ran);
     // No one reads its exit status: the log has the end.
     setup::log_end(&log, "watchdog thaw", start, &end);
 }

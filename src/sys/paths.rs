@@ -102,3 +102,37 @@ pub fn selinux_label(path: &Path) -> Option<String> {
     }
     String::from_utf8(buf).ok()
 }
+
+/// Replaces `target` by a file holding `bytes` with `mode`, written first at
+/// `tmp` (in the same directory) and then renamed over it: never half a
+/// file. The directory may be someone else's: whatever was at `tmp` (a
+/// symlink to a file of root's, say) is removed, not followed, and the file
+/// is created new (O_EXCL, O_NOFOLLOW). `durable`: synced before the rename.
+pub fn replace_file(
+    target: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    if durable {
+        f.sync_all()?;
+    }
+    // The umask may have taken bits the caller asked for.
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    drop(f);
+    fs::rename(tmp, target)
+}
