@@ -48,7 +48,7 @@ pub struct HoldArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     pub name: String,
-    pub keeper: i32,
+    pub keeper: sys::proc::Ident,
     pub command: i32,
     pub since_ms: u64,
     pub until_ms: Option<u64>,
@@ -97,7 +97,10 @@ pub fn sessions(settings: &Settings) -> Vec<Session> {
 fn parse(name: &str, text: &str) -> Option<Session> {
     let mut s = Session {
         name: name.to_string(),
-        keeper: 0,
+        keeper: sys::proc::Ident {
+            pid: 0,
+            start: None,
+        },
         command: 0,
         since_ms: 0,
         until_ms: None,
@@ -105,14 +108,14 @@ fn parse(name: &str, text: &str) -> Option<Session> {
     for line in text.lines() {
         let (k, v) = line.split_once(' ')?;
         match k {
-            "keeper" => s.keeper = v.parse().ok()?,
+            "keeper" => s.keeper = sys::proc::Ident::decode(v)?,
             "command" => s.command = v.parse().ok()?,
             "since" => s.since_ms = v.parse().ok()?,
             "until" => s.until_ms = v.parse().ok().filter(|&u: &u64| u != 0),
             _ => {}
         }
     }
-    (s.keeper > 0).then_some(s)
+    (s.keeper.pid > 0).then_some(s)
 }
 
 fn record(settings: &Settings, s: &Session) -> std::io::Result<()> {
@@ -120,7 +123,7 @@ fn record(settings: &Settings, s: &Session) -> std::io::Result<()> {
     fs::create_dir_all(&dir)?;
     let text = format!(
         "keeper {}\ncommand {}\nsince {}\nuntil {}\n",
-        s.keeper,
+        s.keeper.encode(),
         s.command,
         s.since_ms,
         s.until_ms.unwrap_or(0)
@@ -210,8 +213,8 @@ pub fn release(settings: &Settings, log: &Log, name: &str) -> Exit {
 }
 
 /// Asks a keeper to release (SIGUSR1) and waits for it to go.
-fn end_keeper(pid: i32) {
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGUSR1);
+fn end_keeper(pid: sys::proc::Ident) {
+    sys::proc::signal_ours(pid, Signal::SIGUSR1);
     let deadline = Instant::now() + RELEASE_GRACE + Duration::from_secs(5);
     while sys::proc::is_ours(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -264,7 +267,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     let since_ms = crate::phase::journal::now_ms();
     let session = Session {
         name: args.name.clone(),
-        keeper: std::process::id() as i32,
+        keeper: sys::proc::Ident::me(),
         command: pid.as_raw(),
         since_ms,
         until_ms: args.max_hold.map(|d| since_ms + d.as_millis() as u64),
@@ -439,11 +442,18 @@ mod tests {
         for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad:?}");
         }
-        let s = parse("db", "keeper 10\ncommand 11\nsince 5\nuntil 0\n").unwrap();
+        let s = parse("db", "keeper 10 99\ncommand 11\nsince 5\nuntil 0\n").unwrap();
+        let keeper = sys::proc::Ident {
+            pid: 10,
+            start: Some(99),
+        };
         assert_eq!(
             (s.keeper, s.command, s.since_ms, s.until_ms),
-            (10, 11, 5, None)
+            (keeper, 11, 5, None)
         );
+        // An older version's record: the pid alone.
+        let old = parse("db", "keeper 10\ncommand 11\nsince 5\nuntil 0\n").unwrap();
+        assert_eq!(old.keeper.start, None);
         assert!(parse("db", "garbage").is_none());
     }
 }

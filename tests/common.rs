@@ -129,7 +129,20 @@ impl Env {
 
     /// The binary with this env's config, hooks dir, log and state dir.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        self.command_as(Path::new(BIN), args)
+    }
+
+    /// A copy of the binary under another name in this env's dir, as
+    /// `fsfreeze-hook=/etc/qemu/my-hook` in qemu-ga.conf would run it.
+    pub fn renamed_bin(&self, name: &str) -> PathBuf {
+        let path = self.path().join(name);
+        fs::copy(BIN, &path).unwrap();
+        path
+    }
+
+    /// [`Env::command`] with the binary at `bin`.
+    pub fn command_as(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
         // The env's options first, so that a test's own (later) ones win.
         cmd.arg("--config")
             .arg(&self.config)
@@ -161,23 +174,44 @@ impl Env {
     }
 }
 
-/// Whether a pid is a live process (not gone, not a zombie).
 /// The guard recorded in the journal of `state_dir`, if any.
 pub fn guard_of(state_dir: &Path) -> Option<i32> {
+    guard_recorded(state_dir).map(|(pid, _)| pid)
+}
+
+/// The guard's pid and start time as the journal records them.
+fn guard_recorded(state_dir: &Path) -> Option<(i32, Option<u64>)> {
     let journal = fs::read_to_string(state_dir.join("journal")).ok()?;
     journal
         .lines()
         .filter_map(|l| l.strip_prefix("guard "))
-        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .filter_map(|rest| {
+            let fields: Vec<&str> = rest.split(' ').collect();
+            Some((
+                fields.first()?.parse().ok()?,
+                fields.get(2).and_then(|s| s.parse().ok()),
+            ))
+        })
         .next_back()
 }
 
-/// Ends the guard recorded in `state_dir` if it still runs: a test that
-/// freezes and never thaws must not leave one to thaw the machine later.
+/// A process's start time (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Ends the guard recorded in `state_dir` if it still runs (the very process
+/// recorded, whatever the binary was named): a test that freezes and never
+/// thaws must not leave one to thaw the machine later.
 pub fn end_guard(state_dir: &Path) {
-    if let Some(pid) = guard_of(state_dir)
-        && fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim() == "fsfreeze-hook")
+    if let Some((pid, Some(start))) = guard_recorded(state_dir)
+        && start_time(pid) == Some(start)
     {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -192,6 +226,7 @@ impl Drop for Env {
     }
 }
 
+/// Whether a pid is a live process (not gone, not a zombie).
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {

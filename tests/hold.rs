@@ -187,3 +187,28 @@ fn the_held_command_gets_descriptors_0_1_2_only() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(eventually(Duration::from_secs(5), || !alive(pid)));
 }
+
+#[test]
+fn a_copy_under_another_name_releases_its_session() {
+    // qemu-ga.conf may name the hook `/etc/qemu/my-hook`: the keeper is then
+    // called my-hook, and `release` must still recognise it as ours.
+    let env = Env::new();
+    let bin = env.renamed_bin("my-hook");
+    hook_pair(&env, "5m");
+    let run = env.command_as(&bin, &["freeze"]).output().unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let client = read_pid(&env.path().join("client.pid"));
+    assert!(alive(client));
+    let status = env.command_as(&bin, &["status"]).output().unwrap();
+    assert_has(&String::from_utf8_lossy(&status.stdout), "(holding)");
+    let thaw = env.command_as(&bin, &["thaw"]).output().unwrap();
+    assert!(thaw.status.success(), "{thaw:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(client)),
+        "the session (and its lock) outlived `release`"
+    );
+    assert_eq!(
+        fs::read_to_string(env.path().join("client.log")).unwrap(),
+        "unlocked\nclosed\n"
+    );
+}

@@ -570,3 +570,66 @@ fn another_users_process_at_the_guards_pid_is_neither_signalled_nor_waited_for()
     other.kill().unwrap();
     other.wait().unwrap();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_copy_under_another_name_stands_its_guard_down() {
+    crate::common::require_root("renamed_guard");
+    let env = Env::new();
+    let bin = env.renamed_bin("my-hook");
+    env.tracing_hook("10-a", "");
+    env.set_config("max_frozen = \"1h\"\n");
+    let freeze = env.command_as(&bin, &["freeze"]).output().unwrap();
+    assert!(freeze.status.success(), "{freeze:?}");
+    let guard = crate::common::guard_of(&env.state).expect("a guard");
+    let status = env.command_as(&bin, &["status"]).output().unwrap();
+    assert_has(
+        &String::from_utf8_lossy(&status.stdout),
+        &format!("guard: pid {guard}, armed"),
+    );
+    let thaw = env.command_as(&bin, &["thaw"]).output().unwrap();
+    assert!(thaw.status.success(), "{thaw:?}");
+    assert_has(&env.log_text(), &format!("guard pid {guard} ended"));
+    assert!(!crate::common::alive(guard), "the guard still waits");
+}
+
+#[test]
+fn a_process_of_ours_at_a_recorded_pid_but_started_later_is_not_the_guard() {
+    // The pid was reused by a process of this user, even one named
+    // fsfreeze-hook: its start time is not the recorded one.
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fsfreeze-hook");
+    std::fs::copy("/bin/sleep", &fake).unwrap();
+    let mut other = std::process::Command::new(&fake).arg("30").spawn().unwrap();
+    let pid = other.id() as i32;
+    assert!(crate::common::eventually(
+        std::time::Duration::from_secs(5),
+        || { crate::common::start_time(pid).is_some() }
+    ));
+    let start = crate::common::start_time(pid).unwrap();
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::write(
+        env.state.join("journal"),
+        format!(
+            "fsfreeze-hook journal 1\nfreeze 1 1\nstart 10-a\nfrozen 2\nguard {pid} 3 {}\n",
+            start + 1
+        ),
+    )
+    .unwrap();
+    let status = env.run(&["status"]);
+    assert_has(&status.stdout, &format!("guard: pid {pid}, NOT RUNNING"));
+    let thaw = env.run(&["thaw"]);
+    assert_eq!(thaw.code, Some(0), "{thaw:?}");
+    assert_has(
+        &thaw.log,
+        &format!("the guard (pid {pid}) of the last freeze is not running"),
+    );
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "a process that is not the guard was signalled"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+}

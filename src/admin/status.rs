@@ -19,7 +19,7 @@ pub fn status(settings: &Settings, json: bool) -> Exit {
         let list = sessions.iter().map(|s| {
             Object::new()
                 .str("name", &s.name)
-                .num("keeper_pid", s.keeper)
+                .num("keeper_pid", s.keeper.pid)
                 .num("command_pid", s.command)
                 .bool("alive", crate::sys::proc::is_ours(s.keeper))
                 .num("since_ms", s.since_ms as f64)
@@ -135,7 +135,7 @@ fn status_json(held: Option<&Unthawed>) -> String {
     };
     let watchdog = h.watchdog.map(|(pid, deadline)| {
         Object::new()
-            .num("pid", pid)
+            .num("pid", pid.pid)
             .bool("alive", crate::sys::proc::is_ours(pid))
             .opt("deadline_ms", deadline.map(|d| d.to_string()))
             .finish()
@@ -162,7 +162,7 @@ fn status_json(held: Option<&Unthawed>) -> String {
             "guard",
             h.guard.map(|(pid, deadline)| {
                 Object::new()
-                    .num("pid", pid)
+                    .num("pid", pid.pid)
                     .bool("alive", crate::sys::proc::is_ours(pid))
                     .num("deadline_ms", deadline as f64)
                     .finish()

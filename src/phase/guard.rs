@@ -123,7 +123,7 @@ fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str) {
     let Recorded::Unthawed(unthawed) = Journal::new(&settings.state_dir).read() else {
         return;
     };
-    if unthawed.guard.map(|(pid, _)| pid) != Some(me) {
+    if unthawed.guard.map(|(who, _)| who.pid) != Some(me) {
         return;
     }
     let start = Instant::now();

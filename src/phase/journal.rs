@@ -12,7 +12,9 @@
 //! start <name>          one line before each hook's freeze starts
 //! frozen <unix-ms>      the freeze phase completed
 //! thawed <name>         a thaw (or rollback) of that hook ran to its end
-//! watchdog <pid> <ms>   standalone: the watchdog, and its deadline (0: none)
+//! watchdog <pid> <ms> <start>
+//!                       standalone: the watchdog, its deadline (0: none) and
+//!                       start time (older versions wrote no start)
 //! fs <mountpoint>       standalone: one line before each FIFREEZE
 //! fs-skip <mountpoint>  ... which did not freeze it (unsupported, frozen by
 //!                       someone else, failed): not ours to thaw
@@ -42,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
+use crate::sys::proc::Ident;
 use crate::text::{decode_field as decode, encode_field as encode};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -75,10 +78,10 @@ pub struct Unthawed {
     pub filesystems: Vec<PathBuf>,
     /// When every filesystem was frozen.
     pub frozen_at_ms: Option<u64>,
-    /// The watchdog's pid and deadline (unix ms), if one is armed.
-    pub watchdog: Option<(i32, Option<u64>)>,
-    /// Drop-in: the guard's pid and deadline (unix ms), if one is armed.
-    pub guard: Option<(i32, u64)>,
+    /// The watchdog and its deadline (unix ms), if one is armed.
+    pub watchdog: Option<(Ident, Option<u64>)>,
+    /// Drop-in: the guard and its deadline (unix ms), if one is armed.
+    pub guard: Option<(Ident, u64)>,
 }
 
 pub struct Journal {
@@ -136,13 +139,13 @@ impl Journal {
     }
 
     /// Records the watchdog guarding this freeze.
-    pub fn watchdog(&mut self, pid: i32, deadline_ms: Option<u64>) -> Result<()> {
-        self.append_line(&format!("watchdog {pid} {}\n", deadline_ms.unwrap_or(0)))
+    pub fn watchdog(&mut self, who: Ident, deadline_ms: Option<u64>) -> Result<()> {
+        self.append_line(&helper_line("watchdog", who, deadline_ms.unwrap_or(0)))
     }
 
     /// Records the guard left behind by a drop-in freeze.
-    pub fn guard(&mut self, pid: i32, deadline_ms: u64) -> Result<()> {
-        self.append_to_held(&format!("guard {pid} {deadline_ms}\n"))
+    pub fn guard(&mut self, who: Ident, deadline_ms: u64) -> Result<()> {
+        self.append_to_held(&helper_line("guard", who, deadline_ms))
     }
 
     /// Records a filesystem about to be frozen.
@@ -334,22 +337,16 @@ fn parse(bytes: &[u8]) -> Recorded {
                 None => return bad(),
             },
             "frozen" => held.complete = true,
-            "watchdog" => {
-                let mut parts = rest.split(' ').map(|p| p.parse::<u64>().ok());
-                match (parts.next().flatten(), parts.next().flatten()) {
-                    (Some(pid), Some(deadline)) => {
-                        held.watchdog = Some((pid as i32, (deadline != 0).then_some(deadline)));
-                    }
-                    _ => return bad(),
+            "watchdog" => match parse_helper(rest) {
+                Some((who, deadline)) => {
+                    held.watchdog = Some((who, (deadline != 0).then_some(deadline)));
                 }
-            }
-            "guard" => {
-                let mut parts = rest.split(' ').map(|p| p.parse::<u64>().ok());
-                match (parts.next().flatten(), parts.next().flatten()) {
-                    (Some(pid), Some(deadline)) => held.guard = Some((pid as i32, deadline)),
-                    _ => return bad(),
-                }
-            }
+                None => return bad(),
+            },
+            "guard" => match parse_helper(rest) {
+                Some(helper) => held.guard = Some(helper),
+                None => return bad(),
+            },
             "fs" => match path() {
                 Some(p) => held.filesystems.push(p),
                 None => return bad(),
@@ -369,7 +366,29 @@ fn parse(bytes: &[u8]) -> Recorded {
     state.unwrap_or_else(|| Recorded::Corrupt("empty journal".into()))
 }
 
-/// Percent-encodes every byte that is not printable ASCII, and `%` itself.
+/// "WORD PID DEADLINE START": the start time last, where a version that
+/// wrote none had the line's end.
+fn helper_line(word: &str, who: Ident, deadline_ms: u64) -> String {
+    match who.start {
+        Some(start) => format!("{word} {} {deadline_ms} {start}\n", who.pid),
+        None => format!("{word} {} {deadline_ms}\n", who.pid),
+    }
+}
+
+fn parse_helper(rest: &str) -> Option<(Ident, u64)> {
+    let mut parts = rest.split(' ');
+    let pid = parts.next()?.parse().ok().filter(|p: &i32| *p > 0)?;
+    let deadline = parts.next()?.parse().ok()?;
+    let start = match parts.next() {
+        Some(s) => Some(s.parse().ok()?),
+        None => None,
+    };
+    parts
+        .next()
+        .is_none()
+        .then_some((Ident { pid, start }, deadline))
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -457,7 +476,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         j.mark_frozen().unwrap();
-        j.watchdog(4242, Some(99)).unwrap();
+        let dog = Ident {
+            pid: 4242,
+            start: Some(31337),
+        };
+        j.watchdog(dog, Some(99)).unwrap();
         let spaced = PathBuf::from("/srv/with space");
         j.fs_freezing(&spaced).unwrap();
         j.fs_freezing(Path::new("/busy")).unwrap();
@@ -472,7 +495,7 @@ mod tests {
             vec![spaced.clone()],
             "skipped ones are not ours"
         );
-        assert_eq!(h.watchdog, Some((4242, Some(99))));
+        assert_eq!(h.watchdog, Some((dog, Some(99))));
         assert!(h.frozen_at_ms.is_some());
         j.fs_all_thawed().unwrap();
         let Recorded::Unthawed(after) = j.read() else {
@@ -500,11 +523,15 @@ mod tests {
         j.begin_freeze().unwrap();
         j.started("10-app".as_ref()).unwrap();
         j.mark_frozen().unwrap();
-        j.guard(777, 1_700_000_000_000).unwrap();
+        let guard = Ident {
+            pid: 777,
+            start: Some(5),
+        };
+        j.guard(guard, 1_700_000_000_000).unwrap();
         let Recorded::Unthawed(h) = j.read() else {
             panic!("not held");
         };
-        assert_eq!(h.guard, Some((777, 1_700_000_000_000)));
+        assert_eq!(h.guard, Some((guard, 1_700_000_000_000)));
         // A new freeze's record starts without the old guard.
         j.begin_freeze().unwrap();
         let Recorded::Unthawed(h) = j.read() else {
@@ -518,6 +545,21 @@ mod tests {
             parse(b"fsfreeze-hook journal 1\nfreeze 1 2\nguard x 5\n"),
             Recorded::Corrupt(_)
         ));
+        // An older version's line, without the start time, still reads.
+        let Recorded::Unthawed(old) = parse(b"fsfreeze-hook journal 1\nfreeze 1 2\nguard 9 5\n")
+        else {
+            panic!("an old guard line is not corrupt");
+        };
+        assert_eq!(
+            old.guard,
+            Some((
+                Ident {
+                    pid: 9,
+                    start: None
+                },
+                5
+            ))
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ const HAND_OVER: u8 = b'H';
 
 pub struct Watchdog {
     tx: OwnedFd,
-    pid: i32,
+    pid: sys::proc::Ident,
 }
 
 impl Watchdog {
@@ -51,7 +51,7 @@ impl Watchdog {
         Ok(Watchdog { tx, pid })
     }
 
-    pub fn pid(&self) -> i32 {
+    pub fn pid(&self) -> sys::proc::Ident {
         self.pid
     }
 

@@ -97,13 +97,13 @@ fn mark_inherited_fds_cloexec() {
 }
 
 /// Starts a helper process ([`detach`]) that waits on [`HELPER_SIGNALS`], and
-/// returns its pid once it is ready: from then on a signal sent to it is
-/// read by its [`Waiter`], never lost and never fatal. `body` gets the kept
-/// descriptors and that waiter.
+/// returns who it is (pid and start time, as it read them itself) once it is
+/// ready: from then on a signal sent to it is read by its [`Waiter`], never
+/// lost and never fatal. `body` gets the kept descriptors and that waiter.
 pub fn start_helper(
     keep: &[BorrowedFd<'_>],
     body: impl FnOnce(&[BorrowedFd<'_>], Waiter),
-) -> std::io::Result<i32> {
+) -> std::io::Result<proc::Ident> {
     let (ready_rx, ready_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let mut fds = keep.to_vec();
     fds.push(ready_tx.as_fd());
@@ -112,13 +112,16 @@ pub fn start_helper(
         let Ok(waiter) = Waiter::take_over(&HELPER_SIGNALS) else {
             return; // no pid is written: the caller learns it did not start
         };
-        let pid = std::process::id() as i32;
-        if nix::unistd::write(ready[0], &pid.to_ne_bytes()).is_ok() {
+        let me = proc::Ident::me();
+        let mut word = [0u8; 12];
+        word[..4].copy_from_slice(&me.pid.to_ne_bytes());
+        word[4..].copy_from_slice(&me.start.unwrap_or(0).to_ne_bytes());
+        if nix::unistd::write(ready[0], &word).is_ok() {
             body(keep, waiter);
         }
     })?;
     drop(ready_tx);
-    let mut buf = [0u8; 4];
+    let mut buf = [0u8; 12];
     let mut n = 0;
     while n < buf.len() {
         match nix::unistd::read(&ready_rx, &mut buf[n..]) {
@@ -131,7 +134,12 @@ pub fn start_helper(
     if n < buf.len() {
         return Err(std::io::Error::other("the helper did not start"));
     }
-    Ok(i32::from_ne_bytes(buf))
+    let pid = i32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
+    let start = u64::from_ne_bytes(buf[4..].try_into().expect("8 bytes"));
+    Ok(proc::Ident {
+        pid,
+        start: (start != 0).then_some(start),
+    })
 }
 
 /// Sends `sig` to every process of group `pgid`; a group already gone is fine.

@@ -8,14 +8,19 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// Our own processes' name in /proc/PID/comm (the first 15 bytes of the
-/// binary's name).
+/// binary's name): how a helper recorded by a version that kept no start
+/// time is recognised.
 const OURS: &str = "fsfreeze-hook";
 
 /// What `/proc/PID/stat` says of a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
     pub state: char,
+    pub ppid: i32,
     pub pgrp: i32,
+    /// When it started, in clock ticks after boot: with the pid, what tells
+    /// this process from a later one that reused the pid.
+    pub start: u64,
 }
 
 impl Stat {
@@ -26,17 +31,73 @@ impl Stat {
 }
 
 /// Parses `/proc/PID/stat`: "pid (comm) state ppid pgrp ...". comm may hold
-/// spaces and parentheses, so fields are counted from the last ')'.
+/// spaces and parentheses, so fields are counted from the last ')'; the
+/// start time is field 22 (proc(5)).
 fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let pgrp = fields.nth(1)?.parse().ok()?;
-    Some(Stat { state, pgrp })
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start: fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0),
+    })
 }
 
 pub fn stat(pid: i32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A process as a record names it: its pid and, since this version, its
+/// start time. Whether it is still ours and alive is judged by both and by
+/// its owner, never by the program's name (the binary may be installed as
+/// `/etc/qemu/my-hook` or a copy of any name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ident {
+    pub pid: i32,
+    /// `None`: recorded by an older version, which kept the pid only.
+    pub start: Option<u64>,
+}
+
+impl Ident {
+    /// The process `pid` as it is now.
+    pub fn of(pid: i32) -> Ident {
+        Ident {
+            pid,
+            start: stat(pid).map(|s| s.start),
+        }
+    }
+
+    /// This process.
+    pub fn me() -> Ident {
+        Ident::of(std::process::id() as i32)
+    }
+
+    /// As records write it: "PID START" (or "PID" alone when the start is
+    /// unknown).
+    pub fn encode(&self) -> String {
+        match self.start {
+            Some(start) => format!("{} {start}", self.pid),
+            None => self.pid.to_string(),
+        }
+    }
+
+    /// Reads [`Ident::encode`]'s form; a lone pid is an old record.
+    pub fn decode(text: &str) -> Option<Ident> {
+        let mut parts = text.split(' ');
+        let pid: i32 = parts.next()?.parse().ok().filter(|p| *p > 0)?;
+        let start = match parts.next() {
+            Some(s) => Some(s.parse().ok()?),
+            None => None,
+        };
+        parts.next().is_none().then_some(Ident { pid, start })
+    }
+}
+
+impl std::fmt::Display for Ident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.pid)
+    }
 }
 
 /// A process's name (`/proc/PID/comm`), if it exists.
@@ -62,20 +123,28 @@ pub fn running(name: &str) -> bool {
     pids().into_iter().any(|p| comm(p).as_deref() == Some(name))
 }
 
-/// Whether `pid` is a live process of ours (a watchdog, a guard, a keeper),
-/// running as this user: a pid recorded earlier may have been reused by
-/// anything since, by another user's process of the same name too.
-pub fn is_ours(pid: i32) -> bool {
+/// Whether the recorded process is a live process of ours (a watchdog, a
+/// guard, a keeper), running as this user: a pid recorded earlier may have
+/// been reused by anything since, by another user's process too. A record
+/// with a start time is judged by it; an old one by the name it had then.
+pub fn is_ours(who: Ident) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let mine = fs::metadata(format!("/proc/{pid}"))
+    let mine = fs::metadata(format!("/proc/{}", who.pid))
         .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
-    mine && comm(pid).as_deref() == Some(OURS) && stat(pid).is_some_and(|s| s.live())
+    let Some(now) = stat(who.pid).filter(|s| s.live()) else {
+        return false;
+    };
+    let same = match who.start {
+        Some(start) => now.start == start,
+        None => comm(who.pid).as_deref() == Some(OURS),
+    };
+    mine && same
 }
 
-/// Sends `sig` to `pid` if it is still one of ours.
-pub fn signal_ours(pid: i32, sig: Signal) {
-    if is_ours(pid) {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+/// Sends `sig` to the recorded process if it is still one of ours.
+pub fn signal_ours(who: Ident, sig: Signal) {
+    if is_ours(who) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(who.pid), sig);
     }
 }
 
@@ -108,13 +177,30 @@ mod tests {
             .process_group(0)
             .spawn()
             .expect("spawn sleep");
-        let pgid = Pid::from_raw(child.id() as i32);
+        let pid = child.id() as i32;
+        let pgid = Pid::from_raw(pid);
         assert!(group_alive(pgid));
-        assert!(!is_ours(child.id() as i32), "sleep is not ours");
-        assert!(pids().contains(&(child.id() as i32)));
+        // Recorded with its start time, a process of this user is ours
+        // whatever its name; by the pid alone (an old record) only when
+        // named fsfreeze-hook.
+        assert!(is_ours(Ident::of(pid)));
+        assert!(
+            !is_ours(Ident { pid, start: None }),
+            "sleep is not named ours"
+        );
+        let other_start = Ident {
+            pid,
+            start: Ident::of(pid).start.map(|s| s + 1),
+        };
+        assert!(
+            !is_ours(other_start),
+            "a reused pid is not the recorded process"
+        );
+        assert!(pids().contains(&pid));
         let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
         child.wait().expect("reap");
         assert!(!group_alive(pgid));
+        assert!(!is_ours(Ident::of(pid)), "gone");
     }
 
     #[test]
@@ -128,9 +214,32 @@ mod tests {
             parse_stat("1 (x y) R 0 5 5"),
             Some(Stat {
                 state: 'R',
-                pgrp: 5
+                ppid: 0,
+                pgrp: 5,
+                start: 0,
             })
         );
+        let full =
+            "42 (fsfreeze (x)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let s = parse_stat(full).unwrap();
+        assert_eq!((s.ppid, s.pgrp, s.start), (1, 42, 987654));
+    }
+
+    #[test]
+    fn idents_round_trip_and_old_records_read() {
+        let me = Ident::me();
+        assert!(me.start.is_some());
+        assert_eq!(Ident::decode(&me.encode()), Some(me));
+        assert_eq!(
+            Ident::decode("77"),
+            Some(Ident {
+                pid: 77,
+                start: None
+            })
+        );
+        for bad in ["", "x", "0", "-3", "7 x", "7 8 9"] {
+            assert_eq!(Ident::decode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -138,7 +247,11 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(stat(me).is_some_and(|s| s.live()));
         assert!(comm(me).is_some());
-        // The test binary is not named fsfreeze-hook exactly.
-        assert!(!is_ours(me));
+        assert!(is_ours(Ident::me()));
+        // Recorded by the pid alone, it would have to be named fsfreeze-hook.
+        assert!(!is_ours(Ident {
+            pid: me,
+            start: None
+        }));
     }
 }
