@@ -633,3 +633,43 @@ fn a_process_of_ours_at_a_recorded_pid_but_started_later_is_not_the_guard() {
     other.kill().unwrap();
     other.wait().unwrap();
 }
+
+#[test]
+#[ignore = "needs root"]
+fn the_guards_thaw_hooks_run_our_binary_after_an_upgrade_replaced_it() {
+    // The guard thaws every filesystem (FITHAW): no other test's freeze may
+    // be under way meanwhile.
+    let _exclusive = crate::common::freezing_test("guard_after_upgrade");
+    let env = Env::new();
+    let bin = env.renamed_bin("fsfreeze-hook");
+    let record = env.path().join("bin-seen");
+    env.hook(
+        "10-a",
+        &format!(
+            "[ \"$1\" = thaw ] || exit 0\n\"$FSFREEZE_HOOK_BIN\" --version >/dev/null 2>&1; echo \"$FSFREEZE_HOOK_BIN $?\" > '{}'",
+            record.display()
+        ),
+    );
+    env.set_config("max_frozen = \"1h\"\n");
+    let freeze = env.command_as(&bin, &["freeze"]).output().unwrap();
+    assert!(freeze.status.success(), "{freeze:?}");
+    let guard = crate::common::guard_of(&env.state).expect("a guard");
+    // A package upgrade: a new file at the same path, the old one unlinked.
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::copy(crate::common::BIN, &bin).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guard),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        crate::common::eventually(std::time::Duration::from_secs(20), || record.exists()
+            && !crate::common::alive(guard)),
+        "the guard's thaw hook did not run: {}",
+        env.log_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        format!("{} 0\n", bin.display())
+    );
+}

@@ -361,7 +361,7 @@ fn c_string(s: &OsStr) -> Option<CString> {
 
 /// The caller's environment (qemu-ga's), with ours on top.
 fn environment(spawn: &Spawn<'_>, log_path: &Path, state_dir: &Path) -> Vec<CString> {
-    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "fsfreeze-hook".into());
+    let exe = sys::own_path();
     let ours: [(&str, &OsStr); 6] = [
         ("FSFREEZE_PHASE", OsStr::new(spawn.phase)),
         (

@@ -24,6 +24,27 @@ pub use proc::group_alive;
 pub use signals::{HELPER_SIGNALS, Waiter, Wake, take_pending_stop_signal, waited_signals};
 pub use spawn::{Exec, Exit, Program, detach, spawn, try_reap};
 
+/// The path this binary was started from, read once when the process
+/// starts ([`prepare_process`]) and inherited by every helper it forks: a
+/// package upgrade that replaces the file while a guard or watchdog waits
+/// leaves `/proc/self/exe` reading ".../fsfreeze-hook (deleted)", while this
+/// path runs the installed (new) binary. Hooks get it as FSFREEZE_HOOK_BIN.
+pub fn own_path() -> &'static std::path::Path {
+    static OWN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let Ok(link) = fs::read_link("/proc/self/exe") else {
+            return "fsfreeze-hook".into();
+        };
+        // Replaced before we read it (a very early upgrade): the name it had.
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = link.as_os_str().as_bytes();
+        match bytes.strip_suffix(b" (deleted)") {
+            Some(path) => std::ffi::OsStr::from_bytes(path).into(),
+            None => link,
+        }
+    })
+}
+
 /// Puts the process in the state the runner relies on: fds 0-2 open (so no
 /// file we open lands on them), the waited signals blocked (children get an
 /// empty mask again, see `spawn`), SIGCHLD at its default disposition (an
@@ -32,6 +53,7 @@ pub use spawn::{Exec, Exit, Program, detach, spawn, try_reap};
 /// so hooks never inherit qemu-ga's socket or anything else the caller leaked.
 pub fn prepare_process() {
     ensure_std_fds();
+    own_path();
     // Failure is impossible for a valid set and SIG_BLOCK.
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited_signals()), None);
     // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal
