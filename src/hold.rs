@@ -231,7 +231,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
         let _ = nix::unistd::write(ready, line.as_bytes());
     };
     let program = crate::text::program(&args.command);
-    let Ok(waiter) = Waiter::take_over(&sys::HELPER_SIGNALS) else {
+    let Ok(waiter) = Waiter::take_over() else {
         return say("FAIL cannot set up signal handling".into());
     };
     let Started { pid, stdin, output } = match start(args) {

@@ -591,10 +591,14 @@ fn hooks_get_a_default_path_umask_022_and_inherit_resource_limits() {
 
 #[test]
 fn sigint_and_sighup_mid_freeze_roll_back_and_exit_128_plus_signal() {
-    for (sig, code) in [
-        (nix::sys::signal::SIGINT, 130),
-        (nix::sys::signal::SIGHUP, 129),
+    use nix::sys::signal::Signal::*;
+    // And every other signal whose default action would end the runner
+    // with no rollback (signal(7)).
+    for sig in [
+        SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGQUIT, SIGPWR, SIGVTALRM, SIGPROF, SIGIO,
+        SIGXCPU, SIGSTKFLT, SIGSEGV,
     ] {
+        let code = 128 + sig as i32;
         let env = Env::new();
         env.tracing_hook("10-a", "");
         let started = env.hanging_freeze_hook("20-slow");
@@ -610,9 +614,39 @@ fn sigint_and_sighup_mid_freeze_roll_back_and_exit_128_plus_signal() {
                 "20-slow freeze rollback=0",
                 "20-slow thaw rollback=1",
                 "10-a thaw rollback=1"
-            ]
+            ],
+            "{sig}"
         );
+        assert_has(&run.log, &format!("interrupted by {}", sig.as_str()));
     }
+}
+
+#[test]
+fn a_real_time_signal_to_the_runner_is_ignored() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let started = env.path().join("20-b.started");
+    env.tracing_hook(
+        "20-b",
+        &format!(
+            "[ \"$1\" = freeze ] && {{ touch '{}'; sleep 1; }}\nexit 0",
+            started.display()
+        ),
+    );
+    let (child, start) = env.spawn_until(&["freeze"], &started);
+    let rt = libc::SIGRTMIN() + 3;
+    let kill = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{rt} {}", child.id()))
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let run = env.finish(child.wait_with_output().unwrap(), start);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "20-b freeze rollback=0"]
+    );
 }
 
 // ---- the whole trust chain (as root: other users' files and links) --------

@@ -560,7 +560,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             fs::create_dir(dir.path().join("hooks.d")).unwrap();
             let log = Log::open(&dir.path().join("log"), false);
-            let waiter = Waiter::take_over(&[]).unwrap();
+            let waiter = Waiter::deaf();
             Setup { dir, log, waiter }
         }
 

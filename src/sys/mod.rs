@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 
 pub use freeze::{fifreeze, fithaw};
 pub use proc::group_alive;
-pub use signals::{HELPER_SIGNALS, Waiter, Wake, take_pending_stop_signal, waited_signals};
+pub use signals::{Waiter, Wake, take_pending_stop_signal, waited_signals};
 pub use spawn::{Exec, Exit, Program, detach, spawn, try_reap};
 
 /// The path this binary was started from, read once when the process
@@ -56,6 +56,7 @@ pub fn prepare_process() {
     own_path();
     // Failure is impossible for a valid set and SIG_BLOCK.
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited_signals()), None);
+    signals::block_realtime();
     // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal
     // context; changing a disposition is process-wide and we are single-threaded
     // at this point.
@@ -118,7 +119,7 @@ fn mark_inherited_fds_cloexec() {
     }
 }
 
-/// Starts a helper process ([`detach`]) that waits on [`HELPER_SIGNALS`], and
+/// Starts a helper process ([`detach`]) that waits on [`waited_signals`], and
 /// returns who it is (pid and start time, as it read them itself) once it is
 /// ready: from then on a signal sent to it is read by its [`Waiter`], never
 /// lost and never fatal. `body` gets the kept descriptors and that waiter.
@@ -131,7 +132,7 @@ pub fn start_helper(
     fds.push(ready_tx.as_fd());
     detach(&fds, |fds| {
         let (keep, ready) = fds.split_at(fds.len() - 1);
-        let Ok(waiter) = Waiter::take_over(&HELPER_SIGNALS) else {
+        let Ok(waiter) = Waiter::take_over() else {
             return; // no pid is written: the caller learns it did not start
         };
         let me = proc::Ident::me();

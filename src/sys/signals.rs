@@ -10,28 +10,64 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// What a detached helper waits for: its children, the stop signals, and
-/// SIGUSR1 (its own request: release, or look again).
-pub const HELPER_SIGNALS: [Signal; 5] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
+/// Every standard signal whose default action ends a process (signal(7)),
+/// but SIGKILL and SIGPIPE (ignored, as Rust's runtime sets it: a write to a
+/// closed pipe is an error we handle). Each is blocked and read, never
+/// fatal: the runner handles it as SIGTERM (the hook's group ended, rollback,
+/// the one line, exit 128+N); a helper as its stop signal (the guard and the
+/// watchdog thaw at once, a keeper releases). SIGUSR1 is a helper's own
+/// request (release, stand down, look again). A fault of this process itself
+/// (a real SIGSEGV) is delivered by the kernel however it is masked.
+pub const STOP_SIGNALS: [Signal; 21] = [
     Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGABRT,
+    Signal::SIGBUS,
+    Signal::SIGFPE,
     Signal::SIGUSR1,
+    Signal::SIGSEGV,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGTERM,
+    Signal::SIGSTKFLT,
+    Signal::SIGXCPU,
+    Signal::SIGXFSZ,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+    Signal::SIGSYS,
 ];
 
-/// SIGCHLD (a hook ended) and the signals that stop a run.
+/// SIGCHLD (a child ended) and the stop signals: what the runner and every
+/// helper wait for.
 pub fn waited_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
+    set.add(Signal::SIGCHLD);
+    for sig in STOP_SIGNALS {
         set.add(sig);
     }
     set
+}
+
+/// Blocks the real-time signals that are not libc's own (SIGRTMIN..=
+/// SIGRTMAX): their default action ends a process too, and nothing of ours
+/// uses them, so they are ignored. Blocked rather than SIG_IGN, which a hook
+/// would inherit; a child starts with an empty mask and no pending signal.
+pub fn block_realtime() {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set before sigaddset and
+    // pthread_sigmask read it; every number lies in SIGRTMIN..=SIGRTMAX.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
 }
 
 /// What ended a wait.
@@ -55,15 +91,21 @@ impl Waiter {
         Waiter::from_set(&waited_signals())
     }
 
-    /// Blocks `signals` and reads them from now on: how a detached helper
-    /// (the watchdog, a hold keeper) takes over its signals.
-    pub fn take_over(signals: &[Signal]) -> std::io::Result<Waiter> {
-        let mut set = SigSet::empty();
-        for sig in signals {
-            set.add(*sig);
-        }
+    /// Blocks the waited signals (and the real-time ones) and reads them
+    /// from now on: how a detached helper (the guard, the watchdog, a hold
+    /// keeper) takes over its signals.
+    pub fn take_over() -> std::io::Result<Waiter> {
+        let set = waited_signals();
         nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        block_realtime();
         Waiter::from_set(&set)
+    }
+
+    /// A waiter that reads no signal (unit tests, whose threads must not
+    /// take the harness's signals).
+    #[cfg(test)]
+    pub fn deaf() -> Waiter {
+        Waiter::from_set(&SigSet::empty()).expect("a signalfd")
     }
 
     fn from_set(set: &SigSet) -> std::io::Result<Waiter> {
@@ -114,11 +156,11 @@ impl Waiter {
     }
 }
 
-/// Takes a TERM, INT or HUP that arrived while no hook was being waited for
+/// Takes a stop signal that arrived while no hook was being waited for
 /// (between hooks), without blocking. SIGCHLD is left pending.
 pub fn take_pending_stop_signal() -> Option<Signal> {
     let mut set = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for sig in STOP_SIGNALS {
         set.add(sig);
     }
     let ts = libc::timespec {
