@@ -39,6 +39,16 @@ impl Exit {
         }
     }
 
+    /// A snapshot's end: a refusal before COMMAND ran (config, not root, not
+    /// a mountpoint, the lock) is 125 as a failed freeze is, never 3, which
+    /// COMMAND itself may return.
+    pub fn for_snapshot(self) -> Exit {
+        match self {
+            Exit::Setup(line) => Exit::FreezeFailed(line),
+            other => other,
+        }
+    }
+
     /// The line for stderr, if this end has one.
     pub fn line(&self) -> Option<&str> {
         match self {
@@ -69,6 +79,8 @@ mod tests {
             (Exit::Signal(Signal::SIGINT, l()), 130, Some("x")),
             (Exit::FrozenTooLong(l()), 124, Some("x")),
             (Exit::FreezeFailed(l()), 125, Some("x")),
+            (Exit::Setup(l()).for_snapshot(), 125, Some("x")),
+            (Exit::Command(3, None).for_snapshot(), 3, None),
             (Exit::Command(127, Some(l())), 127, Some("x")),
             (Exit::Command(0, None), 0, None),
         ];

@@ -41,7 +41,11 @@ fn main() -> ExitCode {
         .map(PathBuf::from)
         .unwrap_or_default();
     let cli = Cli::parse();
+    let snapshot = matches!(cli.command, Command::Snapshot { .. });
     let exit = run(cli, &argv0);
+    // A snapshot refused before COMMAND ran says so with its own status,
+    // never one COMMAND could have returned.
+    let exit = if snapshot { exit.for_snapshot() } else { exit };
     if let Some(line) = exit.line() {
         // One line, whatever a name in it holds: qemu-ga passes it on.
         eprintln!("fsfreeze-hook: {}", text::escape_line(line.as_bytes()));
@@ -54,7 +58,8 @@ fn main() -> ExitCode {
 fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
     let mut settings =
         Settings::load(argv0, &cli.global.overrides()).map_err(|e| Exit::Setup(e.to_string()))?;
-    // Hooks run in `/` and are given these paths: absolute ones.
+    // Hooks and helpers run in `/` and are given these paths: absolute ones,
+    // before anything starts.
     for path in [
         &mut settings.hooks_dir,
         &mut settings.log_file,
@@ -63,6 +68,12 @@ fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
         if let Ok(abs) = std::path::absolute(&*path) {
             *path = abs;
         }
+    }
+    // The guard and the watchdog write it too, from `/`.
+    if let Some(metrics) = &mut settings.metrics_file
+        && let Ok(abs) = std::path::absolute(&*metrics)
+    {
+        *metrics = abs;
     }
     if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
         && let Err(u) = Policy::current().check_opened(config, meta)

@@ -1,5 +1,7 @@
 //! Order, failure policy, rollback and the journal-driven thaw.
 
+use std::path::Path;
+
 use crate::common::{Env, assert_has, assert_lines};
 
 fn three_hooks(env: &Env) {
@@ -650,8 +652,14 @@ fn the_guards_thaw_hooks_run_our_binary_after_an_upgrade_replaced_it() {
             record.display()
         ),
     );
-    env.set_config("max_frozen = \"1h\"\n");
-    let freeze = env.command_as(&bin, &["freeze"]).output().unwrap();
+    // A relative metrics_file is the one beside where the freeze ran, also
+    // for the guard, which runs in `/`.
+    env.set_config("max_frozen = \"1h\"\nmetrics_file = \"metrics.prom\"\n");
+    let freeze = env
+        .command_as(&bin, &["freeze"])
+        .current_dir(env.path())
+        .output()
+        .unwrap();
     assert!(freeze.status.success(), "{freeze:?}");
     let guard = crate::common::guard_of(&env.state).expect("a guard");
     // A package upgrade: a new file at the same path, the old one unlinked.
@@ -672,4 +680,7 @@ fn the_guards_thaw_hooks_run_our_binary_after_an_upgrade_replaced_it() {
         std::fs::read_to_string(&record).unwrap(),
         format!("{} 0\n", bin.display())
     );
+    let metrics = std::fs::read_to_string(env.path().join("metrics.prom")).unwrap();
+    assert_has(&metrics, "fsfreeze_hook_guard_thaws_total 1");
+    assert!(!Path::new("/metrics.prom").exists(), "written into /");
 }

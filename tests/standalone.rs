@@ -375,8 +375,9 @@ fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
     env.tracing_hook("10-app", "");
     let plain: PathBuf = env.path().join("plain");
     fs::create_dir(&plain).unwrap();
+    // Refused before COMMAND ran: 125, never a status COMMAND could give.
     let run = env.run(&["snapshot", "-m", plain.to_str().unwrap(), "--", "true"]);
-    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.code, Some(125), "{run:?}");
     assert!(
         run.stderr
             .contains(&format!("{} is not a mountpoint", plain.display())),
@@ -394,8 +395,11 @@ fn not_a_mountpoint_or_state_dir_on_a_frozen_filesystem_is_refused() {
         "--",
         "true",
     ]);
-    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_eq!(run.code, Some(125), "{run:?}");
     assert_has(&run.stderr, "which would be frozen; use a tmpfs");
+    // `freeze --fs` keeps 3 for the same refusal (it has no COMMAND).
+    let run = env.run(&["freeze", "--fs", "-m", plain.to_str().unwrap()]);
+    assert_eq!(run.code, Some(3), "{run:?}");
     assert!(env.trace().is_empty(), "no hook ran");
     assert!(!fs.frozen());
 }
@@ -513,4 +517,25 @@ fn snapshot_logs_the_result_its_exit_status_gives() {
             }
         }
     }
+}
+
+#[test]
+fn a_snapshot_refused_for_its_config_or_without_root_exits_125() {
+    let env = Env::new();
+    env.set_config("timeout = \"5 s\"\n");
+    let run = env.run(&["snapshot", "-m", "/", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(run.code, Some(125), "{run:?}");
+    assert_has(&run.stderr, "timeout");
+    // Not root (as root: run as nobody, the env readable to it).
+    env.set_config("");
+    let mut cmd = env.command(&["snapshot", "-m", "/", "--", "sh", "-c", "exit 3"]);
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        cmd.uid(65534).gid(65534).env("HOME", "/nonexistent");
+    }
+    let run = env.finish(cmd.output().unwrap(), Instant::now());
+    assert_eq!(run.code, Some(125), "{run:?}");
+    assert_has(&run.stderr, "needs root");
 }
