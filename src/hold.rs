@@ -241,12 +241,14 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     let mut stdin = std::fs::File::from(stdin);
     let _ = stdin.write_all(input);
     let _ = stdin.flush();
-    let log = Log::deferred(&settings.log_file);
+    // Styled as `hold`'s own lines are: a JSON log gets JSON lines only.
+    let log = Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
     let ctx = Context {
         waiter: &waiter,
         log: &log,
         output_limit: None,
         state_dir: &settings.state_dir,
+        config: settings.config_file.as_deref(),
         progress: None,
     };
     let end_now = |stdin: std::fs::File| {

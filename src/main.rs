@@ -69,11 +69,15 @@ fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
             *path = abs;
         }
     }
-    // The guard and the watchdog write it too, from `/`.
-    if let Some(metrics) = &mut settings.metrics_file
-        && let Ok(abs) = std::path::absolute(&*metrics)
+    // The guard and the watchdog write it too, from `/`; hooks get the
+    // config's path.
+    for path in [&mut settings.metrics_file, &mut settings.config_file]
+        .into_iter()
+        .flatten()
     {
-        *metrics = abs;
+        if let Ok(abs) = std::path::absolute(&*path) {
+            *path = abs;
+        }
     }
     if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
         && let Err(u) = Policy::current().check_opened(config, meta)

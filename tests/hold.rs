@@ -212,3 +212,26 @@ fn a_copy_under_another_name_releases_its_session() {
         "unlocked\nclosed\n"
     );
 }
+
+#[test]
+fn a_json_log_gets_json_lines_from_hold_release_and_the_keeper() {
+    let env = Env::new();
+    env.set_config("log_format = \"json\"\n");
+    hook_pair(&env, "5m");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let client = read_pid(&env.path().join("client.pid"));
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    assert!(eventually(Duration::from_secs(5), || !alive(client)));
+    // The keeper writes its last line once the session has closed.
+    assert!(eventually(Duration::from_secs(5), || env
+        .log_text()
+        .contains("session closed after")));
+    let log = env.log_text();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(v.is_object(), "{line}");
+    }
+    assert_has(&log, "hold demo: session ready");
+    assert_has(&log, "release demo: released");
+}

@@ -164,3 +164,32 @@ fn a_rehearsal_writes_no_metrics() {
     assert_eq!(env.run(&["freeze"]).code, Some(0));
     assert!(prom.exists());
 }
+
+#[test]
+fn hooks_whose_names_differ_only_in_bytes_that_are_not_utf8_are_two_series() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let textfile = env.path().join("textfile");
+    std::fs::create_dir(&textfile).unwrap();
+    env.set_config(&format!(
+        "metrics_file = \"{}/fsfreeze_hook.prom\"\n",
+        textfile.display()
+    ));
+    env.hook(OsStr::from_bytes(b"10-db\xff"), "exit 0");
+    env.hook(OsStr::from_bytes(b"10-db\xfe"), "exit 0");
+    let exporter = Exporter::start(&textfile);
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let m = exporter.scrape();
+    assert_eq!(
+        sample(&m, "node_textfile_scrape_error"),
+        Some(0.0),
+        "the collector could not read our file:\n{m}"
+    );
+    for series in [
+        r#"fsfreeze_hook_hook_last_exit_status{hook="10-db\\xff",phase="freeze"}"#,
+        r#"fsfreeze_hook_hook_last_exit_status{hook="10-db\\xfe",phase="freeze"}"#,
+    ] {
+        assert_eq!(sample(&m, series), Some(0.0), "{series} in\n{m}");
+    }
+}

@@ -131,6 +131,7 @@ impl Execute for Processes<'_> {
                 log: self.log,
                 output_limit: self.settings.output_limit,
                 state_dir: &self.settings.state_dir,
+                config: self.settings.config_file.as_deref(),
                 progress: self.show_progress.then_some(&show as &dyn Fn(Duration)),
             },
             signal_seen,
@@ -176,6 +177,7 @@ impl Execute for Processes<'_> {
             log: self.log,
             output_limit: self.settings.output_limit,
             state_dir: &self.settings.state_dir,
+            config: self.settings.config_file.as_deref(),
             progress: None,
         };
         run_group(&group, &ctx, signal_seen, stop_on_failure, on_start, on_end)

@@ -170,10 +170,20 @@ fn phase_word(phase: Phase) -> &'static str {
     }
 }
 
-/// A label value as the text format wants it: `\`, `"` and newline escaped.
+/// A label value as the text format wants it (`\`, `"` and newline
+/// escaped), of a value that keeps names apart: a name's `\` doubled and
+/// each byte that is not UTF-8 as `\xNN`, so two hooks whose names differ
+/// only there are two series (node_exporter drops a duplicate one, with an
+/// error at every scrape).
 fn label(value: &[u8]) -> String {
-    String::from_utf8_lossy(value)
-        .replace('\\', "\\\\")
+    let mut kept = String::with_capacity(value.len());
+    for chunk in value.utf8_chunks() {
+        kept.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            kept.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    kept.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
@@ -321,6 +331,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::phase::process::Finished;
     use std::ffi::OsString;
     use std::os::unix::ffi::OsStringExt;
@@ -408,7 +419,8 @@ mod tests {
             "fsfreeze_hook_hook_last_exit_status{hook=\"20-b\",phase=\"freeze\"} 143",
             "fsfreeze_hook_hook_last_exit_status{hook=\"20-b\",phase=\"rollback\"} 0",
             // Quote, backslash and newline of a name escaped as the format wants.
-            "fsfreeze_hook_hook_last_duration_seconds{hook=\"10-db \\\"x\\\"\\\\\\n\",phase=\"freeze\"} 0.12",
+            // (a name's own backslash doubled first: the value is `\\`).
+            "fsfreeze_hook_hook_last_duration_seconds{hook=\"10-db \\\"x\\\"\\\\\\\\\\n\",phase=\"freeze\"} 0.12",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
@@ -443,5 +455,20 @@ mod tests {
             "x 1\n"
         );
         assert!(!dir.path().join(".m.prom.tmp").exists());
+    }
+
+    #[test]
+    fn names_that_differ_in_bytes_that_are_not_utf8_are_two_series() {
+        let names: [&[u8]; 4] = [b"10-\xff", b"10-\xfe", b"10-\\xff", b"10-\xc3\xbf"];
+        let labels: Vec<String> = names.iter().map(|n| label(n)).collect();
+        for (i, a) in labels.iter().enumerate() {
+            for b in &labels[i + 1..] {
+                assert_ne!(a, b, "{labels:?}");
+            }
+        }
+        // In the text: `\\xff` for the byte, `\\\\xff` for the name written so.
+        assert_eq!(labels[0], r"10-\\xff");
+        assert_eq!(labels[2], r"10-\\\\xff");
+        assert_eq!(labels[3], "10-\u{ff}");
     }
 }

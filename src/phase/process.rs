@@ -142,6 +142,9 @@ pub struct Context<'a> {
     pub output_limit: Option<u64>,
     /// The state dir, passed to hooks (for `hold` and `release`).
     pub state_dir: &'a Path,
+    /// The config file this run read, passed to hooks, so that the `hold`
+    /// and `release` they run read it too (log format and target).
+    pub config: Option<&'a Path>,
     /// Told, about once a second after the first, how long the child has
     /// been running (`rehearse` shows it).
     pub progress: Option<&'a dyn Fn(Duration)>,
@@ -287,7 +290,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         }
     };
     let argv: Vec<CString> = argv.into_iter().filter_map(c_string).collect();
-    let envp = environment(spawn, ctx.log.path(), ctx.state_dir);
+    let envp = environment(spawn, ctx);
     let exec = Exec {
         program,
         argv: &argv,
@@ -360,18 +363,21 @@ fn c_string(s: &OsStr) -> Option<CString> {
 }
 
 /// The caller's environment (qemu-ga's), with ours on top.
-fn environment(spawn: &Spawn<'_>, log_path: &Path, state_dir: &Path) -> Vec<CString> {
+fn environment(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Vec<CString> {
+    let (log_path, state_dir) = (ctx.log.path(), ctx.state_dir);
     let exe = sys::own_path();
-    let ours: [(&str, &OsStr); 6] = [
-        ("FSFREEZE_PHASE", OsStr::new(spawn.phase)),
+    let config = ctx.config.map(|c| c.as_os_str());
+    let ours: [(&str, Option<&OsStr>); 7] = [
+        ("FSFREEZE_PHASE", Some(OsStr::new(spawn.phase))),
         (
             "FSFREEZE_ROLLBACK",
-            OsStr::new(if spawn.rollback { "1" } else { "0" }),
+            Some(OsStr::new(if spawn.rollback { "1" } else { "0" })),
         ),
-        ("FSFREEZE_HOOK_LOG", log_path.as_os_str()),
-        ("FSFREEZE_HOOK_PATH", spawn.path.as_os_str()),
-        ("FSFREEZE_HOOK_STATE_DIR", state_dir.as_os_str()),
-        ("FSFREEZE_HOOK_BIN", exe.as_os_str()),
+        ("FSFREEZE_HOOK_LOG", Some(log_path.as_os_str())),
+        ("FSFREEZE_HOOK_PATH", Some(spawn.path.as_os_str())),
+        ("FSFREEZE_HOOK_STATE_DIR", Some(state_dir.as_os_str())),
+        ("FSFREEZE_HOOK_BIN", Some(exe.as_os_str())),
+        (crate::config::CONFIG_ENV, config),
     ];
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !ours.iter().any(|(name, _)| k == *name))
@@ -381,7 +387,7 @@ fn environment(spawn: &Spawn<'_>, log_path: &Path, state_dir: &Path) -> Vec<CStr
     }
     vars.extend(
         ours.iter()
-            .map(|(k, v)| (OsString::from(k), v.to_os_string())),
+            .filter_map(|(k, v)| Some((OsString::from(k), (*v)?.to_os_string()))),
     );
     key_values(vars)
 }
@@ -590,6 +596,7 @@ mod tests {
                 log: &self.log,
                 output_limit: None,
                 state_dir: self.dir.path(),
+                config: None,
                 progress: Some(&|_| {}),
             };
             let spawn = Spawn {

@@ -71,6 +71,7 @@ pub fn snapshot(
         log,
         output_limit: settings.output_limit,
         state_dir: &settings.state_dir,
+        config: settings.config_file.as_deref(),
         progress: None,
     };
     let mut signal_seen = None;
