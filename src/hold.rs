@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -138,7 +138,9 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> Exit {
     if !valid_name(&args.name) {
         return Exit::Setup(not_a_name("hold", &args.name));
     }
-    if let Err(e) = crate::phase::journal::ensure_state_dir(&settings.state_dir) {
+    if let Err(e) = crate::phase::journal::ensure_state_dir(&settings.state_dir)
+        .and_then(|()| crate::phase::journal::ensure_state_dir(&sessions_dir(settings)))
+    {
         return Exit::Setup(format!("hold {}: {e:#}", args.name));
     }
     // A session of that name still held (a thaw never came): replace it.
@@ -197,19 +199,124 @@ pub fn release(settings: &Settings, log: &Log, name: &str) -> Exit {
         log.line(&line);
         return Exit::Setup(line);
     }
-    let Some(s) = sessions(settings).into_iter().find(|s| s.name == name) else {
+    // The recorded session, and a keeper that holds the name but has not
+    // recorded it yet (its COMMAND not ready): every session of the name.
+    let recorded = sessions(settings).into_iter().find(|s| s.name == name);
+    let mut keepers: Vec<sys::proc::Ident> = recorded.iter().map(|s| s.keeper).collect();
+    if let Some(starting) = lock_holder(settings, name)
+        && !keepers.contains(&starting)
+    {
+        keepers.push(starting);
+    }
+    keepers.retain(|k| sys::proc::is_ours(*k));
+    if recorded.is_none() && keepers.is_empty() {
         log.line(&format!("release {name}: nothing held under that name"));
         return Exit::Ok;
-    };
-    if sys::proc::is_ours(s.keeper) {
-        end_keeper(s.keeper);
+    }
+    for keeper in &keepers {
+        end_keeper(*keeper);
     }
     let _ = fs::remove_file(sessions_dir(settings).join(name));
+    let pids: Vec<String> = keepers.iter().map(|k| k.pid.to_string()).collect();
     log.line(&format!(
         "release {name}: released (keeper pid {})",
-        s.keeper
+        if pids.is_empty() {
+            recorded.map_or_else(String::new, |s| format!("{}, gone already", s.keeper))
+        } else {
+            pids.join(", ")
+        }
     ));
     Exit::Ok
+}
+
+/// `<state dir>/held/.NAME.lock`: a keeper holds an exclusive flock on it
+/// for its whole life, with its pid and start time in it, so that one name
+/// has one session at a time.
+fn lock_path(settings: &Settings, name: &str) -> PathBuf {
+    sessions_dir(settings).join(format!(".{name}.lock"))
+}
+
+/// The keeper that wrote itself into the name's lock file, if any.
+fn lock_holder(settings: &Settings, name: &str) -> Option<sys::proc::Ident> {
+    let text = fs::read_to_string(lock_path(settings, name)).ok()?;
+    sys::proc::Ident::decode(text.trim_end())
+}
+
+/// Takes the name's lock for this keeper and writes who holds it; `Err`:
+/// the line for `hold` (another keeper holds it).
+fn take_name(settings: &Settings, name: &str) -> Result<NameLock, String> {
+    // The keeper that held it removes the file before it lets go; a lock
+    // taken on a file no longer at the path is taken again on the new one.
+    for _ in 0..100 {
+        let lock = lock_name_file(settings, name)?;
+        if same_file(&lock, &lock_path(settings, name)) {
+            return Ok(NameLock {
+                path: lock_path(settings, name),
+                _lock: lock,
+            });
+        }
+    }
+    Err(format!(
+        "cannot lock the name {name}: its lock file keeps changing"
+    ))
+}
+
+/// A held name; its file is removed before the lock goes.
+struct NameLock {
+    path: PathBuf,
+    _lock: Flock<fs::File>,
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn same_file(file: &fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn lock_name_file(settings: &Settings, name: &str) -> Result<Flock<fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = lock_path(settings, name);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", crate::text::escape_path(&path)))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, Errno::EWOULDBLOCK)) => {
+            return Err(format!(
+                "another `hold {name}` is under way{}; release it first",
+                lock_holder(settings, name)
+                    .map(|k| format!(" (keeper pid {k})"))
+                    .unwrap_or_default()
+            ));
+        }
+        Err((_, e)) => {
+            return Err(format!(
+                "cannot lock {}: {e}",
+                crate::text::escape_path(&path)
+            ));
+        }
+    };
+    let me = format!("{}\n", sys::proc::Ident::me().encode());
+    let written = lock
+        .set_len(0)
+        .and_then(|()| std::io::Seek::rewind(&mut *lock))
+        .and_then(|()| lock.write_all(me.as_bytes()));
+    written.map_err(|e| format!("cannot write {}: {e}", crate::text::escape_path(&path)))?;
+    Ok(lock)
 }
 
 /// Asks a keeper to release (SIGUSR1) and waits for it to go.
@@ -233,6 +340,11 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     let program = crate::text::program(&args.command);
     let Ok(waiter) = Waiter::take_over() else {
         return say("FAIL cannot set up signal handling".into());
+    };
+    // Held until this keeper exits: one session per name.
+    let _name = match take_name(settings, &args.name) {
+        Ok(lock) => lock,
+        Err(why) => return say(format!("FAIL {why}")),
     };
     let Started { pid, stdin, output } = match start(args) {
         Ok(s) => s,

@@ -235,3 +235,67 @@ fn a_json_log_gets_json_lines_from_hold_release_and_the_keeper() {
     assert_has(&log, "hold demo: session ready");
     assert_has(&log, "release demo: released");
 }
+
+#[test]
+fn a_second_hold_while_the_first_gets_ready_fails_at_once_and_release_ends_the_one() {
+    let env = Env::new();
+    let go = env.path().join("go");
+    // Ready only once `go` exists; records its pid; holds until stdin closes.
+    let client = |tag: &str| {
+        format!(
+            "echo $$ > '{d}/{tag}.pid'; while [ ! -e '{go}' ]; do sleep 0.05; done; echo FSFREEZE-READY; cat >/dev/null",
+            d = env.path().display(),
+            go = go.display()
+        )
+    };
+    let first = env
+        .command(&[
+            "hold",
+            "db",
+            "--max-hold",
+            "5m",
+            "--",
+            "sh",
+            "-c",
+            &client("first"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first_pid = env.path().join("first.pid");
+    assert!(eventually(Duration::from_secs(10), || first_pid.exists()));
+    // The first keeper holds the name but has not recorded a session yet.
+    let second = env.run(&[
+        "hold",
+        "db",
+        "--max-hold",
+        "5m",
+        "--",
+        "sh",
+        "-c",
+        &client("second"),
+    ]);
+    assert_eq!(second.code, Some(1), "{second:?}");
+    assert_has(&second.stderr, "another `hold db` is under way (keeper pid");
+    assert!(
+        !env.path().join("second.pid").exists(),
+        "the second COMMAND ran"
+    );
+    fs::write(&go, "").unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let held = read_pid(&first_pid);
+    assert!(alive(held));
+    assert_eq!(env.run(&["release", "db"]).code, Some(0));
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(held)),
+        "a session of db outlived `release db`"
+    );
+    let left: Vec<_> = fs::read_dir(env.state.join("held"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
