@@ -126,7 +126,7 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             &mountpoints,
             auto_thaw.0,
         ),
-        Command::Thaw { all, .. } => phase::thaw::thaw(&settings, &waiter, all),
+        Command::Thaw { fs, all } => phase::thaw::thaw(&settings, &waiter, fs, all),
         Command::Snapshot {
             mountpoints,
             max_frozen,

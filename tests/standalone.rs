@@ -539,3 +539,53 @@ fn a_snapshot_refused_for_its_config_or_without_root_exits_125() {
     assert_eq!(run.code, Some(125), "{run:?}");
     assert_has(&run.stderr, "needs root");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn thaw_fs_thaws_before_it_waits_for_a_stuck_runs_lock() {
+    let _exclusive = freezing_test("thaw_first");
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    env.tracing_hook("10-a", "");
+    env.set_config("phase_timeout = \"10s\"\n");
+    let m = fs.mnt.display().to_string();
+    let run = env.run(&["freeze", "--fs", "-m", &m]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(fs.frozen());
+    // A stuck run holds the state dir's lock.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(env.state.join("lock"))
+        .unwrap();
+    let stuck = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let mut thaw = env
+        .command(&["thaw", "--fs"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || !fs.frozen()),
+        "still frozen while the thaw waits for the lock"
+    );
+    assert!(
+        thaw.try_wait().unwrap().is_none(),
+        "the thaw did not wait for the lock at all"
+    );
+    let run = env.finish(thaw.wait_with_output().unwrap(), start);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(
+        &run.stderr,
+        "1 of 1 filesystem(s) thawed, but no thaw hook ran (thaw refused, no hook run: another fsfreeze-hook run holds",
+    );
+    assert_eq!(env.trace(), ["10-a freeze rollback=0"]);
+    drop(stuck);
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "10-a thaw rollback=0"]
+    );
+}

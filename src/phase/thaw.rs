@@ -23,16 +23,23 @@ use crate::sys::{self, Waiter};
 /// `thaw` (qemu-ga's, hooks) and `thaw --fs [--all]`: the filesystems the
 /// journal records (every frozen one with `--all`), then the thaw hooks.
 /// Even a plain thaw thaws recorded filesystems: no thaw leaves one frozen.
-pub fn thaw(settings: &Settings, waiter: &Waiter, all: bool) -> Exit {
+///
+/// `thaw --fs` is an administrator's, often an emergency's: FITHAW needs no
+/// lock, so it thaws first and only then waits for the lock that the hooks
+/// need (a stuck run may hold it up to `phase_timeout`). qemu-ga's plain
+/// thaw takes the lock first, so that it never thaws under a `snapshot`
+/// whose COMMAND is still copying.
+pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool) -> Exit {
     // The log may be on a frozen filesystem: defer lines until the thaw.
     let mut log =
         Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
-    setup::header(settings, &log, if all { "thaw --fs --all" } else { "thaw" });
+    let what = if all { "thaw --fs --all" } else { "thaw" };
+    setup::header(settings, &log, what);
     let start = Instant::now();
     // The guard goes first (a guard that already acts is waited for), and
     // before the lock, which a guard that acts takes: no hook thaws twice.
     guard::stand_down(settings, &log);
-    let lock = setup::lock(settings, &log, Phase::Thaw);
+    let lock = (!fs).then(|| setup::lock(settings, &log, Phase::Thaw));
     let held = match Journal::new(&settings.state_dir).read() {
         Recorded::Unthawed(h) => Some(h),
         Recorded::Idle(by) if by == ThawCause::MaxFrozen.word() => {
@@ -47,8 +54,20 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, all: bool) -> Exit {
     let frozen = to_thaw(&Kernel, recorded, all, &log);
     let fs_failed = filesystems::thaw_all(&Kernel, &frozen, &log);
     open_log_after_thaw(&mut log, settings);
+    let lock = lock.unwrap_or_else(|| setup::lock(settings, &log, Phase::Thaw));
     let _lock = match lock {
         Ok(l) => l,
+        Err(exit) if fs && !frozen.is_empty() => {
+            // Thawed, but the hooks could not run: not a refusal.
+            let why = exit.line().unwrap_or("no lock").to_string();
+            let line = format!(
+                "{what}: {} of {} filesystem(s) thawed, but no thaw hook ran ({why}); run `fsfreeze-hook thaw` again for the hooks",
+                frozen.len() - fs_failed.len(),
+                frozen.len()
+            );
+            log.line(&line);
+            return Exit::Failed(line);
+        }
         Err(exit) => return exit,
     };
     let mut ran = Vec::new();
@@ -65,5 +84,5 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, all: bool) -> Exit {
         // Its watchdog exits once the journal holds no filesystem.
         sys::proc::signal_ours(pid, Signal::SIGUSR1);
     }
-    setup::finish(&log, "thaw", start, end)
+    setup::finish(&log, what, start, end)
 }
