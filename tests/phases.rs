@@ -684,3 +684,52 @@ fn the_guards_thaw_hooks_run_our_binary_after_an_upgrade_replaced_it() {
     assert_has(&metrics, "fsfreeze_hook_guard_thaws_total 1");
     assert!(!Path::new("/metrics.prom").exists(), "written into /");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_late_thaw_waits_for_a_guard_that_has_begun_thawing_and_runs_no_hook_twice() {
+    // The guard thaws every filesystem (FITHAW): no other test's freeze may
+    // be under way meanwhile.
+    let _exclusive = crate::common::freezing_test("late_thaw_waits");
+    let env = Env::new();
+    let thawing = env.path().join("thawing");
+    env.tracing_hook(
+        "10-a",
+        &format!(
+            "[ \"$1\" = thaw ] && {{ touch '{}'; sleep 2; echo done >> '{}'; }}\nexit 0",
+            thawing.display(),
+            env.path().join("done").display()
+        ),
+    );
+    env.set_config("max_frozen = \"1h\"\n");
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    let guard = crate::common::guard_of(&env.state).expect("a guard");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guard),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        crate::common::eventually(std::time::Duration::from_secs(10), || thawing.exists()),
+        "the guard's thaw hook did not start"
+    );
+    // The hypervisor's thaw arrives while the guard's thaw hook runs.
+    let late = env.run(&["thaw"]);
+    assert_eq!(late.code, Some(0), "{late:?}");
+    assert!(!crate::common::alive(guard));
+    assert_eq!(
+        std::fs::read_to_string(env.path().join("done")).unwrap(),
+        "done\n",
+        "the guard's thaw hook was cut off: {}",
+        late.log
+    );
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "10-a thaw rollback=1"],
+        "{}",
+        late.log
+    );
+    assert_has(&late.log, "guard thaw finished");
+    assert_has(&late.log, "the guard had already thawed the guest");
+    assert!(!late.log.contains("guard thaw interrupted"), "{}", late.log);
+}

@@ -126,6 +126,16 @@ fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str) {
     if unthawed.guard.map(|(who, _)| who.pid) != Some(me) {
         return;
     }
+    // From here on a stand-down (a late thaw's SIGUSR1) waits: the late thaw
+    // waits for this guard, which finishes what it began, hooks included.
+    let deaf;
+    let waiter = match waiter.without(Signal::SIGUSR1) {
+        Ok(w) => {
+            deaf = w;
+            &deaf
+        }
+        Err(_) => waiter,
+    };
     let start = Instant::now();
     let mut log =
         Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);

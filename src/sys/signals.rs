@@ -101,6 +101,15 @@ impl Waiter {
         Waiter::from_set(&set)
     }
 
+    /// A waiter for the same signals but `sig`, which from then on stays
+    /// blocked and pending, neither read nor fatal: how a guard that has
+    /// begun its thaw lets a late stand-down (SIGUSR1) wait until it is done.
+    pub fn without(&self, sig: Signal) -> std::io::Result<Waiter> {
+        let mut set = waited_signals();
+        set.remove(sig);
+        Waiter::from_set(&set)
+    }
+
     /// A waiter that reads no signal (unit tests, whose threads must not
     /// take the harness's signals).
     #[cfg(test)]
