@@ -589,3 +589,43 @@ fn thaw_fs_thaws_before_it_waits_for_a_stuck_runs_lock() {
         ["10-a freeze rollback=0", "10-a thaw rollback=0"]
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_directory_on_the_way_swapped_for_a_link_does_not_keep_the_filesystem_frozen() {
+    let _exclusive = freezing_test("swapped_path");
+    let env = Env::new();
+    let way = env.path().join("way");
+    fs::create_dir(&way).unwrap();
+    let fs = LoopFs::make(env.path(), "ext4", &way.join("mnt"));
+    env.tracing_hook("10-a", "");
+    let m = fs.mnt.display().to_string();
+    let run = env.run(&["freeze", "--fs", "-m", &m]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(fs.frozen());
+    // Whoever owns `way` swaps it for a link to a directory of their own,
+    // with a `mnt` in it on another (unfrozen) filesystem.
+    let real = env.path().join("way.real");
+    let decoy = env.path().join("decoy");
+    fs::create_dir_all(decoy.join("mnt")).unwrap();
+    fs::rename(&way, &real).unwrap();
+    std::os::unix::fs::symlink(&decoy, &way).unwrap();
+    let thaw = env.run(&["thaw", "--fs"]);
+    // Put the path back before any assertion: the test's own guard thaws
+    // and unmounts by it.
+    fs::remove_file(&way).unwrap();
+    fs::rename(&real, &way).unwrap();
+    assert!(!fs.frozen(), "the filesystem stayed frozen: {thaw:?}");
+    assert_eq!(thaw.code, Some(0), "{thaw:?}");
+    assert_has(
+        &thaw.log,
+        &format!(
+            "{m} no longer leads to the filesystem frozen there; it was reached at {}",
+            real.join("mnt").display()
+        ),
+    );
+    assert_eq!(
+        env.trace(),
+        ["10-a freeze rollback=0", "10-a thaw rollback=0"]
+    );
+}

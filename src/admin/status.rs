@@ -84,7 +84,11 @@ fn status_text(held: Option<&Unthawed>, recorded: &Recorded) -> String {
         }
     ));
     if !h.filesystems.is_empty() {
-        let fs: Vec<String> = h.filesystems.iter().map(|p| escape_path(p)).collect();
+        let fs: Vec<String> = h
+            .filesystems
+            .iter()
+            .map(|f| escape_path(&f.mountpoint))
+            .collect();
         out.push_str(&format!(
             "filesystems frozen{}: {}\n",
             h.frozen_at_ms
@@ -154,7 +158,11 @@ fn status_json(held: Option<&Unthawed>) -> String {
         )
         .raw(
             "filesystems",
-            json::array(h.filesystems.iter().map(|p| json::string(&escape_path(p)))),
+            json::array(
+                h.filesystems
+                    .iter()
+                    .map(|f| json::string(&escape_path(&f.mountpoint))),
+            ),
         )
         .opt("frozen_since_ms", h.frozen_at_ms.map(|t| t.to_string()))
         .opt("watchdog", watchdog)

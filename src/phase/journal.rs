@@ -15,7 +15,9 @@
 //! watchdog <pid> <ms> <start>
 //!                       standalone: the watchdog, its deadline (0: none) and
 //!                       start time (older versions wrote no start)
-//! fs <mountpoint>       standalone: one line before each FIFREEZE
+//! fs <mountpoint> <dev>  standalone: one line before each FIFREEZE, with the
+//!                       st_dev of the filesystem it is to freeze (older
+//!                       versions wrote the mountpoint alone)
 //! fs-skip <mountpoint>  ... which did not freeze it (unsupported, frozen by
 //!                       someone else, failed): not ours to thaw
 //! fs-frozen <unix-ms>   every filesystem is frozen
@@ -44,6 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
+use crate::filesystems::FrozenFs;
 use crate::sys::proc::Ident;
 use crate::text::{decode_field as decode, encode_field as encode};
 use nix::errno::Errno;
@@ -75,7 +78,7 @@ pub struct Unthawed {
     /// The whole hook phase finished (otherwise the runner died during it).
     pub complete: bool,
     /// Filesystems frozen (or about to be), in freeze order.
-    pub filesystems: Vec<PathBuf>,
+    pub filesystems: Vec<FrozenFs>,
     /// When every filesystem was frozen.
     pub frozen_at_ms: Option<u64>,
     /// The watchdog and its deadline (unix ms), if one is armed.
@@ -120,7 +123,7 @@ impl Journal {
                 text.push_str(&format!("held {}\n", encode(name.as_bytes())));
             }
             for fs in &carried.filesystems {
-                text.push_str(&format!("fs {}\n", encode(fs.as_os_str().as_bytes())));
+                text.push_str(&fs_line(fs));
             }
         }
         self.replace(&text)?;
@@ -148,12 +151,12 @@ impl Journal {
         self.append_to_held(&helper_line("guard", who, deadline_ms))
     }
 
-    /// Records a filesystem about to be frozen.
-    pub fn fs_freezing(&mut self, mountpoint: &Path) -> Result<()> {
-        self.append_line(&format!(
-            "fs {}\n",
-            encode(mountpoint.as_os_str().as_bytes())
-        ))
+    /// Records a filesystem about to be frozen, and which one it is.
+    pub fn fs_freezing(&mut self, mountpoint: &Path, dev: u64) -> Result<()> {
+        self.append_line(&fs_line(&FrozenFs {
+            mountpoint: mountpoint.to_path_buf(),
+            dev: Some(dev),
+        }))
     }
 
     /// Records that the last FIFREEZE did not freeze `mountpoint` for us.
@@ -235,7 +238,7 @@ impl Journal {
         }
         t.push_str(&format!("frozen {}\n", now_ms()));
         for fs in &rest.filesystems {
-            t.push_str(&format!("fs {}\n", encode(fs.as_os_str().as_bytes())));
+            t.push_str(&fs_line(fs));
         }
         self.replace(&t)
     }
@@ -268,8 +271,8 @@ impl Journal {
 }
 
 impl crate::filesystems::Ledger for Journal {
-    fn freezing(&mut self, mountpoint: &Path) -> Result<()> {
-        self.fs_freezing(mountpoint)
+    fn freezing(&mut self, mountpoint: &Path, dev: u64) -> Result<()> {
+        self.fs_freezing(mountpoint, dev)
     }
 
     fn not_frozen(&mut self, mountpoint: &Path) -> Result<()> {
@@ -347,12 +350,12 @@ fn parse(bytes: &[u8]) -> Recorded {
                 Some(helper) => held.guard = Some(helper),
                 None => return bad(),
             },
-            "fs" => match path() {
-                Some(p) => held.filesystems.push(p),
+            "fs" => match parse_fs(rest) {
+                Some(f) => held.filesystems.push(f),
                 None => return bad(),
             },
             "fs-skip" => match path() {
-                Some(p) => held.filesystems.retain(|f| f != &p),
+                Some(p) => held.filesystems.retain(|f| f.mountpoint != p),
                 None => return bad(),
             },
             "fs-frozen" => held.frozen_at_ms = rest.parse().ok(),
@@ -364,6 +367,28 @@ fn parse(bytes: &[u8]) -> Recorded {
         }
     }
     state.unwrap_or_else(|| Recorded::Corrupt("empty journal".into()))
+}
+
+/// "fs MOUNTPOINT DEV" (the mountpoint encoded).
+fn fs_line(fs: &FrozenFs) -> String {
+    let path = encode(fs.mountpoint.as_os_str().as_bytes());
+    match fs.dev {
+        Some(dev) => format!("fs {path} {dev}\n"),
+        None => format!("fs {path}\n"),
+    }
+}
+
+fn parse_fs(rest: &str) -> Option<FrozenFs> {
+    let mut parts = rest.split(' ');
+    let path = decode(parts.next()?).filter(|p| !p.is_empty())?;
+    let dev = match parts.next() {
+        Some(d) => Some(d.parse().ok()?),
+        None => None,
+    };
+    parts.next().is_none().then(|| FrozenFs {
+        mountpoint: PathBuf::from(OsString::from_vec(path)),
+        dev,
+    })
 }
 
 /// "WORD PID DEADLINE START": the start time last, where a version that
@@ -482,8 +507,8 @@ mod tests {
         };
         j.watchdog(dog, Some(99)).unwrap();
         let spaced = PathBuf::from("/srv/with space");
-        j.fs_freezing(&spaced).unwrap();
-        j.fs_freezing(Path::new("/busy")).unwrap();
+        j.fs_freezing(&spaced, 2049).unwrap();
+        j.fs_freezing(Path::new("/busy"), 7).unwrap();
         j.fs_skipped(Path::new("/busy")).unwrap();
         j.fs_all_frozen().unwrap();
         let Recorded::Unthawed(h) = j.read() else {
@@ -492,9 +517,18 @@ mod tests {
         assert!(h.complete);
         assert_eq!(
             h.filesystems,
-            vec![spaced.clone()],
+            vec![FrozenFs {
+                mountpoint: spaced.clone(),
+                dev: Some(2049)
+            }],
             "skipped ones are not ours"
         );
+        // An older version's line (the mountpoint alone) still reads.
+        let Recorded::Unthawed(old) = parse(b"fsfreeze-hook journal 1\nfreeze 1 2\nfs /srv\n")
+        else {
+            panic!("an old fs line is not corrupt");
+        };
+        assert_eq!(old.filesystems, [FrozenFs::at("/srv".into())]);
         assert_eq!(h.watchdog, Some((dog, Some(99))));
         assert!(h.frozen_at_ms.is_some());
         j.fs_all_thawed().unwrap();

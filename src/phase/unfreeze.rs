@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 
 use crate::config::Settings;
-use crate::filesystems::{self, Filesystems};
+use crate::filesystems::{self, Filesystems, FrozenFs};
 use crate::log::Log;
 use crate::phase::journal::{Journal, Recorded, StateLock, Unthawed, now_ms};
 use crate::phase::runner::{End, Record, Runner, ThawCause};
@@ -38,7 +38,7 @@ pub fn thaw_hooks(
     settings: &Settings,
     log: &Log,
     waiter: &Waiter,
-    fs_failed: &[(PathBuf, Errno)],
+    fs_failed: &[(FrozenFs, Errno)],
     cause: ThawCause,
     ran: &mut Vec<Record>,
 ) -> End {
@@ -76,13 +76,13 @@ pub fn thaw_hooks(
         },
     };
     keep.complete = true;
-    keep.filesystems = fs_failed.iter().rev().map(|(p, _)| p.clone()).collect();
+    keep.filesystems = fs_failed.iter().rev().map(|(f, _)| f.clone()).collect();
     if let Err(e) = journal.keep_unthawed(&keep, cause.word()) {
         log.warn(&format!("{e:#}"));
     }
     let fs = fs_failed
         .iter()
-        .map(|(p, e)| format!("FITHAW of {} failed: {}", escape_path(p), e.desc()))
+        .map(|(f, e)| filesystems::thaw_failure(f, *e))
         .collect::<Vec<_>>()
         .join("; ");
     match end {
@@ -98,7 +98,7 @@ pub fn thaw_hooks_locked(
     settings: &Settings,
     log: &Log,
     waiter: &Waiter,
-    fs_failed: &[(PathBuf, Errno)],
+    fs_failed: &[(FrozenFs, Errno)],
     cause: ThawCause,
     ran: &mut Vec<Record>,
 ) -> End {
@@ -111,7 +111,12 @@ pub fn thaw_hooks_locked(
 /// The filesystems a thaw thaws, in freeze order: those the journal
 /// records, and with `all` (recovery) every filesystem qemu-ga would freeze,
 /// whoever froze it.
-pub fn to_thaw(fs: &dyn Filesystems, recorded: Vec<PathBuf>, all: bool, log: &Log) -> Vec<PathBuf> {
+pub fn to_thaw(
+    fs: &dyn Filesystems,
+    recorded: Vec<FrozenFs>,
+    all: bool,
+    log: &Log,
+) -> Vec<FrozenFs> {
     if !all {
         return recorded;
     }
@@ -124,11 +129,16 @@ pub fn to_thaw(fs: &dyn Filesystems, recorded: Vec<PathBuf>, all: bool, log: &Lo
     };
     // Children first, as a freeze goes, so that thaw_all runs in mount
     // order; recorded ones no longer mounted come first (thawed last).
-    let mut out: Vec<PathBuf> = recorded
+    let mut out: Vec<FrozenFs> = recorded
         .into_iter()
-        .filter(|r| !targets.iter().any(|t| &t.mountpoint == r))
+        .filter(|r| !targets.iter().any(|t| t.mountpoint == r.mountpoint))
         .collect();
-    out.extend(targets.iter().rev().map(|t| t.mountpoint.clone()));
+    out.extend(
+        targets
+            .iter()
+            .rev()
+            .map(|t| FrozenFs::at(t.mountpoint.clone())),
+    );
     out
 }
 
@@ -151,15 +161,23 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(&dir.path().join("log"), false);
-        let recorded = vec![PathBuf::from("/a"), PathBuf::from("/gone")];
+        let recorded = vec![
+            FrozenFs::at(PathBuf::from("/a")),
+            FrozenFs::at(PathBuf::from("/gone")),
+        ];
         assert_eq!(to_thaw(&fake, recorded.clone(), false, &log), recorded);
         let all = to_thaw(&fake, recorded, true, &log);
-        assert_eq!(all, ["/gone", "/a/b", "/a", "/"].map(PathBuf::from));
+        let paths: Vec<PathBuf> = all.iter().map(|f| f.mountpoint.clone()).collect();
+        assert_eq!(paths, ["/gone", "/a/b", "/a", "/"].map(PathBuf::from));
         // thaw_all walks that backwards: parents before children.
         for p in ["/a/b", "/a", "/"] {
-            fake.freeze(Path::new(p)).unwrap();
+            let dev = fake.device(Path::new(p)).unwrap();
+            fake.freeze(Path::new(p), dev).unwrap();
         }
-        assert!(filesystems::thaw_all(&fake, &all, &log).is_empty());
+        // A recorded one no longer mounted anywhere cannot be thawed.
+        let failed = filesystems::thaw_all(&fake, &all, &log);
+        assert_eq!(failed, [(FrozenFs::at("/gone".into()), Errno::ENOENT)]);
+        assert!(fake.frozen.borrow().is_empty());
         let calls = fake.calls.borrow();
         assert_eq!(calls[3..], ["thaw /", "thaw /a", "thaw /a/b", "thaw /gone"]);
     }

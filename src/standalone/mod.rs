@@ -20,7 +20,7 @@ use crate::config::units::format_duration;
 use crate::config::{Settings, TimeLimit};
 use crate::exit::Exit;
 use crate::filesystems::mounts::Target;
-use crate::filesystems::{self as freeze, Kernel};
+use crate::filesystems::{self as freeze, FrozenFs, Kernel};
 use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::discovery::Discovery;
@@ -106,7 +106,7 @@ pub(super) fn freeze_everything(
     runner: &mut Runner<'_>,
     prepared: &Prepared,
     deadline: TimeLimit,
-) -> Result<(Watchdog, Vec<PathBuf>), End> {
+) -> Result<(Watchdog, Vec<FrozenFs>), End> {
     let mountpoints: Vec<PathBuf> = prepared
         .targets
         .iter()
@@ -222,9 +222,9 @@ pub fn freeze_fs(
 /// held log lines now that writing is safe.
 pub(super) fn thaw_frozen(
     runner: &mut Runner<'_>,
-    frozen: &[PathBuf],
+    frozen: &[FrozenFs],
     log: &Log,
-) -> Vec<(PathBuf, Errno)> {
+) -> Vec<(FrozenFs, Errno)> {
     let failed = freeze::thaw_all(&Kernel, frozen, log);
     if failed.is_empty()
         && let Err(e) = runner.journal_mut().fs_all_thawed()

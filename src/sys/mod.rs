@@ -19,7 +19,7 @@ use nix::sys::signal::{SigHandler, SigmaskHow, Signal, sigprocmask};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
-pub use freeze::{fifreeze, fithaw};
+pub use freeze::{device, fifreeze, fithaw};
 pub use proc::group_alive;
 pub use signals::{Waiter, Wake, take_pending_stop_signal, waited_signals};
 pub use spawn::{Exec, Exit, Program, detach, spawn, try_reap};
