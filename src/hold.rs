@@ -129,8 +129,7 @@ fn record(settings: &Settings, s: &Session) -> std::io::Result<()> {
         s.until_ms.unwrap_or(0)
     );
     let tmp = dir.join(format!(".{}.tmp", s.name));
-    fs::write(&tmp, text)?;
-    fs::rename(tmp, dir.join(&s.name))
+    sys::paths::replace_file(&dir.join(&s.name), &tmp, text.as_bytes(), 0o600, false)
 }
 
 /// `hold`: start the session and return once it is ready.
@@ -354,7 +353,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     let _ = stdin.write_all(input);
     let _ = stdin.flush();
     // Styled as `hold`'s own lines are: a JSON log gets JSON lines only.
-    let log = Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
+    let log = Log::of(settings);
     let ctx = Context {
         waiter: &waiter,
         log: &log,

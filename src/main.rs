@@ -89,8 +89,74 @@ fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
     Ok(settings)
 }
 
+/// The places a run writes to, judged as the hooks dir is (every directory
+/// on the way, and the place itself, which no other user may write): the
+/// state dir, created if missing, is refused; the log is not opened (its
+/// lines go to syslog, saying why). As root, a user who may write there
+/// could plant a link at a name root writes, or a forged journal.
+fn judge_places(mut settings: Settings, writes_state: bool) -> Result<Settings, Exit> {
+    let policy = Policy::current();
+    if writes_state {
+        // Created (mode 0700) when missing, in a directory judged first, so
+        // that nothing is made in another user's; what is used is judged
+        // then. A thaw goes on without it if it cannot be made.
+        let existing = settings.state_dir.ancestors().find(|d| d.exists());
+        let judged = match existing {
+            Some(d) if d == settings.state_dir => policy.check_private_dir(d),
+            Some(d) => policy.check_dir_above(d).and_then(|()| {
+                let _ = phase::journal::ensure_state_dir(&settings.state_dir);
+                match settings.state_dir.exists() {
+                    true => policy.check_private_dir(&settings.state_dir),
+                    false => Ok(()),
+                }
+            }),
+            None => Ok(()),
+        };
+        if let Err(u) = judged {
+            let fix = if sys::is_root() {
+                format!(
+                    "only root may write there, as in {}",
+                    config::ROOT_STATE_DIR
+                )
+            } else {
+                "use a directory of your own (--state-dir, or HOME or XDG_RUNTIME_DIR set)".into()
+            };
+            return Err(Exit::Setup(format!(
+                "state dir is not safe, nothing run: {u}; {fix}"
+            )));
+        }
+    }
+    if let Some(dir) = settings.log_file.parent().filter(|d| d.exists())
+        && let Err(u) = policy.check_private_dir(dir)
+    {
+        settings.log_refused = Some(format!("its directory is not safe: {u}"));
+    }
+    Ok(settings)
+}
+
 fn run(cli: Cli, argv0: &Path) -> Exit {
     let settings = match settings(&cli, argv0) {
+        Ok(s) => s,
+        Err(exit) => return exit,
+    };
+    // Where hooks' tools look (hold, release): the state dir and log given
+    // to hooks; then the places judged for every command that writes there.
+    let hooks_tool = matches!(cli.command, Command::Hold { .. } | Command::Release { .. });
+    let settings = if hooks_tool {
+        settings.as_seen_by_hooks()
+    } else {
+        settings
+    };
+    let writes_state = matches!(
+        cli.command,
+        Command::Freeze { .. }
+            | Command::Thaw { .. }
+            | Command::Snapshot { .. }
+            | Command::Rehearse { .. }
+            | Command::Hold { .. }
+            | Command::Release { .. }
+    );
+    let settings = match judge_places(settings, writes_state) {
         Ok(s) => s,
         Err(exit) => return exit,
     };
@@ -100,8 +166,7 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
     };
     // A thaw may run while the log's filesystem is frozen, and status
     // writes nothing: neither opens the log up front.
-    let open_log =
-        |s: &Settings| Log::open(&s.log_file, !sys::is_root()).styled(s.log_format, s.log_target);
+    let open_log = |s: &Settings| Log::open_of(s, !sys::is_root());
     match cli.command {
         Command::Freeze {
             fs: false,
@@ -150,7 +215,6 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             release_input,
             command,
         } => {
-            let settings = settings.as_seen_by_hooks();
             let args = hold::HoldArgs {
                 name,
                 max_hold: max_hold.0,
@@ -161,10 +225,7 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             };
             hold::hold(&settings, &open_log(&settings), args)
         }
-        Command::Release { name } => {
-            let settings = settings.as_seen_by_hooks();
-            hold::release(&settings, &open_log(&settings), &name)
-        }
+        Command::Release { name } => hold::release(&settings, &open_log(&settings), &name),
         Command::Status { json } => admin::status::status(&settings.as_seen_by_hooks(), json),
         Command::List { json } => admin::list::list(&settings.as_seen_by_hooks(), json),
         Command::Check { root } => admin::check::check(&root),

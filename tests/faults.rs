@@ -448,7 +448,9 @@ fn log_on_a_full_filesystem_never_fails_a_phase() {
             "-t",
             "tmpfs",
             "-o",
-            "size=16k",
+            // mode: not tmpfs's 1777, where the log would not be opened
+            // (another user could plant a link or file at its name).
+            "size=16k,mode=0755",
             "tmpfs",
             mnt.to_str().unwrap(),
         ])
@@ -820,4 +822,165 @@ fn an_interpreter_that_others_may_write_is_refused() {
         "{:?}",
         env.trace()
     );
+}
+
+// ---- the places a run writes (as root: another user's directory) ----------
+
+#[test]
+#[ignore = "needs root"]
+fn a_state_dir_another_user_may_write_is_refused_and_a_log_there_is_not_opened() {
+    require_root("untrusted_places");
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    // A directory group-writable by a non-root group (as Ubuntu's /var/log
+    // is by syslog), holding the state dir and the log.
+    let shared = env.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    nix::unistd::chown(&shared, None, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o775)).unwrap();
+    let victim = env.path().join("victim");
+    fs::write(&victim, "root's\n").unwrap();
+    // What a member of that group plants: a link at the journal's
+    // temporary name, and at the log's name.
+    let state = shared.join("state");
+    fs::create_dir(&state).unwrap();
+    symlink(&victim, state.join("journal.tmp")).unwrap();
+    let log = shared.join("hook.log");
+    symlink(&victim, &log).unwrap();
+    let run = env.run(&["freeze", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_has(
+        &run.stderr,
+        &format!(
+            "state dir is not safe, nothing run: {} is writable by group (mode 0775",
+            shared.display()
+        ),
+    );
+    assert_has(
+        &run.stderr,
+        "only root may write there, as in /run/fsfreeze-hook",
+    );
+    assert!(env.trace().is_empty(), "a hook ran");
+    // The state dir elsewhere, the log still there: the run goes on, the log
+    // is not opened (lines go to syslog, else stderr) and says why.
+    let run = env.run(&["freeze", "--log-file", log.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(env.trace(), ["10-a freeze rollback=0"]);
+    assert!(
+        run.stderr.contains("not opened: its directory is not safe")
+            || Path::new("/dev/log").exists(),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root's\n");
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+}
+
+#[test]
+fn links_planted_at_the_names_a_run_writes_are_replaced_not_followed() {
+    // In a state dir that is the run's own, as a leftover of an earlier
+    // compromise or a restored backup would leave them.
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.set_config(&format!(
+        "metrics_file = \"{}\"\n",
+        env.path().join("m.prom").display()
+    ));
+    fs::create_dir_all(env.state.join("held")).unwrap();
+    let victim = env.path().join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    for name in [
+        "journal.tmp",
+        ".durations.tmp",
+        ".metrics.tmp",
+        "parked.log",
+        "held/.db.tmp",
+    ] {
+        symlink(&victim, env.state.join(name)).unwrap();
+    }
+    assert_eq!(env.run(&["freeze"]).code, Some(0));
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+    let hold = env.run(&[
+        "hold",
+        "db",
+        "--max-hold",
+        "5s",
+        "--",
+        "sh",
+        "-c",
+        "echo FSFREEZE-READY; cat >/dev/null",
+    ]);
+    assert_eq!(hold.code, Some(0), "{hold:?}");
+    assert_eq!(env.run(&["release", "db"]).code, Some(0));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+    // A link at the log's own name is not followed either.
+    let log = env.path().join("linked.log");
+    symlink(&victim, &log).unwrap();
+    let run = env.run(&["freeze", "--log-file", log.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_fallback_state_dir_in_tmp_made_by_another_user_is_refused() {
+    require_root("tmp_fallback");
+    // uid 65533 has no HOME and no XDG dirs: its state would go to
+    // /tmp/fsfreeze-hook-65533, which uid 65532 made first.
+    let dir = Path::new("/tmp/fsfreeze-hook-65533");
+    let _ = fs::remove_dir_all(dir);
+    let _ = fs::remove_file(dir);
+    fs::create_dir(dir).unwrap();
+    nix::unistd::chown(dir, Some(65532.into()), Some(65532.into())).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(self.0);
+            let _ = fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(dir);
+    let hooks = tempfile::tempdir().unwrap();
+    fs::set_permissions(hooks.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let rehearse = |label: &str| {
+        let out = Command::new(BIN)
+            .args(["rehearse", "--hooks-dir"])
+            .arg(hooks.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .uid(65533)
+            .gid(65533)
+            .current_dir("/")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{label}: {stderr}");
+        assert_has(
+            &stderr,
+            &format!("state dir is not safe, nothing run: {}", dir.display()),
+        );
+        stderr
+    };
+    let said = rehearse("another user's dir");
+    assert_has(&said, "is owned by uid 65532");
+    assert!(
+        fs::read_dir(dir).unwrap().next().is_none(),
+        "something was written into the other user's dir"
+    );
+    // A link there, made by that user, to a directory of theirs.
+    fs::remove_dir(dir).unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    nix::unistd::chown(theirs.path(), Some(65532.into()), Some(65532.into())).unwrap();
+    symlink(theirs.path(), dir).unwrap();
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        Some(65532.into()),
+        Some(65532.into()),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    rehearse("a link");
 }

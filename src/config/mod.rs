@@ -107,6 +107,9 @@ pub struct Settings {
     pub config_meta: Option<std::fs::Metadata>,
     pub hooks_dir: PathBuf,
     pub log_file: PathBuf,
+    /// Why the log file is not to be opened (its directory may be written
+    /// by another user): lines go to syslog instead. Judged by the caller.
+    pub log_refused: Option<String>,
     pub state_dir: PathBuf,
     pub timeout: TimeLimit,
     pub phase_timeout: TimeLimit,
@@ -273,6 +276,7 @@ impl Settings {
                 .clone()
                 .or(file.log_file)
                 .unwrap_or(log_default),
+            log_refused: None,
             state_dir: flags
                 .state_dir
                 .clone()
@@ -487,6 +491,7 @@ mod tests {
             config_meta: None,
             hooks_dir: "/d".into(),
             log_file: "/l".into(),
+            log_refused: None,
             state_dir: "/s".into(),
             timeout: Some(Duration::from_secs(60)),
             phase_timeout: None,

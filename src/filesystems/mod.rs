@@ -148,9 +148,10 @@ pub fn freeze_all(
         };
         let dev = match fs.device(mp) {
             Ok(dev) => dev,
+            // (An XFS that was shut down fails here, with EIO.)
             Err(e) => {
-                log.line(&format!("cannot open {shown}: {}", e.desc()));
-                return Err(fail(&frozen, format!("cannot open it: {}", e.desc())));
+                log.line(&format!("FIFREEZE of {shown} failed: {}", e.desc()));
+                return Err(fail(&frozen, format!("FIFREEZE failed: {}", e.desc())));
             }
         };
         if let Err(e) = ledger.freezing(mp, dev) {

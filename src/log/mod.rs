@@ -30,6 +30,8 @@ enum Sink {
 
 pub struct Log {
     path: PathBuf,
+    /// Why the file is not to be opened at all (`Settings::log_refused`).
+    refused: Option<String>,
     file: Option<File>,
     sink: Cell<Sink>,
     /// While filesystems are frozen, lines wait here: the log may live on one
@@ -60,9 +62,32 @@ impl Deferred {
     }
 }
 
+/// Opens `path` to append (created with mode 0600), never through a final
+/// symlink, and only a regular file: a link or a FIFO planted at the log's
+/// or the spill file's name by whoever may write that directory is refused.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    open_regular(path, true)
+}
+
+fn open_regular(path: &Path, append: bool) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(!append)
+        .append(append)
+        .create(append)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 impl Log {
-    /// Opens (creating with mode 0600) the log at `path`. A missing parent is
+    /// Opens (creating with mode 0600) the log at `path` (unit tests; a run
+    /// opens the one its settings name, [`Log::open_of`]). A missing parent is
     /// created only for the per-user fallback location, never under /var.
+    #[cfg(test)]
     pub fn open(path: &Path, create_parent: bool) -> Log {
         let mut log = Log::deferred(path);
         log.attach(create_parent);
@@ -77,12 +102,30 @@ impl Log {
     pub fn deferred(path: &Path) -> Log {
         Log {
             path: path.to_path_buf(),
+            refused: None,
             file: None,
             sink: Cell::new(Sink::File),
             deferred: RefCell::new(Some(Deferred::default())),
             format: LogFormat::Text,
             target: LogTarget::File,
         }
+    }
+
+    /// The log a run's settings name, deferred ([`Log::deferred`]), in their
+    /// format and target; never opened when the settings refuse its file.
+    pub fn of(settings: &crate::config::Settings) -> Log {
+        let mut log =
+            Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
+        log.refused = settings.log_refused.clone();
+        log
+    }
+
+    /// [`Log::of`], opened at once.
+    pub fn open_of(settings: &crate::config::Settings, create_parent: bool) -> Log {
+        let mut log = Log::of(settings);
+        log.attach(create_parent);
+        *log.deferred.borrow_mut() = None;
+        log
     }
 
     /// Sets the format (`log_format`) and where the runner's own events go
@@ -101,18 +144,22 @@ impl Log {
     /// Opens the file of a [`Log::deferred`] log; lines stay deferred until
     /// [`Log::write_deferred`].
     pub fn attach(&mut self, create_parent: bool) {
+        if let Some(why) = &self.refused {
+            if self.sink.get() == Sink::File {
+                self.fall_back(&format!(
+                    "log {} not opened: {why}",
+                    escape_path(&self.path)
+                ));
+            }
+            return;
+        }
         if create_parent && let Some(parent) = self.path.parent() {
             let _ = fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(parent);
         }
-        match OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.path)
-        {
+        match open_append(&self.path) {
             Ok(f) => self.file = Some(f),
             Err(e) => self.fall_back(&format!("cannot open log {}: {e}", escape_path(&self.path))),
         }
@@ -159,15 +206,7 @@ impl Log {
     /// From now on keep lines (filesystems are about to freeze), in memory
     /// and in `spill`, a file on tmpfs.
     pub fn defer(&self, spill: Option<&Path>) {
-        let spill = spill.and_then(|p| {
-            OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(p)
-                .ok()
-                .map(|f| (p.to_path_buf(), f))
-        });
+        let spill = spill.and_then(|p| open_append(p).ok().map(|f| (p.to_path_buf(), f)));
         *self.deferred.borrow_mut() = Some(Deferred {
             spill,
             ..Deferred::default()
@@ -197,7 +236,12 @@ impl Log {
     /// Appends lines parked by an earlier run, once filesystems are thawed,
     /// ahead of any lines deferred now.
     pub fn unpark(&self, path: &Path) {
-        if let Ok(bytes) = fs::read(path) {
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut open_regular(path, false)?, &mut bytes)?;
+            Ok(bytes)
+        };
+        if let Ok(bytes) = read() {
             self.write_file(&bytes);
             let _ = fs::remove_file(path);
         }

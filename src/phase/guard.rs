@@ -137,8 +137,7 @@ fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str) {
         Err(_) => waiter,
     };
     let start = Instant::now();
-    let mut log =
-        Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
+    let mut log = Log::of(settings);
     setup::header(settings, &log, "guard thaw");
     let every = to_thaw(&Kernel, unthawed.filesystems.clone(), true, &log);
     let failed = filesystems::thaw_all(&Kernel, &every, &log);

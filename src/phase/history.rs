@@ -66,8 +66,7 @@ impl History {
             ));
         }
         let tmp = state_dir.join(".durations.tmp");
-        fs::write(&tmp, text)?;
-        fs::rename(tmp, path(state_dir))
+        crate::sys::paths::replace_file(&path(state_dir), &tmp, text.as_bytes(), 0o600, false)
     }
 
     /// The freeze time to expect of a hook: the median of its recent runs.

@@ -204,6 +204,7 @@ impl Journal {
     fn open_append(&mut self) -> Result<()> {
         let file = OpenOptions::new()
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)
             .with_context(|| format!("cannot open journal {}", self.path.display()))?;
         self.append = Some(file);
@@ -255,18 +256,11 @@ impl Journal {
     /// Writes a whole new journal atomically (temp file, then rename), so a
     /// crash leaves either the old or the new record, never a mix.
     fn replace(&self, text: &str) -> Result<()> {
+        // A new file at the temporary name (whatever was there removed, a
+        // link not followed): the state dir's owner alone chooses its files.
         let tmp = self.path.with_extension("tmp");
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            fs::rename(&tmp, &self.path)
-        };
-        write().with_context(|| format!("cannot write journal {}", self.path.display()))
+        crate::sys::paths::replace_file(&self.path, &tmp, text.as_bytes(), 0o600, false)
+            .with_context(|| format!("cannot write journal {}", self.path.display()))
     }
 }
 
@@ -451,6 +445,7 @@ impl StateLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("cannot open lock {}", path.display()))?;
         loop {

@@ -51,8 +51,13 @@ impl State {
             let _ = writeln!(text, "{k} {v}");
         }
         let tmp = state_dir.join(".metrics.tmp");
-        fs::write(&tmp, text)?;
-        fs::rename(tmp, State::path(state_dir))
+        crate::sys::paths::replace_file(
+            &State::path(state_dir),
+            &tmp,
+            text.as_bytes(),
+            0o600,
+            false,
+        )
     }
 
     fn set(&mut self, key: String, value: f64) {

@@ -31,8 +31,7 @@ use crate::sys::{self, Waiter};
 /// whose COMMAND is still copying.
 pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool) -> Exit {
     // The log may be on a frozen filesystem: defer lines until the thaw.
-    let mut log =
-        Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
+    let mut log = Log::of(settings);
     let what = if all { "thaw --fs --all" } else { "thaw" };
     setup::header(settings, &log, what);
     let start = Instant::now();

@@ -254,6 +254,20 @@ impl Policy {
         Ok(())
     }
 
+    /// Checks a directory that the runner writes in as root (the state dir,
+    /// the log's): as the hooks dir, since whoever may add or replace an
+    /// entry there chooses what root overwrites or reads back.
+    pub fn check_private_dir(&self, dir: &Path) -> Result<(), Untrusted> {
+        self.check_hooks_dir(dir)
+    }
+
+    /// Checks a directory in which the runner is about to create one of
+    /// its own (the state dir's parent): the way to it as for a hooks dir,
+    /// the directory itself as one above (sticky `/tmp` allowed).
+    pub fn check_dir_above(&self, dir: &Path) -> Result<(), Untrusted> {
+        self.resolve_dir(dir).map(|_| ())
+    }
+
     /// Checks a file that was opened by `path` and examined (`meta`, from
     /// fstat): its owner and mode, and the way to it as [`Policy::walk`]
     /// judges it, which must lead to that very file (same device and inode),

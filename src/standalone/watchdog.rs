@@ -116,8 +116,7 @@ fn thaw_for(settings: &Settings, waiter: &Waiter, why: &str) {
         return;
     };
     let start = Instant::now();
-    let mut log =
-        Log::deferred(&settings.log_file).styled(settings.log_format, settings.log_target);
+    let mut log = Log::of(settings);
     log.line(&format!(
         "watchdog pid {}: {why}; thawing what the journal holds",
         std::process::id()
