@@ -219,6 +219,55 @@ fn sigkill_of_the_runner_mid_freeze_leaves_a_journal_the_thaw_follows() {
 }
 
 #[test]
+fn a_freeze_hook_dies_with_its_killed_runner_and_the_thaw_ends_what_it_left_running() {
+    // The hook's own process takes a lock 2 s in; a client it runs in the
+    // foreground (a subshell of its group) takes another 2 s in. The runner
+    // is killed with -9 at once, the thaw comes: neither lock may be taken
+    // after the thaw released them.
+    let env = Env::new();
+    let started = env.path().join("started");
+    let locks = env.path().join("locks");
+    env.tracing_hook(
+        "10-db",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\n\
+             ( sleep 2; echo client-lock >> '{l}' ) &\n\
+             echo $$ > '{s}.pid'; touch '{s}'\n\
+             sleep 2; echo hook-lock >> '{l}'\n\
+             wait",
+            l = locks.display(),
+            s = started.display()
+        ),
+    );
+    let (mut child, _) = env.spawn_until(&["freeze"], &started);
+    let hook = crate::common::read_pid(&env.path().join("started.pid"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The hook's own process goes with its runner, before any thaw.
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(hook)),
+        "the hook outlived its runner"
+    );
+    let run = env.run(&["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        env.trace(),
+        ["10-db freeze rollback=0", "10-db thaw rollback=0"]
+    );
+    assert_has(
+        &run.log,
+        "of a freeze hook whose runner died still runs; ending it before the thaw hooks",
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        fs::read_to_string(&locks).unwrap_or_default(),
+        "",
+        "a lock was taken after the thaw"
+    );
+    assert!(!env.state.join("running").read_dir().unwrap().any(|_| true));
+}
+
+#[test]
 fn second_run_waits_for_the_lock_then_fails_clearly() {
     let env = Env::new();
     let started = env.hanging_freeze_hook("10-slow");

@@ -223,11 +223,78 @@ pub struct Started {
     pub pid: Pid,
     pub capture: Capture,
     pub at: Instant,
+    /// A freeze hook's record while it runs ([`running_dir`]).
+    record: Option<std::path::PathBuf>,
+}
+
+/// `<state dir>/running/PGID` (the hook's session in it): a freeze hook
+/// while it runs. The hook itself dies with its runner (see `sys::spawn`),
+/// but what it runs in the foreground (a database client taking a lock)
+/// would go on and take the lock after the thaw: the next thaw ends such a
+/// group first ([`end_left_freeze_hooks`]).
+fn running_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("running")
+}
+
+fn record_running(state_dir: &Path, pid: Pid) -> Option<std::path::PathBuf> {
+    let dir = running_dir(state_dir);
+    crate::phase::journal::ensure_state_dir(&dir).ok()?;
+    let sid = nix::unistd::getsid(None).ok()?.as_raw();
+    let path = dir.join(pid.as_raw().to_string());
+    let tmp = dir.join(format!(".{}.tmp", pid.as_raw()));
+    sys::paths::replace_file(&path, &tmp, format!("{sid}\n").as_bytes(), 0o600, false).ok()?;
+    Some(path)
+}
+
+/// Before a thaw's hooks: the process groups of freeze hooks whose runner
+/// died while they ran (`kill -9`), if anything of them still runs, are
+/// ended (TERM, `grace`, KILL), so that no freeze takes its lock after the
+/// thaw released it.
+pub fn end_left_freeze_hooks(state_dir: &Path, grace: Duration, log: &Log) {
+    let Ok(entries) = std::fs::read_dir(running_dir(state_dir)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(pgid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let sid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(sid) = sid
+            && sys::proc::group_alive_in(pgid, sid)
+        {
+            log.warn(&format!(
+                "the process group {pgid} of a freeze hook whose runner died still runs; ending it before the thaw hooks"
+            ));
+            let group = Pid::from_raw(pgid);
+            sys::signal_group(group, Signal::SIGTERM);
+            let until = Instant::now() + grace;
+            while sys::proc::group_alive_in(pgid, sid) && Instant::now() < until {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let until = Instant::now() + KILL_WAIT;
+            while sys::proc::group_alive_in(pgid, sid) && Instant::now() < until {
+                sys::signal_group(group, Signal::SIGKILL);
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 impl Started {
     /// After its end: what is left of its output, and how it went.
     pub fn finish(self, outcome: Outcome, ctx: &Context<'_>, path: &Path) -> Finished {
+        if let Some(record) = &self.record {
+            let _ = std::fs::remove_file(record);
+        }
         let output_bytes = self
             .capture
             .finish(ctx.log, &crate::text::escape_path(path));
@@ -312,10 +379,14 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         Err(e) => return Err(not_started(e.to_string())),
     };
     drop(write);
+    let record = (spawn.phase == "freeze" && !spawn.rollback)
+        .then(|| record_running(ctx.state_dir, pid))
+        .flatten();
     Ok(Started {
         pid,
         capture,
         at: start,
+        record,
     })
 }
 

@@ -18,6 +18,7 @@ pub struct Stat {
     pub state: char,
     pub ppid: i32,
     pub pgrp: i32,
+    pub session: i32,
     /// When it started, in clock ticks after boot: with the pid, what tells
     /// this process from a later one that reused the pid.
     pub start: u64,
@@ -40,6 +41,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3).and_then(|f| f.parse().ok()).unwrap_or(0),
         start: fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0),
     })
 }
@@ -148,6 +150,29 @@ pub fn signal_ours(who: Ident, sig: Signal) {
     }
 }
 
+/// Every process /proc lists now, with what its stat says.
+pub fn all() -> Vec<(i32, Stat)> {
+    pids()
+        .into_iter()
+        .filter_map(|p| Some((p, stat(p)?)))
+        .collect()
+}
+
+/// True while a live process of this user is left in process group `pgid`
+/// of session `sid`: a hook's group, recorded by a runner that died. (A pid
+/// is not reused while a group or session still bears its number, and a
+/// group of another session is another one.)
+pub fn group_alive_in(pgid: i32, sid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    all().into_iter().any(|(p, s)| {
+        s.pgrp == pgid
+            && s.session == sid
+            && s.live()
+            && fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == me)
+    })
+}
+
 /// True while a live (not zombie) process is left in process group `pgid`.
 /// Zombies are skipped: a grandchild orphaned to an init that does not reap
 /// (some container and microVM inits) would otherwise look alive forever.
@@ -216,13 +241,14 @@ mod tests {
                 state: 'R',
                 ppid: 0,
                 pgrp: 5,
+                session: 5,
                 start: 0,
             })
         );
         let full =
             "42 (fsfreeze (x)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         let s = parse_stat(full).unwrap();
-        assert_eq!((s.ppid, s.pgrp, s.start), (1, 42, 987654));
+        assert_eq!((s.ppid, s.pgrp, s.session, s.start), (1, 42, 42, 987654));
     }
 
     #[test]

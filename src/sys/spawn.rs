@@ -50,9 +50,14 @@ fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
 }
 
 /// Starts `exec` in a new process group, with an empty signal mask and the
-/// signals this process ignores back at their defaults. glibc's posix_spawn
-/// uses a vfork-style clone: no copy of the runner's page tables, which made
-/// a fork per hook measurably slower than a shell's.
+/// signals this process ignores back at their defaults, and tied to this
+/// process: the kernel sends it SIGKILL if we die first (PR_SET_PDEATHSIG),
+/// so a hook never outlives a runner killed with `kill -9` (what it starts
+/// on purpose, a lock holder, is not tied: the setting is not inherited).
+/// posix_spawn cannot set that, hence a fork; the runner is
+/// single-threaded and small, and the child only rearranges itself and
+/// executes. An exec that fails is reported through a close-on-exec pipe,
+/// as posix_spawn reports it.
 pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     let (path, search) = match exec.program {
         Program::Open(fd) => (
@@ -65,67 +70,96 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     let argv = pointers(exec.argv);
     let envp = pointers(exec.envp);
     // Dispositions do not change while the runner runs: read them once.
-    static DEFAULTS: std::sync::OnceLock<SigSet> = std::sync::OnceLock::new();
-    let defaults = DEFAULTS.get_or_init(|| {
-        let mut set = SigSet::empty();
-        for sig in ignored_signals() {
-            set.add(sig);
-        }
-        set
-    });
-    let empty = SigSet::empty();
-    let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-    let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: attr and actions are initialised by their init calls before any
-    // other use and destroyed after; every pointer passed (path, argv, envp,
-    // the sigsets) outlives the posix_spawn call; argv and envp are
-    // NULL-terminated arrays of NUL-terminated strings.
-    let rc = unsafe {
-        libc::posix_spawnattr_init(attr.as_mut_ptr());
-        libc::posix_spawn_file_actions_init(actions.as_mut_ptr());
-        let attr = attr.as_mut_ptr();
-        let actions = actions.as_mut_ptr();
-        let flags = libc::POSIX_SPAWN_SETPGROUP
-            | libc::POSIX_SPAWN_SETSIGMASK
-            | libc::POSIX_SPAWN_SETSIGDEF;
-        let mut rc = libc::posix_spawnattr_setflags(attr, flags as libc::c_short);
-        rc |= libc::posix_spawnattr_setpgroup(attr, 0);
-        rc |= libc::posix_spawnattr_setsigmask(attr, empty.as_ref());
-        rc |= libc::posix_spawnattr_setsigdefault(attr, defaults.as_ref());
-        for (fd, target) in [(exec.stdin, 0), (exec.stdout, 1), (exec.stderr, 2)] {
-            // dup2 onto itself would leave close-on-exec set; our fds 0-2 are
-            // never close-on-exec, so those need no action.
-            if fd.as_raw_fd() != target {
-                rc |= libc::posix_spawn_file_actions_adddup2(actions, fd.as_raw_fd(), target);
+    static DEFAULTS: std::sync::OnceLock<Vec<Signal>> = std::sync::OnceLock::new();
+    let defaults = DEFAULTS.get_or_init(ignored_signals);
+    let fds = [
+        (exec.stdin.as_raw_fd(), 0),
+        (exec.stdout.as_raw_fd(), 1),
+        (exec.stderr.as_raw_fd(), 2),
+    ];
+    let dir = exec.dir.map(|d| d.as_ptr());
+    let parent = nix::unistd::getpid();
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the runner is single-threaded where it spawns (unit tests run
+    // it beside the harness's threads, and glibc's fork keeps malloc usable
+    // in the child); every pointer the child uses (path, argv, envp, dir)
+    // was made before the fork and lives in its copy of this frame; the
+    // child only makes system calls and ends in exec or _exit.
+    match unsafe { fork() }? {
+        // SAFETY: in the child, between fork and exec: only system calls on
+        // values prepared before the fork; it never returns into our code
+        // (exec, or _exit through exec_failed).
+        ForkResult::Child => unsafe {
+            drop(err_r);
+            let report = err_w.as_raw_fd();
+            libc::setpgid(0, 0);
+            for sig in defaults {
+                libc::signal(*sig as libc::c_int, libc::SIG_DFL);
             }
-        }
-        if let Some(dir) = exec.dir {
-            rc |= libc::posix_spawn_file_actions_addchdir_np(actions, dir.as_ptr());
-        }
-        if rc == 0 {
-            let spawn = if search {
-                libc::posix_spawnp
-            } else {
-                libc::posix_spawn
-            };
-            rc = spawn(
-                &mut pid,
-                path.as_ptr(),
-                actions,
-                attr,
-                argv.as_ptr(),
-                envp.as_ptr(),
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != parent.as_raw() {
+                // The parent died before the tie was made.
+                libc::_exit(127);
+            }
+            for (fd, target) in fds {
+                if fd == target {
+                    // Ours are never close-on-exec; make sure.
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                } else if libc::dup2(fd, target) < 0 {
+                    exec_failed(report, *libc::__errno_location());
+                }
+            }
+            if let Some(dir) = dir
+                && libc::chdir(dir) != 0
+            {
+                exec_failed(report, *libc::__errno_location());
+            }
+            libc::sigprocmask(
+                libc::SIG_SETMASK,
+                SigSet::empty().as_ref(),
+                std::ptr::null_mut(),
             );
+            if search {
+                libc::execvpe(path.as_ptr(), argv.as_ptr().cast(), envp.as_ptr().cast());
+            } else {
+                libc::execve(path.as_ptr(), argv.as_ptr().cast(), envp.as_ptr().cast());
+            }
+            exec_failed(report, *libc::__errno_location())
+        },
+        ForkResult::Parent { child } => {
+            drop(err_w);
+            let mut buf = [0u8; std::mem::size_of::<libc::c_int>()];
+            let mut n = 0;
+            while n < buf.len() {
+                match nix::unistd::read(&err_r, &mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+            if n == buf.len() {
+                let _ = waitpid(child, None);
+                return Err(io::Error::from_raw_os_error(libc::c_int::from_ne_bytes(
+                    buf,
+                )));
+            }
+            Ok(child)
         }
-        libc::posix_spawn_file_actions_destroy(actions);
-        libc::posix_spawnattr_destroy(attr);
-        rc
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
     }
-    Ok(Pid::from_raw(pid))
+}
+
+/// In a spawned child: tells the parent why it could not exec, and ends.
+/// Only system calls: it runs between fork and exec.
+fn exec_failed(report: RawFd, errno: libc::c_int) -> ! {
+    let bytes = errno.to_ne_bytes();
+    // SAFETY: `bytes` is a live local of the size written; `report` is the
+    // child's copy of the pipe's write end; _exit ends the child without
+    // running anything of the parent's.
+    unsafe {
+        libc::write(report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
 }
 
 /// The standard signals this process ignores (SIG_IGN survives exec; Rust
