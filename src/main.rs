@@ -160,6 +160,17 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
         Ok(s) => s,
         Err(exit) => return exit,
     };
+    if matches!(
+        cli.command,
+        Command::Freeze { .. }
+            | Command::Thaw { .. }
+            | Command::Snapshot { .. }
+            | Command::Rehearse { .. }
+    ) {
+        // What a hook leaves behind by a double fork is adopted by the
+        // runner, which ends it with the hook when that hook is ended.
+        sys::become_subreaper();
+    }
     let waiter = match Waiter::new() {
         Ok(e) => e,
         Err(e) => return Exit::Setup(format!("cannot set up signal handling: {e}")),

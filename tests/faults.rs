@@ -425,6 +425,56 @@ fn hook_that_daemonizes_with_setsid_does_not_hold_up_the_runner() {
 }
 
 #[test]
+fn a_timed_out_hook_takes_what_it_started_in_new_sessions_with_it() {
+    // 10-keep succeeds and leaves a lock holder in a session of its own:
+    // left alone. 20-hang starts one with setsid (its child) and one by a
+    // double fork (an orphan), then hangs past its timeout: both go with it.
+    let env = Env::new();
+    let p = |n: &str| env.path().join(n).display().to_string();
+    env.tracing_hook(
+        "10-keep",
+        &format!(
+            "[ \"$1\" = freeze ] && setsid sh -c 'echo $$ > {}; exec sleep 30' </dev/null >/dev/null 2>&1 &\nexit 0",
+            p("keep.pid")
+        ),
+    );
+    env.tracing_hook(
+        "20-hang",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\n\
+             setsid sh -c 'echo $$ > {a}; exec sleep 30' </dev/null >/dev/null 2>&1 &\n\
+             ( setsid sh -c 'echo $$ > {b}; exec sleep 30' </dev/null >/dev/null 2>&1 & )\n\
+             while [ ! -s {a} ] || [ ! -s {b} ]; do sleep 0.05; done\n\
+             sleep 30",
+            a = p("child.pid"),
+            b = p("orphan.pid")
+        ),
+    );
+    env.set_config(
+        "timeout = \"2s\"\nkill_grace = \"200ms\"\n[hooks.\"10-keep\"]\ntimeout = \"10s\"\n",
+    );
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(&run.log, "20-hang");
+    let keep = read_pid(&env.path().join("keep.pid"));
+    for stray in ["child.pid", "orphan.pid"] {
+        let pid = read_pid(&env.path().join(stray));
+        assert!(
+            eventually(Duration::from_secs(5), || !alive(pid)),
+            "{stray} ({pid}) outlived the hook that was ended"
+        );
+    }
+    assert!(
+        alive(keep),
+        "a lock holder of a hook that succeeded was ended"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keep),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[test]
 fn hook_killed_by_sigkill_fails_the_freeze() {
     let env = Env::new();
     env.tracing_hook("10-a", "");

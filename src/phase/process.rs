@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use crate::log::Log;
 use crate::phase::hookfile::{Kind, Opened};
 use crate::phase::output::Capture;
+use crate::sys::proc::Ident;
 use crate::sys::{self, Exec, Exit, Program, Waiter, Wake};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
@@ -289,11 +290,65 @@ pub fn end_left_freeze_hooks(state_dir: &Path, grace: Duration, log: &Log) {
     }
 }
 
+thread_local! {
+    /// Hooks running now (their pids).
+    static LIVE: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Processes the runner adopted (as child subreaper) that are left
+    /// alone: what a hook that ended by itself left running (a lock holder).
+    static LEFT_ON_PURPOSE: std::cell::RefCell<Vec<Ident>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This process's children now that are neither a running hook nor a
+/// helper of ours: what the runner adopted from hooks.
+fn adopted() -> Vec<(i32, sys::proc::Stat)> {
+    let me = std::process::id() as i32;
+    let live = LIVE.with(|l| l.borrow().clone());
+    let helpers = sys::detached();
+    sys::proc::all()
+        .into_iter()
+        .filter(|(p, s)| s.ppid == me && s.live() && !live.contains(p) && !helpers.contains(p))
+        .collect()
+}
+
+/// What ending hook `pid` must end besides its process group: every
+/// process below it, whatever session it made (`setsid`), and what the
+/// runner adopted since it started (a double fork's orphan), but nothing a
+/// hook that ended by itself left running, and no helper of ours.
+fn strays_of(pid: Pid) -> Vec<Ident> {
+    let hook = Ident::of(pid.as_raw());
+    let all = sys::proc::all();
+    let mut out: Vec<i32> = Vec::new();
+    let mut frontier = vec![pid.as_raw()];
+    while let Some(parent) = frontier.pop() {
+        for (p, s) in &all {
+            if s.ppid == parent && s.live() && !out.contains(p) {
+                out.push(*p);
+                frontier.push(*p);
+            }
+        }
+    }
+    let kept = LEFT_ON_PURPOSE.with(|k| k.borrow().clone());
+    for (p, s) in adopted() {
+        let since = hook.start.is_none_or(|start| s.start >= start);
+        if since && !kept.contains(&Ident::of(p)) && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out.into_iter().map(Ident::of).collect()
+}
+
 impl Started {
     /// After its end: what is left of its output, and how it went.
     pub fn finish(self, outcome: Outcome, ctx: &Context<'_>, path: &Path) -> Finished {
         if let Some(record) = &self.record {
             let _ = std::fs::remove_file(record);
+        }
+        LIVE.with(|l| l.borrow_mut().retain(|p| *p != self.pid.as_raw()));
+        if matches!(outcome, Outcome::Exited(_) | Outcome::Signaled(_)) {
+            // It ended by itself: what it left (adopted by now) stays.
+            let left: Vec<Ident> = adopted().into_iter().map(|(p, _)| Ident::of(p)).collect();
+            LEFT_ON_PURPOSE.with(|k| k.borrow_mut().extend(left));
         }
         let output_bytes = self
             .capture
@@ -382,6 +437,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
     let record = (spawn.phase == "freeze" && !spawn.rollback)
         .then(|| record_running(ctx.state_dir, pid))
         .flatten();
+    LIVE.with(|l| l.borrow_mut().push(pid.as_raw()));
     Ok(Started {
         pid,
         capture,
@@ -565,13 +621,27 @@ impl<'a, 'b> Watch<'a, 'b> {
         }
     }
 
-    /// SIGTERM to the group, up to `grace` for every member to go, then
-    /// SIGKILL. Returns whether SIGKILL was needed. The child is reaped here.
+    /// SIGTERM to the group and to what the child started outside it
+    /// ([`strays_of`]), up to `grace` for every member to go, then SIGKILL
+    /// to whatever is left. Returns whether SIGKILL was needed. The child is
+    /// reaped here.
     pub fn end_group(&mut self, grace: Duration) -> bool {
         let pgid = self.pid;
+        let strays = strays_of(pgid);
         sys::signal_group(pgid, Signal::SIGTERM);
+        for s in &strays {
+            sys::proc::signal_ours(*s, Signal::SIGTERM);
+        }
         let mut reaped = false;
-        if self.wait_gone(&mut reaped, Instant::now() + grace) {
+        let until = Instant::now() + grace;
+        let gone = self.wait_gone(&mut reaped, until);
+        while strays.iter().any(|s| sys::proc::is_ours(*s)) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+        for s in &strays {
+            sys::proc::signal_ours(*s, Signal::SIGKILL);
+        }
+        if gone {
             return false;
         }
         sys::signal_group(pgid, Signal::SIGKILL);

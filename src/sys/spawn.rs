@@ -180,6 +180,26 @@ fn ignored_signals() -> Vec<Signal> {
         .collect()
 }
 
+/// The helpers this process detached ([`detach`]): never strays of a hook.
+static DETACHED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// The pids of the helpers this process detached.
+pub fn detached() -> Vec<i32> {
+    DETACHED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Makes this process the child subreaper of what it starts
+/// (PR_SET_CHILD_SUBREAPER): a process a hook leaves behind by a double
+/// fork or `setsid` is adopted by the runner instead of init, so that the
+/// runner can end it with the hook it came from. Not inherited by children.
+pub fn become_subreaper() {
+    // SAFETY: prctl with plain integer arguments; it changes an attribute of
+    // this process only.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
+    }
+}
+
 /// Reaps `pid` if it has ended.
 pub fn try_reap(pid: Pid) -> io::Result<Option<Exit>> {
     match waitpid(pid, Some(WaitPidFlag::WNOHANG))? {
@@ -197,20 +217,38 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<Exit>> {
 /// never holds the runner's lock, journal, or qemu-ga's pipe.
 pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[BorrowedFd<'_>])) -> io::Result<()> {
     let keep: Vec<RawFd> = keep.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: single-threaded runner; the intermediate child only forks and
-    // exits; the grandchild rearranges its own descriptors and runs `body`,
-    // then exits without returning into the runner's code.
+    // The intermediate child says the grandchild's pid here: a runner that
+    // is a child subreaper adopts it, and must know it for one of its own.
+    let (pid_r, pid_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: single-threaded runner; the intermediate child only forks,
+    // writes a number and exits; the grandchild rearranges its own
+    // descriptors and runs `body`, then exits without returning into the
+    // runner's code.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => {
+            drop(pid_w);
             let _ = waitpid(child, None);
+            let mut buf = [0u8; 4];
+            if nix::unistd::read(&pid_r, &mut buf) == Ok(4) {
+                DETACHED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(i32::from_ne_bytes(buf));
+            }
             Ok(())
         }
         ForkResult::Child => {
             // SAFETY: as above; _exit ends the intermediate child or the
             // grandchild without running the runner's destructors.
             unsafe {
-                if !matches!(fork(), Ok(ForkResult::Child)) {
-                    libc::_exit(0);
+                match fork() {
+                    Ok(ForkResult::Child) => {}
+                    Ok(ForkResult::Parent { child }) => {
+                        let pid = child.as_raw().to_ne_bytes();
+                        libc::write(pid_w.as_raw_fd(), pid.as_ptr().cast(), pid.len());
+                        libc::_exit(0);
+                    }
+                    Err(_) => libc::_exit(0),
                 }
                 libc::setsid();
                 // Pin no mountpoint (an unmount would fail with EBUSY).
