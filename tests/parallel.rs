@@ -211,3 +211,65 @@ fn a_presync_that_cannot_finish_does_not_hold_the_freeze() {
     assert_eq!(env.run(&["thaw"]).code, Some(0));
     drop(inner);
 }
+
+/// A durations history that says 10-slow takes 20 s and 20-quick 0.1 s:
+/// 20-quick is scheduled 19.9 s after the group's start.
+fn history_says_slow(env: &Env) {
+    fs::create_dir_all(&env.state).unwrap();
+    fs::write(
+        env.state.join("durations"),
+        "10-slow 20000,20000,20000\n20-quick 100\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_quick_hook_starts_at_once_when_the_slow_one_it_waited_for_has_ended() {
+    let env = Env::new();
+    history_says_slow(&env);
+    // This time 10-slow is quick.
+    env.tracing_hook("10-slow", "");
+    env.tracing_hook("20-quick", "");
+    env.set_config("parallel = true\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    // Not the 19.9 s the history scheduled (a run takes some 100 ms).
+    assert!(run.elapsed < Duration::from_secs(6), "{:?}", run.elapsed);
+    assert_eq!(env.trace().len(), 2);
+    assert_eq!(env.run(&["thaw"]).code, Some(0));
+}
+
+#[test]
+fn no_scheduled_start_lies_past_the_phase_deadline() {
+    let env = Env::new();
+    history_says_slow(&env);
+    // This time 10-slow hangs, and a failure does not end the group
+    // (on_error = "continue"): phase_timeout (3 s) ends the phase, not the
+    // 19.9 s the history scheduled 20-quick at.
+    env.hanging_freeze_hook("10-slow");
+    env.tracing_hook("20-quick", "");
+    env.set_config(
+        "parallel = true\non_error = \"continue\"\nphase_timeout = \"3s\"\nkill_grace = \"200ms\"\n",
+    );
+    let run = env.run(&["freeze"]);
+    assert!(run.elapsed < Duration::from_secs(9), "{:?}", run.elapsed);
+    assert_has(&run.log, "phase_timeout");
+}
+
+#[test]
+fn an_absurd_durations_history_is_ignored() {
+    let env = Env::new();
+    fs::create_dir_all(&env.state).unwrap();
+    fs::write(
+        env.state.join("durations"),
+        "10-waits 1\n20-makes 18446744073709551615\n",
+    )
+    .unwrap();
+    waiting_pair(&env);
+    env.set_config("parallel = true\n");
+    // 10-waits needs 20-makes to run at once with it: the absurd figure
+    // must not delay either.
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.elapsed < Duration::from_secs(6), "{:?}", run.elapsed);
+}

@@ -66,7 +66,21 @@ pub fn run_group(
         }
         results[i] = Some(fin);
     };
+    let mut t0 = t0;
+    // The starts were timed against hooks that have all ended now: the
+    // rest need not wait (their offsets among themselves are kept).
+    let hurry = |t0: &mut Instant, running: &[Live], pending: &[usize]| {
+        if running.is_empty()
+            && let Some(&first) = pending.first()
+        {
+            let now = Instant::now();
+            if *t0 + members[first].delay > now {
+                *t0 = now.checked_sub(members[first].delay).unwrap_or(*t0);
+            }
+        }
+    };
     loop {
+        hurry(&mut t0, &running, &pending);
         // Start whoever is due.
         while stop.is_none()
             && pending
@@ -149,6 +163,10 @@ pub fn run_group(
         }
         // Sleep until output, a child's end, a signal, the next start or
         // the nearest deadline.
+        hurry(&mut t0, &running, &pending);
+        if running.is_empty() {
+            continue;
+        }
         let next = pending
             .first()
             .map(|&i| t0 + members[i].delay)

@@ -15,6 +15,10 @@ use crate::text::{decode_field, encode_field};
 /// Runs remembered per hook.
 const KEPT: usize = 5;
 
+/// A freeze longer than this is no duration to schedule by: a file written
+/// by hand, or damaged (a day; `phase_timeout` is minutes).
+const ABSURD_MS: u64 = 24 * 3600 * 1000;
+
 /// Recent freeze durations, by hook name.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct History {
@@ -25,10 +29,27 @@ fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("durations")
 }
 
+/// The file's text, if it is a regular file (a link there is not followed).
+fn read_plain(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 impl History {
     /// What the state dir remembers; nothing when it has no (readable) file.
     pub fn load(state_dir: &Path) -> History {
-        let text = fs::read_to_string(path(state_dir)).unwrap_or_default();
+        let text = read_plain(&path(state_dir)).unwrap_or_default();
         let mut runs = BTreeMap::new();
         for line in text.lines() {
             let Some((name, list)) = line.split_once(' ') else {
@@ -37,7 +58,11 @@ impl History {
             let Some(name) = decode_field(name).filter(|n| !n.is_empty()) else {
                 continue;
             };
-            let ms: Vec<u64> = list.split(',').filter_map(|m| m.parse().ok()).collect();
+            let ms: Vec<u64> = list
+                .split(',')
+                .filter_map(|m| m.parse().ok())
+                .filter(|m| *m <= ABSURD_MS)
+                .collect();
             if !ms.is_empty() {
                 runs.insert(OsString::from_vec(name), ms);
             }
@@ -125,5 +150,23 @@ mod tests {
         assert_eq!(back, h);
         assert_eq!(back.runs[quick].len(), KEPT);
         assert_eq!(History::load(&dir.path().join("none")), History::default());
+    }
+
+    #[test]
+    fn absurd_durations_and_a_link_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            path(dir.path()),
+            "10-a 99999999999999999,-5,x,1e9,NaN\n20-b 100,200\n",
+        )
+        .unwrap();
+        let h = History::load(dir.path());
+        assert_eq!(h.expected(OsStr::new("10-a")), None);
+        assert_eq!(h.expected(OsStr::new("20-b")), Some(ms(200)));
+        // A link at the file's name: not followed, nothing known.
+        let other = tempfile::tempdir().unwrap();
+        fs::rename(path(dir.path()), other.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(other.path().join("d"), path(dir.path())).unwrap();
+        assert_eq!(History::load(dir.path()), History::default());
     }
 }

@@ -268,6 +268,21 @@ impl<'a, X: Execute> Runner<'a, X> {
                 .map(|(h, _, _)| h.name.as_os_str())
                 .collect::<Vec<_>>(),
         );
+        // No start lies past the phase deadline, and each member's limits
+        // are what is left of the phase when it starts.
+        let now = self.exec.now();
+        let delays: Vec<Duration> = delays
+            .into_iter()
+            .map(|d| deadline.map_or(d, |dl| d.min(dl.saturating_duration_since(now))))
+            .collect();
+        for ((hook, _, run), delay) in readies.iter_mut().zip(&delays) {
+            run.bounds = self
+                .bounds_at(hook, deadline, true, now + *delay)
+                .unwrap_or(Bounds {
+                    timeout: Some((Duration::ZERO, TimeoutSource::Phase)),
+                    ..run.bounds
+                });
+        }
         let members = group_runs(&readies, delays);
         let stop_on_failure = self.settings.on_error == OnError::Abort;
         let before = self.records.len();
@@ -621,13 +636,25 @@ impl<'a, X: Execute> Runner<'a, X> {
         deadline: Option<Instant>,
         interruptible: bool,
     ) -> Option<Bounds> {
+        self.bounds_at(hook, deadline, interruptible, self.exec.now())
+    }
+
+    /// [`Runner::bounds_for`] a hook that starts `at` (a parallel group's
+    /// member that starts later).
+    fn bounds_at(
+        &self,
+        hook: &Hook,
+        deadline: Option<Instant>,
+        interruptible: bool,
+        at: Instant,
+    ) -> Option<Bounds> {
         let own = self
             .settings
             .timeout_for(&hook.name)
             .map(|d| (d, TimeoutSource::Hook));
         let phase = match deadline {
             Some(d) => {
-                let left = d.saturating_duration_since(self.exec.now());
+                let left = d.saturating_duration_since(at);
                 if left.is_zero() {
                     return None;
                 }
