@@ -270,6 +270,56 @@ fn enable_creates_qemu_ga_conf_when_there_is_none_and_disable_removes_it() {
 
 #[test]
 #[ignore = "needs root"]
+fn disable_keeps_a_hook_that_is_no_longer_what_enable_installed() {
+    require_root("disable_keeps_foreign");
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    // qemu-guest-agent upgraded with --force-confnew: a newer stock script
+    // at the hook path.
+    let newer = "#!/bin/sh\n# a newer stock script\n";
+    put(root.path(), "/etc/qemu/fsfreeze-hook", newer, 0o755);
+    let dry = run(&["disable", "--root", &r, "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}{}", dry.stdout, dry.stderr);
+    let out = run(&["disable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    for said in [&dry.stdout, &out.stdout] {
+        assert_has(
+            said,
+            "keep /etc/qemu/fsfreeze-hook: it is no longer the fsfreeze-hook `enable` installed",
+        );
+        assert_has(
+            said,
+            "keep /etc/qemu/fsfreeze-hook.stock where it is: /etc/qemu/fsfreeze-hook holds another file",
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/qemu/fsfreeze-hook")).unwrap(),
+        newer
+    );
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/qemu/fsfreeze-hook.stock")).unwrap(),
+        STOCK
+    );
+    // A newer build of ours at the hook path is still ours to remove.
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    let mut ours = fs::read(BIN).unwrap();
+    ours.extend_from_slice(b"another build");
+    fs::write(root.path().join("etc/qemu/fsfreeze-hook"), ours).unwrap();
+    let out = run(&["disable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/qemu/fsfreeze-hook")).unwrap(),
+        STOCK
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
 fn a_hook_path_with_spaces_is_enabled_and_disabled_back_to_the_same_tree() {
     require_root("enable_disable_spaces");
     let root = tempfile::tempdir().unwrap();

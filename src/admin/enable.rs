@@ -22,8 +22,9 @@ const RECORD_HEADER_1: &str = "fsfreeze-hook enable 1";
 /// One change `enable` made, as recorded (guest paths).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Change {
-    /// Our binary was installed at this path.
-    Hook(PathBuf),
+    /// Our binary was installed at this path, with this content (FNV-1a
+    /// of its bytes; `None` in records of versions that kept none).
+    Hook(PathBuf, Option<u64>),
     /// The file that was there was moved to the second path.
     Stock(PathBuf, PathBuf),
     /// This directory was created.
@@ -39,7 +40,8 @@ impl Change {
     fn line(&self) -> String {
         let p = |p: &Path| encode_field(p.as_os_str().as_bytes());
         match self {
-            Change::Hook(a) => format!("hook {}", p(a)),
+            Change::Hook(a, Some(sum)) => format!("hook {} {sum:016x}", p(a)),
+            Change::Hook(a, None) => format!("hook {}", p(a)),
             Change::Stock(a, b) => format!("stock {} {}", p(a), p(b)),
             Change::Dir(a) => format!("dir {}", p(a)),
             Change::ConfCreated(a) => format!("conf-created {}", p(a)),
@@ -61,7 +63,7 @@ impl Change {
         };
         let a = path()?;
         Some(match kind {
-            "hook" => Change::Hook(a),
+            "hook" => Change::Hook(a, w.next().and_then(|s| u64::from_str_radix(s, 16).ok())),
             "stock" => Change::Stock(a, path()?),
             "dir" => Change::Dir(a),
             "conf-created" => Change::ConfCreated(a),
@@ -69,6 +71,15 @@ impl Change {
             _ => return None,
         })
     }
+}
+
+/// FNV-1a (64 bits) of `bytes`: what `disable` compares the hook with to
+/// know it is still the file `enable` installed (not an adversary's hash:
+/// only root writes there).
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn record_path(hook: &Path) -> PathBuf {
@@ -274,7 +285,8 @@ impl Plan {
         ));
         self.write_file(hook, binary, 0o755)
             .map_err(|e| e.to_string())?;
-        self.done.push(Change::Hook(hook.to_path_buf()));
+        self.done
+            .push(Change::Hook(hook.to_path_buf(), Some(checksum(binary))));
         Ok(())
     }
 
@@ -387,8 +399,9 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
         done: Vec::new(),
     };
     // Undo in reverse order of doing.
+    let mut kept = Vec::new();
     for change in changes.iter().rev() {
-        plan.undo(change, &hook)?;
+        plan.undo(change, &hook, &mut kept)?;
     }
     plan.say(&format!("remove {}", record_path(&hook).display()));
     if !dry_run {
@@ -399,8 +412,9 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
 }
 
 impl Plan {
-    /// Undoes one change of `enable`'s record.
-    fn undo(&self, change: &Change, hook: &Path) -> Result<(), String> {
+    /// Undoes one change of `enable`'s record; a hook path that holds
+    /// another file than the one installed is kept, and added to `kept`.
+    fn undo(&self, change: &Change, hook: &Path, kept: &mut Vec<PathBuf>) -> Result<(), String> {
         let remove = |path: &Path| {
             self.say(&format!("remove {}", path.display()));
             if !self.dry_run {
@@ -410,8 +424,32 @@ impl Plan {
         match change {
             Change::ConfEdited(conf, backup) => self.restore_conf(conf, backup, hook)?,
             Change::ConfCreated(conf) => remove(conf),
-            Change::Hook(path) => remove(path),
+            Change::Hook(path, sum) => {
+                let now = fs::read(self.path(path)).ok();
+                let installed = now.as_deref().is_some_and(|bytes| {
+                    Some(checksum(bytes)) == *sum
+                        || crate::text::contains(bytes, crate::phase::journal::HEADER.as_bytes())
+                });
+                if now.is_none() || installed {
+                    remove(path);
+                } else {
+                    kept.push(path.clone());
+                    println!(
+                        "keep {}: it is no longer the fsfreeze-hook `enable` installed (a newer stock script, or an edit); compare it with {} and keep the one qemu-ga should run",
+                        path.display(),
+                        stock_path(path).display()
+                    );
+                }
+            }
             Change::Stock(path, stock) => {
+                if kept.contains(path) {
+                    println!(
+                        "keep {} where it is: {} holds another file (see above)",
+                        stock.display(),
+                        path.display()
+                    );
+                    return Ok(());
+                }
                 self.say(&format!(
                     "put {} back as {}",
                     stock.display(),
@@ -495,7 +533,8 @@ mod tests {
     #[test]
     fn record_lines_round_trip() {
         for c in [
-            Change::Hook("/a".into()),
+            Change::Hook("/a".into(), None),
+            Change::Hook("/a".into(), Some(checksum(b"binary"))),
             Change::Stock("/a".into(), "/a.stock".into()),
             Change::Dir("/d".into()),
             Change::ConfCreated("/c".into()),
