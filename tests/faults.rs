@@ -874,6 +874,81 @@ fn an_interpreter_that_others_may_write_is_refused() {
     );
 }
 
+#[test]
+fn the_whole_chain_of_interpreters_is_judged() {
+    // 20-odd names a wrapper that is fine; the wrapper is a #! script whose
+    // own interpreter others may write: the kernel would run that too.
+    let env = Env::new();
+    let deep = env.path().join("deep");
+    fs::write(
+        &deep,
+        format!(
+            "#!/bin/sh\necho deep-ran >> '{}'\nexec /bin/sh \"$@\"\n",
+            env.trace.display()
+        ),
+    )
+    .unwrap();
+    chmod(&deep, 0o757);
+    let wrapper = env.path().join("wrapper");
+    fs::write(
+        &wrapper,
+        format!("#!{}\nexec /bin/sh \"$@\"\n", deep.display()),
+    )
+    .unwrap();
+    chmod(&wrapper, 0o755);
+    env.tracing_hook("10-a", "");
+    let hook = env.hooks.join("20-odd");
+    fs::write(
+        &hook,
+        format!(
+            "#!{}\necho \"20-odd $1\" >> '{}'\n",
+            wrapper.display(),
+            env.trace.display()
+        ),
+    )
+    .unwrap();
+    chmod(&hook, 0o755);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(
+        &run.stderr,
+        &format!(
+            "names interpreter {w} in its #! line, which is run by {d} (its own #! line), which is not trusted: {d} is writable by others",
+            w = wrapper.display(),
+            d = deep.display()
+        ),
+    );
+    assert!(
+        !env.trace()
+            .iter()
+            .any(|l| l == "deep-ran" || l.starts_with("20-odd"))
+    );
+    // Fixed, the chain runs as the kernel runs it.
+    chmod(&deep, 0o755);
+    env.run(&["thaw"]);
+    env.clear_trace();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        env.trace().iter().any(|l| l == "20-odd freeze"),
+        "{:?}",
+        env.trace()
+    );
+    // Deeper than the kernel follows: refused.
+    let mut prev = deep.clone();
+    for i in 0..4 {
+        let next = env.path().join(format!("level{i}"));
+        fs::write(&next, format!("#!{}\n", prev.display())).unwrap();
+        chmod(&next, 0o755);
+        prev = next;
+    }
+    fs::write(&hook, format!("#!{}\nexit 0\n", prev.display())).unwrap();
+    env.run(&["thaw"]);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(&run.stderr, "more than 4 levels deep (the kernel's limit)");
+}
+
 // ---- the places a run writes (as root: another user's directory) ----------
 
 #[test]

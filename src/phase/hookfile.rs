@@ -45,11 +45,17 @@ pub enum Refusal {
     MissingInterpreter(PathBuf),
     /// The interpreter (`#!`'s, or /bin/sh for a file without one) breaks a
     /// trust rule.
+    /// `via`: the interpreter the hook names, when the untrusted one is
+    /// further down the chain (an interpreter that is a `#!` script itself).
     UntrustedInterpreter {
         path: PathBuf,
         no_shebang: bool,
         why: Untrusted,
+        via: Option<PathBuf>,
     },
+    /// Its interpreters are `#!` scripts more levels deep than the kernel
+    /// follows (BINPRM_MAX_RECURSION, 4): the exec would fail anyway.
+    InterpreterChainTooLong(PathBuf),
     BinaryData,
     /// The path no longer names the file that was checked.
     Replaced(Option<String>),
@@ -84,10 +90,26 @@ impl fmt::Display for Refusal {
                 f,
                 "is run by /bin/sh (no #! line), which is not trusted: {why}"
             ),
+            Refusal::UntrustedInterpreter {
+                path,
+                why,
+                via: Some(via),
+                ..
+            } => write!(
+                f,
+                "names interpreter {} in its #! line, which is run by {} (its own #! line), which is not trusted: {why}",
+                escape_path(via),
+                escape_path(path)
+            ),
             Refusal::UntrustedInterpreter { path, why, .. } => write!(
                 f,
                 "names interpreter {} in its #! line, which is not trusted: {why}",
                 escape_path(path)
+            ),
+            Refusal::InterpreterChainTooLong(p) => write!(
+                f,
+                "names interpreter {} in its #! line, whose interpreters are #! scripts more than {MAX_CHAIN} levels deep (the kernel's limit)",
+                escape_path(p)
             ),
             Refusal::BinaryData => {
                 write!(
@@ -156,21 +178,52 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Refu
     let mut head = [0u8; SHEBANG_MAX];
     let n = read_head(&file, &mut head).map_err(|e| Refusal::CannotRead(e.to_string()))?;
     let (kind, interpreter) = classify(&head[..n], meta.len(), root)?;
-    // The interpreter runs as root with the hook: judged as the hook is.
-    if let Some(interpreter) = interpreter {
+    // The interpreter runs as root with the hook: judged as the hook is, and
+    // so is each interpreter of an interpreter that is a #! script itself,
+    // as far as the kernel follows them.
+    let first = interpreter.clone();
+    let mut next = interpreter;
+    let mut depth = 0;
+    while let Some(interpreter) = next {
+        depth += 1;
+        if depth > MAX_CHAIN {
+            return Err(Refusal::InterpreterChainTooLong(
+                first.expect("a chain has a first link"),
+            ));
+        }
         policy
             .check_interpreter(&interpreter)
             .map_err(|why| Refusal::UntrustedInterpreter {
-                no_shebang: kind == Kind::Shell,
+                no_shebang: kind == Kind::Shell && depth == 1,
                 path: interpreter.clone(),
                 why,
+                via: (depth > 1).then(|| first.clone()).flatten(),
             })?;
+        next = interpreter_of(&interpreter, root)?;
     }
     Ok(Opened {
         id: (meta.dev(), meta.ino()),
         file,
         kind,
     })
+}
+
+/// How many interpreters the kernel follows from a script (the script's own
+/// and those of interpreters that are scripts: BINPRM_MAX_RECURSION).
+const MAX_CHAIN: usize = 4;
+
+/// The interpreter of `interpreter`, when it is a `#!` script itself.
+fn interpreter_of(interpreter: &Path, root: &Path) -> Result<Option<PathBuf>, Refusal> {
+    let Ok(file) = File::open(interpreter) else {
+        return Ok(None);
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut head = [0u8; SHEBANG_MAX];
+    let n = read_head(&file, &mut head).unwrap_or(0);
+    if !head[..n].starts_with(b"#!") {
+        return Ok(None);
+    }
+    classify(&head[..n], len, root).map(|(_, next)| next)
 }
 
 fn read_head(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
