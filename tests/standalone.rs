@@ -629,3 +629,46 @@ fn a_directory_on_the_way_swapped_for_a_link_does_not_keep_the_filesystem_frozen
         ["10-a freeze rollback=0", "10-a thaw rollback=0"]
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_command_run_from_a_terminal_may_prompt() {
+    let _exclusive = freezing_test("terminal_prompt");
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    env.tracing_hook("10-app", "");
+    let got = env.path().join("got");
+    // COMMAND reads a line from the terminal while frozen; `script` gives
+    // the run a terminal and types the line.
+    let line = format!(
+        "{bin} --config {c} --hooks-dir {h} --log-file {l} --state-dir {s} snapshot --max-frozen 20s -m {m} -- sh -c 'read answer; echo \"$answer\" > {g}'; echo \"status=$?\"",
+        bin = crate::common::BIN,
+        c = env.config.display(),
+        h = env.hooks.display(),
+        l = env.log.display(),
+        s = env.state.display(),
+        m = fs.mnt.display(),
+        g = got.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1), from util-linux");
+    std::thread::sleep(Duration::from_millis(500));
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"yes\n").unwrap();
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status=0"), "{text:?}");
+    // Not the 20 s a COMMAND stopped by SIGTTIN would wait.
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(fs::read_to_string(&got).unwrap(), "yes\n");
+    assert!(!fs.frozen());
+}

@@ -126,6 +126,8 @@ fn run_command<'a, 'b>(
             );
         }
     };
+    // A COMMAND that prompts reads the terminal as a foreground job would.
+    let _terminal = crate::sys::Foreground::lend(pid);
     let mut watch = Watch::new(pid, None, ctx, signal_seen);
     match watch.wait_until(deadline, true) {
         WaitEnd::Ended(Outcome::Exited(c)) => CommandEnd::Exited(c as u8),

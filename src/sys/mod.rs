@@ -165,6 +165,52 @@ pub fn start_helper(
     })
 }
 
+/// The terminal on stdin, lent to a process group (a snapshot's COMMAND,
+/// which may prompt) while it runs, and taken back when this is dropped.
+/// Nothing when stdin is not our controlling terminal in the foreground.
+pub struct Foreground {
+    ours: Option<Pid>,
+}
+
+impl Foreground {
+    pub fn lend(pgid: Pid) -> Foreground {
+        let stdin = std::io::stdin();
+        let ours = nix::unistd::getpgrp();
+        let in_front = std::io::IsTerminal::is_terminal(&stdin)
+            // SAFETY: tcgetpgrp only reads the terminal's foreground group
+            // through a descriptor that is open (stdin).
+            && unsafe { libc::tcgetpgrp(stdin.as_raw_fd()) } == ours.as_raw();
+        if !in_front || !set_foreground(pgid) {
+            return Foreground { ours: None };
+        }
+        // It may have read the terminal before it was its own, and been
+        // stopped (SIGTTIN) for that: on with it.
+        let _ = nix::sys::signal::killpg(pgid, Signal::SIGCONT);
+        Foreground { ours: Some(ours) }
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        if let Some(ours) = self.ours {
+            set_foreground(ours);
+        }
+    }
+}
+
+/// tcsetpgrp on stdin with SIGTTOU blocked: a process in the background
+/// (we are, while COMMAND has the terminal) may then take it back.
+fn set_foreground(pgid: Pid) -> bool {
+    let mut ttou = nix::sys::signal::SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let mut old = nix::sys::signal::SigSet::empty();
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old));
+    // SAFETY: tcsetpgrp takes an open descriptor (stdin) and a number.
+    let done = unsafe { libc::tcsetpgrp(std::io::stdin().as_raw_fd(), pgid.as_raw()) } == 0;
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    done
+}
+
 /// Sends `sig` to every process of group `pgid`; a group already gone is fine.
 pub fn signal_group(pgid: Pid, sig: Signal) {
     let _ = nix::sys::signal::killpg(pgid, sig);

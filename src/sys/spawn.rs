@@ -128,6 +128,9 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         },
         ForkResult::Parent { child } => {
             drop(err_w);
+            // Its group exists before we return (job control's rule: both
+            // sides set it), so that a caller may hand it the terminal.
+            let _ = nix::unistd::setpgid(child, child);
             let mut buf = [0u8; std::mem::size_of::<libc::c_int>()];
             let mut n = 0;
             while n < buf.len() {
