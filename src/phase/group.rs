@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::phase::process::{
-    self, Bounds, Context, Finished, KILL_WAIT, Outcome, Spawn, Started, Watch,
-};
+use crate::phase::leftovers::KILL_WAIT;
+use crate::phase::process::{self, Bounds, Context, Finished, Outcome, Spawn, Started, Watch};
 use crate::sys::{self, Exit, Wake};
 
 /// One hook of a group: what it runs, its bounds, when it starts (after

@@ -9,6 +9,7 @@ pub mod guard;
 pub mod history;
 pub mod hookfile;
 pub mod journal;
+pub mod leftovers;
 pub mod metrics;
 pub mod output;
 pub mod presync;

@@ -17,18 +17,13 @@ use nix::unistd::Pid;
 
 use crate::log::Log;
 use crate::phase::hookfile::{Kind, Opened};
+use crate::phase::leftovers::{self, KILL_WAIT};
 use crate::phase::output::Capture;
-use crate::sys::proc::Ident;
 use crate::sys::{self, Exec, Exit, Program, Waiter, Wake};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
 /// init may not set one).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// How long to wait for a process to go after SIGKILL. A process stuck in
-/// uninterruptible sleep (say, writing to a frozen filesystem) cannot die
-/// before that ends; we stop waiting rather than hang the agent.
-pub const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Which limit cut a hook off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,132 +219,16 @@ pub struct Started {
     pub pid: Pid,
     pub capture: Capture,
     pub at: Instant,
-    /// A freeze hook's record while it runs ([`running_dir`]).
+    /// A freeze hook's record while it runs (see [`leftovers`]).
     record: Option<std::path::PathBuf>,
-}
-
-/// `<state dir>/running/PGID` (the hook's session in it): a freeze hook
-/// while it runs. The hook itself dies with its runner (see `sys::spawn`),
-/// but what it runs in the foreground (a database client taking a lock)
-/// would go on and take the lock after the thaw: the next thaw ends such a
-/// group first ([`end_left_freeze_hooks`]).
-fn running_dir(state_dir: &Path) -> std::path::PathBuf {
-    state_dir.join("running")
-}
-
-fn record_running(state_dir: &Path, pid: Pid) -> Option<std::path::PathBuf> {
-    let dir = running_dir(state_dir);
-    crate::phase::journal::ensure_state_dir(&dir).ok()?;
-    let sid = nix::unistd::getsid(None).ok()?.as_raw();
-    let path = dir.join(pid.as_raw().to_string());
-    let tmp = dir.join(format!(".{}.tmp", pid.as_raw()));
-    sys::paths::replace_file(&path, &tmp, format!("{sid}\n").as_bytes(), 0o600, false).ok()?;
-    Some(path)
-}
-
-/// Before a thaw's hooks: the process groups of freeze hooks whose runner
-/// died while they ran (`kill -9`), if anything of them still runs, are
-/// ended (TERM, `grace`, KILL), so that no freeze takes its lock after the
-/// thaw released it.
-pub fn end_left_freeze_hooks(state_dir: &Path, grace: Duration, log: &Log) {
-    let Ok(entries) = std::fs::read_dir(running_dir(state_dir)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(pgid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        };
-        let sid = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
-        if let Some(sid) = sid
-            && sys::proc::group_alive_in(pgid, sid)
-        {
-            log.warn(&format!(
-                "the process group {pgid} of a freeze hook whose runner died still runs; ending it before the thaw hooks"
-            ));
-            let group = Pid::from_raw(pgid);
-            sys::signal_group(group, Signal::SIGTERM);
-            let until = Instant::now() + grace;
-            while sys::proc::group_alive_in(pgid, sid) && Instant::now() < until {
-                thread::sleep(Duration::from_millis(10));
-            }
-            let until = Instant::now() + KILL_WAIT;
-            while sys::proc::group_alive_in(pgid, sid) && Instant::now() < until {
-                sys::signal_group(group, Signal::SIGKILL);
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = std::fs::remove_file(&path);
-    }
-}
-
-thread_local! {
-    /// Hooks running now (their pids).
-    static LIVE: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Processes the runner adopted (as child subreaper) that are left
-    /// alone: what a hook that ended by itself left running (a lock holder).
-    static LEFT_ON_PURPOSE: std::cell::RefCell<Vec<Ident>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// This process's children now that are neither a running hook nor a
-/// helper of ours: what the runner adopted from hooks.
-fn adopted() -> Vec<(i32, sys::proc::Stat)> {
-    let me = std::process::id() as i32;
-    let live = LIVE.with(|l| l.borrow().clone());
-    let helpers = sys::detached();
-    sys::proc::all()
-        .into_iter()
-        .filter(|(p, s)| s.ppid == me && s.live() && !live.contains(p) && !helpers.contains(p))
-        .collect()
-}
-
-/// What ending hook `pid` must end besides its process group: every
-/// process below it, whatever session it made (`setsid`), and what the
-/// runner adopted since it started (a double fork's orphan), but nothing a
-/// hook that ended by itself left running, and no helper of ours.
-fn strays_of(pid: Pid) -> Vec<Ident> {
-    let hook = Ident::of(pid.as_raw());
-    let all = sys::proc::all();
-    let mut out: Vec<i32> = Vec::new();
-    let mut frontier = vec![pid.as_raw()];
-    while let Some(parent) = frontier.pop() {
-        for (p, s) in &all {
-            if s.ppid == parent && s.live() && !out.contains(p) {
-                out.push(*p);
-                frontier.push(*p);
-            }
-        }
-    }
-    let kept = LEFT_ON_PURPOSE.with(|k| k.borrow().clone());
-    for (p, s) in adopted() {
-        let since = hook.start.is_none_or(|start| s.start >= start);
-        if since && !kept.contains(&Ident::of(p)) && !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    out.into_iter().map(Ident::of).collect()
 }
 
 impl Started {
     /// After its end: what is left of its output, and how it went.
     pub fn finish(self, outcome: Outcome, ctx: &Context<'_>, path: &Path) -> Finished {
-        if let Some(record) = &self.record {
-            let _ = std::fs::remove_file(record);
-        }
-        LIVE.with(|l| l.borrow_mut().retain(|p| *p != self.pid.as_raw()));
-        if matches!(outcome, Outcome::Exited(_) | Outcome::Signaled(_)) {
-            // It ended by itself: what it left (adopted by now) stays.
-            let left: Vec<Ident> = adopted().into_iter().map(|(p, _)| Ident::of(p)).collect();
-            LEFT_ON_PURPOSE.with(|k| k.borrow_mut().extend(left));
-        }
+        // Ended by itself, what it left (a lock holder) stays.
+        let by_itself = matches!(outcome, Outcome::Exited(_) | Outcome::Signaled(_));
+        leftovers::ended(self.pid, self.record.as_deref(), by_itself);
         let output_bytes = self
             .capture
             .finish(ctx.log, &crate::text::escape_path(path));
@@ -434,10 +313,8 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         Err(e) => return Err(not_started(e.to_string())),
     };
     drop(write);
-    let record = (spawn.phase == "freeze" && !spawn.rollback)
-        .then(|| record_running(ctx.state_dir, pid))
-        .flatten();
-    LIVE.with(|l| l.borrow_mut().push(pid.as_raw()));
+    let freeze = spawn.phase == "freeze" && !spawn.rollback;
+    let record = leftovers::started(pid, freeze.then_some(ctx.state_dir));
     Ok(Started {
         pid,
         capture,
@@ -622,12 +499,12 @@ impl<'a, 'b> Watch<'a, 'b> {
     }
 
     /// SIGTERM to the group and to what the child started outside it
-    /// ([`strays_of`]), up to `grace` for every member to go, then SIGKILL
+    /// ([`leftovers::strays_of`]), up to `grace` for every member to go, then SIGKILL
     /// to whatever is left. Returns whether SIGKILL was needed. The child is
     /// reaped here.
     pub fn end_group(&mut self, grace: Duration) -> bool {
         let pgid = self.pid;
-        let strays = strays_of(pgid);
+        let strays = leftovers::strays_of(pgid);
         sys::signal_group(pgid, Signal::SIGTERM);
         for s in &strays {
             sys::proc::signal_ours(*s, Signal::SIGTERM);

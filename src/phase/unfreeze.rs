@@ -46,7 +46,7 @@ pub fn thaw_hooks(
         Ok(f) => f,
         Err(msg) => return End::Failed(format!("thaw refused, no hook run: {msg}")),
     };
-    crate::phase::process::end_left_freeze_hooks(&settings.state_dir, settings.kill_grace, log);
+    crate::phase::leftovers::end_left_freeze_hooks(&settings.state_dir, settings.kill_grace, log);
     let mut runner = Runner::new(settings, log, waiter);
     if let Err(e) = runner.journal_mut().note_fs_thawed() {
         log.warn(&format!("{e:#}"));

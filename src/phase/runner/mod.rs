@@ -1,6 +1,8 @@
-//! One phase: which hooks run in which order, what a failure does to the
-//! others (rollback), and what the journal records. Hooks run through
-//! [`Execute`], so all of this is unit tested with a fake.
+//! One phase: which hooks run in which order, what a failure does to the others
+//! (rollback, `thaw.rs`), what the journal records; unit tested over a fake `Execute`.
+
+mod events;
+mod thaw;
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -8,18 +10,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::units::format_time_limit;
-use crate::config::{OnError, Settings, ThawOrder};
+use crate::config::{OnError, Settings};
 use crate::exit::Exit;
 use crate::log::Log;
 use crate::log::event::{Event, Level};
 use crate::phase::Phase;
-use crate::phase::discovery::{Discovery, Hook};
+use crate::phase::discovery::Hook;
 use crate::phase::execute::{Execute, GroupRun, Processes, Run};
 use crate::phase::history::History;
-use crate::phase::journal::{self, Journal, Recorded};
+use crate::phase::journal::{Journal, Recorded};
 use crate::phase::process::{Bounds, Finished, Outcome, TimeoutSource};
 use crate::sys::Waiter;
-use crate::text::{escape, escape_path};
+use crate::text::escape_path;
+use events::{end_event, start_event};
 
 /// One hook run, kept for the rehearsal table.
 #[derive(Clone, Debug)]
@@ -417,126 +420,6 @@ impl<'a, X: Execute> Runner<'a, X> {
         self.ended(line)
     }
 
-    /// Runs the thaw hooks of what the journal says is unthawed, in reverse
-    /// of the freeze order (or forward, `thaw_order = "forward"`). Every hook
-    /// runs even when an earlier one fails.
-    pub fn thaw(&mut self, found: Option<&Discovery>) -> End {
-        self.thaw_as(found, ThawCause::Thaw)
-    }
-
-    /// [`Runner::thaw`] for `cause`: a rollback's and the guard's hooks get
-    /// `FSFREEZE_ROLLBACK=1`.
-    pub fn thaw_as(&mut self, found: Option<&Discovery>, cause: ThawCause) -> End {
-        let rollback = cause.rollback();
-        let Some((mut plan, mut failures)) = self.thaw_plan(found) else {
-            return End::Done;
-        };
-        if self.settings.thaw_order == ThawOrder::Reverse {
-            plan.reverse();
-        }
-        let deadline = self.deadline();
-        let mut done = 0;
-        for segment in self.segments(&plan) {
-            let stop = self.stop_signal();
-            let bounds: Option<Vec<Bounds>> = segment
-                .iter()
-                .map(|h| self.bounds_for(h, deadline, true))
-                .collect();
-            let Some(bounds) = bounds.filter(|_| stop.is_none()) else {
-                let why = match stop {
-                    Some(sig) => format!("runner got {}", sig.as_str()),
-                    None => format!(
-                        "phase_timeout ({}) expired",
-                        format_time_limit(self.settings.phase_timeout)
-                    ),
-                };
-                self.log_not_run(&plan[done..], &why);
-                failures.push(format!(
-                    "{why}; {} hook(s) not thawed, kept for the next thaw",
-                    plan.len() - done
-                ));
-                break;
-            };
-            done += segment.len();
-            for (hook, fin) in self.thaw_segment(&segment, &bounds, rollback) {
-                self.record_thaw(&hook, &fin);
-                if !fin.outcome.success() {
-                    let kept = if fin.outcome.ran_to_end() {
-                        ""
-                    } else {
-                        " (kept for the next thaw)"
-                    };
-                    failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
-                }
-            }
-        }
-        if let Err(e) = journal::ensure_state_dir(&self.settings.state_dir)
-            .and_then(|()| self.journal.settle(cause.word()))
-        {
-            self.log.warn(&format!("{e:#}"));
-        }
-        if failures.is_empty()
-            || (self.settings.on_error == OnError::Continue && self.signal_seen.is_none())
-        {
-            return End::Done;
-        }
-        self.ended(format!("thaw failed: {}", failures.join("; ")))
-    }
-
-    /// Which hooks a thaw runs, by what the journal says (in freeze order),
-    /// with what is already known to fail; `None`: nothing to thaw.
-    fn thaw_plan(&mut self, found: Option<&Discovery>) -> Option<(Vec<Hook>, Vec<String>)> {
-        let all: &[Hook] = found.map_or(&[], |d| &d.hooks);
-        match self.journal.read() {
-            Recorded::Idle(_) => {
-                self.log
-                    .line("no freeze recorded since the last thaw or rollback; no hook runs");
-                None
-            }
-            Recorded::Absent => {
-                self.log.line("no journal (first run since boot); thawing every hook, as the stock script does");
-                Some((all.to_vec(), Vec::new()))
-            }
-            Recorded::Corrupt(why) => {
-                self.log.warn(&format!(
-                    "journal {} is unusable ({why}); treated as absent: thawing every hook",
-                    escape_path(self.journal.path())
-                ));
-                Some((all.to_vec(), Vec::new()))
-            }
-            Recorded::Unthawed(unthawed) => {
-                if !unthawed.complete {
-                    self.log.warn(&format!(
-                        "the last freeze did not complete (its runner died); thawing the {} hook(s) it started",
-                        unthawed.names.len()
-                    ));
-                }
-                let (plan, missing, gone) = resolve(&unthawed.names, found);
-                for m in &missing {
-                    self.log.warn(m);
-                }
-                // Nothing can ever thaw a hook that no longer exists:
-                // reported once, then no longer recorded.
-                for name in &gone {
-                    if let Err(e) = self.journal.thawed(name) {
-                        self.log.warn(&format!("{e:#}"));
-                    }
-                }
-                Some((plan, missing))
-            }
-        }
-    }
-
-    /// A thaw that ran to its end (whatever its status) releases the hook
-    /// in the journal; one cut off, refused or not started keeps it.
-    fn record_thaw(&mut self, hook: &Hook, fin: &Finished) {
-        if fin.outcome.ran_to_end()
-            && let Err(e) = self.journal.thawed(&hook.name)
-        {
-            self.log.warn(&format!("{e:#}"));
-        }
-    }
-
     fn ended(&self, line: String) -> End {
         match self.signal_seen {
             Some(sig) => End::Interrupted(sig, line),
@@ -553,79 +436,6 @@ impl<'a, X: Execute> Runner<'a, X> {
 
     fn deadline(&self) -> Option<Instant> {
         self.settings.phase_timeout.map(|t| self.exec.now() + t)
-    }
-
-    /// The rollback after a failed freeze: thaw, in reverse, every hook whose
-    /// freeze started. It has its own phase budget, and signals do not cut it
-    /// short: it is what releases the locks. Returns what failed.
-    fn rollback(&mut self, started: &[Hook]) -> Vec<String> {
-        let deadline = self.deadline();
-        let mut failures = Vec::new();
-        let reversed: Vec<Hook> = started.iter().rev().cloned().collect();
-        let mut done = 0;
-        for segment in self.segments(&reversed) {
-            let bounds: Option<Vec<Bounds>> = segment
-                .iter()
-                .map(|h| self.bounds_for(h, deadline, false))
-                .collect();
-            let Some(bounds) = bounds else {
-                let left = &reversed[done..];
-                let in_order: Vec<Hook> = left.iter().rev().cloned().collect();
-                self.log_not_run(&in_order, "phase_timeout expired during rollback");
-                failures.push(format!(
-                    "phase_timeout expired, {} hook(s) not rolled back",
-                    left.len()
-                ));
-                break;
-            };
-            done += segment.len();
-            for (hook, fin) in self.thaw_segment(&segment, &bounds, true) {
-                self.record_thaw(&hook, &fin);
-                if !fin.outcome.success() {
-                    failures.push(format!(
-                        "{} {}",
-                        hook.display_name(),
-                        fin.outcome.describe()
-                    ));
-                }
-            }
-        }
-        failures
-    }
-
-    /// The thaw (or rollback) of one hook, or of a parallel group at once;
-    /// how each ended.
-    fn thaw_segment(
-        &mut self,
-        segment: &[Hook],
-        bounds: &[Bounds],
-        rollback: bool,
-    ) -> Vec<(Hook, Finished)> {
-        let run = |bounds: Bounds| Run {
-            phase: Phase::Thaw,
-            rollback,
-            bounds,
-        };
-        if let ([hook], [bounds]) = (segment, bounds) {
-            return vec![(hook.clone(), self.open_and_run(hook, run(*bounds)))];
-        }
-        let mut out = Vec::new();
-        let mut readies = Vec::new();
-        for (hook, bounds) in segment.iter().zip(bounds) {
-            match self.open(hook, run(*bounds)) {
-                Ok(ready) => readies.push((hook, ready, run(*bounds))),
-                Err(refused) => out.push((hook.clone(), refused)),
-            }
-        }
-        let members = group_runs(&readies, vec![Duration::ZERO; readies.len()]);
-        let results = self.run_members(&members, false, None);
-        for (member, fin) in members.iter().zip(results) {
-            let fin = fin.unwrap_or_else(|| {
-                Finished::not_started("not started: the runner got a stop signal".into())
-            });
-            out.push((member.hook.clone(), fin));
-        }
-        out
     }
 
     /// The bounds of one hook: its own timeout or what is left of the phase,
@@ -748,98 +558,6 @@ fn group_runs<'r, R>(
         .collect()
 }
 
-/// The stock "execute PATH PHASE" line, which existing monitoring greps for.
-fn start_event(hook: &Hook, run: Run) -> Event {
-    Event::new(
-        "hook_start",
-        format!(
-            "execute {} {}{}",
-            escape_path(&hook.path),
-            run.phase,
-            if run.rollback { " (rollback)" } else { "" }
-        ),
-    )
-    .with("hook", hook.display_name())
-    .with("phase", run.phase.to_string())
-    .with("rollback", run.rollback)
-}
-
-/// The stock "finished with status=N" line, with the details as fields.
-fn end_event(hook: &Hook, run: Run, fin: &Finished) -> Event {
-    let detail = match &fin.outcome {
-        Outcome::Exited(_) => String::new(),
-        other => format!(", {}", other.describe()),
-    };
-    let mut end = Event::new(
-        "hook_end",
-        format!(
-            "{} finished with status={} in {:.3}s{detail}",
-            escape_path(&hook.path),
-            fin.outcome.status_code(),
-            fin.elapsed.as_secs_f64()
-        ),
-    )
-    .level(if fin.outcome.success() {
-        Level::Info
-    } else {
-        Level::Error
-    })
-    .with("hook", hook.display_name())
-    .with("phase", run.phase.to_string())
-    .with("rollback", run.rollback)
-    .with("status", fin.outcome.status_code())
-    .with("duration_ms", fin.elapsed.as_millis() as u64)
-    .with("output_bytes", fin.output_bytes);
-    match &fin.outcome {
-        Outcome::Signaled(sig) | Outcome::Interrupted(sig) => {
-            end = end.with("signal", sig.as_str())
-        }
-        Outcome::TimedOut { limit, killed, .. } => {
-            end = end
-                .with("timeout_ms", limit.as_millis() as u64)
-                .with("signal", if *killed { "SIGKILL" } else { "SIGTERM" })
-        }
-        _ => {}
-    }
-    end
-}
-
-/// Maps the journal's names to hooks of the current dir, in journal order.
-/// A recorded hook that is gone or no longer runnable cannot be thawed: that
-/// is reported (second list); one that no longer exists at all is also
-/// returned in the third, since nothing can ever thaw it.
-fn resolve(
-    names: &[OsString],
-    found: Option<&Discovery>,
-) -> (Vec<Hook>, Vec<String>, Vec<OsString>) {
-    let mut plan = Vec::new();
-    let mut missing = Vec::new();
-    let mut gone = Vec::new();
-    for name in names {
-        let hook = found.and_then(|d| d.hooks.iter().find(|h| &h.name == name));
-        if let Some(h) = hook {
-            plan.push(h.clone());
-            continue;
-        }
-        let skipped = found.and_then(|d| d.skipped.iter().find(|s| &s.name == name));
-        missing.push(match skipped {
-            Some(s) => format!(
-                "{} froze but is now skipped ({}); not thawed, kept for the next thaw",
-                escape(name),
-                s.reason
-            ),
-            None => {
-                gone.push(name.clone());
-                format!(
-                    "{} froze but no longer exists; not thawed, and no longer recorded",
-                    escape(name)
-                )
-            }
-        });
-    }
-    (plan, missing, gone)
-}
-
 /// Total wall time from the first freeze hook's start to the last thaw hook's
 /// end: how long applications were held.
 pub fn held_window(records: &[Record]) -> Option<Duration> {
@@ -855,7 +573,10 @@ pub fn held_window(records: &[Record]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ThawOrder;
+    use crate::phase::discovery::Discovery;
     use crate::phase::hookfile::Refusal;
+    use crate::phase::journal;
     use std::cell::Cell;
     use std::collections::HashMap;
     use std::path::PathBuf;
