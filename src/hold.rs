@@ -281,16 +281,8 @@ fn same_file(file: &fs::File, path: &std::path::Path) -> bool {
 }
 
 fn lock_name_file(settings: &Settings, name: &str) -> Result<Flock<fs::File>, String> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = lock_path(settings, name);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+    let file = sys::paths::open_lock_file(&path)
         .map_err(|e| format!("cannot open {}: {e}", crate::text::escape_path(&path)))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,

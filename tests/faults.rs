@@ -834,24 +834,44 @@ fn a_config_reached_through_another_users_link_is_refused() {
     assert!(env.trace().is_empty());
 }
 
-#[test]
-fn an_interpreter_that_others_may_write_is_refused() {
-    let env = Env::new();
-    let interp = env.path().join("interp");
-    fs::copy("/bin/sh", &interp).unwrap();
-    chmod(&interp, 0o757);
+/// 20-odd, run by `interpreter` (its #! line), tracing its phase; after a
+/// tracing 10-a. Returns its path.
+fn hook_run_by(env: &Env, interpreter: &Path) -> std::path::PathBuf {
     env.tracing_hook("10-a", "");
     let hook = env.hooks.join("20-odd");
     fs::write(
         &hook,
         format!(
             "#!{}\necho \"20-odd $1\" >> '{}'\n",
-            interp.display(),
+            interpreter.display(),
             env.trace.display()
         ),
     )
     .unwrap();
     chmod(&hook, 0o755);
+    hook
+}
+
+/// After a fix: a new cycle runs 20-odd.
+fn runs_once_fixed(env: &Env) {
+    env.run(&["thaw"]);
+    env.clear_trace();
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        env.trace().iter().any(|l| l == "20-odd freeze"),
+        "{:?}",
+        env.trace()
+    );
+}
+
+#[test]
+fn an_interpreter_that_others_may_write_is_refused() {
+    let env = Env::new();
+    let interp = env.path().join("interp");
+    fs::copy("/bin/sh", &interp).unwrap();
+    chmod(&interp, 0o757);
+    hook_run_by(&env, &interp);
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
     assert_has(
@@ -863,15 +883,7 @@ fn an_interpreter_that_others_may_write_is_refused() {
     );
     assert!(!env.trace().iter().any(|l| l.starts_with("20-odd")));
     chmod(&interp, 0o755);
-    env.run(&["thaw"]);
-    env.clear_trace();
-    let run = env.run(&["freeze"]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(
-        env.trace().iter().any(|l| l == "20-odd freeze"),
-        "{:?}",
-        env.trace()
-    );
+    runs_once_fixed(&env);
 }
 
 #[test]
@@ -896,18 +908,7 @@ fn the_whole_chain_of_interpreters_is_judged() {
     )
     .unwrap();
     chmod(&wrapper, 0o755);
-    env.tracing_hook("10-a", "");
-    let hook = env.hooks.join("20-odd");
-    fs::write(
-        &hook,
-        format!(
-            "#!{}\necho \"20-odd $1\" >> '{}'\n",
-            wrapper.display(),
-            env.trace.display()
-        ),
-    )
-    .unwrap();
-    chmod(&hook, 0o755);
+    let hook = hook_run_by(&env, &wrapper);
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(1), "{run:?}");
     assert_has(
@@ -925,15 +926,7 @@ fn the_whole_chain_of_interpreters_is_judged() {
     );
     // Fixed, the chain runs as the kernel runs it.
     chmod(&deep, 0o755);
-    env.run(&["thaw"]);
-    env.clear_trace();
-    let run = env.run(&["freeze"]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(
-        env.trace().iter().any(|l| l == "20-odd freeze"),
-        "{:?}",
-        env.trace()
-    );
+    runs_once_fixed(&env);
     // Deeper than the kernel follows: refused.
     let mut prev = deep.clone();
     for i in 0..4 {

@@ -248,17 +248,11 @@ fn a_second_hold_while_the_first_gets_ready_fails_at_once_and_release_ends_the_o
             go = go.display()
         )
     };
+    fn hold(script: &str) -> [&str; 8] {
+        ["hold", "db", "--max-hold", "5m", "--", "sh", "-c", script]
+    }
     let first = env
-        .command(&[
-            "hold",
-            "db",
-            "--max-hold",
-            "5m",
-            "--",
-            "sh",
-            "-c",
-            &client("first"),
-        ])
+        .command(&hold(&client("first")))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -267,16 +261,7 @@ fn a_second_hold_while_the_first_gets_ready_fails_at_once_and_release_ends_the_o
     let first_pid = env.path().join("first.pid");
     assert!(eventually(Duration::from_secs(10), || first_pid.exists()));
     // The first keeper holds the name but has not recorded a session yet.
-    let second = env.run(&[
-        "hold",
-        "db",
-        "--max-hold",
-        "5m",
-        "--",
-        "sh",
-        "-c",
-        &client("second"),
-    ]);
+    let second = env.run(&hold(&client("second")));
     assert_eq!(second.code, Some(1), "{second:?}");
     assert_has(&second.stderr, "another `hold db` is under way (keeper pid");
     assert!(

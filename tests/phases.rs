@@ -529,6 +529,24 @@ fn a_failed_freeze_leaves_no_guard_and_max_frozen_0_arms_none() {
     assert_has(&run.log, "no guard: max_frozen is 0");
 }
 
+/// The journal records `other` as the guard, but it is not ours: status
+/// says the guard does not run, and the thaw neither signals nor waits for it.
+fn thaw_finds_no_guard_at(env: &Env, other: &mut std::process::Child) {
+    let pid = other.id();
+    let status = env.run(&["status"]);
+    assert_has(&status.stdout, &format!("guard: pid {pid}, NOT RUNNING"));
+    let thaw = env.run(&["thaw"]);
+    assert_eq!(thaw.code, Some(0), "{thaw:?}");
+    assert_has(
+        &thaw.log,
+        &format!("the guard (pid {pid}) of the last freeze is not running"),
+    );
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "a process that is not the guard was signalled"
+    );
+}
+
 #[test]
 #[ignore = "needs root"]
 fn another_users_process_at_the_guards_pid_is_neither_signalled_nor_waited_for() {
@@ -556,18 +574,7 @@ fn another_users_process_at_the_guards_pid_is_neither_signalled_nor_waited_for()
         format!("fsfreeze-hook journal 1\nfreeze 1 1\nstart 10-a\nfrozen 2\nguard {pid} 3\n"),
     )
     .unwrap();
-    let status = env.run(&["status"]);
-    assert_has(&status.stdout, &format!("guard: pid {pid}, NOT RUNNING"));
-    let thaw = env.run(&["thaw"]);
-    assert_eq!(thaw.code, Some(0), "{thaw:?}");
-    assert_has(
-        &thaw.log,
-        &format!("the guard (pid {pid}) of the last freeze is not running"),
-    );
-    assert!(
-        other.try_wait().unwrap().is_none(),
-        "the other user's process was signalled"
-    );
+    thaw_finds_no_guard_at(&env, &mut other);
     assert_eq!(env.trace(), ["10-a thaw rollback=0"]);
     other.kill().unwrap();
     other.wait().unwrap();
@@ -620,18 +627,7 @@ fn a_process_of_ours_at_a_recorded_pid_but_started_later_is_not_the_guard() {
         ),
     )
     .unwrap();
-    let status = env.run(&["status"]);
-    assert_has(&status.stdout, &format!("guard: pid {pid}, NOT RUNNING"));
-    let thaw = env.run(&["thaw"]);
-    assert_eq!(thaw.code, Some(0), "{thaw:?}");
-    assert_has(
-        &thaw.log,
-        &format!("the guard (pid {pid}) of the last freeze is not running"),
-    );
-    assert!(
-        other.try_wait().unwrap().is_none(),
-        "a process that is not the guard was signalled"
-    );
+    thaw_finds_no_guard_at(&env, &mut other);
     other.kill().unwrap();
     other.wait().unwrap();
 }

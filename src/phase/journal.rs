@@ -439,14 +439,7 @@ impl StateLock {
     pub fn acquire(state_dir: &Path, wait: Option<Duration>) -> Result<StateLock> {
         let path = state_dir.join("lock");
         let deadline = wait.map(|w| Instant::now() + w);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
+        let mut file = crate::sys::paths::open_lock_file(&path)
             .with_context(|| format!("cannot open lock {}", path.display()))?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {

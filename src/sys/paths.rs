@@ -103,6 +103,20 @@ pub fn selinux_label(path: &Path) -> Option<String> {
     String::from_utf8(buf).ok()
 }
 
+/// Opens (creating, mode 0600) a lock file to flock, never through a final
+/// symlink: someone who planted one there chooses no file root opens.
+pub fn open_lock_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// Replaces `target` by a file holding `bytes` with `mode`, written first at
 /// `tmp` (in the same directory) and then renamed over it: never half a
 /// file. The directory may be someone else's: whatever was at `tmp` (a
