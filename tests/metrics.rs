@@ -74,8 +74,9 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[test]
-fn node_exporter_serves_our_metrics_after_a_success_and_a_rolled_back_failure() {
+/// An env whose metrics_file is in a dir of its own, node_exporter's
+/// textfile collector's.
+fn with_textfile_dir() -> (Env, std::path::PathBuf) {
     let env = Env::new();
     let textfile = env.path().join("textfile");
     std::fs::create_dir(&textfile).unwrap();
@@ -83,6 +84,23 @@ fn node_exporter_serves_our_metrics_after_a_success_and_a_rolled_back_failure() 
         "metrics_file = \"{}/fsfreeze_hook.prom\"\n",
         textfile.display()
     ));
+    (env, textfile)
+}
+
+/// A scrape that says node_exporter read our file without an error.
+fn scrape_cleanly(exporter: &Exporter) -> String {
+    let m = exporter.scrape();
+    assert_eq!(
+        sample(&m, "node_textfile_scrape_error"),
+        Some(0.0),
+        "the collector could not read our file:\n{m}"
+    );
+    m
+}
+
+#[test]
+fn node_exporter_serves_our_metrics_after_a_success_and_a_rolled_back_failure() {
+    let (env, textfile) = with_textfile_dir();
     env.tracing_hook("10-app", "");
     let exporter = Exporter::start(&textfile);
     // Nothing written yet: no series of ours, and no error either.
@@ -94,12 +112,7 @@ fn node_exporter_serves_our_metrics_after_a_success_and_a_rolled_back_failure() 
     env.hook("20-db \"main\"", "[ \"$1\" = freeze ] && exit 4\nexit 0");
     assert_eq!(env.run(&["freeze"]).code, Some(1));
 
-    let m = exporter.scrape();
-    assert_eq!(
-        sample(&m, "node_textfile_scrape_error"),
-        Some(0.0),
-        "the collector could not read our file:\n{m}"
-    );
+    let m = scrape_cleanly(&exporter);
     for (series, value) in [
         ("fsfreeze_hook_runs_total{phase=\"freeze\"}", 2.0),
         ("fsfreeze_hook_failures_total{phase=\"freeze\"}", 1.0),
@@ -169,23 +182,12 @@ fn a_rehearsal_writes_no_metrics() {
 fn hooks_whose_names_differ_only_in_bytes_that_are_not_utf8_are_two_series() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let env = Env::new();
-    let textfile = env.path().join("textfile");
-    std::fs::create_dir(&textfile).unwrap();
-    env.set_config(&format!(
-        "metrics_file = \"{}/fsfreeze_hook.prom\"\n",
-        textfile.display()
-    ));
+    let (env, textfile) = with_textfile_dir();
     env.hook(OsStr::from_bytes(b"10-db\xff"), "exit 0");
     env.hook(OsStr::from_bytes(b"10-db\xfe"), "exit 0");
     let exporter = Exporter::start(&textfile);
     assert_eq!(env.run(&["freeze"]).code, Some(0));
-    let m = exporter.scrape();
-    assert_eq!(
-        sample(&m, "node_textfile_scrape_error"),
-        Some(0.0),
-        "the collector could not read our file:\n{m}"
-    );
+    let m = scrape_cleanly(&exporter);
     for series in [
         r#"fsfreeze_hook_hook_last_exit_status{hook="10-db\\xff",phase="freeze"}"#,
         r#"fsfreeze_hook_hook_last_exit_status{hook="10-db\\xfe",phase="freeze"}"#,
