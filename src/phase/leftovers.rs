@@ -115,12 +115,13 @@ pub fn ended(pid: Pid, record: Option<&Path>, by_itself: bool) {
 /// This process's children now that are neither a running hook nor a
 /// helper of ours: what the runner adopted from hooks.
 fn adopted() -> Vec<(i32, sys::proc::Stat)> {
-    let me = std::process::id() as i32;
     let live = LIVE.with(|l| l.borrow().clone());
     let helpers = sys::detached();
-    sys::proc::all()
+    sys::proc::my_children()
         .into_iter()
-        .filter(|(p, s)| s.ppid == me && s.live() && !live.contains(p) && !helpers.contains(p))
+        .filter(|p| !live.contains(p) && !helpers.contains(p))
+        .filter_map(|p| Some((p, sys::proc::stat(p)?)))
+        .filter(|(_, s)| s.live())
         .collect()
 }
 

@@ -158,6 +158,24 @@ pub fn all() -> Vec<(i32, Stat)> {
         .collect()
 }
 
+/// This thread's children now (`/proc/self/task/TID/children`, one read;
+/// the whole process list where the kernel lacks that file).
+pub fn my_children() -> Vec<i32> {
+    let tid = nix::unistd::gettid();
+    if let Ok(text) = fs::read_to_string(format!("/proc/self/task/{tid}/children")) {
+        return text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    }
+    let me = std::process::id() as i32;
+    all()
+        .into_iter()
+        .filter(|(_, s)| s.ppid == me)
+        .map(|(p, _)| p)
+        .collect()
+}
+
 /// True while a live process of this user is left in process group `pgid`
 /// of session `sid`: a hook's group, recorded by a runner that died. (A pid
 /// is not reused while a group or session still bears its number, and a
