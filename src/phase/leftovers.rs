@@ -32,12 +32,34 @@ fn running_dir(state_dir: &Path) -> PathBuf {
 }
 
 fn record_running(state_dir: &Path, pid: Pid) -> Option<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = running_dir(state_dir);
-    crate::phase::journal::ensure_state_dir(&dir).ok()?;
-    let sid = nix::unistd::getsid(None).ok()?.as_raw();
     let path = dir.join(pid.as_raw().to_string());
-    let tmp = dir.join(format!(".{}.tmp", pid.as_raw()));
-    sys::paths::replace_file(&path, &tmp, format!("{sid}\n").as_bytes(), 0o600, false).ok()?;
+    // A new file (a stale one of a reused pid removed first), not through a
+    // link; one write, read back whole or not at all (see below).
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+    };
+    let mut file = match create() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::phase::journal::ensure_state_dir(&dir).ok()?;
+            create().ok()?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&path);
+            create().ok()?
+        }
+        Err(_) => return None,
+    };
+    let sid = nix::unistd::getsid(None).ok()?.as_raw();
+    file.write_all(format!("{sid}\n").as_bytes()).ok()?;
     Some(path)
 }
 

@@ -161,12 +161,17 @@ pub fn all() -> Vec<(i32, Stat)> {
 /// This thread's children now (`/proc/self/task/TID/children`, one read;
 /// the whole process list where the kernel lacks that file).
 pub fn my_children() -> Vec<i32> {
+    use std::io::Read;
     let tid = nix::unistd::gettid();
-    if let Ok(text) = fs::read_to_string(format!("/proc/self/task/{tid}/children")) {
-        return text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
+    if let Ok(mut file) = fs::File::open(format!("/proc/self/task/{tid}/children")) {
+        // A few numbers: read without looking up a size first.
+        let mut text = Vec::with_capacity(256);
+        if file.read_to_end(&mut text).is_ok() {
+            return String::from_utf8_lossy(&text)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+        }
     }
     let me = std::process::id() as i32;
     all()
