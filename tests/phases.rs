@@ -729,3 +729,33 @@ fn a_late_thaw_waits_for_a_guard_that_has_begun_thawing_and_runs_no_hook_twice()
     assert_has(&late.log, "the guard had already thawed the guest");
     assert!(!late.log.contains("guard thaw interrupted"), "{}", late.log);
 }
+
+#[test]
+fn the_one_error_line_carries_what_the_failed_hook_said_last() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.hook(
+        "20-db",
+        "[ \"$1\" = freeze ] || exit 0\necho connecting\necho 'cannot reach the database' >&2\necho\nexit 1",
+    );
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let line = run.stderr.lines().last().unwrap();
+    assert!(
+        line.contains("20-db exited with status 1 after ")
+            && line.contains(": \"cannot reach the database\"; rolled back"),
+        "{line}"
+    );
+    // Escaped, bounded, one line whatever the hook printed.
+    env.hook(
+        "20-db",
+        "[ \"$1\" = freeze ] || exit 0\nprintf 'x\\033[2J%.0s' $(seq 1 300)\nexit 1",
+    );
+    env.run(&["thaw"]);
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let line = run.stderr.lines().last().unwrap();
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+    assert!(line.len() < 2000, "{}", line.len());
+    assert_has(line, "x\\u{1b}[2J");
+}

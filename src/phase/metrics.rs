@@ -352,6 +352,7 @@ mod tests {
                 outcome,
                 elapsed: Duration::from_millis(ms),
                 output_bytes: 0,
+                last_line: None,
             },
         }
     }

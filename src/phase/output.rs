@@ -70,9 +70,15 @@ impl Budget {
 /// size (so an unlimited output keeps bounded memory).
 const LONGEST_LINE: usize = 64 * 1024;
 
+/// How much of a failed hook's last line the one error line carries.
+const LAST_LINE: usize = 200;
+
 /// Output bytes cut into log lines (see the module's doc).
 struct Lines {
     partial: Vec<u8>,
+    /// The last line that was not blank (its first [`LAST_LINE`] bytes):
+    /// what a failed hook said last, for the one error line.
+    last: Vec<u8>,
     /// JSON mode: the hook's name for the output events.
     json_label: Option<String>,
     /// Text mode: put in front of each line (`[NAME] ` for hooks that run
@@ -84,6 +90,7 @@ impl Lines {
     fn new(json_label: Option<String>) -> Lines {
         Lines {
             partial: Vec::new(),
+            last: Vec::new(),
             json_label,
             prefix: String::new(),
         }
@@ -112,7 +119,14 @@ impl Lines {
         }
     }
 
-    fn format(&self, line: &[u8]) -> Vec<u8> {
+    fn remember(&mut self, line: &[u8]) {
+        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+            self.last = line[..line.len().min(LAST_LINE)].to_vec();
+        }
+    }
+
+    fn format(&mut self, line: &[u8]) -> Vec<u8> {
+        self.remember(line);
         match &self.json_label {
             Some(hook) => crate::log::event::output_json(hook, line).into_bytes(),
             None => {
@@ -183,20 +197,27 @@ impl Capture {
         self.lines.push(bytes, &mut |line| log.output(line));
     }
 
+    /// The last line the hook printed that was not blank (escaped, at most
+    /// [`LAST_LINE`] bytes of it), once its output was taken.
+    pub fn last_line(&self) -> Option<String> {
+        (!self.lines.last.is_empty()).then(|| crate::text::escape_line(&self.lines.last))
+    }
+
     /// After the hook ended: takes what is left, hands the pipe to a relay
     /// if something still holds it open, and logs what was cut. Returns how
-    /// many bytes the hook wrote (kept or not).
-    pub fn finish(mut self, log: &Log, label: &str) -> u64 {
+    /// many bytes the hook wrote (kept or not) and its last line.
+    pub fn finish(mut self, log: &Log, label: &str) -> (u64, Option<String>) {
         self.pump(log);
         if self.read.is_none() {
             self.lines.finish(&mut |line| log.output(line));
         }
         let written = self.budget.kept + self.budget.dropped;
+        let last = self.last_line();
         if let Some(note) = self.budget.cut_note(label) {
             log.line(&note);
         }
         let Some(read) = self.read.take() else {
-            return written;
+            return (written, last);
         };
         // The relay goes on with what is left of the budget, and with the
         // line the hook began (it gets the rest of it); it notes only what
@@ -223,7 +244,7 @@ impl Capture {
                 "{label} left processes holding its output open, and no relay could start ({e}); they may get SIGPIPE"
             )),
         }
-        written
+        (written, last)
     }
 }
 
@@ -337,7 +358,7 @@ mod tests {
         nix::unistd::write(&write, b"abc\ndefghij\n").unwrap();
         drop(write);
         capture.pump(&log);
-        assert_eq!(capture.finish(&log, "h"), 12);
+        assert_eq!(capture.finish(&log, "h").0, 12);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[..2], ["abc", "defg"]);

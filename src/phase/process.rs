@@ -153,6 +153,9 @@ pub struct Finished {
     pub elapsed: Duration,
     /// Bytes the hook wrote to stdout and stderr (kept or not).
     pub output_bytes: u64,
+    /// The last line it printed that was not blank, escaped and bounded:
+    /// a failed hook's reason, carried by the one error line.
+    pub last_line: Option<String>,
 }
 
 impl Finished {
@@ -161,6 +164,7 @@ impl Finished {
             outcome: Outcome::NotStarted(why),
             elapsed: Duration::ZERO,
             output_bytes: 0,
+            last_line: None,
         }
     }
 
@@ -169,6 +173,17 @@ impl Finished {
             outcome: Outcome::Refused(why),
             elapsed: Duration::ZERO,
             output_bytes: 0,
+            last_line: None,
+        }
+    }
+
+    /// [`Finished::summary`], and for a failure what the hook printed last
+    /// (`: "cannot reach the database"`): qemu-ga 9.1+ hands the one error
+    /// line to the hypervisor's task log.
+    pub fn reason(&self) -> String {
+        match (&self.last_line, self.outcome.success()) {
+            (Some(last), false) => format!("{}: \"{last}\"", self.summary()),
+            _ => self.summary(),
         }
     }
 
@@ -229,13 +244,14 @@ impl Started {
         // Ended by itself, what it left (a lock holder) stays.
         let by_itself = matches!(outcome, Outcome::Exited(_) | Outcome::Signaled(_));
         leftovers::ended(self.pid, self.record.as_deref(), by_itself);
-        let output_bytes = self
+        let (output_bytes, last_line) = self
             .capture
             .finish(ctx.log, &crate::text::escape_path(path));
         Finished {
             outcome,
             elapsed: self.at.elapsed(),
             output_bytes,
+            last_line,
         }
     }
 }
@@ -249,6 +265,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         outcome: Outcome::NotStarted(why),
         elapsed: start.elapsed(),
         output_bytes: 0,
+        last_line: None,
     };
     let label = crate::text::escape(spawn.path.file_name().unwrap_or(spawn.path.as_os_str()));
     let (mut capture, write) = match Capture::new(ctx.output_limit, label.clone()) {

@@ -215,7 +215,7 @@ impl<'a, X: Execute> Runner<'a, X> {
         if fin.outcome.success() {
             return None;
         }
-        let cause = format!("{} {}", hook.display_name(), fin.summary());
+        let cause = format!("{} {}", hook.display_name(), fin.reason());
         if self.settings.on_error == OnError::Abort || self.signal_seen.is_some() {
             return Some(cause);
         }
@@ -616,6 +616,7 @@ mod tests {
                 outcome: Outcome::Exited(0),
                 elapsed: d,
                 output_bytes: 0,
+                last_line: None,
             }
         }
     }
@@ -720,6 +721,7 @@ mod tests {
                                     outcome: Outcome::Cancelled { killed: false },
                                     elapsed: end.saturating_duration_since(t0 + members[j].delay),
                                     output_bytes: 0,
+                                    last_line: None,
                                 };
                                 on_end(j, &fin);
                                 results[j] = Some(fin);

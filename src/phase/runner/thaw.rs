@@ -65,7 +65,7 @@ impl<X: Execute> Runner<'_, X> {
                     } else {
                         " (kept for the next thaw)"
                     };
-                    failures.push(format!("{} {}{kept}", hook.display_name(), fin.summary()));
+                    failures.push(format!("{} {}{kept}", hook.display_name(), fin.reason()));
                 }
             }
         }
