@@ -244,8 +244,15 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
         Command::Disable { root, dry_run } => admin::enable::disable(&root, dry_run),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut std::io::stdout());
-            Exit::Ok
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut script);
+            // A reader that stops early (`| head`) is no error of ours.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Exit::Failed(format!("cannot write the completions: {e}"))
+                }
+                _ => Exit::Ok,
+            }
         }
     }
 }

@@ -73,6 +73,17 @@ The log file its output goes to.
 .TP
 .B FSFREEZE_HOOK_PATH
 Its own path in the hooks dir, which is also its \fB$0\fR, as under the stock script.
+.TP
+.B FSFREEZE_HOOK_STATE_DIR
+The state dir, where \fBhold\fR and \fBrelease\fR keep held sessions.
+.TP
+.B FSFREEZE_HOOK_BIN
+The path this binary was started from, to run \fBhold\fR and \fBrelease\fR;
+after an upgrade replaced the binary, the new one.
+.TP
+.B FSFREEZE_HOOK_CONFIG
+The configuration file the runner read, if any, so that \fBhold\fR and
+\fBrelease\fR read it too.
 .SH CONFIGURATION
 TOML, the first found of: \fB\-\-config\fR, \fB$FSFREEZE_HOOK_CONFIG\fR,
 \fIfsfreeze\-hook.conf\fR beside the invoked path,
@@ -144,6 +155,10 @@ hook output stays in the log file.
 .TP
 .B [hooks."\fIname\fB"] timeout
 Time limit of the hook \fIname\fR.
+.TP
+.B [hooks."\fIname\fB"] parallel
+false: with parallel = true, the hook \fIname\fR still runs alone, at its
+place between groups.
 .SH EXIT STATUS
 .TP
 .B 0

@@ -534,6 +534,22 @@ fn completions_come_from_the_same_definitions() {
 }
 
 #[test]
+fn completions_to_a_reader_that_went_away_are_no_panic() {
+    // `completions bash | head -1`: the pipe's reader is gone before the
+    // script is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn check_names_a_stock_script_that_dies_under_dash() {
     for agent in crate::stock::with_stock_script() {
         agent.announce();

@@ -759,3 +759,18 @@ fn the_one_error_line_carries_what_the_failed_hook_said_last() {
     assert!(line.len() < 2000, "{}", line.len());
     assert_has(line, "x\\u{1b}[2J");
 }
+
+#[test]
+fn a_refused_rehearsal_is_logged_as_a_refused_freeze_is() {
+    let env = Env::new();
+    let gone = env.path().join("no-such-dir");
+    let run = env.run(&["rehearse", "--hooks-dir", gone.to_str().unwrap()]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_has(
+        &run.log,
+        &format!(
+            "rehearse refused: hooks dir {} does not exist",
+            gone.display()
+        ),
+    );
+}

@@ -48,15 +48,19 @@ pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration
         log.line(&format!("rehearse refused: {msg}"));
         return Exit::Setup(msg.into());
     }
+    let refused = |msg: String| {
+        log.line(&format!("rehearse refused: {msg}"));
+        Exit::Setup(msg)
+    };
     let found = match setup::discover(settings, log) {
         Ok(Some(f)) => f,
         Ok(None) => {
-            return Exit::Setup(format!(
+            return refused(format!(
                 "hooks dir {} does not exist",
                 escape_path(&settings.hooks_dir)
             ));
         }
-        Err(msg) => return Exit::Setup(msg),
+        Err(msg) => return refused(msg),
     };
     for s in &found.skipped {
         println!("skip {}: {}", escape(&s.name), s.reason);
