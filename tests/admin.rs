@@ -320,6 +320,59 @@ fn disable_keeps_a_hook_that_is_no_longer_what_enable_installed() {
 
 #[test]
 #[ignore = "needs root"]
+fn disable_names_what_the_stock_script_will_run_that_fsfreeze_hook_did_not() {
+    require_root("disable_names_stock_runs");
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/10-app",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/20-fail.disabled",
+        "#!/bin/sh\nexit 1\n",
+        0o755,
+    );
+    // Skipped by both: not named.
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/30-old.dpkg-old",
+        "#!/bin/sh\nexit 1\n",
+        0o755,
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/40-off.disabled",
+        "#!/bin/sh\nexit 1\n",
+        0o644,
+    );
+    let dry = run(&["disable", "--root", &r, "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}{}", dry.stdout, dry.stderr);
+    assert_has(
+        &dry.stdout,
+        "note: the stock script would run /etc/qemu/fsfreeze-hook.d/20-fail.disabled at the next freeze; fsfreeze-hook did not (ignored suffix \".disabled\")",
+    );
+    let out = run(&["disable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let notes: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("note:"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{}", out.stdout);
+    assert_has(
+        notes[0],
+        "the stock script will run /etc/qemu/fsfreeze-hook.d/20-fail.disabled",
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
 fn a_hook_path_with_spaces_is_enabled_and_disabled_back_to_the_same_tree() {
     require_root("enable_disable_spaces");
     let root = tempfile::tempdir().unwrap();

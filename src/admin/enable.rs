@@ -393,6 +393,7 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
         _ => return Err(format!("{} is not a record of `enable`", rec.display())),
     };
     let changes: Vec<Change> = lines.filter_map(|l| Change::parse(l, encoded)).collect();
+    warn_of_what_stock_runs(root, &hook, dry_run);
     let plan = Plan {
         root: root.to_path_buf(),
         dry_run,
@@ -409,6 +410,33 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
     }
     println!("then restart the agent: {RESTART}");
     Ok(())
+}
+
+/// Names every entry of the hooks dir that the stock script will run once
+/// it is back, though ours did not (skipped on purpose, as `.disabled`, or
+/// refused as untrusted): before the switch, so that nothing runs unseen.
+fn warn_of_what_stock_runs(root: &Path, hook: &Path, dry_run: bool) {
+    let Ok(settings) = crate::config::Settings::load_for_agent(hook, root) else {
+        return;
+    };
+    let listing = crate::admin::list::inspect(&settings, root);
+    let will = if dry_run { "would run" } else { "will run" };
+    for e in &listing.entries {
+        let Some(why) = e.verdict.reason() else {
+            continue;
+        };
+        if crate::phase::discovery::stock_runs(&e.name, &e.path) {
+            // As the guest names it.
+            let guest = match e.path.strip_prefix(root) {
+                Ok(rest) if root != Path::new("/") => Path::new("/").join(rest),
+                _ => e.path.clone(),
+            };
+            println!(
+                "note: the stock script {will} {} at the next freeze; fsfreeze-hook did not ({why}); remove it or take its execute bit away if it must not run",
+                crate::text::escape_path(&guest)
+            );
+        }
+    }
 }
 
 impl Plan {

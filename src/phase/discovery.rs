@@ -122,6 +122,23 @@ pub fn discover(dir: &Path) -> io::Result<Option<Discovery>> {
     Ok(Some(out))
 }
 
+/// How many entries of [`IGNORED_SUFFIXES`] are the stock script's own.
+const STOCK_SUFFIXES: usize = 14;
+
+/// Whether the stock script would run the entry at `path`: its glob skips
+/// dotfiles, its case statement the stock endings, and its test runs what
+/// is a regular file (after links) with an execute bit. What `disable`
+/// must name when ours passes it over.
+pub fn stock_runs(name: &OsStr, path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let bytes = name.as_bytes();
+    let skipped = bytes.first() == Some(&b'.')
+        || IGNORED_SUFFIXES[..STOCK_SUFFIXES]
+            .iter()
+            .any(|s| bytes.ends_with(s.as_bytes()));
+    !skipped && fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Whether the name alone excludes an entry; the filter applied before any
 /// file is looked at.
 pub fn name_verdict(name: &OsStr) -> Result<(), SkipReason> {
@@ -222,7 +239,7 @@ mod tests {
     /// The stock script's filter: its glob skips dotfiles, and its case
     /// statement skips these endings (QEMU scripts/qemu-guest-agent/fsfreeze-hook).
     fn stock_skips(name: &[u8]) -> bool {
-        const STOCK: [&str; 14] = [
+        const STOCK: [&str; STOCK_SUFFIXES] = [
             "~",
             ".bak",
             ".orig",
