@@ -134,10 +134,49 @@ fn judge_places(mut settings: Settings, writes_state: bool) -> Result<Settings, 
     Ok(settings)
 }
 
+/// The command's word for its log lines, for the commands whose refusal
+/// must reach a log (qemu-ga 7.2 throws the hook's stderr away).
+fn logged_as(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Freeze { .. } => "freeze",
+        Command::Thaw { .. } => "thaw",
+        Command::Snapshot { .. } => "snapshot",
+        Command::Rehearse { .. } => "rehearse",
+        Command::Hold { .. } => "hold",
+        Command::Release { .. } => "release",
+        _ => return None,
+    })
+}
+
+/// A run that stops before its log is open (its config unusable or not
+/// trusted, its state dir unsafe) still says why in `log_file`, else (its
+/// directory unsafe, or unwritable) in syslog.
+fn log_refusal(log_file: &Path, what: &str, exit: &Exit) {
+    let refused = log_file.parent().filter(|d| d.exists()).and_then(|dir| {
+        Policy::current()
+            .check_private_dir(dir)
+            .err()
+            .map(|u| format!("its directory is not safe: {u}"))
+    });
+    let log = Log::open_path(log_file, refused, !sys::is_root());
+    log.line(&format!("{what} refused: {}", exit.line().unwrap_or("?")));
+}
+
 fn run(cli: Cli, argv0: &Path) -> Exit {
     let settings = match settings(&cli, argv0) {
         Ok(s) => s,
-        Err(exit) => return exit,
+        Err(exit) => {
+            // Not the log the config names: it may be bad or not trusted;
+            // `--log-file`'s, else the default for this path.
+            if let Some(what) = logged_as(&cli.command) {
+                let log_file = match cli.global.overrides().log_file {
+                    Some(flag) => std::path::absolute(&flag).unwrap_or(flag),
+                    None => config::default_log_file(argv0),
+                };
+                log_refusal(&log_file, what, &exit);
+            }
+            return exit;
+        }
     };
     // Where hooks' tools look (hold, release): the state dir and log given
     // to hooks; then the places judged for every command that writes there.
@@ -156,9 +195,15 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             | Command::Hold { .. }
             | Command::Release { .. }
     );
+    let log_file = settings.log_file.clone();
     let settings = match judge_places(settings, writes_state) {
         Ok(s) => s,
-        Err(exit) => return exit,
+        Err(exit) => {
+            if let Some(what) = logged_as(&cli.command) {
+                log_refusal(&log_file, what, &exit);
+            }
+            return exit;
+        }
     };
     if matches!(
         cli.command,

@@ -270,6 +270,38 @@ fn enable_creates_qemu_ga_conf_when_there_is_none_and_disable_removes_it() {
 
 #[test]
 #[ignore = "needs root"]
+fn check_lists_every_problem_of_the_config_not_only_the_first() {
+    require_root("check_every_config_problem");
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.conf",
+        "timeout = \"5 s\"\nkill_grace = \"soon\"\nbogus = 1\n",
+        0o644,
+    );
+    let out = run(&["check", "--root", &r]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let problems: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("problem: config "))
+        .collect();
+    assert_eq!(problems.len(), 3, "{}", out.stdout);
+    for (line, key) in [(1, "timeout"), (2, "kill_grace"), (3, "bogus")] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("fsfreeze-hook.conf:{line}: key `{key}`"))),
+            "{key}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
 fn disable_keeps_a_hook_that_is_no_longer_what_enable_installed() {
     require_root("disable_keeps_foreign");
     let root = tempfile::tempdir().unwrap();

@@ -179,3 +179,49 @@ fn the_command_line_and_the_config_take_the_same_durations_and_sizes() {
     );
     assert!(env.trace().is_empty(), "nothing ran: {:?}", env.trace());
 }
+
+#[test]
+fn a_run_stopped_by_its_config_says_so_in_the_log_it_was_given() {
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.set_config("timeout = \"5 s\"\n");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert_has(&run.log, "freeze refused: config ");
+    assert_has(&run.log, "key `timeout`");
+    assert!(env.trace().is_empty());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_copy_beside_a_broken_config_logs_its_refusal_where_the_default_log_is() {
+    // The issue's reproduction: a copy of the binary beside a broken
+    // fsfreeze-hook.conf, run as root as qemu-ga runs it. /var/log is a
+    // private tmpfs of this test (a mount namespace of its own).
+    crate::common::require_root("broken_config_default_log");
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("fsfreeze-hook");
+    fs::copy(BIN, &bin).unwrap();
+    fs::write(dir.path().join("fsfreeze-hook.conf"), "timeout = \"5 s\"\n").unwrap();
+    let script = format!(
+        "set -e\nmount -t tmpfs -o mode=0755 tmpfs /var/log\n\
+         if {bin} freeze; then echo 'exit 0'; else echo \"exit $?\"; fi\n\
+         cat /var/log/qga-fsfreeze-hook.log",
+        bin = bin.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("FSFREEZE_HOOK_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_has(&stdout, "exit 3");
+    assert_has(&stdout, "freeze refused: config ");
+    assert_has(&stdout, "key `timeout`");
+}

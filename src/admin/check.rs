@@ -195,7 +195,11 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     let settings = match Settings::load_for_agent(hook, root) {
         Ok(s) => s,
         Err(e) => {
-            out.push(problem(e.to_string(), "fix that line of the config"));
+            // Every problem of the file, not only the one a run stops at.
+            let all = crate::config::problems_in(&e.file);
+            for p in if all.is_empty() { vec![e] } else { all } {
+                out.push(problem(p.to_string(), "fix that line of the config"));
+            }
             return;
         }
     };

@@ -97,77 +97,100 @@ type Entry<'a> = (
 
 impl FileConfig {
     pub(super) fn parse(text: &str) -> Result<FileConfig, Located> {
-        let doc = DeTable::parse(text).map_err(|e| Located {
-            span: e.span(),
-            key: None,
-            message: format!("not valid TOML: {}", e.message()),
-        })?;
+        let (cfg, mut problems) = FileConfig::parse_all(text);
+        match problems.is_empty() {
+            true => Ok(cfg),
+            false => Err(problems.remove(0)),
+        }
+    }
+
+    /// The config, and every problem of it in file order (`check` lists them
+    /// all; a run stops at the first).
+    pub(super) fn parse_all(text: &str) -> (FileConfig, Vec<Located>) {
+        let doc = match DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let syntax = Located {
+                    span: e.span(),
+                    key: None,
+                    message: format!("not valid TOML: {}", e.message()),
+                };
+                return (FileConfig::default(), vec![syntax]);
+            }
+        };
         let mut cfg = FileConfig::default();
+        let mut problems = Vec::new();
         for (key, value) in doc.get_ref().iter() {
-            let name = key.get_ref().as_ref();
-            let span = key.span();
-            match name {
-                "hooks_dir" => cfg.hooks_dir = Some(path_value((key, value))?),
-                "log_file" => cfg.log_file = Some(path_value((key, value))?),
-                "state_dir" => cfg.state_dir = Some(path_value((key, value))?),
-                "timeout" => cfg.timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?),
-                "phase_timeout" => {
-                    cfg.phase_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)
-                }
-                "max_frozen" => cfg.max_frozen = Some(limit_value((key, value), MAX_TIME_LIMIT)?),
-                "kill_grace" => {
-                    let grace = limit_value((key, value), MAX_KILL_GRACE)?;
-                    cfg.kill_grace = Some(grace.unwrap_or(Duration::ZERO));
-                }
-                "on_error" => {
-                    cfg.on_error = Some(match word_value((key, value), &["abort", "continue"])? {
-                        "abort" => OnError::Abort,
-                        _ => OnError::Continue,
-                    })
-                }
-                "thaw_order" => {
-                    cfg.thaw_order =
-                        Some(match word_value((key, value), &["reverse", "forward"])? {
-                            "reverse" => ThawOrder::Reverse,
-                            _ => ThawOrder::Forward,
-                        })
-                }
-                "output_limit" => cfg.output_limit = Some(size_value((key, value))?),
-                "log_format" => {
-                    cfg.log_format = Some(match word_value((key, value), &["text", "json"])? {
-                        "text" => LogFormat::Text,
-                        _ => LogFormat::Json,
-                    })
-                }
-                "log_target" => {
-                    cfg.log_target = Some(
-                        match word_value((key, value), &["file", "syslog", "journal"])? {
-                            "file" => LogTarget::File,
-                            "syslog" => LogTarget::Syslog,
-                            _ => LogTarget::Journald,
-                        },
-                    )
-                }
-                "parallel" => cfg.parallel = Some(bool_value((key, value))?),
-                "metrics_file" => cfg.metrics_file = Some(path_value((key, value))?),
-                "presync" => cfg.presync = Some(bool_value((key, value))?),
-                "presync_timeout" => {
-                    cfg.presync_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)
-                }
-                "hooks" => (cfg.hook_timeouts, cfg.hook_solo) = hooks_table((key, value))?,
-                other => {
-                    return Err(Located::at(
-                        span,
-                        other,
-                        format!(
-                            "unknown key (known: {}, [hooks.\"NAME\"])",
-                            KEY_NAMES[..KEY_NAMES.len() - 1].join(", ")
-                        ),
-                    ));
-                }
+            if let Err(e) = cfg.take((key, value)) {
+                problems.push(e);
             }
         }
-        Ok(cfg)
+        (cfg, problems)
+    }
+
+    /// One key of the file into the config.
+    fn take(&mut self, (key, value): Entry<'_>) -> Result<(), Located> {
+        let cfg = self;
+        let name = key.get_ref().as_ref();
+        let span = key.span();
+        match name {
+            "hooks_dir" => cfg.hooks_dir = Some(path_value((key, value))?),
+            "log_file" => cfg.log_file = Some(path_value((key, value))?),
+            "state_dir" => cfg.state_dir = Some(path_value((key, value))?),
+            "timeout" => cfg.timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?),
+            "phase_timeout" => cfg.phase_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?),
+            "max_frozen" => cfg.max_frozen = Some(limit_value((key, value), MAX_TIME_LIMIT)?),
+            "kill_grace" => {
+                let grace = limit_value((key, value), MAX_KILL_GRACE)?;
+                cfg.kill_grace = Some(grace.unwrap_or(Duration::ZERO));
+            }
+            "on_error" => {
+                cfg.on_error = Some(match word_value((key, value), &["abort", "continue"])? {
+                    "abort" => OnError::Abort,
+                    _ => OnError::Continue,
+                })
+            }
+            "thaw_order" => {
+                cfg.thaw_order = Some(match word_value((key, value), &["reverse", "forward"])? {
+                    "reverse" => ThawOrder::Reverse,
+                    _ => ThawOrder::Forward,
+                })
+            }
+            "output_limit" => cfg.output_limit = Some(size_value((key, value))?),
+            "log_format" => {
+                cfg.log_format = Some(match word_value((key, value), &["text", "json"])? {
+                    "text" => LogFormat::Text,
+                    _ => LogFormat::Json,
+                })
+            }
+            "log_target" => {
+                cfg.log_target = Some(
+                    match word_value((key, value), &["file", "syslog", "journal"])? {
+                        "file" => LogTarget::File,
+                        "syslog" => LogTarget::Syslog,
+                        _ => LogTarget::Journald,
+                    },
+                )
+            }
+            "parallel" => cfg.parallel = Some(bool_value((key, value))?),
+            "metrics_file" => cfg.metrics_file = Some(path_value((key, value))?),
+            "presync" => cfg.presync = Some(bool_value((key, value))?),
+            "presync_timeout" => {
+                cfg.presync_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)
+            }
+            "hooks" => (cfg.hook_timeouts, cfg.hook_solo) = hooks_table((key, value))?,
+            other => {
+                return Err(Located::at(
+                    span,
+                    other,
+                    format!(
+                        "unknown key (known: {}, [hooks.\"NAME\"])",
+                        KEY_NAMES[..KEY_NAMES.len() - 1].join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -357,6 +357,15 @@ fn locate_config(
         .find(|p| p.exists())
 }
 
+/// The log a run invoked as `argv0` uses when no config says otherwise:
+/// where a run that could not read its config says so.
+pub fn default_log_file(argv0: &Path) -> PathBuf {
+    match crate::sys::is_root() {
+        true => root_log_file(argv0),
+        false => user_locations().0,
+    }
+}
+
 /// Where a normal user's log and state go: the XDG state and runtime dirs.
 fn user_locations() -> (PathBuf, PathBuf) {
     let env_dir = |var: &str| {
@@ -400,6 +409,29 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Every problem of the config file at `path`, in file order (a run stops
+/// at the first; `check` lists them all). Empty when it parses.
+pub fn problems_in(path: &Path) -> Vec<ConfigError> {
+    let at = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message,
+    };
+    let text = match read_config(path) {
+        Ok((bytes, _)) => bytes,
+        Err(e) => return vec![at(format!("cannot be read: {e}"))],
+    };
+    let Ok(text) = String::from_utf8(text) else {
+        return vec![at("not valid UTF-8".into())];
+    };
+    let (_, problems) = FileConfig::parse_all(&text);
+    problems
+        .into_iter()
+        .map(|p| p.in_file(path, &text))
+        .collect()
+}
 
 /// The config's bytes and what it is, both from one open descriptor.
 fn read_config(path: &Path) -> std::io::Result<(Vec<u8>, std::fs::Metadata)> {

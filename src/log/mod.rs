@@ -89,10 +89,7 @@ impl Log {
     /// created only for the per-user fallback location, never under /var.
     #[cfg(test)]
     pub fn open(path: &Path, create_parent: bool) -> Log {
-        let mut log = Log::deferred(path);
-        log.attach(create_parent);
-        *log.deferred.borrow_mut() = None;
-        log
+        Log::open_path(path, None, create_parent)
     }
 
     /// A log that keeps lines in memory and does not touch the file yet:
@@ -123,6 +120,17 @@ impl Log {
     /// [`Log::of`], opened at once.
     pub fn open_of(settings: &crate::config::Settings, create_parent: bool) -> Log {
         let mut log = Log::of(settings);
+        log.attach(create_parent);
+        *log.deferred.borrow_mut() = None;
+        log
+    }
+
+    /// The log at `path` in the default style, opened at once, unless
+    /// `refused` says why not (then syslog): for a run that stops before it
+    /// has settings (its config is unusable).
+    pub fn open_path(path: &Path, refused: Option<String>, create_parent: bool) -> Log {
+        let mut log = Log::deferred(path);
+        log.refused = refused;
         log.attach(create_parent);
         *log.deferred.borrow_mut() = None;
         log
