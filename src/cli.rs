@@ -158,6 +158,11 @@ pub enum Command {
         /// Check the system image mounted at DIR instead of this machine
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+
+        /// One JSON object: every finding with its level, and the fix of
+        /// each problem (for configuration management)
+        #[arg(long)]
+        json: bool,
     },
 
     /// Install this binary as qemu-ga's hook (keeping the stock script aside),

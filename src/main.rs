@@ -284,7 +284,7 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
         Command::Release { name } => hold::release(&settings, &open_log(&settings), &name),
         Command::Status { json } => admin::status::status(&settings.as_seen_by_hooks(), json),
         Command::List { json } => admin::list::list(&settings.as_seen_by_hooks(), json),
-        Command::Check { root } => admin::check::check(&root),
+        Command::Check { root, json } => admin::check::check(&root, json),
         Command::Enable { root, dry_run } => admin::enable::enable(&root, dry_run),
         Command::Disable { root, dry_run } => admin::enable::disable(&root, dry_run),
         Command::Completions { shell } => {

@@ -302,6 +302,63 @@ fn check_lists_every_problem_of_the_config_not_only_the_first() {
 
 #[test]
 #[ignore = "needs root"]
+fn check_json_and_a_metrics_directory_that_does_not_exist() {
+    require_root("check_json_metrics");
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.conf",
+        "metrics_file = \"/var/lib/prometheus/node-exporter/fsfreeze_hook.prom\"\n",
+        0o644,
+    );
+    let out = run(&["check", "--root", &r, "--json"]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(doc["ok"], false);
+    let problems: Vec<&serde_json::Value> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == "problem")
+        .collect();
+    assert_eq!(doc["problems"], problems.len() as f64, "{doc}");
+    let metrics = problems
+        .iter()
+        .find(|p| {
+            p["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("metrics_file's directory")
+        })
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_has(
+        metrics["text"].as_str().unwrap(),
+        "does not exist: no metrics are written",
+    );
+    assert!(metrics["fix"].as_str().unwrap().starts_with("create "));
+    // Made, it is fine.
+    dir(root.path(), "/var/lib/prometheus/node-exporter");
+    let out = run(&["check", "--root", &r, "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert!(
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["level"] == "ok"
+                && f["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("metrics_file's directory")),
+        "{doc}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
 fn disable_keeps_a_hook_that_is_no_longer_what_enable_installed() {
     require_root("disable_keeps_foreign");
     let root = tempfile::tempdir().unwrap();

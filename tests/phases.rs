@@ -678,6 +678,16 @@ fn the_guards_thaw_hooks_run_our_binary_after_an_upgrade_replaced_it() {
     );
     let metrics = std::fs::read_to_string(env.path().join("metrics.prom")).unwrap();
     assert_has(&metrics, "fsfreeze_hook_guard_thaws_total 1");
+    // status says who thawed, and when.
+    let status = env.run(&["status"]);
+    assert_has(
+        &status.stdout,
+        "nothing held: the guard thawed the guest at ",
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(env.run(&["status", "--json"]).stdout.trim()).unwrap();
+    assert_eq!(json["last_settled"]["by"], "max_frozen", "{json}");
+    assert!(json["last_settled"]["at_ms"].is_u64(), "{json}");
     assert!(!Path::new("/metrics.prom").exists(), "written into /");
 }
 

@@ -270,6 +270,9 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     }
     writable(&settings.log_file, "log", out);
     writable(&settings.state_dir, "state dir", out);
+    if let Some(metrics) = &settings.metrics_file {
+        metrics_dir(&in_root(root, metrics), out);
+    }
     selinux(root, hook, &settings, &listing, out);
 }
 
@@ -401,6 +404,28 @@ fn fix_for(verdict: &Verdict, path: &Path) -> String {
     }
 }
 
+/// The metrics file is written anew at a temporary name beside it and
+/// renamed: its directory must exist and be writable (nothing creates it).
+fn metrics_dir(file: &Path, out: &mut Vec<Finding>) {
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let usable = dir.is_dir() && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok();
+    out.push(if usable {
+        Finding::Ok(format!("metrics_file's directory {} is writable", dir.display()))
+    } else {
+        problem(
+            format!(
+                "metrics_file's directory {} {}: no metrics are written",
+                dir.display(),
+                if dir.is_dir() { "is not writable" } else { "does not exist" }
+            ),
+            format!(
+                "create {} (node_exporter's textfile directory, say), writable by root, or change metrics_file",
+                dir.display()
+            ),
+        )
+    });
+}
+
 /// The log file (or its dir, before its first run) and the state dir (or
 /// the dir it will be made in) must be writable.
 fn writable(path: &Path, what: &str, out: &mut Vec<Finding>) {
@@ -432,8 +457,11 @@ fn writable(path: &Path, what: &str, out: &mut Vec<Finding>) {
     }
 }
 
-pub fn check(root: &Path) -> Exit {
+pub fn check(root: &Path, as_json: bool) -> Exit {
     let findings = findings(root);
+    if as_json {
+        return check_json(&findings);
+    }
     let mut problems = 0;
     for f in &findings {
         match f {
@@ -450,6 +478,38 @@ pub fn check(root: &Path) -> Exit {
         Exit::Ok
     } else {
         println!("{problems} problem(s)");
+        Exit::Problems
+    }
+}
+
+/// `check --json`: `{"ok":BOOL,"problems":N,"findings":[{"level":..,
+/// "text":..,"fix":..}]}`, the same findings and the same exit status.
+fn check_json(findings: &[Finding]) -> Exit {
+    use crate::log::json::{self, Object};
+    let items = findings.iter().map(|f| match f {
+        Finding::Ok(s) => Object::new().str("level", "ok").str("text", s).finish(),
+        Finding::Note(s) => Object::new().str("level", "note").str("text", s).finish(),
+        Finding::Problem { what, fix } => Object::new()
+            .str("level", "problem")
+            .str("text", what)
+            .str("fix", fix)
+            .finish(),
+    });
+    let problems = findings
+        .iter()
+        .filter(|f| matches!(f, Finding::Problem { .. }))
+        .count();
+    println!(
+        "{}",
+        Object::new()
+            .bool("ok", problems == 0)
+            .num("problems", problems as f64)
+            .raw("findings", json::array(items))
+            .finish()
+    );
+    if problems == 0 {
+        Exit::Ok
+    } else {
         Exit::Problems
     }
 }

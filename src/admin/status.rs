@@ -26,7 +26,11 @@ pub fn status(settings: &Settings, json: bool) -> Exit {
                 .opt("until_ms", s.until_ms.map(|u| u.to_string()))
                 .finish()
         });
-        let doc = status_json(held);
+        let doc = status_json(
+            held,
+            &recorded,
+            Journal::new(&settings.state_dir).idle_since_ms(),
+        );
         // The journal's object, with the held sessions added.
         println!(
             "{},\"sessions\":{}}}",
@@ -34,7 +38,8 @@ pub fn status(settings: &Settings, json: bool) -> Exit {
             json::array(list)
         );
     } else {
-        print!("{}", status_text(held, &recorded));
+        let idle_ms = Journal::new(&settings.state_dir).idle_since_ms();
+        print!("{}", status_text(held, &recorded, idle_ms));
         for s in &sessions {
             println!(
                 "session {}: keeper pid {} ({}), since {}{}",
@@ -66,10 +71,16 @@ fn when(ms: u64) -> String {
         )
 }
 
-fn status_text(held: Option<&Unthawed>, recorded: &Recorded) -> String {
+fn status_text(held: Option<&Unthawed>, recorded: &Recorded, idle_ms: Option<u64>) -> String {
     let Some(h) = held else {
         return match recorded {
             Recorded::Corrupt(why) => format!("nothing held (journal unusable: {why})\n"),
+            Recorded::Idle(by) if by == "max_frozen" => format!(
+                "nothing held: the guard thawed the guest{}, because no thaw came from the hypervisor within max_frozen (or the guest was shutting down); the log says which\n",
+                idle_ms
+                    .map(|t| format!(" at {}", when(t)))
+                    .unwrap_or_default()
+            ),
             _ => "nothing held: no freeze since the last thaw\n".into(),
         };
     };
@@ -126,8 +137,19 @@ fn status_text(held: Option<&Unthawed>, recorded: &Recorded) -> String {
     out
 }
 
-fn status_json(held: Option<&Unthawed>) -> String {
+fn status_json(held: Option<&Unthawed>, recorded: &Recorded, idle_ms: Option<u64>) -> String {
     let Some(h) = held else {
+        // What settled the last freeze: "thaw", "rollback", "max_frozen"
+        // (the guard), and when.
+        let last = match recorded {
+            Recorded::Idle(by) => Some(
+                Object::new()
+                    .str("by", by)
+                    .opt("at_ms", idle_ms.map(|t| t.to_string()))
+                    .finish(),
+            ),
+            _ => None,
+        };
         return Object::new()
             .str("version", env!("CARGO_PKG_VERSION"))
             .bool("held", false)
@@ -135,6 +157,7 @@ fn status_json(held: Option<&Unthawed>) -> String {
             .raw("filesystems", json::array([]))
             .opt("watchdog", None)
             .opt("guard", None)
+            .opt("last_settled", last)
             .finish();
     };
     let watchdog = h.watchdog.map(|(pid, deadline)| {

@@ -104,6 +104,13 @@ impl Journal {
         &self.path
     }
 
+    /// When the record became idle (its `idle` line's time), if it is.
+    pub fn idle_since_ms(&self) -> Option<u64> {
+        let text = fs::read_to_string(&self.path).ok()?;
+        let line = text.lines().find_map(|l| l.strip_prefix("idle "))?;
+        line.split(' ').next()?.parse().ok()
+    }
+
     pub fn read(&self) -> Recorded {
         match fs::read(&self.path) {
             Ok(bytes) => parse(&bytes),
