@@ -85,10 +85,26 @@ fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listed.stdout);
-    assert!(
-        !listing.contains("./etc/"),
-        "the package ships nothing under /etc: {listing}"
+    let under_etc: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|p| p.starts_with("./etc/") && !p.ends_with('/'))
+        .collect();
+    assert_eq!(
+        under_etc,
+        ["./etc/logrotate.d/fsfreeze-hook"],
+        "nothing of qemu-ga's under /etc: {listing}"
     );
+    let conffiles = Command::new("dpkg-deb")
+        .args(["-I", &deb, "conffiles"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&conffiles.stdout),
+        "/etc/logrotate.d/fsfreeze-hook\n",
+        "the logrotate rule is a conffile"
+    );
+    logrotate_rotates_the_default_logs(&root);
     // The man page in the package is the checked-in one.
     let gz = Command::new("gzip")
         .arg("-dc")
@@ -97,6 +113,45 @@ fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
         .unwrap();
     let page = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("man/fsfreeze-hook.8")).unwrap();
     assert_eq!(gz.stdout, page);
+}
+
+/// The real logrotate, with the rule the package installed in `root`, on
+/// `root`'s /var/log (bound over the machine's in a mount namespace of its
+/// own): both default logs are rotated, and a new empty one is made 0600.
+fn logrotate_rotates_the_default_logs(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let logs = root.join("var/log");
+    fs::create_dir_all(logs.join("qemu-ga")).unwrap();
+    for d in [&logs, &logs.join("qemu-ga")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for log in ["qga-fsfreeze-hook.log", "qemu-ga/fsfreeze-hook.log"] {
+        fs::write(logs.join(log), "a line\n").unwrap();
+    }
+    let rule = root.join("etc/logrotate.d/fsfreeze-hook");
+    assert!(rule.is_file(), "the package installs its logrotate rule");
+    let state = root.join("logrotate.state");
+    let script = format!(
+        "set -e\nmount --bind '{logs}' /var/log\nlogrotate -f -s '{state}' '{rule}'",
+        logs = logs.display(),
+        state = state.display(),
+        rule = rule.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare and logrotate (the test command installs them)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for log in ["qga-fsfreeze-hook.log", "qemu-ga/fsfreeze-hook.log"] {
+        let rotated = logs.join(format!("{log}.1"));
+        assert_eq!(fs::read_to_string(&rotated).unwrap(), "a line\n", "{log}");
+        let fresh = fs::metadata(logs.join(log)).unwrap();
+        assert_eq!((fresh.len(), fresh.permissions().mode() & 0o777), (0, 0o600), "{log}");
+    }
 }
 
 #[test]
@@ -129,7 +184,13 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
     ] {
         assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
     }
-    assert!(!files.contains("/etc/"), "nothing under /etc:\n{files}");
+    let under_etc: Vec<&str> = files.lines().filter(|l| l.starts_with("/etc/")).collect();
+    assert_eq!(under_etc, ["/etc/logrotate.d/fsfreeze-hook"], "{files}");
+    assert_eq!(
+        query(&["-qpc"]).trim(),
+        "/etc/logrotate.d/fsfreeze-hook",
+        "the logrotate rule is a config file"
+    );
     let info = query(&["-qpi"]);
     let version = format!("Version     : {}", env!("CARGO_PKG_VERSION"));
     assert!(
@@ -165,6 +226,7 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
     );
     let installed = root.join("usr/sbin/fsfreeze-hook");
     assert_eq!(fs::read(&installed).unwrap(), fs::read(BIN).unwrap());
+    logrotate_rotates_the_default_logs(&root);
     put(
         &root,
         "/etc/qemu-ga/fsfreeze-hook.d/10-app",
