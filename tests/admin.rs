@@ -359,6 +359,69 @@ fn check_json_and_a_metrics_directory_that_does_not_exist() {
 
 #[test]
 #[ignore = "needs root"]
+fn check_says_restart_when_the_agent_is_older_than_its_settings() {
+    // The service's agent, as a sysvinit-style daemon with its pidfile, in a
+    // mount namespace whose /etc (an overlay) and /run are the test's own
+    // (qemu-ga on a private socket and state dir, freezing blocked).
+    require_root("check_restart");
+    for qga in crate::qemu_ga::agents() {
+        qga.announce();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let script = format!(
+            "set -e\n\
+             mkdir -p {d}/upper {d}/work\n\
+             mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/upper,workdir={d}/work /etc\n\
+             rm -rf /etc/qemu; mkdir -p /etc/qemu\n\
+             mount -t tmpfs -o mode=0755 tmpfs /run\n\
+             printf '[general]\\n' >/etc/qemu/qemu-ga.conf\n\
+             touch -d '1 hour ago' /etc/qemu/qemu-ga.conf\n\
+             mkdir -p {d}/st\n\
+             start() {{ rm -f /run/qemu-ga.pid; '{q}' -d -m unix-listen -p {d}/sock -t {d}/st -f /run/qemu-ga.pid -b guest-fsfreeze-freeze; i=0; while [ ! -s /run/qemu-ga.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; }}\n\
+             stop() {{ p=$(cat /run/qemu-ga.pid); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.05; done; }}\n\
+             start\n\
+             '{bin}' check >{d}/fresh || true\n\
+             sleep 2; touch /etc/qemu/qemu-ga.conf\n\
+             '{bin}' check >{d}/stale || true\n\
+             stop; start\n\
+             '{bin}' check >{d}/restarted || true\n\
+             stop",
+            q = qga.path.display(),
+            bin = crate::common::BIN,
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+        let fine = "ok: qemu-ga is running (pid ";
+        assert_has(&said("fresh"), fine);
+        assert_has(&said("fresh"), "started after its settings last changed");
+        let stale = said("stale");
+        let line = stale
+            .lines()
+            .find(|l| l.starts_with("problem: qemu-ga (pid "))
+            .unwrap_or_else(|| panic!("{qga}: {stale}"));
+        assert!(
+            line.contains("before /etc/qemu/qemu-ga.conf changed at")
+                && line.ends_with("Fix: `systemctl restart qemu-guest-agent`"),
+            "{line}"
+        );
+        assert_has(
+            &said("restarted"),
+            "started after its settings last changed",
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
 fn disable_keeps_a_hook_that_is_no_longer_what_enable_installed() {
     require_root("disable_keeps_foreign");
     let root = tempfile::tempdir().unwrap();

@@ -150,7 +150,11 @@ fn logrotate_rotates_the_default_logs(root: &Path) {
         let rotated = logs.join(format!("{log}.1"));
         assert_eq!(fs::read_to_string(&rotated).unwrap(), "a line\n", "{log}");
         let fresh = fs::metadata(logs.join(log)).unwrap();
-        assert_eq!((fresh.len(), fresh.permissions().mode() & 0o777), (0, 0o600), "{log}");
+        assert_eq!(
+            (fresh.len(), fresh.permissions().mode() & 0o777),
+            (0, 0o600),
+            "{log}"
+        );
     }
 }
 

@@ -98,24 +98,7 @@ pub fn inspect(root: &Path) -> Agent {
 /// `ExecStart=` resets), split into words with `${VAR}` expanded from the
 /// unit's `Environment=` and `EnvironmentFile=`.
 fn exec_start(root: &Path, unit: &Path) -> Option<Vec<String>> {
-    let mut files = vec![unit.to_path_buf()];
-    for dir in UNIT_DIRS {
-        let dropins = in_root(root, &Path::new(dir).join(format!("{UNIT}.d")));
-        if let Ok(entries) = fs::read_dir(&dropins) {
-            let mut confs: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-                .collect();
-            confs.sort();
-            for c in confs {
-                files.push(
-                    Path::new(dir)
-                        .join(format!("{UNIT}.d"))
-                        .join(c.file_name().unwrap()),
-                );
-            }
-        }
-    }
+    let files = unit_files(root, unit);
     let mut exec: Option<String> = None;
     let mut env: HashMap<String, String> = HashMap::new();
     for f in files {
@@ -152,6 +135,91 @@ fn exec_start(root: &Path, unit: &Path) -> Option<Vec<String>> {
             .to_string();
     }
     Some(words)
+}
+
+/// The running qemu-ga of the service (not any process of that name: a
+/// test's or a second agent's): systemd's MainPID of the unit where systemd
+/// runs, else the pid in the agent's pidfile (`-f`/`--pidfile` of its
+/// command line, `pidfile=` of qemu-ga.conf, or its default).
+pub fn service_pid(agent: &Agent) -> Option<i32> {
+    if Path::new("/run/systemd/system").is_dir() {
+        let out = std::process::Command::new("systemctl")
+            .args(["show", "--property", "MainPID", "--value", UNIT])
+            .output()
+            .ok()?;
+        return String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p > 0);
+    }
+    let from_cmdline = agent.exec_start.as_ref().and_then(|argv| {
+        argv.iter().enumerate().find_map(|(i, w)| {
+            w.strip_prefix("--pidfile=")
+                .map(String::from)
+                .or_else(|| (w == "-f" || w == "--pidfile").then(|| argv.get(i + 1).cloned())?)
+                .or_else(|| {
+                    w.strip_prefix("-f")
+                        .filter(|p| !p.is_empty())
+                        .map(String::from)
+                })
+        })
+    });
+    let from_conf = || {
+        CONFIGS.iter().find_map(|c| {
+            let text = fs::read_to_string(c).ok()?;
+            text.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("pidfile=")
+                    .map(|p| p.trim().to_string())
+            })
+        })
+    };
+    let pidfile = from_cmdline
+        .or_else(from_conf)
+        .unwrap_or_else(|| "/var/run/qemu-ga.pid".into());
+    let pid: i32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    (crate::sys::proc::comm(pid).as_deref() == Some("qemu-ga")).then_some(pid)
+}
+
+/// The unit and its drop-ins (guest paths), in the order systemd reads them.
+fn unit_files(root: &Path, unit: &Path) -> Vec<PathBuf> {
+    let mut files = vec![unit.to_path_buf()];
+    for dir in UNIT_DIRS {
+        let dropins = Path::new(dir).join(format!("{UNIT}.d"));
+        if let Ok(entries) = fs::read_dir(in_root(root, &dropins)) {
+            let mut confs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+                .filter_map(|p| Some(dropins.join(p.file_name()?)))
+                .collect();
+            confs.sort();
+            files.extend(confs);
+        }
+    }
+    files
+}
+
+/// Every file whose change a running qemu-ga only sees when restarted (guest
+/// paths that exist): its qemu-ga.conf, its unit, the unit's drop-ins and
+/// the environment files they name.
+pub fn settings_files(root: &Path, agent: &Agent) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = CONFIGS.iter().map(PathBuf::from).collect();
+    if let Some(unit) = &agent.unit {
+        for f in unit_files(root, unit) {
+            if let Ok(text) = fs::read_to_string(in_root(root, &f)) {
+                files.extend(
+                    unit_lines(&text)
+                        .into_iter()
+                        .filter(|(k, _)| k == "EnvironmentFile")
+                        .map(|(_, v)| PathBuf::from(v.trim_start_matches('-'))),
+                );
+            }
+            files.push(f);
+        }
+    }
+    files.retain(|f| in_root(root, f).exists());
+    files
 }
 
 /// `Key=Value` lines of a unit file, continuation lines joined.

@@ -103,7 +103,9 @@ pub fn findings(root: &Path) -> Vec<Finding> {
         ));
     }
     if live {
-        if crate::sys::proc::running("qemu-ga") {
+        if let Some(pid) = agent::service_pid(&agent) {
+            restarted_since_changes(&agent, pid, &mut out);
+        } else if crate::sys::proc::running("qemu-ga") {
             out.push(Finding::Ok("qemu-ga is running".into()));
         } else {
             out.push(problem(
@@ -118,6 +120,41 @@ pub fn findings(root: &Path) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// The service's qemu-ga reads its hook setting when it starts: one older
+/// than its last change (`enable` without a restart, say) runs the old one.
+fn restarted_since_changes(agent: &agent::Agent, pid: i32, out: &mut Vec<Finding>) {
+    let Some(started) = crate::sys::proc::started_at(pid) else {
+        out.push(Finding::Ok(format!("qemu-ga is running (pid {pid})")));
+        return;
+    };
+    let newest = agent::settings_files(Path::new("/"), agent)
+        .into_iter()
+        .filter_map(|f| Some((fs::metadata(&f).ok()?.modified().ok()?, f)))
+        .max_by_key(|(t, _)| *t);
+    let stamp = |t: std::time::SystemTime| {
+        chrono::DateTime::<chrono::Local>::from(t)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    // The start is known to about a second (the boot time's precision).
+    match newest {
+        Some((changed, file)) if changed > started + std::time::Duration::from_secs(1) => {
+            out.push(problem(
+                format!(
+                    "qemu-ga (pid {pid}) started at {}, before {} changed at {}: it runs with the settings it read then, hook included",
+                    stamp(started),
+                    file.display(),
+                    stamp(changed)
+                ),
+                format!("`{RESTART}`"),
+            ))
+        }
+        _ => out.push(Finding::Ok(format!(
+            "qemu-ga is running (pid {pid}), started after its settings last changed"
+        ))),
+    }
 }
 
 /// Is the hook qemu-ga runs this very program?

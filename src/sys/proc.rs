@@ -102,6 +102,22 @@ impl std::fmt::Display for Ident {
     }
 }
 
+/// When process `pid` started, on the wall clock: the boot time
+/// (`/proc/stat`'s btime, whole seconds) plus its start in clock ticks, so
+/// within about a second.
+pub fn started_at(pid: i32) -> Option<std::time::SystemTime> {
+    let btime: u64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    let start = stat(pid)?.start;
+    let since_boot = std::time::Duration::from_millis(start * 1000 / ticks);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(btime) + since_boot)
+}
+
 /// A process's name (`/proc/PID/comm`), if it exists.
 pub fn comm(pid: i32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
