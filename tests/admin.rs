@@ -26,7 +26,7 @@ fn dir(root: &Path, guest: &str) {
 
 /// Debian 12 with qemu-guest-agent installed: the unit starts plain
 /// qemu-ga, the stock hook and its dir exist, no qemu-ga.conf.
-fn debian(root: &Path) {
+pub fn debian(root: &Path) {
     put(root, "/usr/sbin/qemu-ga", "ELF", 0o755);
     put(root, "/bin/sh", "ELF", 0o755);
     put(

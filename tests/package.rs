@@ -158,6 +158,121 @@ fn logrotate_rotates_the_default_logs(root: &Path) {
     }
 }
 
+/// `dpkg` on the scratch root `root` (maintainer scripts run outside it,
+/// with DPKG_ROOT set, as dpkg's --force-script-chrootless does).
+fn dpkg(root: &Path, args: &[&str]) -> String {
+    let out = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--log=/dev/null", "--force-script-chrootless"])
+        .args(args)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "dpkg {args:?}: {said}");
+    said
+}
+
+#[test]
+#[ignore = "needs root"]
+fn removing_the_deb_first_disables_and_an_upgrade_does_not() {
+    use crate::admin::{at, debian};
+    require_root("deb_remove_disables");
+    let work = tempfile::tempdir().unwrap();
+    let deb = build("build-deb", work.path());
+    let root = work.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    debian(&root);
+    let stock = fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap();
+    dpkg(&root, &["-i", &deb]);
+    let installed = root.join("usr/sbin/fsfreeze-hook");
+    let enable = Command::new(&installed)
+        .args(["enable", "--root", &at(&root)])
+        .output()
+        .unwrap();
+    assert!(enable.status.success(), "{enable:?}");
+    let ours = fs::read(&installed).unwrap();
+    assert_eq!(fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap(), ours);
+    // An upgrade (the same package again) leaves the set-up alone.
+    dpkg(&root, &["-i", &deb]);
+    assert_eq!(fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap(), ours);
+    assert!(root.join("etc/qemu/fsfreeze-hook.enabled").exists());
+    // Removed: the stock hook is back, qemu-ga.conf as it was (none).
+    let said = dpkg(&root, &["-r", "fsfreeze-hook"]);
+    assert_eq!(
+        fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap(),
+        stock,
+        "{said}"
+    );
+    assert!(!root.join("etc/qemu/qemu-ga.conf").exists(), "{said}");
+    assert!(!root.join("etc/qemu/fsfreeze-hook.stock").exists());
+    assert!(!installed.exists());
+    // Purged: nothing of ours left (the logrotate rule was a conffile).
+    dpkg(&root, &["-P", "fsfreeze-hook"]);
+    assert!(!root.join("etc/logrotate.d/fsfreeze-hook").exists());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
+    use crate::admin::{at, rhel};
+    require_root("rpm_erase_disables");
+    let work = tempfile::tempdir().unwrap();
+    let rpm = build("build-rpm", work.path());
+    let root = work.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    rhel(&root);
+    // rpm runs scriptlets chrooted into the root: a real (static) shell.
+    fs::copy("/bin/busybox", root.join("usr/bin/sh")).expect("busybox-static");
+    let r = at(&root);
+    let rpm_at = |args: &[&str]| {
+        let out = Command::new("rpm")
+            .args(["--root", &r, "--nodeps", "--nosignature"])
+            .args(args)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "rpm {args:?}: {said}");
+        said
+    };
+    let stock = fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap();
+    rpm_at(&["-i", &rpm]);
+    let installed = root.join("usr/sbin/fsfreeze-hook");
+    let enable = Command::new(&installed)
+        .args(["enable", "--root", &r])
+        .output()
+        .unwrap();
+    assert!(enable.status.success(), "{enable:?}");
+    let ours = fs::read(&installed).unwrap();
+    assert_eq!(
+        fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
+        ours
+    );
+    // An upgrade (the same package again) leaves the set-up alone.
+    rpm_at(&["-U", "--replacepkgs", &rpm]);
+    assert_eq!(
+        fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
+        ours
+    );
+    let said = rpm_at(&["-e", "fsfreeze-hook"]);
+    assert_eq!(
+        fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
+        stock,
+        "{said}"
+    );
+    assert!(!installed.exists());
+}
+
 #[test]
 #[ignore = "needs root"]
 fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
@@ -201,9 +316,13 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
         info.contains("Name        : fsfreeze-hook") && info.contains(&version),
         "{info}"
     );
+    // A static binary requires nothing; the erase scriptlet a shell.
+    let requires = query(&["-qpR"]);
     assert!(
-        query(&["-qpR"]).lines().all(|l| l.starts_with("rpmlib(")),
-        "a static binary requires nothing"
+        requires
+            .lines()
+            .all(|l| l.starts_with("rpmlib(") || l.trim() == "/bin/sh"),
+        "{requires}"
     );
 
     // A RHEL 9 style root with the stock hook, the package installed into it.
