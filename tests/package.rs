@@ -158,6 +158,17 @@ fn logrotate_rotates_the_default_logs(root: &Path) {
     }
 }
 
+/// packaging/build-deb of `binary`; the package's path.
+fn build_from(binary: &Path, work: &Path) -> String {
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-deb"))
+        .arg(binary)
+        .arg(work.join("from-out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// `dpkg` on the scratch root `root` (maintainer scripts run outside it,
 /// with DPKG_ROOT set, as dpkg's --force-script-chrootless does).
 fn dpkg(root: &Path, args: &[&str]) -> String {
@@ -203,6 +214,15 @@ fn removing_the_deb_first_disables_and_an_upgrade_does_not() {
     dpkg(&root, &["-i", &deb]);
     assert_eq!(fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap(), ours);
     assert!(root.join("etc/qemu/fsfreeze-hook.enabled").exists());
+    // Where dpkg does not own the hook, it is a copy: an upgrade to another
+    // build replaces it (postinst).
+    let newer = newer_build(work.path());
+    dpkg(&root, &["-i", &build_from(&newer, work.path())]);
+    assert_eq!(
+        fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap(),
+        fs::read(&newer).unwrap(),
+        "the hook runs the upgraded build"
+    );
     // Removed: the stock hook is back, qemu-ga.conf as it was (none).
     let said = dpkg(&root, &["-r", "fsfreeze-hook"]);
     assert_eq!(
@@ -216,6 +236,129 @@ fn removing_the_deb_first_disables_and_an_upgrade_does_not() {
     // Purged: nothing of ours left (the logrotate rule was a conffile).
     dpkg(&root, &["-P", "fsfreeze-hook"]);
     assert!(!root.join("etc/logrotate.d/fsfreeze-hook").exists());
+}
+
+/// Another build of the binary (the test one with a few bytes more): what
+/// an upgrade of the package brings.
+fn newer_build(work: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let newer = work.join("newer");
+    let mut bytes = fs::read(BIN).unwrap();
+    bytes.extend_from_slice(b"\nanother build\n");
+    fs::write(&newer, &bytes).unwrap();
+    fs::set_permissions(&newer, fs::Permissions::from_mode(0o755)).unwrap();
+    newer
+}
+
+/// A stand-in for Debian's qemu-guest-agent package at `version`: its
+/// stock hook `/etc/qemu/fsfreeze-hook` (a conffile, saying `stock`), the
+/// agent and its unit.
+fn agent_deb(work: &Path, version: &str, stock: &str) -> String {
+    let stage = work.join(format!("qga-{version}"));
+    let put = |path: &str, text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = stage.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    put("etc/qemu/fsfreeze-hook", stock, 0o755);
+    put("usr/sbin/qemu-ga", "ELF", 0o755);
+    put(
+        "lib/systemd/system/qemu-guest-agent.service",
+        "[Service]\nExecStart=-/usr/sbin/qemu-ga\n",
+        0o644,
+    );
+    put(
+        "DEBIAN/control",
+        &format!(
+            "Package: qemu-guest-agent\nVersion: {version}\nArchitecture: all\nMaintainer: test <test@example.org>\nDescription: stand-in\n"
+        ),
+        0o644,
+    );
+    put("DEBIAN/conffiles", "/etc/qemu/fsfreeze-hook\n", 0o644);
+    let deb = work.join(format!("qga-{version}.deb"));
+    let out = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&stage)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    deb.display().to_string()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn upgrades_of_either_package_keep_the_hook_ours_and_current_on_debian() {
+    use crate::admin::at;
+    require_root("deb_divert");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
+    dpkg(&root, &["-i", &agent_deb(work.path(), "7.2", stock1)]);
+    dpkg(&root, &["-i", &build("build-deb", work.path())]);
+    let hook = root.join("etc/qemu/fsfreeze-hook");
+    let stock = root.join("etc/qemu/fsfreeze-hook.stock");
+    let enable = Command::new(root.join("usr/sbin/fsfreeze-hook"))
+        .args(["enable", "--root", &at(&root)])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&enable.stdout);
+    assert!(enable.status.success(), "{said}");
+    assert!(
+        said.contains("divert /etc/qemu/fsfreeze-hook to /etc/qemu/fsfreeze-hook.stock"),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_link(&hook).unwrap(),
+        Path::new("../../usr/sbin/fsfreeze-hook")
+    );
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock1);
+    // qemu-guest-agent upgraded: no conffile prompt, the kept stock script
+    // is the new one, the hook is still ours.
+    let said = dpkg(&root, &["-i", &agent_deb(work.path(), "7.3", stock2)]);
+    assert!(!said.contains("Configuration file"), "{said}");
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock2);
+    assert!(
+        fs::symlink_metadata(&hook)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // Ours upgraded to another build: qemu-ga runs it from the next freeze.
+    let newer = newer_build(work.path());
+    let bytes = fs::read(&newer).unwrap();
+    dpkg(&root, &["-i", &build_from(&newer, work.path())]);
+    assert_eq!(
+        fs::read(&hook).unwrap(),
+        bytes,
+        "the hook runs the upgraded build"
+    );
+    // Removed: the diversion is undone, the stock script is the hook again.
+    dpkg(&root, &["-r", "fsfreeze-hook"]);
+    assert!(
+        !fs::symlink_metadata(&hook)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_to_string(&hook).unwrap(), stock2);
+    assert!(!stock.exists());
+    let diversions = Command::new("dpkg-divert")
+        .arg("--root")
+        .arg(&root)
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&diversions.stdout).trim(), "");
+    // And qemu-guest-agent reinstalled: no prompt.
+    let said = dpkg(&root, &["-i", &agent_deb(work.path(), "7.3", stock2)]);
+    assert!(!said.contains("Configuration file"), "{said}");
 }
 
 #[test]
@@ -263,6 +406,24 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
     assert_eq!(
         fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
         ours
+    );
+    // An upgrade to another build reaches the hook qemu-ga runs.
+    let newer = newer_build(work.path());
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-rpm"))
+        .arg(&newer)
+        .arg(work.path().join("newer-out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    rpm_at(&[
+        "-U",
+        "--replacepkgs",
+        String::from_utf8_lossy(&out.stdout).trim(),
+    ]);
+    assert_eq!(
+        fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
+        fs::read(&newer).unwrap(),
+        "the hook runs the upgraded build"
     );
     let said = rpm_at(&["-e", "fsfreeze-hook"]);
     assert_eq!(

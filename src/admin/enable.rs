@@ -29,6 +29,9 @@ enum Change {
     Stock(PathBuf, PathBuf),
     /// This directory was created.
     Dir(PathBuf),
+    /// dpkg diverts the first path (a conffile of qemu-guest-agent) to the
+    /// second, where the package's upgrades write it from now on.
+    Diverted(PathBuf, PathBuf),
     /// This qemu-ga.conf was created.
     ConfCreated(PathBuf),
     /// This qemu-ga.conf was edited; the original is at the second path.
@@ -44,6 +47,7 @@ impl Change {
             Change::Hook(a, None) => format!("hook {}", p(a)),
             Change::Stock(a, b) => format!("stock {} {}", p(a), p(b)),
             Change::Dir(a) => format!("dir {}", p(a)),
+            Change::Diverted(a, b) => format!("diverted {} {}", p(a), p(b)),
             Change::ConfCreated(a) => format!("conf-created {}", p(a)),
             Change::ConfEdited(a, b) => format!("conf-edited {} {}", p(a), p(b)),
         }
@@ -66,6 +70,7 @@ impl Change {
             "hook" => Change::Hook(a, w.next().and_then(|s| u64::from_str_radix(s, 16).ok())),
             "stock" => Change::Stock(a, path()?),
             "dir" => Change::Dir(a),
+            "diverted" => Change::Diverted(a, path()?),
             "conf-created" => Change::ConfCreated(a),
             "conf-edited" => Change::ConfEdited(a, path()?),
             _ => return None,
@@ -198,8 +203,13 @@ pub fn hooks_dir_of(root: &Path, hook: &Path) -> PathBuf {
     }
 }
 
+/// This binary's bytes; by the path it was started from where /proc is not
+/// mounted (a package's scriptlet in a chroot).
 fn ours() -> std::io::Result<Vec<u8>> {
-    fs::read("/proc/self/exe")
+    fs::read("/proc/self/exe").or_else(|e| match std::env::args_os().next() {
+        Some(argv0) if Path::new(&argv0).is_absolute() => fs::read(argv0),
+        _ => Err(e),
+    })
 }
 
 pub fn enable(root: &Path, dry_run: bool) -> Exit {
@@ -259,10 +269,103 @@ fn hook_to_set(root: &Path, agent: &agent::Agent) -> Result<(PathBuf, Option<Pat
     }
 }
 
+/// Where the package installs the binary.
+const PACKAGED: &str = "/usr/sbin/fsfreeze-hook";
+
+/// `dpkg-divert` on the system at `root`, as the package fsfreeze-hook.
+fn dpkg_divert(root: &Path, args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = std::process::Command::new("dpkg-divert")
+        .arg("--root")
+        .arg(root)
+        .args(["--package", "fsfreeze-hook", "--rename"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("dpkg-divert: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "dpkg-divert failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 impl Plan {
+    /// On a dpkg system where the hook is a file of qemu-guest-agent's
+    /// package (a conffile on Debian) and our package is installed: dpkg
+    /// diverts the stock hook to `<hook>.stock` (so that the agent's
+    /// upgrades write it there, with no conffile prompt and no stale copy)
+    /// and the hook becomes a link to the packaged binary (so that our
+    /// upgrades reach qemu-ga with no other step). `false`: not such a
+    /// system, the hook is installed as a copy.
+    fn divert_and_link(&mut self, hook: &Path) -> Result<bool, String> {
+        let packaged = fs::read(self.path(Path::new(PACKAGED)))
+            .is_ok_and(|b| crate::text::contains(&b, crate::phase::journal::HEADER.as_bytes()));
+        let owned = packaged
+            && std::process::Command::new("dpkg-query")
+                .arg(format!("--root={}", self.root.display()))
+                .arg("-S")
+                .arg(hook)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !owned {
+            return Ok(false);
+        }
+        // Relative, so that it leads to the same file inside an image.
+        let depth = hook.parent().map_or(0, |p| p.components().count() - 1);
+        let target = PathBuf::from("../".repeat(depth)).join(PACKAGED.trim_start_matches('/'));
+        if fs::read_link(self.entry(hook)).is_ok_and(|t| t == target) {
+            println!("{} already leads to {PACKAGED}", hook.display());
+            return Ok(true);
+        }
+        let stock = stock_path(hook);
+        if self.path(&stock).exists() {
+            return Err(format!(
+                "{} exists: move it away first (it is where dpkg would divert {})",
+                stock.display(),
+                hook.display()
+            ));
+        }
+        self.say(&format!(
+            "divert {} to {} (dpkg-divert: qemu-guest-agent's upgrades write it there; `disable` puts it back)",
+            hook.display(),
+            stock.display()
+        ));
+        if !self.dry_run {
+            dpkg_divert(
+                &self.root,
+                &[
+                    "--divert".as_ref(),
+                    stock.as_os_str(),
+                    "--add".as_ref(),
+                    hook.as_os_str(),
+                ],
+            )?;
+        }
+        self.done.push(Change::Diverted(hook.to_path_buf(), stock));
+        self.say(&format!(
+            "link {} to {PACKAGED} (the package's upgrades reach qemu-ga)",
+            hook.display()
+        ));
+        if !self.dry_run {
+            std::os::unix::fs::symlink(&target, self.entry(hook)).map_err(|e| e.to_string())?;
+        }
+        self.done.push(Change::Hook(hook.to_path_buf(), None));
+        Ok(true)
+    }
+
     /// This binary at `hook`: nothing if it is there already, another build
     /// replaced, anything else kept aside as `<hook>.stock`.
     fn install(&mut self, hook: &Path, binary: &[u8]) -> Result<(), String> {
+        let linked =
+            fs::symlink_metadata(self.entry(hook)).is_ok_and(|m| m.file_type().is_symlink());
+        let copy_of_ours = fs::read(self.path(hook))
+            .is_ok_and(|b| crate::text::contains(&b, crate::phase::journal::HEADER.as_bytes()));
+        if (linked || !copy_of_ours) && self.divert_and_link(hook)? {
+            return Ok(());
+        }
         match fs::read(self.path(hook)) {
             Ok(existing) if existing == binary => {
                 println!("{} is already this fsfreeze-hook", hook.display());
@@ -467,6 +570,26 @@ impl Plan {
                         path.display(),
                         stock_path(path).display()
                     );
+                }
+            }
+            Change::Diverted(path, stock) => {
+                if kept.contains(path) {
+                    println!(
+                        "keep the diversion of {} to {}: {} holds another file (see above); `dpkg-divert --package fsfreeze-hook --rename --remove {}` once it is moved away",
+                        path.display(),
+                        stock.display(),
+                        path.display(),
+                        path.display()
+                    );
+                    return Ok(());
+                }
+                self.say(&format!(
+                    "undivert {}: {} back (dpkg-divert --remove)",
+                    path.display(),
+                    stock.display()
+                ));
+                if !self.dry_run {
+                    dpkg_divert(&self.root, &["--remove".as_ref(), path.as_os_str()])?;
                 }
             }
             Change::Stock(path, stock) => {
