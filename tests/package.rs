@@ -105,6 +105,7 @@ fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
         "the logrotate rule is a conffile"
     );
     logrotate_rotates_the_default_logs(&root);
+    lintian_finds_no_error(work.path());
     // The man page in the package is the checked-in one.
     let gz = Command::new("gzip")
         .arg("-dc")
@@ -113,6 +114,40 @@ fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
         .unwrap();
     let page = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("man/fsfreeze-hook.8")).unwrap();
     assert_eq!(gz.stdout, page);
+}
+
+/// Debian's lintian on the .deb of a stripped copy of the binary (the
+/// release profile strips; the test binary is a debug build): no error.
+fn lintian_finds_no_error(work: &Path) {
+    let stripped = work.join("stripped");
+    let strip = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(BIN)
+        .status()
+        .expect("strip (binutils)");
+    assert!(strip.success());
+    let deb = build_from(&stripped, work);
+    let out = Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .expect("lintian (the test command installs it)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let errors: Vec<&str> = said.lines().filter(|l| l.starts_with("E:")).collect();
+    assert!(errors.is_empty(), "{said}");
+    // The package's changelog and machine-readable copyright are there.
+    let contents = Command::new("dpkg-deb")
+        .args(["-c", &deb])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&contents.stdout);
+    for f in ["changelog.gz", "copyright"] {
+        assert!(
+            listing.contains(&format!("./usr/share/doc/fsfreeze-hook/{f}")),
+            "{listing}"
+        );
+    }
 }
 
 /// The real logrotate, with the rule the package installed in `root`, on
@@ -472,6 +507,19 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
         "the logrotate rule is a config file"
     );
     let info = query(&["-qpi"]);
+    assert!(
+        !info.contains("localhost"),
+        "no made-up URL or address: {info}"
+    );
+    assert!(
+        query(&["--changelog", "-q", "-p"]).contains(&format!("- {}-1", env!("CARGO_PKG_VERSION"))),
+        "a changelog for this version"
+    );
+    assert!(
+        files
+            .lines()
+            .any(|l| l == "/usr/share/licenses/fsfreeze-hook/LICENSE-MIT")
+    );
     let version = format!("Version     : {}", env!("CARGO_PKG_VERSION"));
     assert!(
         info.contains("Name        : fsfreeze-hook") && info.contains(&version),
