@@ -414,7 +414,13 @@ struct Redis {
 }
 
 impl Redis {
+    /// A server that persists nothing (no save rule, appendonly no).
     fn start(dir: &Path) -> Redis {
+        Redis::start_persisting(dir, "", "no")
+    }
+
+    /// A server with the save rule `save` and `appendonly`.
+    fn start_persisting(dir: &Path, save: &str, appendonly: &str) -> Redis {
         fs::create_dir_all(dir).unwrap();
         let r = Redis {
             dir: dir.to_path_buf(),
@@ -426,9 +432,9 @@ impl Redis {
                 "--daemonize",
                 "yes",
                 "--save",
-                "",
+                save,
                 "--appendonly",
-                "no",
+                appendonly,
                 "--dir",
             ])
             .arg(dir)
@@ -539,6 +545,51 @@ fn redis_writes_pause_from_freeze_to_thaw() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(5));
     assert_lines(&run.log, "40-redis: server not running", 1);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn redis_saves_at_the_freeze_where_it_persists_by_rdb_alone() {
+    require_root("redis_save_default");
+    let env = Env::new();
+    use_example(&env, "40-redis");
+    // (mode, save rule, appendonly, FSFREEZE_REDIS_SAVE, saved?, said)
+    let cases = [
+        ("rdb", "3600 1", "no", None, true, "saved the data set (RDB alone"),
+        ("rdb-opt-out", "3600 1", "no", Some("0"), false, "no SAVE (FSFREEZE_REDIS_SAVE=0"),
+        ("aof", "", "yes", None, false, "no SAVE (appendonly yes"),
+        ("none", "", "no", None, false, "no SAVE (no persistence configured"),
+        ("none-forced", "", "no", Some("1"), true, "saved the data set (FSFREEZE_REDIS_SAVE=1"),
+    ];
+    for (mode, save, aof, choice, saved, said) in cases {
+        let redis = Redis::start_persisting(&env.path().join(mode), save, aof);
+        let mut vars = vec![(
+            "FSFREEZE_REDIS_SOCKET",
+            redis.socket().display().to_string(),
+        )];
+        if let Some(c) = choice {
+            vars.push(("FSFREEZE_REDIS_SAVE", c.to_string()));
+        }
+        redis.try_cli(&["SET", "k", "acknowledged"]);
+        let before = redis.try_cli(&["LASTSAVE"]).unwrap();
+        // LASTSAVE counts in seconds: a save now must be a later second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let run = run_with(&env, &vars, &["freeze"]);
+        assert_eq!(run.code, Some(0), "{mode}: {run:?}");
+        let after = redis.try_cli(&["LASTSAVE"]).unwrap();
+        assert_eq!(before != after, saved, "{mode}: LASTSAVE {before} -> {after}");
+        assert_has(&run.log, &format!("40-redis: {said}"));
+        if saved {
+            // The RDB file holds the write: a server started on a copy of
+            // it finds it.
+            let copy = env.path().join(format!("{mode}-copy"));
+            fs::create_dir_all(&copy).unwrap();
+            fs::copy(env.path().join(mode).join("dump.rdb"), copy.join("dump.rdb")).unwrap();
+            let restored = Redis::start_persisting(&copy, "", "no");
+            assert_eq!(restored.try_cli(&["GET", "k"]).as_deref(), Some("acknowledged"), "{mode}");
+        }
+        assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
+    }
 }
 
 // ---- the generic service example ---------------------------------------------------
