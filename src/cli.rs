@@ -125,8 +125,9 @@ pub enum Command {
     /// Freeze hooks, freeze the filesystems, run COMMAND, thaw the
     /// filesystems, thaw hooks: an application-consistent snapshot without
     /// qemu-ga. Exits with COMMAND's status; 124 if the frozen window expired
-    /// (filesystems thawed, COMMAND ended), 125 if the freeze failed (rolled
-    /// back, COMMAND not run); needs root
+    /// (filesystems thawed, COMMAND ended), 125 if the freeze failed or was
+    /// refused (COMMAND not run), 123 if someone else thawed a filesystem
+    /// while COMMAND ran (its copy may be torn); needs root
     Snapshot {
         /// Freeze only the filesystem mounted here (repeatable); default: every
         /// filesystem qemu-ga would freeze

@@ -21,6 +21,9 @@ pub enum Exit {
     FrozenTooLong(String),
     /// 125: a snapshot could not freeze; nothing ran (as timeout(1)'s own failure).
     FreezeFailed(String),
+    /// 123: a snapshot's filesystem was thawed by someone else while it was
+    /// to be frozen: what COMMAND copied may be torn.
+    Torn(String),
     /// A snapshot's COMMAND ended with this status (126: it could not be
     /// executed, 127: not found), and why, when it is not 0.
     Command(u8, Option<String>),
@@ -35,6 +38,7 @@ impl Exit {
             Exit::Signal(sig, _) => 128 + *sig as u8,
             Exit::FrozenTooLong(_) => 124,
             Exit::FreezeFailed(_) => 125,
+            Exit::Torn(_) => 123,
             Exit::Command(code, _) => *code,
         }
     }
@@ -58,6 +62,7 @@ impl Exit {
             | Exit::Signal(_, l)
             | Exit::FrozenTooLong(l)
             | Exit::FreezeFailed(l)
+            | Exit::Torn(l)
             | Exit::Command(_, Some(l)) => Some(l),
         }
     }
@@ -79,6 +84,7 @@ mod tests {
             (Exit::Signal(Signal::SIGINT, l()), 130, Some("x")),
             (Exit::FrozenTooLong(l()), 124, Some("x")),
             (Exit::FreezeFailed(l()), 125, Some("x")),
+            (Exit::Torn(l()), 123, Some("x")),
             (Exit::Setup(l()).for_snapshot(), 125, Some("x")),
             (Exit::Command(3, None).for_snapshot(), 3, None),
             (Exit::Command(127, Some(l())), 127, Some("x")),

@@ -175,11 +175,16 @@ Usage error.
 Nothing was run: bad or untrusted configuration, unusable hooks or state
 directory, lock not obtained.
 .TP
+.B 123
+\fBsnapshot\fR: a filesystem it froze was thawed by someone else while COMMAND
+ran; what COMMAND copied may be torn.
+.TP
 .B 124
 \fBsnapshot\fR: the frozen window expired; filesystems thawed, COMMAND ended.
 .TP
 .B 125
-\fBsnapshot\fR: the freeze failed and was rolled back; COMMAND did not run.
+\fBsnapshot\fR: the freeze failed and was rolled back, or was refused;
+COMMAND did not run.
 .TP
 .B 128+\fIN\fR
 The runner got signal \fIN\fR; it thawed and rolled back first.

@@ -555,11 +555,39 @@ fn redis_saves_at_the_freeze_where_it_persists_by_rdb_alone() {
     use_example(&env, "40-redis");
     // (mode, save rule, appendonly, FSFREEZE_REDIS_SAVE, saved?, said)
     let cases = [
-        ("rdb", "3600 1", "no", None, true, "saved the data set (RDB alone"),
-        ("rdb-opt-out", "3600 1", "no", Some("0"), false, "no SAVE (FSFREEZE_REDIS_SAVE=0"),
+        (
+            "rdb",
+            "3600 1",
+            "no",
+            None,
+            true,
+            "saved the data set (RDB alone",
+        ),
+        (
+            "rdb-opt-out",
+            "3600 1",
+            "no",
+            Some("0"),
+            false,
+            "no SAVE (FSFREEZE_REDIS_SAVE=0",
+        ),
         ("aof", "", "yes", None, false, "no SAVE (appendonly yes"),
-        ("none", "", "no", None, false, "no SAVE (no persistence configured"),
-        ("none-forced", "", "no", Some("1"), true, "saved the data set (FSFREEZE_REDIS_SAVE=1"),
+        (
+            "none",
+            "",
+            "no",
+            None,
+            false,
+            "no SAVE (no persistence configured",
+        ),
+        (
+            "none-forced",
+            "",
+            "no",
+            Some("1"),
+            true,
+            "saved the data set (FSFREEZE_REDIS_SAVE=1",
+        ),
     ];
     for (mode, save, aof, choice, saved, said) in cases {
         let redis = Redis::start_persisting(&env.path().join(mode), save, aof);
@@ -577,16 +605,28 @@ fn redis_saves_at_the_freeze_where_it_persists_by_rdb_alone() {
         let run = run_with(&env, &vars, &["freeze"]);
         assert_eq!(run.code, Some(0), "{mode}: {run:?}");
         let after = redis.try_cli(&["LASTSAVE"]).unwrap();
-        assert_eq!(before != after, saved, "{mode}: LASTSAVE {before} -> {after}");
+        assert_eq!(
+            before != after,
+            saved,
+            "{mode}: LASTSAVE {before} -> {after}"
+        );
         assert_has(&run.log, &format!("40-redis: {said}"));
         if saved {
             // The RDB file holds the write: a server started on a copy of
             // it finds it.
             let copy = env.path().join(format!("{mode}-copy"));
             fs::create_dir_all(&copy).unwrap();
-            fs::copy(env.path().join(mode).join("dump.rdb"), copy.join("dump.rdb")).unwrap();
+            fs::copy(
+                env.path().join(mode).join("dump.rdb"),
+                copy.join("dump.rdb"),
+            )
+            .unwrap();
             let restored = Redis::start_persisting(&copy, "", "no");
-            assert_eq!(restored.try_cli(&["GET", "k"]).as_deref(), Some("acknowledged"), "{mode}");
+            assert_eq!(
+                restored.try_cli(&["GET", "k"]).as_deref(),
+                Some("acknowledged"),
+                "{mode}"
+            );
         }
         assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
     }

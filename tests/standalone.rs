@@ -672,3 +672,31 @@ fn a_command_run_from_a_terminal_may_prompt() {
     assert_eq!(fs::read_to_string(&got).unwrap(), "yes\n");
     assert!(!fs.frozen());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_snapshot_thawed_by_someone_else_while_command_ran_exits_123() {
+    let _exclusive = freezing_test("torn_snapshot");
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    env.tracing_hook("10-app", "");
+    let m = fs.mnt.display().to_string();
+    // COMMAND succeeds, but the filesystem was thawed under it (as another
+    // qemu-ga's thaw, `fsfreeze -u` or a guard would): its copy may be torn.
+    let cmd = format!("fsfreeze -u '{m}'; exit 0");
+    let run = env.run(&["snapshot", "-m", &m, "--", "sh", "-c", &cmd]);
+    assert_eq!(run.code, Some(123), "{run:?}");
+    assert_has(
+        &run.stderr,
+        &format!("{m} was no longer frozen at the thaw: someone else thawed it"),
+    );
+    assert_has(&run.log, "what was copied meanwhile may be torn");
+    assert!(!fs.frozen());
+    // Nothing is left recorded: the next freeze is not refused.
+    let status = env.run(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(json["held"], false, "{}", status.stdout);
+    // Untouched, the same snapshot is COMMAND's status.
+    let run = env.run(&["snapshot", "-m", &m, "--", "sh", "-c", "exit 0"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+}

@@ -195,7 +195,9 @@ pub fn freeze_all(
 }
 
 /// Thaws `frozen` (given in freeze order) in mount order. A filesystem that
-/// is not frozen (EINVAL) is no failure. One whose path now leads to another
+/// is not frozen (EINVAL) is no failure, unless this freeze froze it (its
+/// device is known): then someone else thawed it meanwhile, a failure
+/// (see [`thawed_early`]). One whose path now leads to another
 /// filesystem (a directory on the way swapped for a link) is thawed through
 /// another of its mounts if mountinfo has one, and is a failure if none is
 /// found. Returns the failures.
@@ -216,7 +218,11 @@ pub fn thaw_all(fs: &dyn Filesystems, frozen: &[FrozenFs], log: &Log) -> Vec<(Fr
         };
         match result {
             Ok(()) => log.line(&format!("thawed {shown}")),
-            Err(Errno::EINVAL) => log.line(&format!("{shown} was not frozen")),
+            // Not ours (a recovery's --all, the guard's every filesystem):
+            // nothing to say but that.
+            Err(Errno::EINVAL) if f.dev.is_none() => log.line(&format!("{shown} was not frozen")),
+            // One we froze, thawed by someone else meanwhile: what was
+            // copied since may be torn. A failure, but nothing to keep.
             Err(e) => {
                 log.line(&thaw_failure(f, e));
                 failed.push((f.clone(), e));
@@ -226,10 +232,19 @@ pub fn thaw_all(fs: &dyn Filesystems, frozen: &[FrozenFs], log: &Log) -> Vec<(Fr
     failed
 }
 
+/// Whether a thaw's failures include a filesystem someone else thawed
+/// before it (what a snapshot copied may be torn).
+pub fn thawed_early(failed: &[(FrozenFs, Errno)]) -> bool {
+    failed.iter().any(|(_, e)| *e == Errno::EINVAL)
+}
+
 /// How a failed FITHAW is said.
 pub fn thaw_failure(f: &FrozenFs, e: Errno) -> String {
     let shown = escape_path(&f.mountpoint);
     match e {
+        Errno::EINVAL => format!(
+            "{shown} was no longer frozen at the thaw: someone else thawed it (another qemu-ga's thaw, fsfreeze -u, a guard); what was copied meanwhile may be torn"
+        ),
         Errno::EXDEV => format!(
             "FITHAW of {shown} not done: its path leads to another filesystem now, and no other mount of the frozen one was found; it stays frozen"
         ),

@@ -57,7 +57,14 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool) -> Exit {
     let _lock = match lock {
         Ok(l) => l,
         Err(exit) if fs && !frozen.is_empty() => {
-            // Thawed, but the hooks could not run: not a refusal.
+            // Thawed, but the hooks could not run: not a refusal. The
+            // journal says so (one appended line), so that the next thaw
+            // does not take them for thawed by someone else.
+            if fs_failed.is_empty()
+                && let Err(e) = Journal::new(&settings.state_dir).note_fs_thawed()
+            {
+                log.warn(&format!("{e:#}"));
+            }
             let why = exit.line().unwrap_or("no lock").to_string();
             let line = format!(
                 "{what}: {} of {} filesystem(s) thawed, but no thaw hook ran ({why}); run `fsfreeze-hook thaw` again for the hooks",

@@ -77,7 +77,13 @@ pub fn thaw_hooks(
         },
     };
     keep.complete = true;
-    keep.filesystems = fs_failed.iter().rev().map(|(f, _)| f.clone()).collect();
+    // One thawed by someone else is not frozen: nothing to keep of it.
+    keep.filesystems = fs_failed
+        .iter()
+        .rev()
+        .filter(|(_, e)| *e != Errno::EINVAL)
+        .map(|(f, _)| f.clone())
+        .collect();
     if let Err(e) = journal.keep_unthawed(&keep, cause.word()) {
         log.warn(&format!("{e:#}"));
     }

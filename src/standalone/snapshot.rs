@@ -85,6 +85,7 @@ pub fn snapshot(
     // Thaw first, in every case: the guarantee comes before the courtesy to
     // a COMMAND still running.
     let failed = thaw_frozen(&mut runner, &frozen, log);
+    let torn = crate::filesystems::thawed_early(&failed);
     let exited = || format!("{} exited with status {code}", program(command));
     log.line(&format!(
         "{}; filesystems were frozen for {}",
@@ -104,7 +105,12 @@ pub fn snapshot(
     // After FITHAW: nothing is frozen any more.
     crate::phase::metrics::record(settings, log, "snapshot", start, &end, &ran);
     setup::log_end(log, "snapshot", start, &end);
-    exit_of(end, code, stopped)
+    let exit = exit_of(end, code, stopped);
+    match (torn, exit.line()) {
+        // Its own status, whatever COMMAND's was: the copy may be torn.
+        (true, Some(line)) => Exit::Torn(line.to_string()),
+        _ => exit,
+    }
 }
 
 /// Starts COMMAND and waits for its end, the frozen window's or a stop
