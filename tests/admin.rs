@@ -268,20 +268,22 @@ fn enable_creates_qemu_ga_conf_when_there_is_none_and_disable_removes_it() {
     assert_eq!(tree(root.path()), before);
 }
 
-#[test]
-#[ignore = "needs root"]
-fn check_lists_every_problem_of_the_config_not_only_the_first() {
-    require_root("check_every_config_problem");
+/// A Debian image, enabled, with `config` as its fsfreeze-hook.conf; the
+/// image and its path as `--root` takes it.
+fn enabled_debian_with(config: &str) -> (tempfile::TempDir, String) {
     let root = tempfile::tempdir().unwrap();
     let r = at(root.path());
     debian(root.path());
     assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
-    put(
-        root.path(),
-        "/etc/qemu/fsfreeze-hook.conf",
-        "timeout = \"5 s\"\nkill_grace = \"soon\"\nbogus = 1\n",
-        0o644,
-    );
+    put(root.path(), "/etc/qemu/fsfreeze-hook.conf", config, 0o644);
+    (root, r)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn check_lists_every_problem_of_the_config_not_only_the_first() {
+    require_root("check_every_config_problem");
+    let (_root, r) = enabled_debian_with("timeout = \"5 s\"\nkill_grace = \"soon\"\nbogus = 1\n");
     let out = run(&["check", "--root", &r]);
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let problems: Vec<&str> = out
@@ -304,15 +306,8 @@ fn check_lists_every_problem_of_the_config_not_only_the_first() {
 #[ignore = "needs root"]
 fn check_json_and_a_metrics_directory_that_does_not_exist() {
     require_root("check_json_metrics");
-    let root = tempfile::tempdir().unwrap();
-    let r = at(root.path());
-    debian(root.path());
-    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
-    put(
-        root.path(),
-        "/etc/qemu/fsfreeze-hook.conf",
+    let (root, r) = enabled_debian_with(
         "metrics_file = \"/var/lib/prometheus/node-exporter/fsfreeze_hook.prom\"\n",
-        0o644,
     );
     let out = run(&["check", "--root", &r, "--json"]);
     assert_eq!(out.code, Some(1), "{}", out.stdout);

@@ -207,18 +207,23 @@ fn build_from(binary: &Path, work: &Path) -> String {
 /// `dpkg` on the scratch root `root` (maintainer scripts run outside it,
 /// with DPKG_ROOT set, as dpkg's --force-script-chrootless does).
 fn dpkg(root: &Path, args: &[&str]) -> String {
-    let out = Command::new("dpkg")
-        .arg(format!("--root={}", root.display()))
-        .args(["--log=/dev/null", "--force-script-chrootless"])
-        .args(args)
-        .output()
-        .unwrap();
+    succeeds(
+        Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .args(["--log=/dev/null", "--force-script-chrootless"])
+            .args(args),
+    )
+}
+
+/// Runs `cmd`, which must succeed; what it printed on both streams.
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "dpkg {args:?}: {said}");
+    assert!(out.status.success(), "{cmd:?}: {said}");
     said
 }
 
@@ -410,18 +415,11 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
     fs::copy("/bin/busybox", root.join("usr/bin/sh")).expect("busybox-static");
     let r = at(&root);
     let rpm_at = |args: &[&str]| {
-        let out = Command::new("rpm")
-            .args(["--root", &r, "--nodeps", "--nosignature"])
-            .args(args)
-            .output()
-            .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "rpm {args:?}: {said}");
-        said
+        succeeds(
+            Command::new("rpm")
+                .args(["--root", &r, "--nodeps", "--nosignature"])
+                .args(args),
+        )
     };
     let stock = fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap();
     rpm_at(&["-i", &rpm]);
