@@ -114,7 +114,7 @@ impl Mariadb {
         fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 
-    fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.dir.join("sock")
     }
 
@@ -409,7 +409,7 @@ fn postgresql_checkpoint_runs_before_the_freeze() {
 
 // ---- Redis ----------------------------------------------------------------------
 
-struct Redis {
+pub struct Redis {
     dir: PathBuf,
 }
 
@@ -420,7 +420,7 @@ impl Redis {
     }
 
     /// A server with the save rule `save` and `appendonly`.
-    fn start_persisting(dir: &Path, save: &str, appendonly: &str) -> Redis {
+    pub fn start_persisting(dir: &Path, save: &str, appendonly: &str) -> Redis {
         fs::create_dir_all(dir).unwrap();
         let r = Redis {
             dir: dir.to_path_buf(),
@@ -445,7 +445,7 @@ impl Redis {
         r
     }
 
-    fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.dir.join("sock")
     }
 
@@ -455,14 +455,14 @@ impl Redis {
         c
     }
 
-    fn try_cli(&self, args: &[&str]) -> Option<String> {
+    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
         let out = self.cli_command(args).output().ok()?;
         Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Ends the server by its pid (a SHUTDOWN could be refused: a password
     /// set by a test, a pause).
-    fn stop(&self) {
+    pub fn stop(&self) {
         if let Some(pid) = fs::read_to_string(self.dir.join("pid"))
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok())
