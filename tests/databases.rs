@@ -278,20 +278,68 @@ fn mariadb_lock_that_cannot_be_taken_fails_the_freeze() {
 
 // ---- PostgreSQL ---------------------------------------------------------------
 
-struct Postgres {
+pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
     running: bool,
 }
 
 impl Postgres {
-    fn start(dir: &Path) -> Postgres {
-        let bin = fs::read_dir("/usr/lib/postgresql")
+    fn bin() -> PathBuf {
+        fs::read_dir("/usr/lib/postgresql")
             .expect("postgresql (the test command installs it)")
             .filter_map(|e| e.ok())
             .map(|e| e.path().join("bin"))
             .max()
+            .unwrap()
+    }
+
+    /// Starts the server whose data dir is `<dir>/data` as it is (a copy):
+    /// its socket and log in `dir`.
+    pub fn on_existing(dir: &Path) -> Postgres {
+        let bin = Postgres::bin();
+        // A copy of a running server's files names the original postmaster
+        // (here still a zombie of this machine); a restored machine has none.
+        let _ = fs::remove_file(dir.join("data/postmaster.pid"));
+        let _ = fs::remove_file(dir.join(".s.PGSQL.5432.lock"));
+        let _ = fs::remove_file(dir.join(".s.PGSQL.5432"));
+        let opts = format!("-k {} -c listen_addresses=''", dir.display());
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args([
+                bin.join("pg_ctl").to_str().unwrap(),
+                "-D",
+                dir.join("data").to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                dir.join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ])
+            .output()
             .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start on {}: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        Postgres {
+            dir: dir.to_path_buf(),
+            bin,
+            running: true,
+        }
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    pub fn start(dir: &Path) -> Postgres {
+        let bin = Postgres::bin();
         fs::create_dir_all(dir).unwrap();
         nix::unistd::chown(
             dir,
@@ -335,21 +383,21 @@ impl Postgres {
         }
     }
 
-    fn sql(&self, sql: &str) -> String {
+    pub fn sql(&self, sql: &str) -> String {
         sh(Command::new("psql")
             .args(["-X", "-At", "-U", "postgres", "-h"])
             .arg(&self.dir)
             .args(["-c", sql]))
     }
 
-    fn vars(&self) -> Vec<(&'static str, String)> {
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
         vec![
             ("PGHOST", self.dir.display().to_string()),
             ("PGUSER", "postgres".to_string()),
         ]
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if self.running {
             let _ = Command::new("runuser")
                 .args(["-u", "postgres", "--"])
