@@ -401,6 +401,119 @@ fn upgrades_of_either_package_keep_the_hook_ours_and_current_on_debian() {
     assert!(!said.contains("Configuration file"), "{said}");
 }
 
+/// Debian's own qemu-guest-agent package of `generation` ("qemu-ga-7",
+/// "qemu-ga-10"), as tests/fetch-qemu downloaded it.
+fn real_agent_deb(generation: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-qemu/debs")
+        .join(generation);
+    let found = fs::read_dir(&dir)
+        .ok()
+        .and_then(|mut d| d.find_map(|e| Some(e.ok()?.path())))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"));
+    found
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no .deb (the test command runs tests/fetch-qemu)",
+                dir.display()
+            )
+        })
+        .display()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
+    // Debian 12's qemu-guest-agent 7.2, then bookworm-backports' 10.0, the
+    // real packages, with our package enabled between them; dpkg on a root
+    // of its own (their maintainer scripts see DPKG_ROOT and leave the
+    // machine's init system alone; a mount namespace hides the machine's
+    // systemd state from them all the same).
+    use crate::admin::at;
+    require_root("real_qemu_guest_agent");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let ours = build("build-deb", work.path());
+    let script = format!(
+        "set -e\n\
+         for d in /etc/systemd /var/lib/systemd; do [ -d $d ] && mount -t tmpfs tmpfs $d; done\n\
+         dpkg() {{ command dpkg --root='{r}' --log=/dev/null --force-script-chrootless --force-depends \"$@\" </dev/null; }}\n\
+         dpkg -i '{q7}'\n\
+         cp '{r}/etc/qemu/fsfreeze-hook' '{w}/stock-7'\n\
+         dpkg -i '{ours}'\n\
+         '{r}/usr/sbin/fsfreeze-hook' enable --root '{r}'\n\
+         echo '== upgrade of qemu-guest-agent'\n\
+         dpkg -i '{q10}' 2>&1\n\
+         readlink '{r}/etc/qemu/fsfreeze-hook' >'{w}/link-after-upgrade'\n\
+         echo '== removal of fsfreeze-hook'\n\
+         dpkg -r fsfreeze-hook\n\
+         dpkg -P fsfreeze-hook\n\
+         echo '== reinstall of qemu-guest-agent'\n\
+         dpkg -i '{q10}' 2>&1",
+        r = root.display(),
+        w = work.path().display(),
+        q7 = real_agent_deb("qemu-ga-7"),
+        q10 = real_agent_deb("qemu-ga-10"),
+    );
+    let _ = at(&root);
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("Configuration file"),
+        "a conffile prompt: {said}"
+    );
+    assert!(
+        said.contains("divert /etc/qemu/fsfreeze-hook to /etc/qemu/fsfreeze-hook.stock"),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_to_string(work.path().join("link-after-upgrade"))
+            .unwrap()
+            .trim(),
+        "../../usr/sbin/fsfreeze-hook",
+        "the agent's upgrade kept the hook ours: {said}"
+    );
+    // After our removal the hook is 10.0's stock script, as if we had never
+    // been there: dpkg verifies it unmodified.
+    let hook = fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap();
+    assert!(
+        !fs::symlink_metadata(root.join("etc/qemu/fsfreeze-hook"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_ne!(
+        hook,
+        fs::read(work.path().join("stock-7")).unwrap(),
+        "not 10.0's script"
+    );
+    assert!(!root.join("etc/qemu/fsfreeze-hook.stock").exists());
+    let verify = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["-V", "qemu-guest-agent"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout),
+        "",
+        "dpkg -V: the stock hook as shipped"
+    );
+    assert!(!root.join("usr/sbin/fsfreeze-hook").exists());
+}
+
 #[test]
 #[ignore = "needs root"]
 fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
