@@ -33,6 +33,41 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The command line's definition, every global option hidden from the help
+/// of the commands that ignore it (they still accept it, and ignore it):
+/// what parsing, the man page and the completions read.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let ignores = |name: &str| -> &'static [&'static str] {
+        match name {
+            "hold" | "release" => &["hooks_dir", "timeout", "on_error"],
+            "status" => &["hooks_dir", "log_file", "timeout", "on_error"],
+            "list" => &["log_file"],
+            "check" | "enable" | "disable" | "completions" => &[
+                "config",
+                "hooks_dir",
+                "log_file",
+                "state_dir",
+                "timeout",
+                "on_error",
+            ],
+            _ => &[],
+        }
+    };
+    let cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd.get_arguments().cloned().collect();
+    // Each ignored global gets a hidden copy of its own in the command:
+    // global propagation skips a command that defines the argument already.
+    cmd.mut_subcommands(|sub| {
+        let hidden: Vec<clap::Arg> = ignores(sub.get_name())
+            .iter()
+            .filter_map(|id| globals.iter().find(|a| a.get_id() == *id))
+            .map(|a| a.clone().global(false).hide(true))
+            .collect();
+        sub.args(hidden)
+    })
+}
+
 /// Options accepted before or after the command word (qemu-ga passes none:
 /// each can be set in the config file too).
 #[derive(Debug, Args)]
@@ -280,6 +315,8 @@ mod tests {
     #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
+        // And with each ignored global hidden where it is ignored.
+        super::command().debug_assert();
     }
 
     #[test]

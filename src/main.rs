@@ -24,8 +24,6 @@ mod text;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 use crate::config::Settings;
 use crate::exit::Exit;
@@ -40,7 +38,8 @@ fn main() -> ExitCode {
         .next()
         .map(PathBuf::from)
         .unwrap_or_default();
-    let cli = Cli::parse();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&cli::command().get_matches())
+        .unwrap_or_else(|e| e.exit());
     let snapshot = matches!(cli.command, Command::Snapshot { .. });
     let exit = run(cli, &argv0);
     // A snapshot refused before COMMAND ran says so with its own status,
@@ -288,7 +287,7 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
         Command::Enable { root, dry_run } => admin::enable::enable(&root, dry_run),
         Command::Disable { root, dry_run } => admin::enable::disable(&root, dry_run),
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut cmd = cli::command();
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut script);
             // A reader that stops early (`| head`) is no error of ours.

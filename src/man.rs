@@ -3,10 +3,6 @@
 //! sections below. A test regenerates it and fails when the checked-in page
 //! is stale; `UPDATE_MAN=1 cargo test man_page` rewrites it.
 
-use clap::CommandFactory;
-
-use crate::cli::Cli;
-
 /// Appended to the generated DESCRIPTION.
 const CHAIN: &str = r#".PP
 When a hypervisor (Proxmox VE, libvirt, OpenStack) snapshots or backs up a
@@ -220,7 +216,7 @@ fsfreeze\-hook snapshot \-m /srv/db \-\- lvcreate \-s \-n db\-snap \-L 2G vg/db
 
 /// The whole page.
 pub fn render() -> String {
-    let cmd = Cli::command();
+    let cmd = crate::cli::command();
     let man = clap_mangen::Man::new(cmd.clone())
         .section("8")
         .date(DATE)

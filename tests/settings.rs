@@ -225,3 +225,33 @@ fn a_copy_beside_a_broken_config_logs_its_refusal_where_the_default_log_is() {
     assert_has(&stdout, "freeze refused: config ");
     assert_has(&stdout, "key `timeout`");
 }
+
+#[test]
+fn each_commands_help_lists_only_the_global_options_it_uses() {
+    let help = |cmd: &str| {
+        let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let release = help("release");
+    for ignored in ["--timeout", "--on-error", "--hooks-dir"] {
+        assert!(
+            !release.contains(ignored),
+            "release --help shows {ignored}:\n{release}"
+        );
+    }
+    assert_has(&release, "--state-dir");
+    let check = help("check");
+    assert!(
+        !check.contains("--log-file") && !check.contains("--config"),
+        "{check}"
+    );
+    let freeze = help("freeze");
+    for used in ["--timeout", "--on-error", "--hooks-dir", "--config"] {
+        assert_has(&freeze, used);
+    }
+    // Still accepted where ignored (a script may pass them everywhere).
+    let env = Env::new();
+    let run = env.run(&["release", "db", "--timeout", "5s", "--on-error", "continue"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+}
