@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, freezing_test};
+use crate::common::{Env, Run, freezing_test};
 use crate::databases::{Mariadb, run_with, use_example};
 use crate::loopfs::LoopFs;
 
@@ -59,6 +59,39 @@ impl Load {
         }
         self.committed.lock().unwrap().clone()
     }
+}
+
+/// `snapshot -m <its mount> -- cp --sparse=always <its image> <copy>` of the
+/// test's filesystem, with the hooks' `vars`.
+fn snapshot_copy(env: &Env, vars: &[(&str, String)], fs: &LoopFs, copy: &Path) -> Run {
+    let m = fs.mnt.display().to_string();
+    let image = fs.image.display().to_string();
+    let copy = copy.display().to_string();
+    run_with(
+        env,
+        vars,
+        &[
+            "snapshot",
+            "-m",
+            &m,
+            "--",
+            "cp",
+            "--sparse=always",
+            &image,
+            &copy,
+        ],
+    )
+}
+
+/// The same copy of the live filesystem, without hook or freeze.
+fn live_copy(fs: &LoopFs, copy: &Path) {
+    let copied = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&fs.image)
+        .arg(copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
 }
 
 /// What a MariaDB started on a copy of the image shows.
@@ -116,23 +149,8 @@ fn mariadb_snapshot_with_the_example_hook_restores_exactly_what_was_committed() 
 
     // With the hook and the freeze.
     let copy = env.path().join("with-freeze.img");
-    let image = fs.image.to_str().unwrap().to_string();
-    let m = fs.mnt.display().to_string();
     let before = Instant::now();
-    let run = run_with(
-        &env,
-        &db.vars("5m"),
-        &[
-            "snapshot",
-            "-m",
-            &m,
-            "--",
-            "cp",
-            "--sparse=always",
-            &image,
-            copy.to_str().unwrap(),
-        ],
-    );
+    let run = snapshot_copy(&env, &db.vars("5m"), &fs, &copy);
     let after = Instant::now();
     assert_eq!(run.code, Some(0), "{run:?}");
     thread::sleep(Duration::from_millis(500));
@@ -140,13 +158,7 @@ fn mariadb_snapshot_with_the_example_hook_restores_exactly_what_was_committed() 
     // Without: the same copy of a live filesystem.
     let raw = env.path().join("without-freeze.img");
     let raw_start = Instant::now();
-    assert!(
-        Command::new("cp")
-            .args(["--sparse=always", &image, raw.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    live_copy(&fs, &raw);
     thread::sleep(Duration::from_millis(300));
     let committed = load.finish();
     db.stop();
@@ -240,27 +252,12 @@ fn redis_snapshot_with_the_example_hook_restores_every_acknowledged_write() {
     });
     thread::sleep(Duration::from_millis(1500));
     let copy = env.path().join("copy.img");
-    let image = fs.image.to_str().unwrap().to_string();
-    let m = fs.mnt.display().to_string();
     let vars = vec![(
         "FSFREEZE_REDIS_SOCKET",
         redis.socket().display().to_string(),
     )];
     let before = Instant::now();
-    let run = run_with(
-        &env,
-        &vars,
-        &[
-            "snapshot",
-            "-m",
-            &m,
-            "--",
-            "cp",
-            "--sparse=always",
-            &image,
-            copy.to_str().unwrap(),
-        ],
-    );
+    let run = snapshot_copy(&env, &vars, &fs, &copy);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(
         run.log.contains("40-redis: saved the data set (RDB alone"),
@@ -367,35 +364,14 @@ fn postgresql_snapshot_with_the_example_hook_restores_every_committed_row() {
         c
     });
     thread::sleep(Duration::from_millis(2000));
-    let image = fs.image.to_str().unwrap().to_string();
-    let m = fs.mnt.display().to_string();
     let copy = env.path().join("with-freeze.img");
     let before = Instant::now();
-    let run = run_with(
-        &env,
-        &db.vars(),
-        &[
-            "snapshot",
-            "-m",
-            &m,
-            "--",
-            "cp",
-            "--sparse=always",
-            &image,
-            copy.to_str().unwrap(),
-        ],
-    );
+    let run = snapshot_copy(&env, &db.vars(), &fs, &copy);
     assert_eq!(run.code, Some(0), "{run:?}");
     thread::sleep(Duration::from_millis(500));
     // Without: the same copy of the live filesystem, and no CHECKPOINT.
     let raw = env.path().join("without-freeze.img");
-    assert!(
-        Command::new("cp")
-            .args(["--sparse=always", &image, raw.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    live_copy(&fs, &raw);
     thread::sleep(Duration::from_millis(300));
     let committed = load.finish();
     db.stop();

@@ -278,6 +278,13 @@ fn mariadb_lock_that_cannot_be_taken_fails_the_freeze() {
 
 // ---- PostgreSQL ---------------------------------------------------------------
 
+/// `args` run as the postgres user.
+fn as_postgres(args: &[&str]) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).args(args);
+    c
+}
+
 pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
@@ -304,21 +311,19 @@ impl Postgres {
         let _ = fs::remove_file(dir.join(".s.PGSQL.5432.lock"));
         let _ = fs::remove_file(dir.join(".s.PGSQL.5432"));
         let opts = format!("-k {} -c listen_addresses=''", dir.display());
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .args([
-                bin.join("pg_ctl").to_str().unwrap(),
-                "-D",
-                dir.join("data").to_str().unwrap(),
-                "-o",
-                &opts,
-                "-l",
-                dir.join("log").to_str().unwrap(),
-                "-w",
-                "start",
-            ])
-            .output()
-            .unwrap();
+        let out = as_postgres(&[
+            bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            dir.join("data").to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            dir.join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ])
+        .output()
+        .unwrap();
         assert!(
             out.status.success(),
             "pg_ctl start on {}: {}{}",
@@ -349,38 +354,16 @@ impl Postgres {
             None,
         )
         .unwrap();
-        let as_pg = |args: &[&str]| {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).args(args);
-            c
-        };
-        let data = dir.join("data");
-        sh(&mut as_pg(&[
+        sh(&mut as_postgres(&[
             bin.join("initdb").to_str().unwrap(),
             "-D",
-            data.to_str().unwrap(),
+            dir.join("data").to_str().unwrap(),
             "-A",
             "trust",
             "-U",
             "postgres",
         ]));
-        let opts = format!("-k {} -c listen_addresses=''", dir.display());
-        sh(&mut as_pg(&[
-            bin.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-o",
-            &opts,
-            "-l",
-            dir.join("log").to_str().unwrap(),
-            "-w",
-            "start",
-        ]));
-        Postgres {
-            dir: dir.to_path_buf(),
-            bin,
-            running: true,
-        }
+        Postgres::on_existing(dir)
     }
 
     pub fn sql(&self, sql: &str) -> String {
@@ -399,9 +382,7 @@ impl Postgres {
 
     pub fn stop(&mut self) {
         if self.running {
-            let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"))
+            let _ = as_postgres(&[self.bin.join("pg_ctl").to_str().unwrap()])
                 .args([
                     "-D",
                     self.dir.join("data").to_str().unwrap(),

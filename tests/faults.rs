@@ -699,6 +699,8 @@ fn a_real_time_signal_to_the_runner_is_ignored() {
         env.trace(),
         ["10-a freeze rollback=0", "20-b freeze rollback=0"]
     );
+    // As root the freeze left a guard: the thaw stands it down.
+    env.run(&["thaw"]);
 }
 
 // ---- the whole trust chain (as root: other users' files and links) --------

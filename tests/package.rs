@@ -12,20 +12,25 @@ use crate::common::{BIN, require_root};
 /// Runs `packaging/SCRIPT` on the test binary into `<work>/out`; the
 /// package's path.
 fn build(script: &str, work: &Path) -> String {
+    build_of(script, Path::new(BIN), &work.join("out"))
+}
+
+/// Runs `packaging/SCRIPT` on `binary` into `out`; the package's path.
+fn build_of(script: &str, binary: &Path, out: &Path) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("packaging")
         .join(script);
-    let out = Command::new(&path)
-        .arg(BIN)
-        .arg(work.join("out"))
+    let built = Command::new(&path)
+        .arg(binary)
+        .arg(out)
         .output()
         .unwrap_or_else(|e| panic!("packaging/{script}: {e}"));
     assert!(
-        out.status.success(),
+        built.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&built.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    String::from_utf8_lossy(&built.stdout).trim().to_string()
 }
 
 #[test]
@@ -195,13 +200,7 @@ fn logrotate_rotates_the_default_logs(root: &Path) {
 
 /// packaging/build-deb of `binary`; the package's path.
 fn build_from(binary: &Path, work: &Path) -> String {
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-deb"))
-        .arg(binary)
-        .arg(work.join("from-out"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    build_of("build-deb", binary, &work.join("from-out"))
 }
 
 /// `dpkg` on the scratch root `root` (maintainer scripts run outside it,
@@ -555,17 +554,8 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
     );
     // An upgrade to another build reaches the hook qemu-ga runs.
     let newer = newer_build(work.path());
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-rpm"))
-        .arg(&newer)
-        .arg(work.path().join("newer-out"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    rpm_at(&[
-        "-U",
-        "--replacepkgs",
-        String::from_utf8_lossy(&out.stdout).trim(),
-    ]);
+    let newer_rpm = build_of("build-rpm", &newer, &work.path().join("newer-out"));
+    rpm_at(&["-U", "--replacepkgs", &newer_rpm]);
     assert_eq!(
         fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
         fs::read(&newer).unwrap(),

@@ -254,6 +254,8 @@ fn no_scheduled_start_lies_past_the_phase_deadline() {
     let run = env.run(&["freeze"]);
     assert!(run.elapsed < Duration::from_secs(9), "{:?}", run.elapsed);
     assert_has(&run.log, "phase_timeout");
+    // As root a freeze that went on left a guard: the thaw stands it down.
+    env.run(&["thaw"]);
 }
 
 #[test]
@@ -272,4 +274,6 @@ fn an_absurd_durations_history_is_ignored() {
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.elapsed < Duration::from_secs(6), "{:?}", run.elapsed);
+    // As root the freeze left a guard: the thaw stands it down.
+    env.run(&["thaw"]);
 }

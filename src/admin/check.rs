@@ -188,11 +188,12 @@ fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
                 ));
             }
         }
-        Ok(bytes) if crate::text::contains(&bytes, crate::phase::journal::HEADER.as_bytes()) => out
-            .push(Finding::Note(format!(
+        Ok(bytes) if crate::admin::enable::a_build_of_ours(&bytes) => {
+            out.push(Finding::Note(format!(
                 "{} is another build of fsfreeze-hook than this one",
                 hook.display()
-            ))),
+            )))
+        }
         Ok(_) => out.push(problem(
             format!("{} is another program, not fsfreeze-hook", hook.display()),
             "run `fsfreeze-hook enable`",

@@ -269,6 +269,12 @@ fn hook_to_set(root: &Path, agent: &agent::Agent) -> Result<(PathBuf, Option<Pat
     }
 }
 
+/// Whether `bytes` are a build of fsfreeze-hook (any version): the
+/// journal's header is in every one.
+pub fn a_build_of_ours(bytes: &[u8]) -> bool {
+    crate::text::contains(bytes, crate::phase::journal::HEADER.as_bytes())
+}
+
 /// Where the package installs the binary.
 const PACKAGED: &str = "/usr/sbin/fsfreeze-hook";
 
@@ -299,8 +305,7 @@ impl Plan {
     /// upgrades reach qemu-ga with no other step). `false`: not such a
     /// system, the hook is installed as a copy.
     fn divert_and_link(&mut self, hook: &Path) -> Result<bool, String> {
-        let packaged = fs::read(self.path(Path::new(PACKAGED)))
-            .is_ok_and(|b| crate::text::contains(&b, crate::phase::journal::HEADER.as_bytes()));
+        let packaged = fs::read(self.path(Path::new(PACKAGED))).is_ok_and(|b| a_build_of_ours(&b));
         let owned = packaged
             && std::process::Command::new("dpkg-query")
                 .arg(format!("--root={}", self.root.display()))
@@ -320,14 +325,7 @@ impl Plan {
             println!("{} already leads to {PACKAGED}", hook.display());
             return Ok(true);
         }
-        let stock = stock_path(hook);
-        if self.path(&stock).exists() {
-            return Err(format!(
-                "{} exists: move it away first (it is where dpkg would divert {})",
-                stock.display(),
-                hook.display()
-            ));
-        }
+        let stock = self.free_stock(hook)?;
         self.say(&format!(
             "divert {} to {} (dpkg-divert: qemu-guest-agent's upgrades write it there; `disable` puts it back)",
             hook.display(),
@@ -361,19 +359,17 @@ impl Plan {
     fn install(&mut self, hook: &Path, binary: &[u8]) -> Result<(), String> {
         let linked =
             fs::symlink_metadata(self.entry(hook)).is_ok_and(|m| m.file_type().is_symlink());
-        let copy_of_ours = fs::read(self.path(hook))
-            .is_ok_and(|b| crate::text::contains(&b, crate::phase::journal::HEADER.as_bytes()));
+        let existing = fs::read(self.path(hook));
+        let copy_of_ours = existing.as_deref().is_ok_and(a_build_of_ours);
         if (linked || !copy_of_ours) && self.divert_and_link(hook)? {
             return Ok(());
         }
-        match fs::read(self.path(hook)) {
+        match existing {
             Ok(existing) if existing == binary => {
                 println!("{} is already this fsfreeze-hook", hook.display());
                 return Ok(());
             }
-            Ok(existing)
-                if crate::text::contains(&existing, crate::phase::journal::HEADER.as_bytes()) =>
-            {
+            Ok(existing) if a_build_of_ours(&existing) => {
                 self.say(&format!(
                     "replace {} (another build of fsfreeze-hook) with this one",
                     hook.display()
@@ -393,8 +389,9 @@ impl Plan {
         Ok(())
     }
 
-    /// Moves a hook that is not ours to `<hook>.stock`, never to be run.
-    fn keep_aside(&mut self, hook: &Path) -> Result<(), String> {
+    /// `<hook>.stock`, where a hook that is not ours goes, if nothing is
+    /// there yet.
+    fn free_stock(&self, hook: &Path) -> Result<PathBuf, String> {
         let stock = stock_path(hook);
         if self.path(&stock).exists() {
             return Err(format!(
@@ -403,6 +400,12 @@ impl Plan {
                 stock.display()
             ));
         }
+        Ok(stock)
+    }
+
+    /// Moves a hook that is not ours to `<hook>.stock`, never to be run.
+    fn keep_aside(&mut self, hook: &Path) -> Result<(), String> {
+        let stock = self.free_stock(hook)?;
         self.say(&format!(
             "keep {} as {} (never run; `disable` puts it back)",
             hook.display(),
@@ -557,10 +560,9 @@ impl Plan {
             Change::ConfCreated(conf) => remove(conf),
             Change::Hook(path, sum) => {
                 let now = fs::read(self.path(path)).ok();
-                let installed = now.as_deref().is_some_and(|bytes| {
-                    Some(checksum(bytes)) == *sum
-                        || crate::text::contains(bytes, crate::phase::journal::HEADER.as_bytes())
-                });
+                let installed = now
+                    .as_deref()
+                    .is_some_and(|bytes| Some(checksum(bytes)) == *sum || a_build_of_ours(bytes));
                 if now.is_none() || installed {
                     remove(path);
                 } else {
