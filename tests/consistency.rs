@@ -94,6 +94,15 @@ fn live_copy(fs: &LoopFs, copy: &Path) {
     assert!(copied.success());
 }
 
+/// The ids whose commit was acknowledged before `t`.
+fn ids_before(committed: &[(u32, Instant)], t: Instant) -> Vec<u32> {
+    committed
+        .iter()
+        .filter(|(_, at)| *at < t)
+        .map(|(i, _)| *i)
+        .collect()
+}
+
 /// What a MariaDB started on a copy of the image shows.
 #[derive(Debug)]
 struct Restored {
@@ -172,11 +181,7 @@ fn mariadb_snapshot_with_the_example_hook_restores_exactly_what_was_committed() 
         (1..=n).collect::<Vec<_>>(),
         "a consistent prefix of the inserts"
     );
-    let before_ids: Vec<u32> = committed
-        .iter()
-        .filter(|(_, t)| *t < before)
-        .map(|(i, _)| *i)
-        .collect();
+    let before_ids: Vec<u32> = ids_before(&committed, before);
     let after_ids: Vec<u32> = committed
         .iter()
         .filter(|(_, t)| *t > after)
@@ -203,11 +208,7 @@ fn mariadb_snapshot_with_the_example_hook_restores_exactly_what_was_committed() 
 
     // The comparison is a report: a live copy may or may not survive.
     let last = committed.last().map_or(0, |(i, _)| *i);
-    let raw_committed_before: Vec<u32> = committed
-        .iter()
-        .filter(|(_, t)| *t < raw_start)
-        .map(|(i, _)| *i)
-        .collect();
+    let raw_committed_before: Vec<u32> = ids_before(&committed, raw_start);
     match restore(&env, &raw, "live") {
         Ok(r) => {
             let have: std::collections::HashSet<u32> = r.ids.iter().copied().collect();
@@ -267,11 +268,7 @@ fn redis_snapshot_with_the_example_hook_restores_every_acknowledged_write() {
     thread::sleep(Duration::from_millis(300));
     let committed = load.finish();
     redis.stop();
-    let acknowledged: Vec<u32> = committed
-        .iter()
-        .filter(|(_, t)| *t < before)
-        .map(|(i, _)| *i)
-        .collect();
+    let acknowledged: Vec<u32> = ids_before(&committed, before);
     assert!(
         !acknowledged.is_empty(),
         "writes were acknowledged before the freeze"
@@ -378,11 +375,7 @@ fn postgresql_snapshot_with_the_example_hook_restores_every_committed_row() {
 
     let (ids, recovery, replayed) = restore_postgres(&env, &copy, "frozen");
     let have: std::collections::HashSet<u32> = ids.iter().copied().collect();
-    let acknowledged: Vec<u32> = committed
-        .iter()
-        .filter(|(_, t)| *t < before)
-        .map(|(i, _)| *i)
-        .collect();
+    let acknowledged: Vec<u32> = ids_before(&committed, before);
     assert!(
         !acknowledged.is_empty(),
         "rows were committed before the freeze"
