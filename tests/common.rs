@@ -223,6 +223,41 @@ pub fn end_guard(state_dir: &Path) {
 impl Drop for Env {
     fn drop(&mut self) {
         end_guard(&self.state);
+        end_helpers_of(self.path());
+    }
+}
+
+/// Ends every detached helper (a guard, a watchdog: a session leader of its
+/// own) still running with `dir` on its command line, which it inherited
+/// from the run that started it: whatever the journal says by now (a later
+/// run may have rewritten it), none outlives the test.
+pub fn end_helpers_of(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let ours = cmdline.windows(needle.len()).any(|w| w == needle);
+        let session_leader = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(3)?
+                    .parse::<i32>()
+                    .ok()
+            })
+            == Some(pid);
+        if ours && session_leader {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
