@@ -1021,6 +1021,82 @@ fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
         "{}",
         out.stdout
     );
+    assert_has(
+        &out.stdout,
+        "note: state dir /run/fsfreeze-hook is not there yet (what qemu-ga makes there is virt_qemu_ga_var_run_t)",
+    );
+    // What the runner writes in qemu-ga's domain: the state dir that an
+    // administrator's shell made first (var_run_t), the log, and the
+    // boolean that lets hooks reach a database.
+    fs::create_dir(root.join("run/fsfreeze-hook")).unwrap();
+    label(
+        &root.join("run/fsfreeze-hook"),
+        "unconfined_u:object_r:var_run_t:s0",
+    );
+    put(&root, "/var/log/qemu-ga/fsfreeze-hook.log", "", 0o640);
+    label(
+        &root.join("var/log/qemu-ga/fsfreeze-hook.log"),
+        "system_u:object_r:var_log_t:s0",
+    );
+    put(
+        &root,
+        "/sys/fs/selinux/booleans/virt_qemu_ga_run_unconfined",
+        "0 0",
+        0o644,
+    );
+    let out = run(&["check", "--root", &r]);
+    assert_has(
+        &out.stdout,
+        "problem: state dir /run/fsfreeze-hook is labelled unconfined_u:object_r:var_run_t:s0, not virt_qemu_ga_var_run_t: qemu-ga's SELinux domain may not write it, and every freeze would fail. Fix: `restorecon -Rv /run/fsfreeze-hook`",
+    );
+    assert_has(
+        &out.stdout,
+        "problem: log /var/log/qemu-ga/fsfreeze-hook.log is labelled system_u:object_r:var_log_t:s0, not virt_qemu_ga_log_t",
+    );
+    assert_has(
+        &out.stdout,
+        "problem: virt_qemu_ga_run_unconfined is off: hooks run confined in qemu-ga's own domain, where a database client is denied its server. Fix: `setsebool -P virt_qemu_ga_run_unconfined on`",
+    );
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("4 problem(s)"),
+        "{}",
+        out.stdout
+    );
+    label(
+        &root.join("run/fsfreeze-hook"),
+        "system_u:object_r:virt_qemu_ga_var_run_t:s0",
+    );
+    label(
+        &root.join("var/log/qemu-ga/fsfreeze-hook.log"),
+        "system_u:object_r:virt_qemu_ga_log_t:s0",
+    );
+    put(
+        &root,
+        "/sys/fs/selinux/booleans/virt_qemu_ga_run_unconfined",
+        "1 1",
+        0o644,
+    );
+    let out = run(&["check", "--root", &r]);
+    assert_has(
+        &out.stdout,
+        "ok: state dir /run/fsfreeze-hook is labelled system_u:object_r:virt_qemu_ga_var_run_t:s0",
+    );
+    assert_has(
+        &out.stdout,
+        "ok: log /var/log/qemu-ga/fsfreeze-hook.log is labelled system_u:object_r:virt_qemu_ga_log_t:s0",
+    );
+    assert_has(
+        &out.stdout,
+        "ok: virt_qemu_ga_run_unconfined is on: hooks run unconfined",
+    );
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("1 problem(s)"),
+        "{}",
+        out.stdout
+    );
+
     // Permissive: said, not a problem. A log outside /var/log/qemu-ga is
     // a problem only when enforcing.
     put(&root, "/sys/fs/selinux/enforce", "0", 0o644);

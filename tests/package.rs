@@ -4,6 +4,7 @@
 //! `rpm --root`, where `check` and `enable --dry-run` then run.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -199,6 +200,72 @@ fn logrotate_rotates_the_default_logs(root: &Path) {
 }
 
 /// packaging/build-deb of `binary`; the package's path.
+/// The least policy `secilc` compiles a module against: what every policy
+/// must declare, and the types the module names, as RHEL's policy declares
+/// them (virt_supplementary.te).
+const STUB_POLICY: &str = "\
+(class file (read))
+(classorder (file))
+(sid kernel)
+(sidorder (kernel))
+(user system_u)
+(role system_r)
+(role object_r)
+(type kernel_t)
+(type virt_qemu_ga_var_run_t)
+(category c0)
+(categoryorder (c0))
+(sensitivity s0)
+(sensitivityorder (s0))
+(sensitivitycategory s0 (c0))
+(allow kernel_t self (file (read)))
+(roletype system_r kernel_t)
+(roletype object_r virt_qemu_ga_var_run_t)
+(userrole system_u system_r)
+(userrole system_u object_r)
+(userlevel system_u (s0))
+(userrange system_u ((s0) (s0 (c0))))
+(sidcontext kernel (system_u system_r kernel_t ((s0) (s0))))
+";
+
+/// The package's SELinux module, compiled by Debian's `secilc` with the
+/// stub policy: the file contexts it yields give the state dir (and what is
+/// in it) qemu-ga's runtime type. A type the policy lacks would not compile.
+fn selinux_module_labels_the_state_dir(root: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let stub = work.path().join("stub.cil");
+    fs::write(&stub, STUB_POLICY).unwrap();
+    let module = root.join("usr/share/selinux/packages/fsfreeze-hook.cil");
+    let contexts = work.path().join("file_contexts");
+    let compile = |module: &Path| {
+        Command::new("secilc")
+            .args(["-M", "true", "-o"])
+            .arg(work.path().join("policy"))
+            .arg("-f")
+            .arg(&contexts)
+            .arg(&stub)
+            .arg(module)
+            .output()
+            .expect("secilc (Debian's secilc package)")
+    };
+    let out = compile(&module);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fs::read_to_string(&contexts).unwrap(),
+        "/run/fsfreeze-hook(/.*)?\tsystem_u:object_r:virt_qemu_ga_var_run_t:s0\n"
+    );
+    // The stub is a real check: a module naming a type it lacks fails.
+    let typo = work.path().join("typo.cil");
+    fs::write(
+        &typo,
+        fs::read_to_string(&module)
+            .unwrap()
+            .replace("virt_qemu_ga_var_run_t", "virt_qemu_ga_run_t"),
+    )
+    .unwrap();
+    assert!(!compile(&typo).status.success());
+}
+
 fn build_from(binary: &Path, work: &Path) -> String {
     build_of("build-deb", binary, &work.join("from-out"))
 }
@@ -533,8 +600,40 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
                 .args(args),
         )
     };
+    // SELinux enabled, its tools stand-ins that say how they were called.
+    let called = root.join("scriptlets");
+    for (tool, body) in [
+        ("selinuxenabled", "exit 0"),
+        ("semodule", "echo \"semodule $*\" >>/scriptlets"),
+        ("restorecon", "echo \"restorecon $*\" >>/scriptlets"),
+        (
+            "systemd-tmpfiles",
+            "echo \"systemd-tmpfiles $*\" >>/scriptlets",
+        ),
+    ] {
+        crate::admin::put(
+            &root,
+            &format!("/usr/sbin/{tool}"),
+            &format!("#!/usr/bin/sh\n{body}\n"),
+            0o755,
+        );
+    }
+    // The state dir an administrator's shell made before the package came.
+    fs::create_dir(root.join("run/fsfreeze-hook")).unwrap();
+    let calls = || {
+        let said = fs::read_to_string(&called).unwrap_or_default();
+        fs::remove_file(&called).ok();
+        said
+    };
     let stock = fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap();
     rpm_at(&["-i", &rpm]);
+    let module = "/usr/share/selinux/packages/fsfreeze-hook.cil";
+    let relabel = format!(
+        "semodule -X 200 -i {module}\n\
+         systemd-tmpfiles --create /usr/lib/tmpfiles.d/fsfreeze-hook.conf\n\
+         restorecon -R /run/fsfreeze-hook\n"
+    );
+    assert_eq!(calls(), relabel, "the install's %post");
     let installed = root.join("usr/sbin/fsfreeze-hook");
     let enable = Command::new(&installed)
         .args(["enable", "--root", &r])
@@ -555,19 +654,33 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
     // An upgrade to another build reaches the hook qemu-ga runs.
     let newer = newer_build(work.path());
     let newer_rpm = build_of("build-rpm", &newer, &work.path().join("newer-out"));
+    calls();
     rpm_at(&["-U", "--replacepkgs", &newer_rpm]);
     assert_eq!(
         fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
         fs::read(&newer).unwrap(),
         "the hook runs the upgraded build"
     );
+    assert_eq!(calls(), relabel, "an upgrade keeps the module, anew");
     let said = rpm_at(&["-e", "fsfreeze-hook"]);
+    assert_eq!(calls(), "semodule -X 200 -r fsfreeze-hook\n", "the erase");
     assert_eq!(
         fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
         stock,
         "{said}"
     );
     assert!(!installed.exists());
+    // Where SELinux is disabled, no module is installed or removed.
+    crate::admin::put(
+        &root,
+        "/usr/sbin/selinuxenabled",
+        "#!/usr/bin/sh\nexit 1\n",
+        0o755,
+    );
+    rpm_at(&["-i", &rpm]);
+    rpm_at(&["-e", "fsfreeze-hook"]);
+    let said = calls();
+    assert!(!said.contains("semodule"), "{said}");
 }
 
 #[test]
@@ -597,6 +710,8 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
         "/usr/share/bash-completion/completions/fsfreeze-hook",
         "/usr/share/zsh/site-functions/_fsfreeze-hook",
         "/usr/share/fish/vendor_completions.d/fsfreeze-hook.fish",
+        "/usr/share/selinux/packages/fsfreeze-hook.cil",
+        "/usr/lib/tmpfiles.d/fsfreeze-hook.conf",
     ] {
         assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
     }
@@ -660,6 +775,18 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
     let installed = root.join("usr/sbin/fsfreeze-hook");
     assert_eq!(fs::read(&installed).unwrap(), fs::read(BIN).unwrap());
     logrotate_rotates_the_default_logs(&root);
+    selinux_module_labels_the_state_dir(&root);
+    // The tmpfiles.d entry, by the real systemd-tmpfiles: the state dir as
+    // the runner makes it.
+    succeeds(Command::new("systemd-tmpfiles").args([
+        &format!("--root={r}"),
+        "--create",
+        "fsfreeze-hook.conf",
+    ]));
+    let state = fs::metadata(root.join("run/fsfreeze-hook")).unwrap();
+    assert!(state.is_dir());
+    assert_eq!(state.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&state), 0);
     put(
         &root,
         "/etc/qemu-ga/fsfreeze-hook.d/10-app",

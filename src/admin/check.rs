@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::admin::agent::{self, HookSetting, RESTART};
 use crate::admin::list::{self, Verdict};
-use crate::config::Settings;
 use crate::config::units::format_duration;
+use crate::config::{ROOT_STATE_DIR, Settings};
 use crate::exit::Exit;
 use crate::phase::discovery::SkipReason;
 use crate::phase::hookfile::Refusal;
@@ -380,7 +380,40 @@ fn selinux(
             Finding::Note(format!("{what}; fix: {fix}"))
         });
     }
+    let state = guest(&settings.state_dir);
+    let fix = if state == Path::new(ROOT_STATE_DIR) {
+        format!(
+            "`restorecon -Rv {ROOT_STATE_DIR}` (the package's SELinux module labels it so; `semodule -l | grep fsfreeze-hook` shows it installed)"
+        )
+    } else {
+        format!(
+            "`semanage fcontext -a -t {STATE_TYPE} '{}(/.*)?'`, then `restorecon -Rv {0}`",
+            state.display()
+        )
+    };
+    writes_as_the_agent(
+        &settings.state_dir,
+        &state,
+        "state dir",
+        STATE_TYPE,
+        &fix,
+        enforcing,
+        out,
+    );
     let log = guest(&settings.log_file);
+    if log.starts_with("/var/log/qemu-ga") {
+        let fix = format!("`restorecon -v {}`", log.display());
+        writes_as_the_agent(
+            &settings.log_file,
+            &log,
+            "log",
+            LOG_TYPE,
+            &fix,
+            enforcing,
+            out,
+        );
+    }
+    unconfined_hooks(root, enforcing, listing, out);
     if enforcing && !log.starts_with("/var/log/qemu-ga") {
         out.push(problem(
             format!(
@@ -390,6 +423,91 @@ fn selinux(
             "remove log_file from the config (the default under /etc/qemu-ga is /var/log/qemu-ga/fsfreeze-hook.log)",
         ));
     }
+}
+
+/// What qemu-ga's domain may write: the state dir (its policy gives a dir
+/// the agent makes in /run this type; the package's module gives it to
+/// /run/fsfreeze-hook whoever makes it), and the logs under
+/// /var/log/qemu-ga.
+const STATE_TYPE: &str = "virt_qemu_ga_var_run_t";
+const LOG_TYPE: &str = "virt_qemu_ga_log_t";
+
+/// The type of an SELinux label (`user:role:type:level`).
+fn type_of(label: &str) -> Option<&str> {
+    label.split(':').nth(2)
+}
+
+/// Judges the label of something the runner writes in qemu-ga's domain
+/// (`at`, shown as `shown`): of `wanted` type, or a problem when enforcing
+/// (a note when permissive). Not there yet: whoever makes it decides.
+fn writes_as_the_agent(
+    at: &Path,
+    shown: &Path,
+    what: &str,
+    wanted: &str,
+    fix: &str,
+    enforcing: bool,
+    out: &mut Vec<Finding>,
+) {
+    if fs::symlink_metadata(at).is_err() {
+        out.push(Finding::Note(format!(
+            "{what} {} is not there yet (what qemu-ga makes there is {wanted})",
+            shown.display()
+        )));
+        return;
+    }
+    let label = crate::sys::paths::selinux_label(at).unwrap_or_else(|| "no label".into());
+    if type_of(&label) == Some(wanted) {
+        out.push(Finding::Ok(format!(
+            "{what} {} is labelled {label}",
+            shown.display()
+        )));
+        return;
+    }
+    let what = format!(
+        "{what} {} is labelled {label}, not {wanted}: qemu-ga's SELinux domain {}",
+        shown.display(),
+        if enforcing {
+            "may not write it, and every freeze would fail"
+        } else {
+            "would be denied it when enforcing"
+        }
+    );
+    out.push(if enforcing {
+        problem(what, fix)
+    } else {
+        Finding::Note(format!("{what}; fix: {fix}"))
+    });
+}
+
+/// The boolean that lets hooks run unconfined: off (the policy's default),
+/// they run in qemu-ga's own domain, where a database client is denied its
+/// server's socket. A problem when enforcing and a hook will run.
+fn unconfined_hooks(root: &Path, enforcing: bool, listing: &list::Listing, out: &mut Vec<Finding>) {
+    const BOOLEAN: &str = "virt_qemu_ga_run_unconfined";
+    let at = in_root(root, &Path::new("/sys/fs/selinux/booleans").join(BOOLEAN));
+    let Ok(state) = fs::read_to_string(&at) else {
+        return;
+    };
+    if state.split_whitespace().next() == Some("1") {
+        out.push(Finding::Ok(format!(
+            "{BOOLEAN} is on: hooks run unconfined"
+        )));
+        return;
+    }
+    let runs = listing
+        .entries
+        .iter()
+        .any(|e| matches!(e.verdict, Verdict::Runs { .. }));
+    let what = format!(
+        "{BOOLEAN} is off: hooks run confined in qemu-ga's own domain, where a database client is denied its server"
+    );
+    let fix = format!("`setsebool -P {BOOLEAN} on`");
+    out.push(if enforcing && runs {
+        problem(what, fix)
+    } else {
+        Finding::Note(format!("{what}; to let them reach it: {fix}"))
+    });
 }
 
 /// Another hooks dir with entries, where an administrator may have put
