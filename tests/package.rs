@@ -488,45 +488,19 @@ fn real_agent_deb(generation: &str) -> String {
         .to_string()
 }
 
-#[test]
-#[ignore = "needs root"]
-fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
-    // Debian 12's qemu-guest-agent 7.2, then bookworm-backports' 10.0, the
-    // real packages, with our package enabled between them; dpkg on a root
-    // of its own (their maintainer scripts see DPKG_ROOT and leave the
-    // machine's init system alone; a mount namespace hides the machine's
-    // systemd state from them all the same).
-    use crate::admin::at;
-    require_root("real_qemu_guest_agent");
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
-    let ours = build("build-deb", work.path());
+/// Runs `steps` (shell) in a mount namespace of its own whose systemd state
+/// is a tmpfs, `dpkg` there acting on `root` (the packages' maintainer
+/// scripts see DPKG_ROOT and leave the machine's init system alone; the
+/// namespace hides the machine's systemd state from them all the same).
+/// What it printed.
+fn dpkg_steps(root: &Path, steps: &str) -> String {
     let script = format!(
         "set -e\n\
          for d in /etc/systemd /var/lib/systemd; do [ -d $d ] && mount -t tmpfs tmpfs $d; done\n\
-         dpkg() {{ command dpkg --root='{r}' --log=/dev/null --force-script-chrootless --force-depends \"$@\" </dev/null; }}\n\
-         dpkg -i '{q7}'\n\
-         cp '{r}/etc/qemu/fsfreeze-hook' '{w}/stock-7'\n\
-         dpkg -i '{ours}'\n\
-         '{r}/usr/sbin/fsfreeze-hook' enable --root '{r}'\n\
-         echo '== upgrade of qemu-guest-agent'\n\
-         dpkg -i '{q10}' 2>&1\n\
-         readlink '{r}/etc/qemu/fsfreeze-hook' >'{w}/link-after-upgrade'\n\
-         echo '== removal of fsfreeze-hook'\n\
-         dpkg -r fsfreeze-hook\n\
-         dpkg -P fsfreeze-hook\n\
-         echo '== reinstall of qemu-guest-agent'\n\
-         dpkg -i '{q10}' 2>&1",
+         dpkg() {{ command dpkg --root='{r}' --log=/dev/null --force-script-chrootless --force-depends \"$@\" </dev/null 2>&1; }}\n\
+         {steps}",
         r = root.display(),
-        w = work.path().display(),
-        q7 = real_agent_deb("qemu-ga-7"),
-        q10 = real_agent_deb("qemu-ga-10"),
     );
-    let _ = at(&root);
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
         .output()
@@ -541,34 +515,157 @@ fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
         !said.contains("Configuration file"),
         "a conffile prompt: {said}"
     );
+    said
+}
+
+/// One freeze and thaw of a loop-mounted filesystem by the agent installed
+/// in `root` (its own binary, its hook `/etc/qemu/fsfreeze-hook` there), in
+/// a mount namespace whose /var/log is `var_log` (the stock script logs to
+/// /var/log/qga-fsfreeze-hook.log). Each phase's hook in the hooks dir
+/// beside it records `$0 $1` in `trace`.
+fn freeze_by_the_installed_agent(root: &Path, var_log: &Path, trace: &Path) {
+    use crate::loopfs::LoopFs;
+    use crate::qemu_ga::{Agent, Install, TestAgent, freeze_list};
+    let qga = TestAgent::probe(root.join("usr/sbin/qemu-ga"));
+    let mut install = Install::new();
+    install.hook = root.join("etc/qemu/fsfreeze-hook");
+    let fs = LoopFs::ext4(install.dir.path());
+    fs::create_dir_all(var_log).unwrap();
+    fs::write(var_log.join("qga-fsfreeze-hook.log"), "").unwrap();
+    crate::admin::put(
+        root,
+        "/etc/qemu/fsfreeze-hook.d/10-mark",
+        &format!("#!/bin/sh\necho \"$0 $1\" >>'{}'\n", trace.display()),
+        0o755,
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!(
+            "mount --bind '{}' /var/log && exec \"$@\"",
+            var_log.display()
+        ),
+        "sh",
+    ])
+    .arg(&qga.path);
+    let mut agent = Agent::start_in(&qga, &install, cmd);
+    assert_eq!(freeze_list(&mut agent, &fs.mnt), Ok(serde_json::json!(1)));
+    assert!(fs.frozen());
+    assert_eq!(
+        agent.call("guest-fsfreeze-thaw", serde_json::json!({})),
+        Ok(serde_json::json!(1))
+    );
+    assert!(!fs.frozen());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
+    // Debian 12's qemu-guest-agent 7.2, then bookworm-backports' 10.0, the
+    // real packages, with ours installed, enabled, upgraded, removed and
+    // purged between them, on a root of their own; between the steps the
+    // agent installed there freezes a filesystem of the test's through the
+    // hook installed there.
+    use crate::admin::at;
+    let _exclusive = crate::common::freezing_test("real_qemu_guest_agent");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let ours = build("build-deb", work.path());
+    let newer = newer_build(work.path());
+    let newer_deb = build_of("build-deb", &newer, &work.path().join("newer-out"));
+    let (r, w) = (root.display(), work.path().display());
+    let (q7, q10) = (real_agent_deb("qemu-ga-7"), real_agent_deb("qemu-ga-10"));
+    let _ = at(&root);
+    let said = dpkg_steps(
+        &root,
+        &format!(
+            "dpkg -i '{q7}'\n\
+             cp '{r}/etc/qemu/fsfreeze-hook' '{w}/stock-7'\n\
+             dpkg -i '{ours}'\n\
+             '{r}/usr/sbin/fsfreeze-hook' enable --root '{r}'\n\
+             echo '== upgrade of qemu-guest-agent'\n\
+             dpkg -i '{q10}'\n\
+             echo '== upgrade of fsfreeze-hook'\n\
+             dpkg -i '{newer_deb}'"
+        ),
+    );
     assert!(
         said.contains("divert /etc/qemu/fsfreeze-hook to /etc/qemu/fsfreeze-hook.stock"),
         "{said}"
     );
+    let hook = root.join("etc/qemu/fsfreeze-hook");
     assert_eq!(
-        fs::read_to_string(work.path().join("link-after-upgrade"))
-            .unwrap()
-            .trim(),
-        "../../usr/sbin/fsfreeze-hook",
+        fs::read_link(&hook).unwrap(),
+        Path::new("../../usr/sbin/fsfreeze-hook"),
         "the agent's upgrade kept the hook ours: {said}"
+    );
+    assert_eq!(
+        fs::read(&hook).unwrap(),
+        fs::read(&newer).unwrap(),
+        "the hook is our upgraded build"
+    );
+    // The agent's next freeze runs it: our runner's log, in the test's dir.
+    let ours_log = work.path().join("ours.log");
+    crate::admin::put(
+        &root,
+        "/etc/qemu/fsfreeze-hook.conf",
+        &format!(
+            "log_file = \"{}\"\nstate_dir = \"{}\"\n",
+            ours_log.display(),
+            work.path().join("state").display()
+        ),
+        0o644,
+    );
+    let (var_log, trace) = (work.path().join("var-log"), work.path().join("trace"));
+    freeze_by_the_installed_agent(&root, &var_log, &trace);
+    let mark = root
+        .join("etc/qemu/fsfreeze-hook.d/10-mark")
+        .display()
+        .to_string();
+    assert_eq!(
+        fs::read_to_string(&trace).unwrap(),
+        format!("{mark} freeze\n{mark} thaw\n")
+    );
+    let log = fs::read_to_string(&ours_log).unwrap();
+    assert!(
+        log.contains(": freeze finished in") && log.contains(": thaw finished in"),
+        "{log}"
+    );
+    fs::remove_file(root.join("etc/qemu/fsfreeze-hook.conf")).unwrap();
+
+    let said = dpkg_steps(
+        &root,
+        &format!(
+            "echo '== removal of fsfreeze-hook'\n\
+             dpkg -r fsfreeze-hook\n\
+             echo '== reinstall of qemu-guest-agent'\n\
+             dpkg -i '{q10}'"
+        ),
     );
     // After our removal the hook is 10.0's stock script, as if we had never
     // been there: dpkg verifies it unmodified.
-    let hook = fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap();
     assert!(
-        !fs::symlink_metadata(root.join("etc/qemu/fsfreeze-hook"))
+        !fs::symlink_metadata(&hook)
             .unwrap()
             .file_type()
             .is_symlink()
     );
     assert_ne!(
-        hook,
+        fs::read(&hook).unwrap(),
         fs::read(work.path().join("stock-7")).unwrap(),
-        "not 10.0's script"
+        "not 10.0's script: {said}"
     );
     assert!(!root.join("etc/qemu/fsfreeze-hook.stock").exists());
     let verify = Command::new("dpkg")
-        .arg(format!("--root={}", root.display()))
+        .arg(format!("--root={r}"))
         .args(["-V", "qemu-guest-agent"])
         .output()
         .unwrap();
@@ -577,7 +674,37 @@ fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
         "",
         "dpkg -V: the stock hook as shipped"
     );
-    assert!(!root.join("usr/sbin/fsfreeze-hook").exists());
+    // The agent's next freeze runs the stock script: its own log says so.
+    fs::remove_file(&trace).unwrap();
+    freeze_by_the_installed_agent(&root, &var_log, &trace);
+    assert_eq!(
+        fs::read_to_string(&trace).unwrap(),
+        format!("{mark} freeze\n{mark} thaw\n")
+    );
+    let stock_log = fs::read_to_string(var_log.join("qga-fsfreeze-hook.log")).unwrap();
+    assert!(
+        stock_log.contains(&format!("Executing {mark} freeze")),
+        "{stock_log}"
+    );
+
+    // Purged: nothing of ours left, in the tree or in dpkg's records.
+    let remains = dpkg_steps(
+        &root,
+        &format!(
+            "dpkg -P fsfreeze-hook\n\
+             dpkg-divert --root='{r}' --list\n\
+             find '{r}' -name '*fsfreeze-hook*' ! -path '{r}/etc/qemu/fsfreeze-hook' ! -path '{r}/etc/qemu/fsfreeze-hook.d'"
+        ),
+    );
+    let remains: Vec<&str> = remains
+        .lines()
+        .filter(|l| {
+            !l.starts_with("(Reading database")
+                && !l.starts_with("Purging")
+                && !l.starts_with("Removing")
+        })
+        .collect();
+    assert_eq!(remains, Vec::<&str>::new(), "left after the purge");
 }
 
 #[test]

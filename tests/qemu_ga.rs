@@ -33,7 +33,7 @@ impl std::fmt::Display for TestAgent {
 }
 
 impl TestAgent {
-    fn probe(path: PathBuf) -> TestAgent {
+    pub fn probe(path: PathBuf) -> TestAgent {
         let out = Command::new(&path).arg("-V").output().unwrap();
         let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let number = version.split_whitespace().last().unwrap_or_default();
@@ -230,7 +230,7 @@ impl Agent {
         self.child.id() as i32
     }
 
-    fn start_in(qga: &TestAgent, install: &Install, mut command: Command) -> Agent {
+    pub fn start_in(qga: &TestAgent, install: &Install, mut command: Command) -> Agent {
         qga.announce();
         let dir = install.dir.path();
         let sock = dir.join("qga.sock");
