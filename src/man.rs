@@ -225,6 +225,7 @@ pub fn render() -> String {
     man.render_title(&mut out).unwrap();
     man.render_name_section(&mut out).unwrap();
     man.render_synopsis_section(&mut out).unwrap();
+    let mut out = with_values(out, &cmd);
     man.render_description_section(&mut out).unwrap();
     out.extend_from_slice(CHAIN.as_bytes());
     man.render_options_section(&mut out).unwrap();
@@ -236,6 +237,7 @@ pub fn render() -> String {
         let page = clap_mangen::Man::new(sub.clone());
         let mut part: Vec<u8> = Vec::new();
         page.render_synopsis_section(&mut part).unwrap();
+        let mut part = with_values(part, &sub);
         page.render_description_section(&mut part).unwrap();
         page.render_options_section(&mut part).unwrap();
         let text = String::from_utf8(part).unwrap();
@@ -267,6 +269,29 @@ pub fn render() -> String {
         .replace("\n\n.br\n", "\n.br\n")
 }
 
+/// A synopsis with the value each option takes (`[--config PATH]`):
+/// clap_mangen shows only the option's name.
+fn with_values(synopsis: Vec<u8>, cmd: &clap::Command) -> Vec<u8> {
+    let mut text = String::from_utf8(synopsis).unwrap();
+    for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        let (Some(long), true) = (arg.get_long(), arg.get_action().takes_values()) else {
+            continue;
+        };
+        let value = arg
+            .get_value_names()
+            .and_then(|names| names.first())
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| arg.get_id().as_str().to_uppercase());
+        let name = format!("\\fB\\-\\-{}\\fR", long.replace('-', "\\-"));
+        text = text.replacen(
+            &format!("{name}]"),
+            &format!("{name} \\fI{}\\fR]", value.replace('-', "\\-")),
+            1,
+        );
+    }
+    text.into_bytes()
+}
+
 /// The page's date; change it with the version.
 const DATE: &str = "2026-11-21";
 
@@ -285,6 +310,24 @@ mod tests {
         assert!(
             checked_in == page,
             "man/fsfreeze-hook.8 is stale: run `UPDATE_MAN=1 cargo test man_page` and commit it"
+        );
+    }
+
+    #[test]
+    fn the_synopses_show_what_each_option_takes() {
+        let page = render();
+        let synopsis = |head: &str| {
+            let at = page.find(head).unwrap() + head.len();
+            page[at..].lines().nth(1).unwrap().to_string()
+        };
+        let main = synopsis(".SH SYNOPSIS");
+        assert!(main.contains(r"[\fB\-\-config\fR \fIPATH\fR]"), "{main}");
+        assert!(main.contains(r"[\fB\-h\fR|\fB\-\-help\fR]"), "{main}");
+        let freeze = synopsis(".SS freeze");
+        assert!(
+            freeze.contains(r"[\fB\-m\fR|\fB\-\-mountpoint\fR \fIMOUNTPOINT\fR]")
+                && freeze.contains(r"[\fB\-\-fs\fR]"),
+            "{freeze}"
         );
     }
 
