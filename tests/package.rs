@@ -810,6 +810,137 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
     assert!(!said.contains("semodule"), "{said}");
 }
 
+/// A stand-in for the RHEL family's qemu-guest-agent package at `version`:
+/// its stock hook `/etc/qemu-ga/fsfreeze-hook`, a `%config(noreplace)`
+/// file, saying `stock`.
+fn agent_rpm(work: &Path, version: &str, stock: &str) -> String {
+    let top = work.join(format!("qga-rpm-{version}"));
+    fs::create_dir_all(&top).unwrap();
+    let script = top.join("fsfreeze-hook");
+    fs::write(&script, stock).unwrap();
+    let spec = top.join("qga.spec");
+    fs::write(
+        &spec,
+        format!(
+            "Name: qemu-guest-agent\nVersion: {version}\nRelease: 1\nSummary: stand-in\n\
+             License: GPL-2.0-or-later\nBuildArch: noarch\n\
+             %description\nA stand-in.\n\
+             %install\n\
+             install -D -m 0755 '{s}' %{{buildroot}}/etc/qemu-ga/fsfreeze-hook\n\
+             install -d -m 0755 %{{buildroot}}/etc/qemu-ga/fsfreeze-hook.d\n\
+             %files\n%config(noreplace) /etc/qemu-ga/fsfreeze-hook\n%dir /etc/qemu-ga/fsfreeze-hook.d\n",
+            s = script.display()
+        ),
+    )
+    .unwrap();
+    succeeds(
+        Command::new("rpmbuild")
+            .args(["-bb", "--quiet", "--define"])
+            .arg(format!("_topdir {}", top.join("top").display()))
+            .arg("--define")
+            .arg(format!("_rpmdir {}", top.join("out").display()))
+            .arg(&spec),
+    );
+    let rpm = top.join(format!(
+        "out/noarch/qemu-guest-agent-{version}-1.noarch.rpm"
+    ));
+    assert!(rpm.exists(), "{}", rpm.display());
+    rpm.display().to_string()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn rpm_upgrades_of_qemu_guest_agent_keep_the_hook_ours_and_the_kept_stock_current() {
+    use crate::admin::{at, rhel};
+    require_root("rpm_agent_upgrade");
+    let work = tempfile::tempdir().unwrap();
+    let ours = build("build-rpm", work.path());
+    let root = work.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    rhel(&root);
+    fs::remove_file(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap();
+    fs::copy("/bin/busybox", root.join("usr/bin/sh")).expect("busybox-static");
+    let r = at(&root);
+    let rpm_at = |args: &[&str]| {
+        succeeds(
+            Command::new("rpm")
+                .args(["--root", &r, "--nodeps", "--nosignature"])
+                .args(args),
+        )
+    };
+    let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
+    rpm_at(&["-i", &agent_rpm(work.path(), "1", stock1)]);
+    rpm_at(&["-i", &ours]);
+    let installed = root.join("usr/sbin/fsfreeze-hook");
+    let enable = Command::new(&installed)
+        .args(["enable", "--root", &r])
+        .output()
+        .unwrap();
+    assert!(enable.status.success(), "{enable:?}");
+    let hook = root.join("etc/qemu-ga/fsfreeze-hook");
+    let stock = root.join("etc/qemu-ga/fsfreeze-hook.stock");
+    let newer = root.join("etc/qemu-ga/fsfreeze-hook.rpmnew");
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock1);
+
+    // The agent's upgrade: rpm keeps our changed hook and writes its new
+    // stock script as .rpmnew; our trigger keeps that as the stock one.
+    let said = rpm_at(&["-U", &agent_rpm(work.path(), "2", stock2)]);
+    assert_eq!(
+        fs::read(&hook).unwrap(),
+        fs::read(&installed).unwrap(),
+        "{said}"
+    );
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock2, "{said}");
+    assert!(!newer.exists(), "{said}");
+    // A .rpmnew that waits (an agent upgraded by other means than rpm's
+    // trigger): check names it, enable keeps it.
+    fs::write(&newer, stock2.replace("2", "3")).unwrap();
+    let check = crate::admin::run(&["check", "--root", &r]);
+    crate::common::assert_has(
+        &check.stdout,
+        "note: /etc/qemu-ga/fsfreeze-hook.rpmnew is qemu-guest-agent's newer stock script, which rpm put beside the hook: `fsfreeze-hook enable` keeps it as /etc/qemu-ga/fsfreeze-hook.stock",
+    );
+    let enable = crate::admin::run(&["enable", "--root", &r]);
+    crate::common::assert_has(
+        &enable.stdout,
+        "keep /etc/qemu-ga/fsfreeze-hook.rpmnew (qemu-guest-agent's newer stock script) as /etc/qemu-ga/fsfreeze-hook.stock",
+    );
+    assert!(!newer.exists());
+    fs::write(&stock, stock2).unwrap();
+    fs::set_permissions(&stock, fs::Permissions::from_mode(0o755)).unwrap();
+    // Its reinstall changes nothing.
+    let said = rpm_at(&["-U", "--replacepkgs", &agent_rpm(work.path(), "2", stock2)]);
+    assert_eq!(
+        fs::read(&hook).unwrap(),
+        fs::read(&installed).unwrap(),
+        "{said}"
+    );
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock2, "{said}");
+
+    // Erased, ours leaves the agent's current stock script, which rpm
+    // verifies as shipped (its bytes, mode and owner: rpm wrote the .rpmnew
+    // with the time it was written, not the package's).
+    let said = rpm_at(&["-e", "fsfreeze-hook"]);
+    assert_eq!(fs::read_to_string(&hook).unwrap(), stock2, "{said}");
+    assert!(!stock.exists() && !newer.exists());
+    let verify = Command::new("rpm")
+        .args([
+            "--root",
+            &r,
+            "-V",
+            "--nodeps",
+            "--nomtime",
+            "qemu-guest-agent",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "rpm -V: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
 #[test]
 #[ignore = "needs root"]
 fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
