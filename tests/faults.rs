@@ -674,6 +674,61 @@ fn sigint_and_sighup_mid_freeze_roll_back_and_exit_128_plus_signal() {
 }
 
 #[test]
+fn a_stop_signal_ends_the_wait_for_the_lock() {
+    // Another run holds the lock (as a snapshot whose COMMAND copies for
+    // minutes does): a freeze or thaw that waits for it still obeys
+    // SIGTERM (a service stop) and ^C, long before phase_timeout.
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.set_config("phase_timeout = \"10m\"\n");
+    fs::create_dir_all(&env.state).unwrap();
+    let holding = env.path().join("holding");
+    let mut holder = Command::new("flock")
+        .arg(env.state.join("lock"))
+        .args(["-c", &format!("touch '{}'; sleep 60", holding.display())])
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || holding.exists()));
+    for (phase, sig) in [
+        ("freeze", nix::sys::signal::Signal::SIGTERM),
+        ("thaw", nix::sys::signal::Signal::SIGINT),
+    ] {
+        let start = Instant::now();
+        let child = env
+            .command(&[phase])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once it blocks the signal, it reads it (before the wait, it is
+        // taken at the wait's first look).
+        let blocked = || {
+            let status = fs::read_to_string(format!("/proc/{}/status", child.id()));
+            status.ok().and_then(|s| {
+                let mask = s.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+                let bits = u64::from_str_radix(mask.trim(), 16).ok()?;
+                Some(bits & (1 << (sig as u32 - 1)) != 0)
+            }) == Some(true)
+        };
+        assert!(eventually(Duration::from_secs(5), blocked));
+        signal(&child, sig);
+        let run = env.finish(child.wait_with_output().unwrap(), start);
+        assert_eq!(run.code, Some(128 + sig as i32), "{phase}: {run:?}");
+        assert_has(
+            &run.stderr,
+            &format!(
+                "{phase} interrupted: {} came while waiting for the lock; no hook run",
+                sig.as_str()
+            ),
+        );
+        assert!(run.elapsed < Duration::from_secs(30), "{run:?}");
+    }
+    assert!(env.trace().is_empty(), "no hook ran: {:?}", env.trace());
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
 fn a_real_time_signal_to_the_runner_is_ignored() {
     let env = Env::new();
     env.tracing_hook("10-a", "");

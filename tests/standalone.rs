@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Env, alive, assert_has, assert_lines, eventually, freezing_test, read_pid, signal,
+    BIN, Env, alive, assert_has, assert_lines, eventually, freezing_test, read_pid, signal,
 };
 use crate::loopfs::{BindMount, LoopFs};
 
@@ -699,4 +699,68 @@ fn a_snapshot_thawed_by_someone_else_while_command_ran_exits_123() {
     // Untouched, the same snapshot is COMMAND's status.
     let run = env.run(&["snapshot", "-m", &m, "--", "sh", "-c", "exit 0"]);
     assert_eq!(run.code, Some(0), "{run:?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_snapshot_says_at_once_when_a_thaw_of_ours_thaws_it_while_command_runs() {
+    let _exclusive = freezing_test("torn_snapshot_seen");
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    let m = fs.mnt.display().to_string();
+    let ours = format!(
+        "'{BIN}' --config '{}' --hooks-dir '{}' --log-file '{}' --state-dir '{}'",
+        env.config.display(),
+        env.hooks.display(),
+        env.log.display(),
+        env.state.display()
+    );
+    // qemu-ga's thaw thaws every filesystem, then runs its hook's thaw:
+    // a stand-in named qemu-ga does the same.
+    let agent = env.path().join("qemu-ga");
+    fs::copy("/bin/bash", &agent).unwrap();
+    let err = env.path().join("snapshot.err");
+    let seen = env.path().join("seen");
+    for (thawer, who) in [
+        (
+            format!("{ours} thaw --fs"),
+            "`fsfreeze-hook thaw --fs` (pid ",
+        ),
+        (
+            format!(
+                "'{}' -c \"fsfreeze -u '{m}'; {ours} thaw; true\"",
+                agent.display()
+            ),
+            "qemu-ga's thaw (pid ",
+        ),
+    ] {
+        // COMMAND starts the thaw (which then waits for the snapshot's
+        // lock), and looks for the snapshot's word while it still runs.
+        let _ = fs::remove_file(&seen);
+        let cmd = format!(
+            "{thawer} >/dev/null 2>&1 & t=$!\n\
+             for i in $(seq 100); do\n\
+               if grep -q 'thawed by' '{err}'; then echo yes >'{seen}'; break; fi\n\
+               sleep 0.2\n\
+             done\n\
+             kill $t; wait $t; exit 0",
+            err = err.display(),
+            seen = seen.display()
+        );
+        let out = env
+            .command(&["snapshot", "-m", &m, "--", "sh", "-c", &cmd])
+            .stderr(fs::File::create(&err).unwrap())
+            .output()
+            .unwrap();
+        let stderr = fs::read_to_string(&err).unwrap();
+        assert_eq!(out.status.code(), Some(123), "{stderr}");
+        assert!(seen.exists(), "said only after COMMAND: {stderr}");
+        assert_has(
+            &stderr,
+            &format!("fsfreeze-hook: error: the filesystems were thawed by {who}"),
+        );
+        assert_has(&stderr, "while sh still runs: what it copies may be torn");
+        assert_has(&env.log_text(), "error: the filesystems were thawed by");
+        assert!(!fs.frozen());
+    }
 }

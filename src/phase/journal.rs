@@ -25,7 +25,9 @@
 //! ```
 //!
 //! or, once nothing is held, the header and `idle <unix-ms> <why>`. Names and
-//! paths are percent-encoded so any byte string fits on a line.
+//! paths are percent-encoded so any byte string fits on a line. Beside it,
+//! `thawed-under` ("<unix-ms> <who>") is where a thaw of ours that thawed a
+//! running snapshot's filesystems says so at once.
 //!
 //! A hook's freeze is never forgotten: a new freeze carries over whatever an
 //! earlier one left held (`held`, `fs`), and a hook leaves the record only by
@@ -415,6 +417,43 @@ fn parse_helper(rest: &str) -> Option<(Ident, u64)> {
         .then_some((Ident { pid, start }, deadline))
 }
 
+/// `<state dir>/thawed-under`: a thaw of ours that thawed, or knows to be
+/// thawed, the filesystems a standalone freeze recorded while they are meant
+/// to stay frozen (`thaw --fs`; qemu-ga's thaw, which thaws every
+/// filesystem before it runs its hook) says so here, at once, for a
+/// `snapshot` whose COMMAND still copies. A file of its own, not a journal
+/// line: a watchdog of an older build reading the journal must still
+/// understand every line of it.
+fn thawed_under_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("thawed-under")
+}
+
+/// Says who thawed the recorded filesystems ("<unix-ms> <who>").
+pub fn note_thawed_under(state_dir: &Path, who: &str) -> Result<()> {
+    let tmp = state_dir.join(".thawed-under.tmp");
+    let text = format!(
+        "{} {}\n",
+        now_ms(),
+        crate::text::escape_line(who.as_bytes())
+    );
+    crate::sys::paths::replace_file(
+        &thawed_under_path(state_dir),
+        &tmp,
+        text.as_bytes(),
+        0o600,
+        false,
+    )
+    .with_context(|| format!("cannot write {}", thawed_under_path(state_dir).display()))
+}
+
+/// Who thawed the recorded filesystems at or after `since_ms`, if one of
+/// ours said so.
+pub fn thawed_under_since(state_dir: &Path, since_ms: u64) -> Option<String> {
+    let text = fs::read_to_string(thawed_under_path(state_dir)).ok()?;
+    let (ms, who) = text.trim_end().split_once(' ')?;
+    (ms.parse::<u64>().ok()? >= since_ms).then(|| who.to_string())
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -441,9 +480,23 @@ pub struct StateLock {
     _lock: Flock<File>,
 }
 
+/// A stop signal (SIGTERM, ^C, ...) came while a run waited for the lock.
+#[derive(Debug)]
+pub struct LockWaitStopped(pub nix::sys::signal::Signal);
+
+impl std::fmt::Display for LockWaitStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} came while waiting for the lock", self.0.as_str())
+    }
+}
+
+impl std::error::Error for LockWaitStopped {}
+
 impl StateLock {
-    /// Waits for the lock up to `wait` (`None`: no limit).
-    pub fn acquire(state_dir: &Path, wait: Option<Duration>) -> Result<StateLock> {
+    /// Waits for the lock up to `wait` (`None`: no limit). `stoppable`: a
+    /// stop signal ends the wait ([`LockWaitStopped`]); a helper's thaw
+    /// waits on whatever comes.
+    pub fn acquire(state_dir: &Path, wait: Option<Duration>, stoppable: bool) -> Result<StateLock> {
         let path = state_dir.join("lock");
         let deadline = wait.map(|w| Instant::now() + w);
         let mut file = crate::sys::paths::open_lock_file(&path)
@@ -458,6 +511,9 @@ impl StateLock {
                             path.display(),
                             crate::config::units::format_time_limit(wait)
                         );
+                    }
+                    if stoppable && let Some(sig) = crate::sys::take_pending_stop_signal() {
+                        return Err(LockWaitStopped(sig).into());
                     }
                     file = f;
                     thread::sleep(Duration::from_millis(20));
@@ -654,8 +710,8 @@ mod tests {
     #[test]
     fn lock_excludes_a_second_holder_until_dropped() {
         let dir = temp_dir("lock");
-        let first = StateLock::acquire(dir.path(), Some(Duration::from_millis(50))).unwrap();
-        let err = StateLock::acquire(dir.path(), Some(Duration::from_millis(100)))
+        let first = StateLock::acquire(dir.path(), Some(Duration::from_millis(50)), false).unwrap();
+        let err = StateLock::acquire(dir.path(), Some(Duration::from_millis(100)), false)
             .err()
             .expect("second lock must fail");
         assert!(
@@ -663,6 +719,6 @@ mod tests {
             "{err}"
         );
         drop(first);
-        StateLock::acquire(dir.path(), Some(Duration::from_millis(50))).unwrap();
+        StateLock::acquire(dir.path(), Some(Duration::from_millis(50)), false).unwrap();
     }
 }

@@ -56,9 +56,16 @@ pub fn lock(settings: &Settings, log: &Log, phase: Phase) -> Result<Option<State
         log.warn(&format!("{e:#}; thawing without journal or lock"));
         return Ok(None);
     }
-    match StateLock::acquire(&settings.state_dir, settings.phase_timeout) {
+    match StateLock::acquire(&settings.state_dir, settings.phase_timeout, true) {
         Ok(lock) => Ok(Some(lock)),
-        Err(e) => Err(refuse(e)),
+        Err(e) => match e.downcast_ref::<journal::LockWaitStopped>() {
+            Some(journal::LockWaitStopped(sig)) => {
+                let line = format!("{phase} interrupted: {e}; no hook run");
+                log.line(&line);
+                Err(Exit::Signal(*sig, line))
+            }
+            None => Err(refuse(e)),
+        },
     }
 }
 

@@ -13,12 +13,33 @@ use crate::filesystems::{self, Kernel};
 use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::guard;
-use crate::phase::journal::{Journal, Recorded};
+use crate::phase::journal::{self, Journal, Recorded};
 use crate::phase::metrics;
 use crate::phase::runner::ThawCause;
 use crate::phase::setup;
 use crate::phase::unfreeze::{open_log_after_thaw, thaw_hooks, to_thaw};
 use crate::sys::{self, Waiter};
+
+/// qemu-ga thaws every filesystem before it runs its hook's thaw: when this
+/// plain thaw is its, the filesystems a standalone freeze (a `snapshot`
+/// whose COMMAND may still copy) recorded are thawed already. Said at once
+/// for that snapshot, before this thaw waits for the lock it holds.
+fn agent_thawed_what_is_recorded(settings: &Settings, log: &Log) {
+    let parent = nix::unistd::getppid().as_raw();
+    if sys::proc::comm(parent).as_deref() != Some("qemu-ga") {
+        return;
+    }
+    let Recorded::Unthawed(held) = Journal::new(&settings.state_dir).read() else {
+        return;
+    };
+    if held.filesystems.is_empty() {
+        return;
+    }
+    let who = format!("qemu-ga's thaw (pid {parent}), which thaws every filesystem");
+    if let Err(e) = journal::note_thawed_under(&settings.state_dir, &who) {
+        log.warn(&format!("{e:#}"));
+    }
+}
 
 /// `thaw` (qemu-ga's, hooks) and `thaw --fs [--all]`: the filesystems the
 /// journal records (every frozen one with `--all`), then the thaw hooks.
@@ -38,6 +59,9 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool) -> Exit {
     // The guard goes first (a guard that already acts is waited for), and
     // before the lock, which a guard that acts takes: no hook thaws twice.
     guard::stand_down(settings, &log);
+    if !fs {
+        agent_thawed_what_is_recorded(settings, &log);
+    }
     let lock = (!fs).then(|| setup::lock(settings, &log, Phase::Thaw));
     let held = match Journal::new(&settings.state_dir).read() {
         Recorded::Unthawed(h) => Some(h),
@@ -52,6 +76,24 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool) -> Exit {
         .map_or_else(Vec::new, |h| h.filesystems.clone());
     let frozen = to_thaw(&Kernel, recorded, all, &log);
     let fs_failed = filesystems::thaw_all(&Kernel, &frozen, &log);
+    let thawed_recorded = held.as_ref().is_some_and(|h| {
+        h.filesystems
+            .iter()
+            .any(|r| !fs_failed.iter().any(|(f, _)| f.mountpoint == r.mountpoint))
+    });
+    if fs
+        && thawed_recorded
+        && let Err(e) = journal::note_thawed_under(
+            &settings.state_dir,
+            &format!(
+                "`fsfreeze-hook thaw --fs{}` (pid {})",
+                if all { " --all" } else { "" },
+                std::process::id()
+            ),
+        )
+    {
+        log.warn(&format!("{e:#}"));
+    }
     open_log_after_thaw(&mut log, settings);
     let lock = lock.unwrap_or_else(|| setup::lock(settings, &log, Phase::Thaw));
     let _lock = match lock {

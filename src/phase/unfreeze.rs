@@ -109,7 +109,7 @@ pub fn thaw_hooks_locked(
     cause: ThawCause,
     ran: &mut Vec<Record>,
 ) -> End {
-    match StateLock::acquire(&settings.state_dir, settings.phase_timeout) {
+    match StateLock::acquire(&settings.state_dir, settings.phase_timeout, false) {
         Ok(_lock) => thaw_hooks(settings, log, waiter, fs_failed, cause, ran),
         Err(e) => End::Failed(format!("filesystems thawed, hooks not: {e:#}")),
     }

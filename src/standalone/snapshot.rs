@@ -53,6 +53,8 @@ pub fn snapshot(
     };
     let mut runner = Runner::new(settings, log, waiter);
     let deadline = max_frozen.map(|d| d + WATCHDOG_MARGIN);
+    // A thaw that says it thawed these filesystems says so after this.
+    let frozen_ms = crate::phase::journal::now_ms();
     let (dog, frozen) = match freeze_everything(settings, log, &mut runner, &prepared, deadline) {
         Ok(x) => x,
         Err(end) => {
@@ -80,6 +82,7 @@ pub fn snapshot(
         &ctx,
         &mut signal_seen,
         max_frozen.map(|d| frozen_at + d),
+        frozen_ms,
     );
     let (code, why, stopped) = describe(&ended, command, max_frozen);
     // Thaw first, in every case: the guarantee comes before the courtesy to
@@ -120,6 +123,7 @@ fn run_command<'a, 'b>(
     ctx: &'b Context<'a>,
     signal_seen: &'b mut Option<Signal>,
     deadline: Option<Instant>,
+    frozen_ms: u64,
 ) -> CommandEnd<'a, 'b> {
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     let pid = match spawn_command(command, stdin.as_fd(), stdout.as_fd(), stderr.as_fd()) {
@@ -135,13 +139,47 @@ fn run_command<'a, 'b>(
     // A COMMAND that prompts reads the terminal as a foreground job would.
     let _terminal = crate::sys::Foreground::lend(pid);
     let mut watch = Watch::new(pid, None, ctx, signal_seen);
-    match watch.wait_until(deadline, true) {
-        WaitEnd::Ended(Outcome::Exited(c)) => CommandEnd::Exited(c as u8),
-        WaitEnd::Ended(Outcome::Signaled(s)) => CommandEnd::Exited(128 + s as u8),
-        WaitEnd::Ended(_) => CommandEnd::Exited(126),
-        WaitEnd::Deadline => CommandEnd::TooLong(watch),
-        WaitEnd::Stopped(sig) => CommandEnd::Stopped(sig, watch),
+    let mut said = false;
+    loop {
+        let look = Instant::now() + LOOK_EVERY;
+        let wake = deadline.map_or(look, |d| d.min(look));
+        return match watch.wait_until(Some(wake), true) {
+            WaitEnd::Deadline if deadline.is_none_or(|d| Instant::now() < d) => {
+                if !said {
+                    said = say_if_thawed_under(ctx, frozen_ms, command);
+                }
+                continue;
+            }
+            WaitEnd::Ended(Outcome::Exited(c)) => CommandEnd::Exited(c as u8),
+            WaitEnd::Ended(Outcome::Signaled(s)) => CommandEnd::Exited(128 + s as u8),
+            WaitEnd::Ended(_) => CommandEnd::Exited(126),
+            WaitEnd::Deadline => CommandEnd::TooLong(watch),
+            WaitEnd::Stopped(sig) => CommandEnd::Stopped(sig, watch),
+        };
     }
+}
+
+/// How often, while COMMAND runs, a snapshot looks whether a thaw of ours
+/// said it thawed what the snapshot froze.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// A thaw of ours (`thaw --fs`, qemu-ga's thaw through this hook) thawed
+/// the filesystems while COMMAND copies: said at once on stderr, where the
+/// backup script that runs the snapshot reads, and in the log (held back
+/// with the rest until the thaw). The exit status says it again at the end
+/// (123). Whether it was said.
+fn say_if_thawed_under(ctx: &Context<'_>, frozen_ms: u64, command: &[OsString]) -> bool {
+    let Some(who) = crate::phase::journal::thawed_under_since(ctx.state_dir, frozen_ms) else {
+        return false;
+    };
+    let line = format!(
+        "the filesystems were thawed by {who} while {} still runs: what it copies may be torn",
+        program(command)
+    );
+    eprintln!("fsfreeze-hook: error: {line}");
+    ctx.log
+        .event(crate::log::event::Event::message(&line).level(crate::log::event::Level::Error));
+    true
 }
 
 /// COMMAND's status, why it was cut short (if it was) and the stop signal.
