@@ -3,7 +3,7 @@
 
 use std::ffi::{CString, c_char};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -58,8 +58,11 @@ fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
 /// posix_spawn cannot set that, so this does what glibc's posix_spawn does:
 /// a vfork-style clone (CLONE_VM | CLONE_VFORK) on a stack of its own, so no
 /// copy of the runner's page tables (a fork per hook cost about 15% more);
-/// we wait, suspended, until the child has executed or failed, and an exec
-/// that failed leaves its errno in memory we share.
+/// we wait, suspended, until the child has executed or failed. An exec that
+/// failed writes its errno to a close-on-exec pipe (an exec closes it
+/// unwritten): where a clone with CLONE_VM is a fork after all (qemu's
+/// user-mode emulation runs one so), a write to memory we share would be
+/// lost.
 pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     let (path, search) = match exec.program {
         Program::Open(fd) => (
@@ -83,6 +86,15 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         sigs.extend([libc::SIGSEGV, libc::SIGBUS]);
         sigs
     });
+    // The report pipe's write end above 2, where the child's dup2 of its
+    // standard descriptors cannot replace it.
+    let (report_rx, low_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let report_tx = nix::fcntl::fcntl(&low_tx, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?;
+    // Every write end but the child's is closed before the read below, or
+    // the read would wait for ever.
+    drop(low_tx);
     let child = Child {
         path: path.as_ptr(),
         argv: argv.as_ptr(),
@@ -97,7 +109,7 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         defaults: defaults.as_ptr(),
         n_defaults: defaults.len(),
         parent: nix::unistd::getpid().as_raw(),
-        errno: std::cell::UnsafeCell::new(0),
+        report: report_tx.as_raw_fd(),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     let mut old = SigSet::empty();
@@ -131,12 +143,20 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         return Err(io::Error::last_os_error());
     }
     let pid = Pid::from_raw(pid);
-    // SAFETY: the child has executed or exited (CLONE_VFORK): it writes
-    // `errno` no more.
-    let errno = unsafe { *child.errno.get() };
-    if errno != 0 {
+    drop(report_tx);
+    let mut word = [0u8; 4];
+    let mut got = 0;
+    while got < word.len() {
+        match nix::unistd::read(&report_rx, &mut word[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    if got == word.len() {
         let _ = waitpid(pid, None);
-        return Err(io::Error::from_raw_os_error(errno));
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(word)));
     }
     Ok(pid)
 }
@@ -155,8 +175,9 @@ struct Child {
     defaults: *const libc::c_int,
     n_defaults: usize,
     parent: libc::pid_t,
-    /// Set by the child when it cannot execute (memory shared: CLONE_VM).
-    errno: std::cell::UnsafeCell<libc::c_int>,
+    /// Where the child writes its errno when it cannot execute
+    /// (close-on-exec, above 2).
+    report: RawFd,
 }
 
 /// The cloned child: between clone and exec, only system calls on what
@@ -169,7 +190,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         let c = &*arg.cast::<Child>();
         let fail = |c: &Child| {
             let errno = *libc::__errno_location();
-            *c.errno.get() = if errno == 0 { libc::EIO } else { errno };
+            let word = if errno == 0 { libc::EIO } else { errno }.to_ne_bytes();
+            libc::write(c.report, word.as_ptr().cast(), word.len());
             libc::_exit(127)
         };
         libc::setpgid(0, 0);
