@@ -980,6 +980,12 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
         "/etc/logrotate.d/fsfreeze-hook",
         "the logrotate rule is a config file"
     );
+    // The scriptlets as written (a backquote in the spec's text is not run
+    // while it is built).
+    assert!(
+        query(&["-qp", "--triggers"]).contains("# `enable` keeps that one as <hook>.stock"),
+        "the trigger's text"
+    );
     let info = query(&["-qpi"]);
     assert!(
         !info.contains("localhost"),

@@ -66,3 +66,18 @@ pub fn fithaw(mountpoint: &Path, dev: Option<u64>) -> Result<(), Errno> {
     // SAFETY: as for fifreeze.
     unsafe { ioctl_fithaw(dir.as_raw_fd(), &mut unused) }.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The request numbers linux/fs.h gives, the same on x86_64 and arm64
+    /// (both use the generic ioctl encoding: read|write in the top two bits,
+    /// the argument's size, 'X', the number). This runs on both (the arm64
+    /// build's tests run under emulation).
+    #[test]
+    fn the_request_numbers_are_the_kernels() {
+        let size = std::mem::size_of::<libc::c_int>();
+        assert_eq!(size, 4);
+        assert_eq!(nix::request_code_readwrite!(b'X', 119, size), 0xC004_5877);
+        assert_eq!(nix::request_code_readwrite!(b'X', 120, size), 0xC004_5878);
+    }
+}
