@@ -700,17 +700,16 @@ fn a_stop_signal_ends_the_wait_for_the_lock() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Once it blocks the signal, it reads it (before the wait, it is
-        // taken at the wait's first look).
-        let blocked = || {
-            let status = fs::read_to_string(format!("/proc/{}/status", child.id()));
-            status.ok().and_then(|s| {
-                let mask = s.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
-                let bits = u64::from_str_radix(mask.trim(), 16).ok()?;
-                Some(bits & (1 << (sig as u32 - 1)) != 0)
-            }) == Some(true)
+        // It waits once it has the lock file open (its signals are its
+        // own long before: the first thing it does).
+        let lock = env.state.join("lock");
+        let waiting = || {
+            fs::read_dir(format!("/proc/{}/fd", child.id())).is_ok_and(|fds| {
+                fds.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                    .any(|target| target == lock)
+            })
         };
-        assert!(eventually(Duration::from_secs(5), blocked));
+        assert!(eventually(Duration::from_secs(10), waiting));
         signal(&child, sig);
         let run = env.finish(child.wait_with_output().unwrap(), start);
         assert_eq!(run.code, Some(128 + sig as i32), "{phase}: {run:?}");

@@ -47,7 +47,16 @@ fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 pub fn stat(pid: i32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    // This process's own through its main thread's entry, which the kernel
+    // answers: qemu's user-mode emulation (the arm64 build's tests) answers
+    // /proc/self/stat and /proc/<own pid>/stat itself, with a start time of
+    // its own making, which then matches no other reader's.
+    let path = if pid == std::process::id() as i32 {
+        format!("/proc/{pid}/task/{pid}/stat")
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    parse_stat(&fs::read_to_string(path).ok()?)
 }
 
 /// A process as a record names it: its pid and, since this version, its
