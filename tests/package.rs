@@ -1086,3 +1086,48 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
         check.stdout
     );
 }
+
+#[test]
+fn the_arm64_build_makes_arm64_packages() {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let Ok(bin) = std::env::var("FSFREEZE_HOOK_TEST_ARM64_BIN") else {
+        assert!(!ci, "CI=true: the test command builds the arm64 binary");
+        eprintln!(
+            "no arm64 build (FSFREEZE_HOOK_TEST_ARM64_BIN; the test command makes one): not run"
+        );
+        return;
+    };
+    let file = succeeds(Command::new("file").arg("-b").arg(&bin));
+    assert!(
+        file.contains("ARM aarch64") && file.contains("statically linked"),
+        "{file}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let deb = build_of("build-deb", Path::new(&bin), work.path());
+    assert!(deb.ends_with("_arm64.deb"), "{deb}");
+    let info = succeeds(Command::new("dpkg-deb").args(["-f", &deb, "Architecture"]));
+    assert_eq!(info.trim(), "arm64");
+    let rpm = build_of("build-rpm", Path::new(&bin), work.path());
+    assert!(rpm.ends_with(".aarch64.rpm"), "{rpm}");
+    let arch = Command::new("rpm")
+        .args(["-qp", "--qf", "%{ARCH}", &rpm])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&arch.stdout), "aarch64");
+    // What they hold is that build, byte for byte.
+    let unpacked = work.path().join("deb");
+    succeeds(Command::new("dpkg-deb").args(["-x", &deb]).arg(&unpacked));
+    assert_eq!(
+        fs::read(unpacked.join("usr/sbin/fsfreeze-hook")).unwrap(),
+        fs::read(&bin).unwrap()
+    );
+    // The completions came from it (run under emulation): they name its
+    // subcommands.
+    let bash =
+        fs::read_to_string(unpacked.join("usr/share/bash-completion/completions/fsfreeze-hook"))
+            .unwrap();
+    assert!(
+        bash.contains("snapshot") && bash.contains("rehearse"),
+        "{bash}"
+    );
+}
