@@ -707,26 +707,36 @@ fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
     assert_eq!(remains, Vec::<&str>::new(), "left after the purge");
 }
 
+/// A RHEL 9 style root for rpm (`--root`), with a real (static) shell:
+/// rpm runs scriptlets chrooted into it. The root, and its path as `--root`
+/// takes it.
+fn rpm_root(work: &Path) -> (std::path::PathBuf, String) {
+    let root = work.join("root");
+    fs::create_dir_all(&root).unwrap();
+    crate::admin::rhel(&root);
+    fs::copy("/bin/busybox", root.join("usr/bin/sh")).expect("busybox-static");
+    let r = crate::admin::at(&root);
+    (root, r)
+}
+
+/// rpm on the root `r`, as a test root needs it (no dependencies, no
+/// signatures); what it said.
+fn rpm_in(r: &str, args: &[&str]) -> String {
+    succeeds(
+        Command::new("rpm")
+            .args(["--root", r, "--nodeps", "--nosignature"])
+            .args(args),
+    )
+}
+
 #[test]
 #[ignore = "needs root"]
 fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
-    use crate::admin::{at, rhel};
     require_root("rpm_erase_disables");
     let work = tempfile::tempdir().unwrap();
     let rpm = build("build-rpm", work.path());
-    let root = work.path().join("root");
-    fs::create_dir_all(&root).unwrap();
-    rhel(&root);
-    // rpm runs scriptlets chrooted into the root: a real (static) shell.
-    fs::copy("/bin/busybox", root.join("usr/bin/sh")).expect("busybox-static");
-    let r = at(&root);
-    let rpm_at = |args: &[&str]| {
-        succeeds(
-            Command::new("rpm")
-                .args(["--root", &r, "--nodeps", "--nosignature"])
-                .args(args),
-        )
-    };
+    let (root, r) = rpm_root(work.path());
+    let rpm_at = |args: &[&str]| rpm_in(&r, args);
     // SELinux enabled, its tools stand-ins that say how they were called.
     let called = root.join("scriptlets");
     for (tool, body) in [
@@ -762,11 +772,7 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
     );
     assert_eq!(calls(), relabel, "the install's %post");
     let installed = root.join("usr/sbin/fsfreeze-hook");
-    let enable = Command::new(&installed)
-        .args(["enable", "--root", &r])
-        .output()
-        .unwrap();
-    assert!(enable.status.success(), "{enable:?}");
+    succeeds(Command::new(&installed).args(["enable", "--root", &r]));
     let ours = fs::read(&installed).unwrap();
     assert_eq!(
         fs::read(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
@@ -851,32 +857,17 @@ fn agent_rpm(work: &Path, version: &str, stock: &str) -> String {
 #[test]
 #[ignore = "needs root"]
 fn rpm_upgrades_of_qemu_guest_agent_keep_the_hook_ours_and_the_kept_stock_current() {
-    use crate::admin::{at, rhel};
     require_root("rpm_agent_upgrade");
     let work = tempfile::tempdir().unwrap();
     let ours = build("build-rpm", work.path());
-    let root = work.path().join("root");
-    fs::create_dir_all(&root).unwrap();
-    rhel(&root);
+    let (root, r) = rpm_root(work.path());
     fs::remove_file(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap();
-    fs::copy("/bin/busybox", root.join("usr/bin/sh")).expect("busybox-static");
-    let r = at(&root);
-    let rpm_at = |args: &[&str]| {
-        succeeds(
-            Command::new("rpm")
-                .args(["--root", &r, "--nodeps", "--nosignature"])
-                .args(args),
-        )
-    };
+    let rpm_at = |args: &[&str]| rpm_in(&r, args);
     let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
     rpm_at(&["-i", &agent_rpm(work.path(), "1", stock1)]);
     rpm_at(&["-i", &ours]);
     let installed = root.join("usr/sbin/fsfreeze-hook");
-    let enable = Command::new(&installed)
-        .args(["enable", "--root", &r])
-        .output()
-        .unwrap();
-    assert!(enable.status.success(), "{enable:?}");
+    succeeds(Command::new(&installed).args(["enable", "--root", &r]));
     let hook = root.join("etc/qemu-ga/fsfreeze-hook");
     let stock = root.join("etc/qemu-ga/fsfreeze-hook.stock");
     let newer = root.join("etc/qemu-ga/fsfreeze-hook.rpmnew");
