@@ -914,6 +914,31 @@ fn rpm_upgrades_of_qemu_guest_agent_keep_the_hook_ours_and_the_kept_stock_curren
     let said = rpm_at(&["-e", "fsfreeze-hook"]);
     assert_eq!(fs::read_to_string(&hook).unwrap(), stock2, "{said}");
     assert!(!stock.exists() && !newer.exists());
+    // Nothing of ours is left: only the agent's hook and hooks dir carry
+    // the name.
+    let mut left: Vec<String> = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                dirs.push(p.clone());
+            }
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains("fsfreeze-hook")
+            {
+                left.push(p.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    left.sort();
+    assert_eq!(
+        left,
+        ["etc/qemu-ga/fsfreeze-hook", "etc/qemu-ga/fsfreeze-hook.d"],
+        "left after the erase"
+    );
     let verify = Command::new("rpm")
         .args([
             "--root",
