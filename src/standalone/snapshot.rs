@@ -53,8 +53,6 @@ pub fn snapshot(
     };
     let mut runner = Runner::new(settings, log, waiter);
     let deadline = max_frozen.map(|d| d + WATCHDOG_MARGIN);
-    // A thaw that says it thawed these filesystems says so after this.
-    let frozen_ms = crate::phase::journal::now_ms();
     let (dog, frozen) = match freeze_everything(settings, log, &mut runner, &prepared, deadline) {
         Ok(x) => x,
         Err(end) => {
@@ -68,6 +66,10 @@ pub fn snapshot(
         }
     };
     let frozen_at = Instant::now();
+    // A thaw that says it thawed these filesystems says so after this (one
+    // before is not said early: the FIFREEZE came after it; the thaw's
+    // EINVAL still tells).
+    let frozen_ms = crate::phase::journal::now_ms();
     let ctx = Context {
         waiter,
         log,
