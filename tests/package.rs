@@ -133,20 +133,22 @@ fn lintian_finds_no_error(work: &Path) {
         .status()
         .expect("strip (binutils)");
     assert!(strip.success());
-    let deb = build_from(&stripped, work);
+    lintian_says_no_error(&build_from(&stripped, work));
+}
+
+/// `lintian` finds no error in the .deb `deb`, which holds the package's
+/// changelog and machine-readable copyright.
+fn lintian_says_no_error(deb: &str) {
     let out = Command::new("lintian")
         .args(["--tag-display-limit", "0"])
-        .arg(&deb)
+        .arg(deb)
         .output()
         .expect("lintian (the test command installs it)");
     let said = String::from_utf8_lossy(&out.stdout);
     let errors: Vec<&str> = said.lines().filter(|l| l.starts_with("E:")).collect();
     assert!(errors.is_empty(), "{said}");
     // The package's changelog and machine-readable copyright are there.
-    let contents = Command::new("dpkg-deb")
-        .args(["-c", &deb])
-        .output()
-        .unwrap();
+    let contents = Command::new("dpkg-deb").args(["-c", deb]).output().unwrap();
     let listing = String::from_utf8_lossy(&contents.stdout);
     for f in ["changelog.gz", "copyright"] {
         assert!(
@@ -1123,6 +1125,7 @@ fn the_arm64_build_makes_arm64_packages() {
     assert!(deb.ends_with("_arm64.deb"), "{deb}");
     let info = succeeds(Command::new("dpkg-deb").args(["-f", &deb, "Architecture"]));
     assert_eq!(info.trim(), "arm64");
+    lintian_says_no_error(&deb);
     let rpm = build_of("build-rpm", Path::new(&bin), work.path());
     assert!(rpm.ends_with(".aarch64.rpm"), "{rpm}");
     let arch = Command::new("rpm")
