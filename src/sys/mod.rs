@@ -119,6 +119,21 @@ fn mark_inherited_fds_cloexec() {
     }
 }
 
+/// Reads until `buf` is full or the writers are gone (end of file); how
+/// many bytes came.
+pub fn read_up_to(fd: impl AsFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match nix::unistd::read(&fd, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
 /// Starts a helper process ([`detach`]) that waits on [`waited_signals`], and
 /// returns who it is (pid and start time, as it read them itself) once it is
 /// ready: from then on a signal sent to it is read by its [`Waiter`], never
@@ -145,16 +160,7 @@ pub fn start_helper(
     })?;
     drop(ready_tx);
     let mut buf = [0u8; 12];
-    let mut n = 0;
-    while n < buf.len() {
-        match nix::unistd::read(&ready_rx, &mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if n < buf.len() {
+    if read_up_to(&ready_rx, &mut buf)? < buf.len() {
         return Err(std::io::Error::other("the helper did not start"));
     }
     let pid = i32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));

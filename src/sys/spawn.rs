@@ -145,16 +145,7 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     let pid = Pid::from_raw(pid);
     drop(report_tx);
     let mut word = [0u8; 4];
-    let mut got = 0;
-    while got < word.len() {
-        match nix::unistd::read(&report_rx, &mut word[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    if got == word.len() {
+    if super::read_up_to(&report_rx, &mut word).is_ok_and(|got| got == word.len()) {
         let _ = waitpid(pid, None);
         return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(word)));
     }
