@@ -69,7 +69,7 @@ pub fn rhel(root: &Path) {
 }
 
 /// Every path under `root` with its mode and contents (or link target).
-fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+pub fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {

@@ -918,24 +918,14 @@ fn rpm_upgrades_of_qemu_guest_agent_keep_the_hook_ours_and_the_kept_stock_curren
     assert!(!stock.exists() && !newer.exists());
     // Nothing of ours is left: only the agent's hook and hooks dir carry
     // the name.
-    let mut left: Vec<String> = Vec::new();
-    let mut dirs = vec![root.clone()];
-    while let Some(d) = dirs.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if fs::symlink_metadata(&p).unwrap().is_dir() {
-                dirs.push(p.clone());
-            }
-            if p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .contains("fsfreeze-hook")
-            {
-                left.push(p.strip_prefix(&root).unwrap().display().to_string());
-            }
-        }
-    }
-    left.sort();
+    let left: Vec<String> = crate::admin::tree(&root)
+        .into_keys()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("fsfreeze-hook"))
+        })
+        .map(|p| p.display().to_string())
+        .collect();
     assert_eq!(
         left,
         ["etc/qemu-ga/fsfreeze-hook", "etc/qemu-ga/fsfreeze-hook.d"],

@@ -365,28 +365,17 @@ fn selinux(
             .filter(|e| matches!(e.verdict, Verdict::Runs { .. }))
             .map(|e| e.path.clone()),
     );
+    let fix = format!("`restorecon -Rv {}`", guest(&settings.hooks_dir).display());
     for path in judged {
-        let l = label(&path);
-        let shown = guest(&path);
-        if l.split(':').nth(2) == Some(HOOK_TYPE) {
-            out.push(Finding::Ok(format!("{} is labelled {l}", shown.display())));
-            continue;
-        }
-        let what = format!(
-            "{} is labelled {l}, not {HOOK_TYPE}: qemu-ga's SELinux domain {}",
-            shown.display(),
-            if enforcing {
-                "may not run it"
-            } else {
-                "would be denied it when enforcing"
-            }
-        );
-        let fix = format!("`restorecon -Rv {}`", guest(&settings.hooks_dir).display());
-        out.push(if enforcing {
-            problem(what, fix)
-        } else {
-            Finding::Note(format!("{what}; fix: {fix}"))
-        });
+        let subject = guest(&path).display().to_string();
+        out.push(labelled(
+            &subject,
+            &label(&path),
+            HOOK_TYPE,
+            "may not run it",
+            &fix,
+            enforcing,
+        ));
     }
     let state = guest(&settings.state_dir);
     let fix = if state == Path::new(ROOT_STATE_DIR) {
@@ -465,27 +454,43 @@ fn writes_as_the_agent(
         return;
     }
     let label = crate::sys::paths::selinux_label(at).unwrap_or_else(|| "no label".into());
-    if type_of(&label) == Some(wanted) {
-        out.push(Finding::Ok(format!(
-            "{what} {} is labelled {label}",
-            shown.display()
-        )));
-        return;
+    out.push(labelled(
+        &format!("{what} {}", shown.display()),
+        &label,
+        wanted,
+        "may not write it, and every freeze would fail",
+        fix,
+        enforcing,
+    ));
+}
+
+/// `subject`'s label judged against the type qemu-ga's domain needs: ok,
+/// else what the domain is `denied` and `fix`, a problem when enforcing and
+/// a note when permissive.
+fn labelled(
+    subject: &str,
+    label: &str,
+    wanted: &str,
+    denied: &str,
+    fix: &str,
+    enforcing: bool,
+) -> Finding {
+    if type_of(label) == Some(wanted) {
+        return Finding::Ok(format!("{subject} is labelled {label}"));
     }
     let what = format!(
-        "{what} {} is labelled {label}, not {wanted}: qemu-ga's SELinux domain {}",
-        shown.display(),
+        "{subject} is labelled {label}, not {wanted}: qemu-ga's SELinux domain {}",
         if enforcing {
-            "may not write it, and every freeze would fail"
+            denied
         } else {
             "would be denied it when enforcing"
         }
     );
-    out.push(if enforcing {
+    if enforcing {
         problem(what, fix)
     } else {
         Finding::Note(format!("{what}; fix: {fix}"))
-    });
+    }
 }
 
 /// The boolean that lets hooks run unconfined: off (the policy's default),

@@ -76,13 +76,15 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool) -> Exit {
         .map_or_else(Vec::new, |h| h.filesystems.clone());
     let frozen = to_thaw(&Kernel, recorded, all, &log);
     let fs_failed = filesystems::thaw_all(&Kernel, &frozen, &log);
-    let thawed_recorded = held.as_ref().is_some_and(|h| {
-        h.filesystems
-            .iter()
-            .any(|r| !fs_failed.iter().any(|(f, _)| f.mountpoint == r.mountpoint))
-    });
-    if fs
-        && thawed_recorded
+    // Recorded filesystems this `thaw --fs` itself thawed (a snapshot's,
+    // perhaps, whose COMMAND still runs).
+    let thawed_recorded = fs
+        && held.as_ref().is_some_and(|h| {
+            h.filesystems
+                .iter()
+                .any(|r| !fs_failed.iter().any(|(f, _)| f.mountpoint == r.mountpoint))
+        });
+    if thawed_recorded
         && let Err(e) = journal::note_thawed_under(
             &settings.state_dir,
             &format!(
