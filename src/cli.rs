@@ -212,6 +212,20 @@ pub enum Command {
         dry_run: bool,
     },
 
+    /// For the packages' scripts: bring the hook `enable` installed up to
+    /// date (this build where an older one is; where qemu-guest-agent's
+    /// package wrote its stock script over it, that kept as the stock one and
+    /// this build put back); nothing else of `enable` is redone
+    Refresh {
+        /// Act on the system image mounted at DIR
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// qemu-guest-agent's package was just installed: a hook that is
+        /// not ours is the stock script it wrote (rpm's %triggerin says so)
+        #[arg(long)]
+        agent_installed: bool,
+    },
+
     /// Undo exactly what `enable` did
     Disable {
         /// Act on the system image mounted at DIR

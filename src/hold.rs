@@ -28,7 +28,7 @@ use crate::config::{Settings, TimeLimit};
 use crate::exit::Exit;
 use crate::log::Log;
 use crate::phase::process::{Context, WaitEnd, Watch, spawn_command};
-use crate::sys::{self, Waiter, Wake};
+use crate::sys::{self, Group, Waiter, Wake};
 
 /// What a keeper waits for its COMMAND to end after closing its stdin,
 /// before ending it with signals.
@@ -529,7 +529,13 @@ struct Started {
 fn start(args: &HoldArgs) -> Result<Started, Errno> {
     let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let pid = spawn_command(&args.command, in_r.as_fd(), out_w.as_fd(), out_w.as_fd())?;
+    let pid = spawn_command(
+        &args.command,
+        in_r.as_fd(),
+        out_w.as_fd(),
+        out_w.as_fd(),
+        Group::Session,
+    )?;
     Ok(Started {
         pid,
         stdin: in_w,

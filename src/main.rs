@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         .next()
         .map(PathBuf::from)
         .unwrap_or_default();
+    let argv0 = admin::agent::invoked_as(&argv0);
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&cli::command().get_matches())
         .unwrap_or_else(|e| e.exit());
     let snapshot = matches!(cli.command, Command::Snapshot { .. });
@@ -286,6 +287,10 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
         Command::Check { root, json } => admin::check::check(&root, json),
         Command::Enable { root, dry_run } => admin::enable::enable(&root, dry_run),
         Command::Disable { root, dry_run } => admin::enable::disable(&root, dry_run),
+        Command::Refresh {
+            root,
+            agent_installed,
+        } => admin::enable::refresh(&root, agent_installed),
         Command::Completions { shell } => {
             let mut cmd = cli::command();
             let mut script = Vec::new();

@@ -613,7 +613,7 @@ fn config_out_of_range_duplicate_keys_and_non_utf8_are_clear_errors() {
 // ---- the environment hooks start with ---------------------------------------
 
 #[test]
-fn hooks_get_a_default_path_umask_022_and_inherit_resource_limits() {
+fn hooks_get_a_default_path_the_agents_umask_at_least_022_and_inherit_resource_limits() {
     let env = Env::new();
     let out = env.path().join("seen");
     env.hook(
@@ -623,20 +623,26 @@ fn hooks_get_a_default_path_umask_022_and_inherit_resource_limits() {
             o = out.display()
         ),
     );
-    // The caller's umask is not passed on (022 is); its limits are.
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("umask 077 && ulimit -n 777 && exec \"$@\"")
-        .arg("sh")
-        .arg(BIN)
-        .args(env.command(&["freeze"]).get_args())
-        .env_clear();
-    let status = cmd.status().unwrap();
-    assert!(status.success());
-    assert_eq!(
-        fs::read_to_string(&out).unwrap(),
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n777\n0022\n"
-    );
+    // The caller's umask is passed on (RHEL's unit gives the agent 0077, and
+    // the stock script its hooks), but never one looser than 022; its limits
+    // are passed on.
+    for (given, seen) in [("077", "0077"), ("027", "0027"), ("000", "0022")] {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("umask {given} && ulimit -n 777 && exec \"$@\""))
+            .arg("sh")
+            .arg(BIN)
+            .args(env.command(&["freeze"]).get_args())
+            .env_clear();
+        let status = cmd.status().unwrap();
+        assert!(status.success());
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            format!("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n777\n{seen}\n"),
+            "umask {given}"
+        );
+        assert!(env.command(&["thaw"]).status().unwrap().success());
+    }
 }
 
 // ---- signals ----------------------------------------------------------------------

@@ -526,17 +526,30 @@ fn dpkg_steps(root: &Path, steps: &str) -> String {
 /// /var/log/qga-fsfreeze-hook.log). Each phase's hook in the hooks dir
 /// beside it records `$0 $1` in `trace`.
 fn freeze_by_the_installed_agent(root: &Path, var_log: &Path, trace: &Path) {
+    freeze_by_the_agent_in(root, DEBIAN_AGENT, var_log, trace);
+}
+
+/// Where an agent package puts qemu-ga and its hook: Debian's, RHEL's.
+const DEBIAN_AGENT: (&str, &str) = ("usr/sbin/qemu-ga", "/etc/qemu/fsfreeze-hook");
+const RHEL_AGENT: (&str, &str) = ("usr/bin/qemu-ga", "/etc/qemu-ga/fsfreeze-hook");
+
+/// As [`freeze_by_the_installed_agent`], for an agent laid out as `agent`
+/// (its binary, its hook) in `root`.
+fn freeze_by_the_agent_in(root: &Path, agent: (&str, &str), var_log: &Path, trace: &Path) {
     use crate::loopfs::LoopFs;
     use crate::qemu_ga::{Agent, Install, TestAgent, freeze_list};
-    let qga = TestAgent::probe(root.join("usr/sbin/qemu-ga"));
+    let (binary, hook) = agent;
+    let qga = TestAgent::probe(root.join(binary));
     let mut install = Install::new();
-    install.hook = root.join("etc/qemu/fsfreeze-hook");
+    install.hook = root.join(hook.trim_start_matches('/'));
     let fs = LoopFs::ext4(install.dir.path());
-    fs::create_dir_all(var_log).unwrap();
+    for dir in ["", "qemu-ga"] {
+        fs::create_dir_all(var_log.join(dir)).unwrap();
+    }
     fs::write(var_log.join("qga-fsfreeze-hook.log"), "").unwrap();
     crate::admin::put(
         root,
-        "/etc/qemu/fsfreeze-hook.d/10-mark",
+        &format!("{hook}.d/10-mark"),
         &format!("#!/bin/sh\necho \"$0 $1\" >>'{}'\n", trace.display()),
         0o755,
     );
@@ -818,134 +831,269 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
     assert!(!said.contains("semodule"), "{said}");
 }
 
-/// A stand-in for the RHEL family's qemu-guest-agent package at `version`:
-/// its stock hook `/etc/qemu-ga/fsfreeze-hook`, a `%config(noreplace)`
-/// file, saying `stock`.
-fn agent_rpm(work: &Path, version: &str, stock: &str) -> String {
+/// A stand-in for the RHEL family's qemu-guest-agent package, built as
+/// RHEL 9's qemu-kvm spec builds it (tests/rhel/README.md): its unit and
+/// sysconfig verbatim, `/etc/qemu-ga` a plain directory of the package (so
+/// the stock hook in it is no `%config` file: rpm writes it at every
+/// install), the sysconfig `%config(noreplace)`, `%postun` restarting the
+/// agent; and a real qemu-ga as /usr/bin/qemu-ga: Debian's of `generation`
+/// ("qemu-ga-7", "qemu-ga-10", as tests/fetch-qemu unpacked it), with that
+/// package's stock script as the hook. Its version is `version`.
+fn rhel_agent_rpm(work: &Path, generation: &str, version: &str) -> String {
+    let unpacked = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-qemu")
+        .join(generation);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rhel");
     let top = work.join(format!("qga-rpm-{version}"));
     fs::create_dir_all(&top).unwrap();
-    let script = top.join("fsfreeze-hook");
-    fs::write(&script, stock).unwrap();
+    let sample = top.join("fsfreeze-hook.d-sample");
+    fs::write(&sample, "#!/bin/sh\n# a sample\n").unwrap();
+    let udev = top.join("99-qemu-guest-agent.rules");
+    fs::write(
+        &udev,
+        "SUBSYSTEM==\"virtio-ports\", ATTR{name}==\"org.qemu.guest_agent.0\", TAG+=\"systemd\"\n",
+    )
+    .unwrap();
+    let qga = unpacked.join("usr/sbin/qemu-ga");
+    let stock = unpacked.join("etc/qemu/fsfreeze-hook");
+    assert!(
+        qga.exists() && stock.exists(),
+        "{} (the test command runs tests/fetch-qemu)",
+        unpacked.display()
+    );
     let spec = top.join("qga.spec");
     fs::write(
         &spec,
         format!(
-            "Name: qemu-guest-agent\nVersion: {version}\nRelease: 1\nSummary: stand-in\n\
-             License: GPL-2.0-or-later\nBuildArch: noarch\n\
+            "Name: qemu-guest-agent\nVersion: {version}\nRelease: 1\n\
+             Summary: QEMU guest agent (a stand-in built as RHEL 9 builds it)\n\
+             License: GPL-2.0-or-later\nAutoReqProv: no\n\
+             %global debug_package %{{nil}}\n%global __os_install_post %{{nil}}\n%global _build_id_links none\n\
              %description\nA stand-in.\n\
              %install\n\
-             install -D -m 0755 '{s}' %{{buildroot}}/etc/qemu-ga/fsfreeze-hook\n\
-             install -d -m 0755 %{{buildroot}}/etc/qemu-ga/fsfreeze-hook.d\n\
-             %files\n%config(noreplace) /etc/qemu-ga/fsfreeze-hook\n%dir /etc/qemu-ga/fsfreeze-hook.d\n",
-            s = script.display()
+             install -D -m 0644 '{unit}' %{{buildroot}}/usr/lib/systemd/system/qemu-guest-agent.service\n\
+             install -D -m 0644 '{sysconfig}' %{{buildroot}}/etc/sysconfig/qemu-ga\n\
+             mkdir -p %{{buildroot}}/etc/qemu-ga/fsfreeze-hook.d\n\
+             install -p '{stock}' %{{buildroot}}/etc/qemu-ga/fsfreeze-hook\n\
+             mkdir -p %{{buildroot}}/usr/share/qemu-kvm/qemu-ga/fsfreeze-hook.d/\n\
+             install -p -m 0644 '{sample}' %{{buildroot}}/usr/share/qemu-kvm/qemu-ga/fsfreeze-hook.d/mysql-flush.sh.sample\n\
+             mkdir -p -v %{{buildroot}}/var/log/qemu-ga/\n\
+             install -D -p -m 0755 '{qga}' %{{buildroot}}/usr/bin/qemu-ga\n\
+             install -D -m 0644 '{udev}' %{{buildroot}}/usr/lib/udev/rules.d/99-qemu-guest-agent.rules\n\
+             %post\n\
+             if [ $1 -eq 1 ]; then systemctl --no-reload preset qemu-guest-agent.service >/dev/null 2>&1 || :; fi\n\
+             %preun\n\
+             if [ $1 -eq 0 ]; then systemctl --no-reload disable --now qemu-guest-agent.service >/dev/null 2>&1 || :; fi\n\
+             %postun\n\
+             if [ $1 -ge 1 ]; then systemctl try-restart qemu-guest-agent.service >/dev/null 2>&1 || :; fi\n\
+             %files\n\
+             /usr/bin/qemu-ga\n\
+             /usr/lib/systemd/system/qemu-guest-agent.service\n\
+             /usr/lib/udev/rules.d/99-qemu-guest-agent.rules\n\
+             %config(noreplace) /etc/sysconfig/qemu-ga\n\
+             /etc/qemu-ga\n\
+             /usr/share/qemu-kvm/qemu-ga\n\
+             %dir /var/log/qemu-ga\n",
+            unit = fixtures.join("qemu-guest-agent.service").display(),
+            sysconfig = fixtures.join("qemu-ga.sysconfig").display(),
+            stock = stock.display(),
+            sample = sample.display(),
+            qga = qga.display(),
+            udev = udev.display(),
         ),
     )
     .unwrap();
     succeeds(
         Command::new("rpmbuild")
-            .args(["-bb", "--quiet", "--define"])
+            .args(["-bb", "--quiet", "--target", "x86_64-linux", "--define"])
             .arg(format!("_topdir {}", top.join("top").display()))
             .arg("--define")
             .arg(format!("_rpmdir {}", top.join("out").display()))
             .arg(&spec),
     );
     let rpm = top.join(format!(
-        "out/noarch/qemu-guest-agent-{version}-1.noarch.rpm"
+        "out/x86_64/qemu-guest-agent-{version}-1.x86_64.rpm"
     ));
     assert!(rpm.exists(), "{}", rpm.display());
     rpm.display().to_string()
 }
 
+/// A RHEL root for the faithful stand-in: no agent in it yet, a static
+/// shell, and a `systemctl` that notes each call with what the hook was
+/// then (`ours` or `stock`), in /systemctl.
+fn rhel_root_for_packages(work: &Path) -> (std::path::PathBuf, String) {
+    let root = work.join("root");
+    for d in ["usr/bin", "usr/sbin", "var/log", "run", "etc"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    fs::copy("/bin/busybox", root.join("usr/bin/sh")).expect("busybox-static");
+    // The agent's scriptlets send systemctl's output to /dev/null.
+    fs::create_dir_all(root.join("dev")).unwrap();
+    succeeds(
+        Command::new("mknod")
+            .arg(root.join("dev/null"))
+            .args(["c", "1", "3"]),
+    );
+    fs::set_permissions(root.join("dev/null"), fs::Permissions::from_mode(0o666)).unwrap();
+    crate::admin::put(
+        &root,
+        "/usr/bin/systemctl",
+        "#!/usr/bin/sh\nhook=none\nif read -r first </etc/qemu-ga/fsfreeze-hook; then\n  case \"$first\" in '#!'*) hook=stock ;; *) hook=ours ;; esac\nfi\necho \"systemctl $* hook=$hook\" >>/systemctl\n",
+        0o755,
+    );
+    let r = crate::admin::at(&root);
+    (root, r)
+}
+
 #[test]
 #[ignore = "needs root"]
-fn rpm_upgrades_of_qemu_guest_agent_keep_the_hook_ours_and_the_kept_stock_current() {
-    require_root("rpm_agent_upgrade");
+fn rpm_installs_of_either_package_in_any_order_leave_qemu_ga_running_our_hook() {
+    // The faithful stand-in: every install of qemu-guest-agent writes its
+    // stock script over the hook (no .rpmnew). Upgrades, downgrades and
+    // reinstalls of either package, in turn: after each the hook is ours
+    // (before the agent's own restart), `.stock` is the stock script of the
+    // agent installed now, and the real qemu-ga of the root freezes through
+    // our hook; erased, ours leaves the stock script as shipped.
+    let _exclusive = crate::common::freezing_test("rpm_real_agent");
     let work = tempfile::tempdir().unwrap();
     let ours = build("build-rpm", work.path());
-    let (root, r) = rpm_root(work.path());
-    fs::remove_file(root.join("etc/qemu-ga/fsfreeze-hook")).unwrap();
+    let newer = newer_build(work.path());
+    let newer_rpm = build_of("build-rpm", &newer, &work.path().join("newer-out"));
+    let (root, r) = rhel_root_for_packages(work.path());
     let rpm_at = |args: &[&str]| rpm_in(&r, args);
-    let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
-    rpm_at(&["-i", &agent_rpm(work.path(), "1", stock1)]);
-    rpm_at(&["-i", &ours]);
-    let installed = root.join("usr/sbin/fsfreeze-hook");
-    succeeds(Command::new(&installed).args(["enable", "--root", &r]));
+    let agent7 = rhel_agent_rpm(work.path(), "qemu-ga-7", "7.2");
+    let agent10 = rhel_agent_rpm(work.path(), "qemu-ga-10", "10.0");
+    let stock_of = |generation: &str| {
+        fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/test-qemu")
+                .join(generation)
+                .join("etc/qemu/fsfreeze-hook"),
+        )
+        .unwrap()
+    };
+    let (stock7, stock10) = (stock_of("qemu-ga-7"), stock_of("qemu-ga-10"));
     let hook = root.join("etc/qemu-ga/fsfreeze-hook");
     let stock = root.join("etc/qemu-ga/fsfreeze-hook.stock");
-    let newer = root.join("etc/qemu-ga/fsfreeze-hook.rpmnew");
-    assert_eq!(fs::read_to_string(&stock).unwrap(), stock1);
+    let installed = root.join("usr/sbin/fsfreeze-hook");
+    let systemctl = root.join("systemctl");
+    let restarts = || {
+        let said = fs::read_to_string(&systemctl).unwrap_or_default();
+        fs::remove_file(&systemctl).ok();
+        said
+    };
+    let (var_log, trace) = (work.path().join("var-log"), work.path().join("trace"));
+    let freezes_through = |what: &str| {
+        fs::remove_file(&trace).ok();
+        freeze_by_the_agent_in(&root, RHEL_AGENT, &var_log, &trace);
+        let ran = fs::read_to_string(&trace).unwrap_or_default();
+        assert_eq!(
+            ran,
+            "/etc/qemu-ga/fsfreeze-hook.d/10-mark freeze\n/etc/qemu-ga/fsfreeze-hook.d/10-mark thaw\n"
+                .replace("/etc", &root.join("etc").display().to_string()),
+            "{what}: the hook's scripts"
+        );
+        let log = fs::read_to_string(var_log.join("qemu-ga/fsfreeze-hook.log")).unwrap_or_default();
+        assert!(
+            log.contains(": freeze finished in") && log.contains(": thaw finished in"),
+            "{what}: qemu-ga ran our hook (its log under /var/log/qemu-ga): {log}"
+        );
+        fs::remove_file(var_log.join("qemu-ga/fsfreeze-hook.log")).ok();
+    };
+    let is_ours_with_stock = |what: &str, binary: &Path, kept: &[u8], said: &str| {
+        assert_eq!(
+            fs::read(&hook).unwrap(),
+            fs::read(binary).unwrap(),
+            "{what}: {said}"
+        );
+        assert_eq!(
+            fs::read(&stock).unwrap(),
+            kept,
+            "{what}: the kept stock script: {said}"
+        );
+    };
 
-    // The agent's upgrade: rpm keeps our changed hook and writes its new
-    // stock script as .rpmnew; our trigger keeps that as the stock one.
-    let said = rpm_at(&["-U", &agent_rpm(work.path(), "2", stock2)]);
+    rpm_at(&["-i", &agent7]);
+    assert_eq!(fs::read(&hook).unwrap(), stock7);
+    rpm_at(&["-i", &ours]);
+    succeeds(Command::new(&installed).args(["enable", "--root", &r]));
+    is_ours_with_stock("enabled", &installed, &stock7, "");
+    freezes_through("enabled");
+
+    // The agent upgraded: rpm wrote 10.0's stock script over our hook; our
+    // trigger put ours back before the agent's %postun restarted it.
+    restarts();
+    let said = rpm_at(&["-U", &agent10]);
+    is_ours_with_stock("agent upgraded", &installed, &stock10, &said);
     assert_eq!(
-        fs::read(&hook).unwrap(),
-        fs::read(&installed).unwrap(),
+        restarts(),
+        "systemctl try-restart qemu-guest-agent.service hook=ours\n",
         "{said}"
     );
-    assert_eq!(fs::read_to_string(&stock).unwrap(), stock2, "{said}");
-    assert!(!newer.exists(), "{said}");
-    // A .rpmnew that waits (an agent upgraded by other means than rpm's
-    // trigger): check names it, enable keeps it.
-    fs::write(&newer, stock2.replace("2", "3")).unwrap();
-    let check = crate::admin::run(&["check", "--root", &r]);
-    crate::common::assert_has(
-        &check.stdout,
-        "note: /etc/qemu-ga/fsfreeze-hook.rpmnew is qemu-guest-agent's newer stock script, which rpm put beside the hook: `fsfreeze-hook enable` keeps it as /etc/qemu-ga/fsfreeze-hook.stock",
-    );
-    let enable = crate::admin::run(&["enable", "--root", &r]);
-    crate::common::assert_has(
-        &enable.stdout,
-        "keep /etc/qemu-ga/fsfreeze-hook.rpmnew (qemu-guest-agent's newer stock script) as /etc/qemu-ga/fsfreeze-hook.stock",
-    );
-    assert!(!newer.exists());
-    fs::write(&stock, stock2).unwrap();
-    fs::set_permissions(&stock, fs::Permissions::from_mode(0o755)).unwrap();
-    // Its reinstall changes nothing.
-    let said = rpm_at(&["-U", "--replacepkgs", &agent_rpm(work.path(), "2", stock2)]);
+    freezes_through("agent upgraded");
+    // Downgraded, then reinstalled.
+    let said = rpm_at(&["-U", "--oldpackage", &agent7]);
+    is_ours_with_stock("agent downgraded", &installed, &stock7, &said);
+    let said = rpm_at(&["-U", "--replacepkgs", &agent7]);
+    is_ours_with_stock("agent reinstalled", &installed, &stock7, &said);
+    assert!(!said.contains('`') && !said.contains("failed"), "{said}");
+    // Ours replaced by another build and back (build-rpm gives every build
+    // Cargo.toml's version: a reinstall of other bytes), then reinstalled:
+    // the hook follows the build.
+    let said = rpm_at(&["-U", "--replacepkgs", &newer_rpm]);
+    is_ours_with_stock("ours upgraded", &newer, &stock7, &said);
+    let said = rpm_at(&["-U", "--replacepkgs", &ours]);
+    is_ours_with_stock("ours downgraded", &installed, &stock7, &said);
+    let said = rpm_at(&["-U", "--replacepkgs", &ours]);
+    is_ours_with_stock("ours reinstalled", &installed, &stock7, &said);
+    // A hook the administrator replaced by hand is no agent's: an upgrade
+    // of ours leaves it alone and says so.
+    fs::write(&hook, "#!/bin/sh\n# mine\n").unwrap();
+    let said = rpm_at(&["-U", "--replacepkgs", &newer_rpm]);
     assert_eq!(
-        fs::read(&hook).unwrap(),
-        fs::read(&installed).unwrap(),
+        fs::read_to_string(&hook).unwrap(),
+        "#!/bin/sh\n# mine\n",
         "{said}"
     );
-    assert_eq!(fs::read_to_string(&stock).unwrap(), stock2, "{said}");
+    crate::common::assert_has(
+        &said,
+        "/etc/qemu-ga/fsfreeze-hook is no longer the fsfreeze-hook `enable` installed (replaced or edited since): left alone",
+    );
+    // The agent's next install writes its stock script over that too, and
+    // the hook is ours again; then upgraded once more.
+    rpm_at(&["-U", "--replacepkgs", &agent7]);
+    is_ours_with_stock("agent reinstalled after an edit", &newer, &stock7, "");
+    let said = rpm_at(&["-U", &agent10]);
+    is_ours_with_stock("agent upgraded again", &newer, &stock10, &said);
+    freezes_through("agent upgraded again");
 
-    // Erased, ours leaves the agent's current stock script, which rpm
-    // verifies as shipped (its bytes, mode and owner: rpm wrote the .rpmnew
-    // with the time it was written, not the package's).
+    // Erased, ours leaves 10.0's stock script exactly as the package
+    // shipped it: rpm -V finds nothing, its time included.
     let said = rpm_at(&["-e", "fsfreeze-hook"]);
-    assert_eq!(fs::read_to_string(&hook).unwrap(), stock2, "{said}");
-    assert!(!stock.exists() && !newer.exists());
-    // Nothing of ours is left: only the agent's hook and hooks dir carry
-    // the name.
-    let left: Vec<String> = crate::admin::tree(&root)
-        .into_keys()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("fsfreeze-hook"))
-        })
-        .map(|p| p.display().to_string())
-        .collect();
-    assert_eq!(
-        left,
-        ["etc/qemu-ga/fsfreeze-hook", "etc/qemu-ga/fsfreeze-hook.d"],
-        "left after the erase"
-    );
+    assert_eq!(fs::read(&hook).unwrap(), stock10, "{said}");
     let verify = Command::new("rpm")
-        .args([
-            "--root",
-            &r,
-            "-V",
-            "--nodeps",
-            "--nomtime",
-            "qemu-guest-agent",
-        ])
+        .args(["--root", &r, "-V", "--nodeps", "qemu-guest-agent"])
         .output()
         .unwrap();
     assert!(
         verify.status.success(),
         "rpm -V: {}",
         String::from_utf8_lossy(&verify.stdout)
+    );
+    let left: Vec<String> = crate::admin::tree(&root.join("etc/qemu-ga"))
+        .into_keys()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "",
+            "fsfreeze-hook",
+            "fsfreeze-hook.d",
+            "fsfreeze-hook.d/10-mark"
+        ],
+        "left after the erase"
     );
 }
 
@@ -991,7 +1139,8 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
     // The scriptlets as written (a backquote in the spec's text is not run
     // while it is built).
     assert!(
-        query(&["-qp", "--triggers"]).contains("# `enable` keeps that one as <hook>.stock"),
+        query(&["-qp", "--triggers"])
+            .contains("# its stock script over the hook. refresh keeps that as <hook>.stock"),
         "the trigger's text"
     );
     let info = query(&["-qpi"]);

@@ -13,17 +13,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+// The RHEL family under an enforcing SELinux policy, in a guest of its own.
+#[path = "selinux.rs"]
+mod selinux;
+
 use crate::common::{BIN, eventually, freezing_test};
 use crate::qemu_ga::{TestAgent, agents};
 use crate::qmp::Qmp;
 
 /// A booted guest; killed and removed on drop.
-struct Guest {
+pub struct Guest {
     dir: tempfile::TempDir,
     qemu: Child,
-    qmp: Qmp,
-    new_agent: bool,
-    who: String,
+    pub qmp: Qmp,
+    pub new_agent: bool,
+    pub who: String,
+    /// The control shell's port, once used.
+    ctl: Option<std::io::BufReader<std::os::unix::net::UnixStream>>,
 }
 
 impl Drop for Guest {
@@ -60,9 +66,13 @@ fn guest_dir() -> tempfile::TempDir {
 }
 
 /// tests/vm/build-guest into `dir`, with `args` after it.
-fn build_guest(dir: &Path, args: &[&std::ffi::OsStr]) {
+fn build_guest(dir: &Path, args: &[&std::ffi::OsStr], selinux: Option<&Path>) {
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/build-guest");
-    let out = Command::new(&build).arg(dir).args(args).output().unwrap();
+    let mut cmd = Command::new(&build);
+    if let Some(policy) = selinux {
+        cmd.env("SELINUX", policy);
+    }
+    let out = cmd.arg(dir).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "build-guest: {}",
@@ -83,7 +93,7 @@ impl Guest {
     fn boot(qga: &TestAgent) -> Guest {
         qga.announce();
         let dir = guest_dir();
-        build_guest(dir.path(), &[qga.path.as_os_str(), BIN.as_ref()]);
+        build_guest(dir.path(), &[qga.path.as_os_str(), BIN.as_ref()], None);
         let mut qemu = qemu_system();
         qemu.args(["-accel", "tcg", "-M", "pc"]);
         Guest::start(
@@ -117,6 +127,7 @@ impl Guest {
         build_guest(
             dir.path(),
             &[qga.as_os_str(), bin.as_os_str(), packages.as_os_str()],
+            None,
         );
         let mut qemu = qemu_system_aarch64();
         qemu.args([
@@ -137,6 +148,71 @@ impl Guest {
             false,
             who,
         )
+    }
+
+    /// The RHEL family's layout with Fedora's targeted policy enforcing
+    /// (`policy`: what tests/vm/build-policy built), on Debian's kernel,
+    /// under `qga`, with a control shell on the port "ctl" ([`Guest::ctl`]).
+    pub fn boot_selinux(qga: &TestAgent, policy: &Path) -> Guest {
+        qga.announce();
+        let dir = guest_dir();
+        build_guest(
+            dir.path(),
+            &[qga.path.as_os_str(), BIN.as_ref()],
+            Some(policy),
+        );
+        let mut qemu = qemu_system();
+        qemu.args(["-accel", "tcg", "-M", "pc"]);
+        Guest::start(
+            dir,
+            qemu,
+            "console=ttyS0 panic=-1 security=selinux enforcing=1",
+            Duration::from_secs(120),
+            qga.reports_hook_errors,
+            qga.version.clone(),
+        )
+    }
+
+    /// Runs `script` with sh in the guest's control shell (the kernel's
+    /// SELinux domain, which the policy leaves unconfined: an
+    /// administrator's root shell); its exit status and output.
+    pub fn ctl(&mut self, script: &str) -> (i32, String) {
+        use std::io::{BufRead, Write};
+        let ctl = self.ctl.get_or_insert_with(|| {
+            let sock = self.dir.path().join("ctl.sock");
+            let stream = std::os::unix::net::UnixStream::connect(&sock).expect("ctl.sock");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(180)))
+                .unwrap();
+            std::io::BufReader::new(stream)
+        });
+        let mut w = ctl.get_ref();
+        write!(w, "{script}\n@@END@@\n").unwrap();
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            let n = ctl
+                .read_line(&mut line)
+                .expect("the guest's control shell answers");
+            assert!(n > 0, "the control shell went away: {out}");
+            if let Some(rc) = line
+                .trim()
+                .strip_prefix("@@RC ")
+                .and_then(|r| r.strip_suffix("@@"))
+            {
+                // The guest adds a newline before the status line.
+                out.pop();
+                return (rc.parse().unwrap_or(-1), out);
+            }
+            out.push_str(&line);
+        }
+    }
+
+    /// [`Guest::ctl`] that must succeed; its output.
+    pub fn admin(&mut self, script: &str) -> String {
+        let (rc, out) = self.ctl(script);
+        assert_eq!(rc, 0, "{script}: {out}");
+        out
     }
 
     /// Boots the guest built in `dir` with `qemu` (its accelerator and
@@ -176,7 +252,13 @@ impl Guest {
             .args([
                 "-device",
                 "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+                "-chardev",
             ])
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=ctl",
+                p("ctl.sock").display()
+            ))
+            .args(["-device", "virtserialport,chardev=ctl,name=ctl"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -188,6 +270,7 @@ impl Guest {
         });
         let mut guest = Guest {
             qmp: Qmp::connect(&p("qga.sock"), Duration::from_secs(120), &console),
+            ctl: None,
             qemu,
             new_agent,
             who,
@@ -198,7 +281,7 @@ impl Guest {
         guest
     }
 
-    fn console(&self) -> String {
+    pub fn console(&self) -> String {
         fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
@@ -206,7 +289,7 @@ impl Guest {
         self.dir.path().join(name)
     }
 
-    fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
+    pub fn call(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
         self.qmp.call(command, arguments)
     }
 
@@ -241,15 +324,15 @@ impl Guest {
         out
     }
 
-    fn freeze(&mut self) -> Result<Value, String> {
+    pub fn freeze(&mut self) -> Result<Value, String> {
         self.call("guest-fsfreeze-freeze", json!({}))
     }
 
-    fn thaw(&mut self) -> Result<Value, String> {
+    pub fn thaw(&mut self) -> Result<Value, String> {
         self.call("guest-fsfreeze-thaw", json!({}))
     }
 
-    fn status(&mut self) -> String {
+    pub fn status(&mut self) -> String {
         self.call("guest-fsfreeze-status", json!({}))
             .unwrap()
             .as_str()

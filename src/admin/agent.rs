@@ -62,6 +62,22 @@ pub struct Agent {
     pub ignored_defaults: Option<PathBuf>,
 }
 
+/// The path a run counts as invoked by, for its default hooks dir, config
+/// and log. Typed through `PATH` (no slash in argv[0]), a command sees what
+/// qemu-ga's hook sees: the hook this system's qemu-ga is set to run (the
+/// RHEL family's /etc/qemu-ga/fsfreeze-hook, from its unit and
+/// /etc/sysconfig/qemu-ga), else argv[0] as it is (the stock places).
+pub fn invoked_as(argv0: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    if argv0.as_os_str().as_bytes().contains(&b'/') {
+        return argv0.to_path_buf();
+    }
+    match inspect(Path::new("/")).hook.path() {
+        Some(hook) if hook.is_absolute() => hook.to_path_buf(),
+        _ => argv0.to_path_buf(),
+    }
+}
+
 pub fn inspect(root: &Path) -> Agent {
     let binary = BINARIES
         .iter()

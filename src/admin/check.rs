@@ -497,7 +497,7 @@ fn labelled(
 /// they run in qemu-ga's own domain, where a database client is denied its
 /// server's socket. A problem when enforcing and a hook will run.
 fn unconfined_hooks(root: &Path, enforcing: bool, listing: &list::Listing, out: &mut Vec<Finding>) {
-    const BOOLEAN: &str = "virt_qemu_ga_run_unconfined";
+    use crate::sys::selinux::UNCONFINED_BOOLEAN as BOOLEAN;
     let at = in_root(root, &Path::new("/sys/fs/selinux/booleans").join(BOOLEAN));
     let Ok(state) = fs::read_to_string(&at) else {
         return;

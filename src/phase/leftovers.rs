@@ -58,8 +58,10 @@ fn record_running(state_dir: &Path, pid: Pid) -> Option<PathBuf> {
         }
         Err(_) => return None,
     };
-    let sid = nix::unistd::getsid(None).ok()?.as_raw();
-    file.write_all(format!("{sid}\n").as_bytes()).ok()?;
+    // A hook leads a session of its own (`sys::Group::Session`): its
+    // session bears its number, as its group does.
+    file.write_all(format!("{}\n", pid.as_raw()).as_bytes())
+        .ok()?;
     Some(path)
 }
 

@@ -19,7 +19,7 @@ use crate::log::Log;
 use crate::phase::hookfile::{Kind, Opened};
 use crate::phase::leftovers::{self, KILL_WAIT};
 use crate::phase::output::Capture;
-use crate::sys::{self, Exec, Exit, Program, Waiter, Wake};
+use crate::sys::{self, Exec, Exit, Group, Program, Waiter, Wake};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
 /// init may not set one).
@@ -319,6 +319,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         // In `/`, as qemu-ga runs its hook: a hook does not depend on where
         // an administrator typed `rehearse` (its path is absolute).
         dir: Some(c"/"),
+        group: Group::Session,
     };
     if spawn.opened.kind != Kind::Elf
         && let Err(why) = spawn.opened.still_at(spawn.path)
@@ -341,14 +342,15 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
 }
 
 /// Starts an administrator's command line (a snapshot's COMMAND, a hold's
-/// client) in its own process group, looked up in `PATH` as a shell would,
-/// with this process's environment and working directory and the given
-/// stdin, stdout and stderr.
+/// client) in its own process group (`group`), looked up in `PATH` as a
+/// shell would, with this process's environment and working directory and
+/// the given stdin, stdout and stderr.
 pub fn spawn_command(
     command: &[OsString],
     stdin: BorrowedFd<'_>,
     stdout: BorrowedFd<'_>,
     stderr: BorrowedFd<'_>,
+    group: Group,
 ) -> Result<Pid, Errno> {
     let argv: Vec<CString> = command
         .iter()
@@ -364,6 +366,7 @@ pub fn spawn_command(
         stdout,
         stderr,
         dir: None,
+        group,
     })
     .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }

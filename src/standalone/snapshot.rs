@@ -18,7 +18,7 @@ use crate::phase::process::{Context, Outcome, WaitEnd, Watch, spawn_command};
 use crate::phase::runner::{End, Runner, ThawCause};
 use crate::phase::setup;
 use crate::phase::unfreeze::thaw_hooks;
-use crate::sys::Waiter;
+use crate::sys::{Group, Waiter};
 use crate::text::program;
 
 /// What the watchdog waits beyond `--max-frozen` before it acts on its own,
@@ -128,7 +128,19 @@ fn run_command<'a, 'b>(
     frozen_ms: u64,
 ) -> CommandEnd<'a, 'b> {
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    let pid = match spawn_command(command, stdin.as_fd(), stdout.as_fd(), stderr.as_fd()) {
+    // A COMMAND that may prompt stays in our session, where the terminal
+    // can be lent to it; any other in a session of its own, as hooks are.
+    let group = match crate::sys::in_terminal_foreground() {
+        true => Group::InSession,
+        false => Group::Session,
+    };
+    let pid = match spawn_command(
+        command,
+        stdin.as_fd(),
+        stdout.as_fd(),
+        stderr.as_fd(),
+        group,
+    ) {
         Ok(pid) => pid,
         Err(e) => {
             let code = if e == Errno::ENOENT { 127 } else { 126 };

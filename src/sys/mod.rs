@@ -7,6 +7,7 @@
 mod freeze;
 pub mod paths;
 pub mod proc;
+pub mod selinux;
 mod signals;
 mod spawn;
 
@@ -22,7 +23,7 @@ use nix::unistd::Pid;
 pub use freeze::{device, fifreeze, fithaw};
 pub use proc::group_alive;
 pub use signals::{Waiter, Wake, take_pending_stop_signal, waited_signals};
-pub use spawn::{Exec, Exit, Program, become_subreaper, detach, detached, spawn, try_reap};
+pub use spawn::{Exec, Exit, Group, Program, become_subreaper, detach, detached, spawn, try_reap};
 
 /// The path this binary was started from, read once when the process
 /// starts ([`prepare_process`]) and inherited by every helper it forks: a
@@ -62,9 +63,12 @@ pub fn prepare_process() {
     // at this point.
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGCHLD, SigHandler::SigDfl) };
     mark_inherited_fds_cloexec();
-    // Hooks must start with a known umask (files they create are not world-
-    // writable by accident); the runner sets explicit modes on its own files.
-    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    // Hooks get the umask the agent gave (RHEL's unit sets UMask=0077, and
+    // the stock script passes it on), never one that lets others write what
+    // they create (022 at the least); the runner sets explicit modes on its
+    // own files.
+    let given = nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(given | Mode::from_bits_truncate(0o022));
 }
 
 /// Opens /dev/null on any of fds 0-2 that the caller left closed.
@@ -180,13 +184,8 @@ pub struct Foreground {
 
 impl Foreground {
     pub fn lend(pgid: Pid) -> Foreground {
-        let stdin = std::io::stdin();
         let ours = nix::unistd::getpgrp();
-        let in_front = std::io::IsTerminal::is_terminal(&stdin)
-            // SAFETY: tcgetpgrp only reads the terminal's foreground group
-            // through a descriptor that is open (stdin).
-            && unsafe { libc::tcgetpgrp(stdin.as_raw_fd()) } == ours.as_raw();
-        if !in_front || !set_foreground(pgid) {
+        if !in_terminal_foreground() || !set_foreground(pgid) {
             return Foreground { ours: None };
         }
         // It may have read the terminal before it was its own, and been
@@ -202,6 +201,16 @@ impl Drop for Foreground {
             set_foreground(ours);
         }
     }
+}
+
+/// Whether stdin is our controlling terminal and our process group its
+/// foreground job: what a command may be lent the terminal from.
+pub fn in_terminal_foreground() -> bool {
+    let stdin = std::io::stdin();
+    std::io::IsTerminal::is_terminal(&stdin)
+        // SAFETY: tcgetpgrp only reads the terminal's foreground group
+        // through a descriptor that is open (stdin).
+        && unsafe { libc::tcgetpgrp(stdin.as_raw_fd()) } == nix::unistd::getpgrp().as_raw()
 }
 
 /// tcsetpgrp on stdin with SIGTTOU blocked: a process in the background

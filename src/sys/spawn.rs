@@ -32,6 +32,21 @@ pub struct Exec<'a> {
     pub stderr: BorrowedFd<'a>,
     /// The working directory to run in; `None`: ours.
     pub dir: Option<&'a std::ffi::CStr>,
+    pub group: Group,
+}
+
+/// Where the child is put, so that it and what it starts can be signalled
+/// as one process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// A session of its own (`setsid`), as qemu-ga 9.1+ runs its hook: no
+    /// terminal. The kernel asks no security module about setsid, while
+    /// `setpgid` is the SELinux permission `process setpgid`, which
+    /// qemu-ga's domain `virt_qemu_ga_t` lacks (denied on every call).
+    Session,
+    /// A process group of its own in our session (`setpgid`), for a command
+    /// that is lent our terminal as its foreground job.
+    InSession,
 }
 
 /// How a child ended.
@@ -49,7 +64,8 @@ fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
         .collect()
 }
 
-/// Starts `exec` in a new process group, with an empty signal mask and the
+/// Starts `exec` in a new process group (a new session, or a group in
+/// ours: [`Group`]), with an empty signal mask and the
 /// signals this process ignores back at their defaults, and tied to this
 /// process: the kernel sends it SIGKILL if we die first (PR_SET_PDEATHSIG),
 /// so a hook never outlives a runner killed with `kill -9` (what it starts
@@ -106,6 +122,7 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
             (exec.stderr.as_raw_fd(), 2),
         ],
         dir: exec.dir.map_or(std::ptr::null(), |d| d.as_ptr()),
+        session: exec.group == Group::Session,
         defaults: defaults.as_ptr(),
         n_defaults: defaults.len(),
         parent: nix::unistd::getpid().as_raw(),
@@ -163,6 +180,8 @@ struct Child {
     search: bool,
     fds: [(RawFd, RawFd); 3],
     dir: *const c_char,
+    /// setsid, else setpgid(0, 0).
+    session: bool,
     defaults: *const libc::c_int,
     n_defaults: usize,
     parent: libc::pid_t,
@@ -185,7 +204,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             libc::write(c.report, word.as_ptr().cast(), word.len());
             libc::_exit(127)
         };
-        libc::setpgid(0, 0);
+        if c.session {
+            libc::setsid();
+        } else {
+            libc::setpgid(0, 0);
+        }
         for i in 0..c.n_defaults {
             libc::signal(*c.defaults.add(i), libc::SIG_DFL);
         }

@@ -79,6 +79,7 @@ impl<X: Execute> Runner<'_, X> {
         {
             return End::Done;
         }
+        failures.extend(crate::sys::selinux::confined_hooks_note());
         self.ended(format!("thaw failed: {}", failures.join("; ")))
     }
 

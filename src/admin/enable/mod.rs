@@ -1,13 +1,19 @@
 //! `enable` and `disable`: set qemu-ga up to call this binary as its hook,
-//! and undo exactly that. `enable` records each change in a small file beside
-//! the hook; `disable` reads it back. Both are idempotent, and `--dry-run`
-//! only says what they would do.
+//! and undo exactly that; `refresh` keeps that hook current across upgrades.
+//!
+//! `enable` records each change in a small file beside the hook; `disable`
+//! reads it back. Both are idempotent, and `--dry-run` only says what they
+//! would do. `refresh` (refresh.rs) is what the packages' scripts run.
 
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+mod refresh;
+
+pub use refresh::refresh;
 
 use crate::admin::agent::{self, CONFIGS, DEFAULT_HOOK, HookSetting, RESTART};
 use crate::exit::Exit;
@@ -140,6 +146,9 @@ struct Plan {
     root: PathBuf,
     dry_run: bool,
     done: Vec<Change>,
+    /// rpm's trigger says qemu-guest-agent's package was just installed
+    /// (`refresh --agent-installed`).
+    agent_installed: bool,
 }
 
 impl Plan {
@@ -225,6 +234,7 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
         root: root.to_path_buf(),
         dry_run,
         done: Vec::new(),
+        agent_installed: false,
     };
     let binary = ours().map_err(|e| format!("cannot read this binary: {e}"))?;
     let parent = hook.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -378,6 +388,9 @@ impl Plan {
                     hook.display()
                 ));
             }
+            Ok(_) if self.rewritten_by_agent_package(hook) => {
+                return self.reclaim(hook, binary);
+            }
             Ok(_) => self.keep_aside(hook)?,
             Err(_) => {}
         }
@@ -506,20 +519,21 @@ pub fn disable(root: &Path, dry_run: bool) -> Exit {
     }
 }
 
-fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
-    let agent = agent::inspect(root);
-    let hook = agent
+/// The hook qemu-ga runs now on the system at `root` (the default place
+/// when nothing names one).
+fn current_hook(root: &Path) -> PathBuf {
+    agent::inspect(root)
         .hook
         .path()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_HOOK));
-    let rec = in_root(root, &record_path(&hook));
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_HOOK))
+}
+
+/// The changes `enable` recorded beside `hook`; `None`: no record there.
+fn read_record(root: &Path, hook: &Path) -> Result<Option<Vec<Change>>, String> {
+    let rec = in_root(root, &record_path(hook));
     let Ok(text) = fs::read_to_string(&rec) else {
-        println!(
-            "not enabled by fsfreeze-hook (no {}): nothing to undo",
-            record_path(&hook).display()
-        );
-        return Ok(());
+        return Ok(None);
     };
     let mut lines = text.lines();
     let encoded = match lines.next() {
@@ -527,12 +541,26 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
         Some(RECORD_HEADER_1) => false,
         _ => return Err(format!("{} is not a record of `enable`", rec.display())),
     };
-    let changes: Vec<Change> = lines.filter_map(|l| Change::parse(l, encoded)).collect();
+    Ok(Some(
+        lines.filter_map(|l| Change::parse(l, encoded)).collect(),
+    ))
+}
+
+fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
+    let hook = current_hook(root);
+    let Some(changes) = read_record(root, &hook)? else {
+        println!(
+            "not enabled by fsfreeze-hook (no {}): nothing to undo",
+            record_path(&hook).display()
+        );
+        return Ok(());
+    };
     warn_of_what_stock_runs(root, &hook, dry_run);
     let plan = Plan {
         root: root.to_path_buf(),
         dry_run,
         done: Vec::new(),
+        agent_installed: false,
     };
     // Undo in reverse order of doing.
     let mut kept = Vec::new();
