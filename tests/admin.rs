@@ -999,9 +999,11 @@ fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
     let out = run(&["check", "--root", &r]);
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     assert_has(&out.stdout, "note: SELinux is enforcing");
+    // The runner must share its scripts' domain (the package's module
+    // labels the hook so), or it cannot end an unconfined one.
     assert_has(
         &out.stdout,
-        "note: hook /etc/qemu-ga/fsfreeze-hook is labelled system_u:object_r:virt_qemu_ga_exec_t:s0",
+        "problem: hook /etc/qemu-ga/fsfreeze-hook is labelled system_u:object_r:virt_qemu_ga_exec_t:s0, not virt_qemu_ga_unconfined_exec_t: qemu-ga's SELinux domain runs it in its own domain, from which it may not end hooks that run unconfined (virt_qemu_ga_run_unconfined on). Fix: `restorecon -v /etc/qemu-ga/fsfreeze-hook`",
     );
     assert_has(
         &out.stdout,
@@ -1017,7 +1019,7 @@ fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
     );
     assert_eq!(
         out.stdout.lines().last(),
-        Some("1 problem(s)"),
+        Some("2 problem(s)"),
         "{}",
         out.stdout
     );
@@ -1059,10 +1061,11 @@ fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
     );
     assert_eq!(
         out.stdout.lines().last(),
-        Some("4 problem(s)"),
+        Some("5 problem(s)"),
         "{}",
         out.stdout
     );
+    label(&root.join("etc/qemu-ga/fsfreeze-hook"), good);
     label(
         &root.join("run/fsfreeze-hook"),
         "system_u:object_r:virt_qemu_ga_var_run_t:s0",
@@ -1089,6 +1092,10 @@ fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
     assert_has(
         &out.stdout,
         "ok: virt_qemu_ga_run_unconfined is on: hooks run unconfined",
+    );
+    assert_has(
+        &out.stdout,
+        &format!("ok: hook /etc/qemu-ga/fsfreeze-hook is labelled {good}"),
     );
     assert_eq!(
         out.stdout.lines().last(),

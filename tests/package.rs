@@ -215,6 +215,7 @@ const STUB_POLICY: &str = "\
 (role object_r)
 (type kernel_t)
 (type virt_qemu_ga_var_run_t)
+(type virt_qemu_ga_unconfined_exec_t)
 (category c0)
 (categoryorder (c0))
 (sensitivity s0)
@@ -223,6 +224,7 @@ const STUB_POLICY: &str = "\
 (allow kernel_t self (file (read)))
 (roletype system_r kernel_t)
 (roletype object_r virt_qemu_ga_var_run_t)
+(roletype object_r virt_qemu_ga_unconfined_exec_t)
 (userrole system_u system_r)
 (userrole system_u object_r)
 (userlevel system_u (s0))
@@ -233,7 +235,7 @@ const STUB_POLICY: &str = "\
 /// The package's SELinux module, compiled by Debian's `secilc` with the
 /// stub policy: the file contexts it yields give the state dir (and what is
 /// in it) qemu-ga's runtime type. A type the policy lacks would not compile.
-fn selinux_module_labels_the_state_dir(root: &Path) {
+fn selinux_module_labels_the_state_dir_and_the_hook(root: &Path) {
     let work = tempfile::tempdir().unwrap();
     let stub = work.path().join("stub.cil");
     fs::write(&stub, STUB_POLICY).unwrap();
@@ -252,9 +254,20 @@ fn selinux_module_labels_the_state_dir(root: &Path) {
     };
     let out = compile(&module);
     assert!(out.status.success(), "{out:?}");
+    // The state dir as qemu-ga's domain writes it; the hook as its scripts
+    // are labelled, so that the runner shares their domain.
+    let mut said: Vec<String> = fs::read_to_string(&contexts)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    said.sort();
     assert_eq!(
-        fs::read_to_string(&contexts).unwrap(),
-        "/run/fsfreeze-hook(/.*)?\tsystem_u:object_r:virt_qemu_ga_var_run_t:s0\n"
+        said,
+        [
+            "/etc/qemu-ga/fsfreeze-hook\t--\tsystem_u:object_r:virt_qemu_ga_unconfined_exec_t:s0",
+            "/run/fsfreeze-hook(/.*)?\tsystem_u:object_r:virt_qemu_ga_var_run_t:s0"
+        ]
     );
     // The stub is a real check: a module naming a type it lacks fails.
     let typo = work.path().join("typo.cil");
@@ -1196,7 +1209,7 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
     let installed = root.join("usr/sbin/fsfreeze-hook");
     assert_eq!(fs::read(&installed).unwrap(), fs::read(BIN).unwrap());
     logrotate_rotates_the_default_logs(&root);
-    selinux_module_labels_the_state_dir(&root);
+    selinux_module_labels_the_state_dir_and_the_hook(&root);
     // The tmpfiles.d entry, by the real systemd-tmpfiles: the state dir as
     // the runner makes it.
     succeeds(Command::new("systemd-tmpfiles").args([

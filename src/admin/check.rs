@@ -352,11 +352,19 @@ fn selinux(
         }
     };
     let label = |p: &Path| crate::sys::paths::selinux_label(p).unwrap_or_else(|| "no label".into());
-    out.push(Finding::Note(format!(
-        "hook {} is labelled {}",
-        hook.display(),
-        label(&in_root(root, hook))
-    )));
+    // The runner must share its scripts' domain to end them at a timeout:
+    // the policy lets qemu-ga's domain signal none that runs unconfined.
+    out.push(labelled(
+        &format!("hook {}", hook.display()),
+        &label(&in_root(root, hook)),
+        HOOK_TYPE,
+        "runs it in its own domain, from which it may not end hooks that run unconfined (virt_qemu_ga_run_unconfined on)",
+        &format!(
+            "`restorecon -v {}` (the package's SELinux module labels it so; `semodule -l | grep fsfreeze-hook` shows it installed)",
+            hook.display()
+        ),
+        enforcing,
+    ));
     let mut judged: Vec<PathBuf> = vec![settings.hooks_dir.clone()];
     judged.extend(
         listing

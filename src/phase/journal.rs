@@ -461,13 +461,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Creates the state dir (mode 0700) if needed and checks that it is a directory.
+/// Creates the state dir (mode 0700) if needed, labelled for qemu-ga's
+/// SELinux domain, and checks that it is a directory.
 pub fn ensure_state_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    crate::sys::selinux::creating_for_agent(|| {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    })
+    .with_context(|| format!("cannot create state dir {}", dir.display()))?;
     if !fs::metadata(dir)?.is_dir() {
         bail!("state dir {} is not a directory", dir.display());
     }

@@ -155,7 +155,7 @@ fn adopted() -> Vec<(i32, sys::proc::Stat)> {
 /// hook that ended by itself left running, and no helper of ours.
 pub fn strays_of(pid: Pid) -> Vec<Ident> {
     let hook = Ident::of(pid.as_raw());
-    let all = sys::proc::all();
+    let all = sys::proc::descendants();
     let mut out: Vec<i32> = Vec::new();
     let mut frontier = vec![pid.as_raw()];
     while let Some(parent) = frontier.pop() {

@@ -206,12 +206,75 @@ pub fn my_children() -> Vec<i32> {
         .collect()
 }
 
+/// The children of process `pid` now (`/proc/PID/task/TID/children` of
+/// each of its threads); `None` where the kernel lacks those files.
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let text = fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// Every process below this one now (what it started, and, as a child
+/// subreaper, what it adopted), found through the children files alone: no
+/// other process's /proc entry is read, which qemu-ga's SELinux domain may
+/// not do (each attempt an audited denial). Where the kernel lacks those
+/// files, the whole process list's.
+pub fn descendants() -> Vec<(i32, Stat)> {
+    let me = std::process::id() as i32;
+    let mut out: Vec<(i32, Stat)> = Vec::new();
+    let mut frontier = vec![me];
+    while let Some(parent) = frontier.pop() {
+        let Some(children) = children_of(parent) else {
+            return all_below(me);
+        };
+        for p in children {
+            if !out.iter().any(|(q, _)| *q == p)
+                && let Some(s) = stat(p)
+            {
+                out.push((p, s));
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Every process below `top` in the whole process list.
+fn all_below(top: i32) -> Vec<(i32, Stat)> {
+    let all = all();
+    let mut out: Vec<(i32, Stat)> = Vec::new();
+    let mut frontier = vec![top];
+    while let Some(parent) = frontier.pop() {
+        for (p, s) in &all {
+            if s.ppid == parent && !out.iter().any(|(q, _)| q == p) {
+                out.push((*p, *s));
+                frontier.push(*p);
+            }
+        }
+    }
+    out
+}
+
 /// True while a live process of this user is left in process group `pgid`
 /// of session `sid`: a hook's group, recorded by a runner that died. (A pid
 /// is not reused while a group or session still bears its number, and a
 /// group of another session is another one.)
 pub fn group_alive_in(pgid: i32, sid: i32) -> bool {
     use std::os::unix::fs::MetadataExt;
+    // No group of that number at all: nothing to look at.
+    if matches!(
+        nix::sys::signal::killpg(Pid::from_raw(pgid), None),
+        Err(Errno::ESRCH)
+    ) {
+        return false;
+    }
     let me = nix::unistd::geteuid().as_raw();
     all().into_iter().any(|(p, s)| {
         s.pgrp == pgid
@@ -221,20 +284,18 @@ pub fn group_alive_in(pgid: i32, sid: i32) -> bool {
     })
 }
 
-/// True while a live (not zombie) process is left in process group `pgid`.
+/// True while a live (not zombie) process is left in process group `pgid`,
+/// the group of a hook this process started: every member is below this
+/// process (it is their child subreaper), so only those are looked at.
 /// Zombies are skipped: a grandchild orphaned to an init that does not reap
 /// (some container and microVM inits) would otherwise look alive forever.
 pub fn group_alive(pgid: Pid) -> bool {
     if matches!(nix::sys::signal::killpg(pgid, None), Err(Errno::ESRCH)) {
         return false;
     }
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return true;
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(stat)
-        .any(|s| s.pgrp == pgid.as_raw() && s.live())
+    descendants()
+        .into_iter()
+        .any(|(_, s)| s.pgrp == pgid.as_raw() && s.live())
 }
 
 #[cfg(test)]

@@ -187,6 +187,30 @@ impl Plan {
         Ok(())
     }
 
+    /// The hook just written gets the label the policy's file contexts
+    /// give its path (a new file takes its directory's: `etc_t`, where the
+    /// RPM's module says `virt_qemu_ga_unconfined_exec_t`), where SELinux is
+    /// enabled on the system this runs on.
+    fn relabel(&self, guest: &Path) {
+        if self.dry_run
+            || self.root != Path::new("/")
+            || !Path::new("/sys/fs/selinux/enforce").exists()
+        {
+            return;
+        }
+        self.say(&format!("relabel {} (restorecon)", guest.display()));
+        let done = std::process::Command::new("restorecon")
+            .arg(guest)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .status();
+        if !done.is_ok_and(|s| s.success()) {
+            println!(
+                "note: restorecon {} failed: run it by hand",
+                guest.display()
+            );
+        }
+    }
+
     fn write_file(&self, guest: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
         if self.dry_run {
             return Ok(());
@@ -400,6 +424,7 @@ impl Plan {
         ));
         self.write_file(hook, binary, 0o755)
             .map_err(|e| e.to_string())?;
+        self.relabel(hook);
         self.done
             .push(Change::Hook(hook.to_path_buf(), Some(checksum(binary))));
         Ok(())

@@ -60,6 +60,7 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
             ));
             plan.write_file(&hook, &binary, 0o755)
                 .map_err(|e| e.to_string())?;
+            plan.relabel(&hook);
             plan.done
                 .push(Change::Hook(hook.clone(), Some(checksum(&binary))));
         }
@@ -123,6 +124,7 @@ impl Plan {
         ));
         self.write_file(hook, binary, 0o755)
             .map_err(|e| e.to_string())?;
+        self.relabel(hook);
         self.done
             .push(Change::Hook(hook.to_path_buf(), Some(checksum(binary))));
         Ok(())

@@ -417,7 +417,7 @@ impl<'a, X: Execute> Runner<'a, X> {
         for f in &failures {
             line.push_str(&format!("; rollback: {f}"));
         }
-        if let Some(note) = crate::sys::selinux::confined_hooks_note() {
+        if let Some(note) = crate::sys::selinux::confined_hooks_note(&line) {
             line.push_str(&format!("; {note}"));
         }
         self.ended(line)

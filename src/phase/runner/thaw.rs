@@ -79,7 +79,9 @@ impl<X: Execute> Runner<'_, X> {
         {
             return End::Done;
         }
-        failures.extend(crate::sys::selinux::confined_hooks_note());
+        failures.extend(crate::sys::selinux::confined_hooks_note(
+            &failures.join("; "),
+        ));
         self.ended(format!("thaw failed: {}", failures.join("; ")))
     }
 
