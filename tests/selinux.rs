@@ -254,6 +254,26 @@ fn enforcing_selinux_guest_runs_hooks_confined_and_unconfined_with_no_denial_of_
     let relabel = g.admin("restorecon -Rnv /run/fsfreeze-hook");
     assert_eq!(relabel.trim(), "", "{who}: made by a rehearsal");
     g.admin("rm -rf /run/trace /run/fsfreeze-hook");
+    // Red Hat's QE test of the hook (tp-qemu): a .d script without #!
+    // whose output names its $0 and phase reaches the log.
+    g.admin(
+        "printf '%s\\n' \"printf 'testing %s:%s\\\\n' \\$0 \\$@\" > /etc/qemu-ga/fsfreeze-hook.d/user_script.sh\n\
+         chmod 755 /etc/qemu-ga/fsfreeze-hook.d/user_script.sh; restorecon -R /etc/qemu-ga",
+    );
+    g.freeze().unwrap_or_else(|e| panic!("{who}: {e}"));
+    g.thaw().unwrap_or_else(|e| panic!("{who}: {e}"));
+    let log = g.admin("tail -n 4 /var/log/qemu-ga/fsfreeze-hook.log");
+    println!("{who}: tp-qemu's script, the log's last lines:\n{log}");
+    for phase in ["freeze", "thaw"] {
+        let line = format!("testing /etc/qemu-ga/fsfreeze-hook.d/user_script.sh:{phase}");
+        assert!(
+            g.admin("cat /var/log/qemu-ga/fsfreeze-hook.log")
+                .lines()
+                .any(|l| l == line),
+            "{who}: {line}"
+        );
+    }
+    g.admin("rm /etc/qemu-ga/fsfreeze-hook.d/user_script.sh /run/trace");
     // The runner makes its state dir itself in the first round; in the
     // second, root's shell made it first with mkdir, and the shipped file
     // context relabels it.

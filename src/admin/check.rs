@@ -160,14 +160,6 @@ fn restarted_since_changes(agent: &agent::Agent, pid: i32, out: &mut Vec<Finding
 /// Is the hook qemu-ga runs this very program?
 fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     let at = in_root(root, hook);
-    let mut newer = at.as_os_str().to_os_string();
-    newer.push(".rpmnew");
-    if Path::new(&newer).exists() {
-        out.push(Finding::Note(format!(
-            "{}.rpmnew is qemu-guest-agent's newer stock script, which rpm put beside the hook: `fsfreeze-hook enable` keeps it as {0}.stock (what `disable` puts back)",
-            hook.display()
-        )));
-    }
     let ours = fs::read("/proc/self/exe").ok();
     match fs::read(&at) {
         Err(_) => out.push(problem(

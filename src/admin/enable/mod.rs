@@ -264,16 +264,13 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
     let parent = hook.parent().unwrap_or(Path::new("/")).to_path_buf();
     plan.mkdir(&parent).map_err(|e| e.to_string())?;
     plan.install(&hook, &binary)?;
-    let renewed = plan.renew_stock(&hook)?;
     plan.mkdir(&hooks_dir_of(root, &hook))
         .map_err(|e| e.to_string())?;
     if let Some(conf) = conf_to_set {
         plan.set_hook_in(&conf, &hook).map_err(|e| e.to_string())?;
     }
     if plan.done.is_empty() {
-        if !renewed {
-            println!("already enabled: nothing to change");
-        }
+        println!("already enabled: nothing to change");
         return Ok(());
     }
     if !dry_run {
@@ -428,32 +425,6 @@ impl Plan {
         self.done
             .push(Change::Hook(hook.to_path_buf(), Some(checksum(binary))));
         Ok(())
-    }
-
-    /// rpm upgrades qemu-guest-agent's stock hook, a `%config(noreplace)`
-    /// file that `enable` changed, by writing the new one beside it as
-    /// `<hook>.rpmnew`: with our build at `hook` and the stock script kept
-    /// aside, that newer script becomes the kept one (what `disable` puts
-    /// back). Not a change of its own in the record: the kept one is.
-    fn renew_stock(&mut self, hook: &Path) -> Result<bool, String> {
-        let mut newer = hook.as_os_str().to_os_string();
-        newer.push(".rpmnew");
-        let newer = PathBuf::from(newer);
-        let stock = stock_path(hook);
-        let ours_there = fs::read(self.path(hook)).is_ok_and(|b| a_build_of_ours(&b));
-        let regular = |p: &Path| fs::symlink_metadata(self.entry(p)).is_ok_and(|m| m.is_file());
-        if !ours_there || !regular(&newer) || !regular(&stock) {
-            return Ok(false);
-        }
-        self.say(&format!(
-            "keep {} (qemu-guest-agent's newer stock script) as {}",
-            newer.display(),
-            stock.display()
-        ));
-        if !self.dry_run {
-            fs::rename(self.entry(&newer), self.entry(&stock)).map_err(|e| e.to_string())?;
-        }
-        Ok(true)
     }
 
     /// `<hook>.stock`, where a hook that is not ours goes, if nothing is

@@ -71,7 +71,6 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
         ),
         Err(e) => println!("{}: {e}: left alone", hook.display()),
     }
-    plan.renew_stock(&hook)?;
     if !plan.done.is_empty() {
         record(&plan, &hook).map_err(|e| format!("cannot write the record of changes: {e}"))?;
     }
