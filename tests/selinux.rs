@@ -242,13 +242,17 @@ fn enforcing_selinux_guest_runs_hooks_confined_and_unconfined_with_no_denial_of_
     // Typed at the shell, commands see what qemu-ga's hook sees: RHEL's
     // paths, from its unit and /etc/sysconfig/qemu-ga.
     hook(&mut g, "10-ctx", "");
+    // (Its hooks dir, the config beside the hook, whose limit is 5 s, the
+    // log under /var/log/qemu-ga.)
     let list = g.admin("fsfreeze-hook list");
     assert!(
-        list.contains("/etc/qemu-ga/fsfreeze-hook.d"),
+        list.contains("hooks dir /etc/qemu-ga/fsfreeze-hook.d") && list.contains("timeout 5s"),
         "{who}: {list}"
     );
     let rehearse = g.admin("fsfreeze-hook rehearse");
     assert!(rehearse.contains("10-ctx"), "{who}: {rehearse}");
+    let logged = g.admin("grep -c rehearse /var/log/qemu-ga/fsfreeze-hook.log");
+    assert_ne!(logged.trim(), "0", "{who}: the rehearsal's log");
     // The state dir the rehearsal (root's shell) made is labelled as
     // qemu-ga's domain may write it: restorecon would change nothing.
     let relabel = g.admin("restorecon -Rnv /run/fsfreeze-hook");
