@@ -56,8 +56,21 @@ fn main() -> ExitCode {
 /// The settings a run uses: the config file's over the defaults, flags over
 /// both; the config judged as a hook is, since it decides what runs as root.
 fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
-    let mut settings =
+    let settings =
         Settings::load(argv0, &cli.global.overrides()).map_err(|e| Exit::Setup(e.to_string()))?;
+    let settings = absolute(settings);
+    if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
+        && let Err(u) = Policy::current().check_opened(config, meta)
+    {
+        return Err(Exit::Setup(format!(
+            "config is not trusted, no hook run: {u}"
+        )));
+    }
+    Ok(settings)
+}
+
+/// `settings` with every path absolute.
+fn absolute(mut settings: Settings) -> Settings {
     // Hooks and helpers run in `/` and are given these paths: absolute ones,
     // before anything starts.
     for path in [
@@ -79,14 +92,7 @@ fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
             *path = abs;
         }
     }
-    if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
-        && let Err(u) = Policy::current().check_opened(config, meta)
-    {
-        return Err(Exit::Setup(format!(
-            "config is not trusted, no hook run: {u}"
-        )));
-    }
-    Ok(settings)
+    settings
 }
 
 /// The places a run writes to, judged as the hooks dir is (every directory
@@ -163,8 +169,25 @@ fn log_refusal(log_file: &Path, what: &str, exit: &Exit) {
 }
 
 fn run(cli: Cli, argv0: &Path) -> Exit {
+    // What sets the installation up and judges it reads no run's settings:
+    // a config that is broken or not trusted stops neither `disable` (a
+    // package's removal runs it) nor `check`, which reports it.
+    if let Some(exit) = installation(&cli.command) {
+        return exit;
+    }
+    let mut config_problem = None;
     let settings = match settings(&cli, argv0) {
         Ok(s) => s,
+        // What is held and what would run are shown whatever the config:
+        // its problem first, then what holds without it.
+        Err(exit) if matches!(cli.command, Command::List { .. } | Command::Status { .. }) => {
+            let line = exit.line().unwrap_or_default().to_string();
+            config_problem = Some(line);
+            absolute(Settings::load_without_config(
+                argv0,
+                &cli.global.overrides(),
+            ))
+        }
         Err(exit) => {
             // Not the log the config names: it may be bad or not trusted;
             // `--log-file`'s, else the default for this path.
@@ -282,26 +305,57 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             hold::hold(&settings, &open_log(&settings), args)
         }
         Command::Release { name } => hold::release(&settings, &open_log(&settings), &name),
-        Command::Status { json } => admin::status::status(&settings.as_seen_by_hooks(), json),
-        Command::List { json } => admin::list::list(&settings.as_seen_by_hooks(), json),
-        Command::Check { root, json } => admin::check::check(&root, json),
-        Command::Enable { root, dry_run } => admin::enable::enable(&root, dry_run),
-        Command::Disable { root, dry_run } => admin::enable::disable(&root, dry_run),
+        Command::Status { json } | Command::List { json } => {
+            if let Some(line) = &config_problem {
+                let said = format!(
+                    "problem: {line}; shown without it. Fix: `fsfreeze-hook check` names each line to fix"
+                );
+                // JSON stays one document on stdout.
+                match json {
+                    true => eprintln!("{said}"),
+                    false => println!("{said}"),
+                }
+            }
+            let seen = settings.as_seen_by_hooks();
+            let exit = match cli.command {
+                Command::Status { .. } => admin::status::status(&seen, json),
+                _ => admin::list::list(&seen, json),
+            };
+            match (exit, &config_problem) {
+                (Exit::Ok, Some(_)) => Exit::Problems,
+                (exit, _) => exit,
+            }
+        }
+        // Dispatched before the settings were read.
+        other => installation(&other).unwrap_or(Exit::Ok),
+    }
+}
+
+/// The commands that set the installation up and judge it, which read no
+/// run's settings; `None` for the others.
+fn installation(command: &Command) -> Option<Exit> {
+    Some(match command {
+        Command::Check { root, json } => admin::check::check(root, *json),
+        Command::Enable { root, dry_run } => admin::enable::enable(root, *dry_run),
+        Command::Disable { root, dry_run } => admin::enable::disable(root, *dry_run),
         Command::Refresh {
             root,
             agent_installed,
-        } => admin::enable::refresh(&root, agent_installed),
-        Command::Completions { shell } => {
-            let mut cmd = cli::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut script);
-            // A reader that stops early (`| head`) is no error of ours.
-            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Exit::Failed(format!("cannot write the completions: {e}"))
-                }
-                _ => Exit::Ok,
-            }
+        } => admin::enable::refresh(root, *agent_installed),
+        Command::Completions { shell } => completions(*shell),
+        _ => return None,
+    })
+}
+
+fn completions(shell: clap_complete::Shell) -> Exit {
+    let mut cmd = cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "fsfreeze-hook", &mut script);
+    // A reader that stops early (`| head`) is no error of ours.
+    match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Exit::Failed(format!("cannot write the completions: {e}"))
         }
+        _ => Exit::Ok,
     }
 }

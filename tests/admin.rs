@@ -1132,3 +1132,108 @@ fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
     let out = run(&["check", "--root", &r]);
     assert!(!out.stdout.contains("SELinux"), "{}", out.stdout);
 }
+
+/// `BIN args` with the config a run reads (`FSFREEZE_HOOK_CONFIG`) at
+/// `config`.
+fn run_with_config(config: &Path, args: &[&str]) -> Out {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("FSFREEZE_HOOK_CONFIG", config)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn disable_check_list_and_status_go_on_whatever_the_config_holds() {
+    // A package's removal runs `disable`: a config broken (an unquoted
+    // duration) or not trusted (group-writable) must not stop it, or qemu-ga
+    // is left naming a hook the removal deletes. The config is both the one
+    // the run reads and the one beside the root's hook.
+    require_root("config_never_blocks_disable");
+    for (name, text, mode) in [
+        ("broken", "timeout = 30s\n", 0o644),
+        ("untrusted", "timeout = \"30s\"\n", 0o664),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let r = at(root.path());
+        debian(root.path());
+        assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+        put(root.path(), "/etc/qemu/fsfreeze-hook.conf", text, mode);
+        let config = root.path().join("etc/qemu/fsfreeze-hook.conf");
+
+        // check says each problem, then judges the rest.
+        let check = run_with_config(&config, &["check", "--root", &r]);
+        assert_eq!(
+            check.code,
+            Some(1),
+            "{name}: {}{}",
+            check.stdout,
+            check.stderr
+        );
+        if name == "broken" {
+            assert_has(&check.stdout, "problem: ");
+            assert_has(
+                &check.stdout,
+                "note: what follows is judged without the config",
+            );
+        }
+        assert_has(
+            &check.stdout,
+            "/etc/qemu/fsfreeze-hook is this fsfreeze-hook",
+        );
+        // list and status: the problem, then what they show.
+        for cmd in ["list", "status"] {
+            let out = run_with_config(&config, &[cmd]);
+            assert_eq!(
+                out.code,
+                Some(1),
+                "{name} {cmd}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            let first = out.stdout.lines().next().unwrap_or_default();
+            assert!(
+                first.starts_with("problem: ") && first.contains("Fix: "),
+                "{name} {cmd}: {}",
+                out.stdout
+            );
+            assert!(
+                out.stdout.lines().count() > 1,
+                "{name} {cmd}: {}",
+                out.stdout
+            );
+        }
+        let list = run_with_config(&config, &["list"]);
+        assert_has(&list.stdout, "hooks dir ");
+
+        // disable undoes what enable recorded: the stock hook is back.
+        let out = run_with_config(&config, &["disable", "--root", &r]);
+        assert_eq!(out.code, Some(0), "{name}: {}{}", out.stdout, out.stderr);
+        if name == "broken" {
+            assert_has(
+                &out.stdout,
+                "ignored (disable undoes what `enable` recorded",
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(root.path().join("etc/qemu/fsfreeze-hook")).unwrap(),
+            STOCK,
+            "{name}: {}",
+            out.stdout
+        );
+        assert!(!root.path().join("etc/qemu/fsfreeze-hook.enabled").exists());
+        assert!(
+            !root.path().join("etc/qemu/qemu-ga.conf").exists(),
+            "{name}"
+        );
+        // And enable again, the config as it is.
+        let out = run_with_config(&config, &["enable", "--root", &r]);
+        assert_eq!(out.code, Some(0), "{name}: {}{}", out.stdout, out.stderr);
+    }
+}

@@ -344,7 +344,34 @@ fn removing_the_deb_first_disables_and_an_upgrade_does_not() {
         fs::read(&newer).unwrap(),
         "the hook runs the upgraded build"
     );
-    // Removed: the stock hook is back, qemu-ga.conf as it was (none).
+    // A removal that cannot undo what enable did (its record unreadable)
+    // fails while the binary is there, saying the command that finishes it.
+    let record = root.join("etc/qemu/fsfreeze-hook.enabled");
+    let kept = fs::read(&record).unwrap();
+    fs::write(&record, "not a record\n").unwrap();
+    let refused = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--log=/dev/null",
+            "--force-script-chrootless",
+            "-r",
+            "fsfreeze-hook",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("run: fsfreeze-hook disable"), "{said}");
+    assert!(installed.exists(), "{said}");
+    fs::write(&record, kept).unwrap();
+    // Removed with a config that is broken and not trusted: the stock hook
+    // is back all the same, qemu-ga.conf as it was (none).
+    crate::admin::put(
+        &root,
+        "/etc/qemu/fsfreeze-hook.conf",
+        "timeout = 30s\n",
+        0o664,
+    );
     let said = dpkg(&root, &["-r", "fsfreeze-hook"]);
     assert_eq!(
         fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap(),
@@ -353,6 +380,7 @@ fn removing_the_deb_first_disables_and_an_upgrade_does_not() {
     );
     assert!(!root.join("etc/qemu/qemu-ga.conf").exists(), "{said}");
     assert!(!root.join("etc/qemu/fsfreeze-hook.stock").exists());
+    assert!(!root.join("etc/qemu/fsfreeze-hook.enabled").exists());
     assert!(!installed.exists());
     // Purged: nothing of ours left (the logrotate rule was a conffile).
     dpkg(&root, &["-P", "fsfreeze-hook"]);
@@ -823,6 +851,13 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
         "the hook runs the upgraded build"
     );
     assert_eq!(calls(), relabel, "an upgrade keeps the module, anew");
+    // Erased with a config that is broken and not trusted: all the same.
+    crate::admin::put(
+        &root,
+        "/etc/qemu-ga/fsfreeze-hook.conf",
+        "timeout = 30s\n",
+        0o664,
+    );
     let said = rpm_at(&["-e", "fsfreeze-hook"]);
     assert_eq!(calls(), "semodule -X 200 -r fsfreeze-hook\n", "the erase");
     assert_eq!(

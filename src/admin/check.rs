@@ -231,20 +231,35 @@ fn shell_name(root: &Path) -> Option<String> {
 /// `hook` would see them.
 fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     let settings = match Settings::load_for_agent(hook, root) {
-        Ok(s) => s,
+        Ok(s) => {
+            out.push(Finding::Ok(match &s.config_file {
+                Some(c) => format!("config {} parses", c.display()),
+                None => "no config file: defaults apply".into(),
+            }));
+            // Judged as a run judges it: one it does not trust, it refuses.
+            if let (Some(config), Some(meta)) = (&s.config_file, &s.config_meta)
+                && let Err(u) = crate::phase::trust::Policy::current().check_opened(config, meta)
+            {
+                out.push(problem(
+                    format!("config is not trusted, and every freeze is refused: {u}"),
+                    "make root its owner and take write access from group and others (`chown root:root`, `chmod go-w`), on it and each directory above it",
+                ));
+            }
+            s
+        }
         Err(e) => {
-            // Every problem of the file, not only the one a run stops at.
+            // Every problem of the file, not only the one a run stops at;
+            // then the rest, judged as if it were not there.
             let all = crate::config::problems_in(&e.file);
             for p in if all.is_empty() { vec![e] } else { all } {
                 out.push(problem(p.to_string(), "fix that line of the config"));
             }
-            return;
+            out.push(Finding::Note(
+                "what follows is judged without the config".into(),
+            ));
+            Settings::load_for_agent_without_config(hook, root)
         }
     };
-    out.push(Finding::Ok(match &settings.config_file {
-        Some(c) => format!("config {} parses", c.display()),
-        None => "no config file: defaults apply".into(),
-    }));
     out.push(match settings.max_frozen {
         Some(d) => Finding::Ok(format!(
             "max_frozen {}: if no thaw comes, the guest thaws itself",

@@ -174,6 +174,30 @@ impl Settings {
         Settings::from_file(located, argv0, flags, crate::sys::is_root())
     }
 
+    /// As [`Settings::load`] with no config file read: the defaults and the
+    /// flags, for a command that goes on past a config it cannot use.
+    pub fn load_without_config(argv0: &Path, flags: &Overrides) -> Settings {
+        Settings::from_file(None, argv0, flags, crate::sys::is_root()).expect("no file to read")
+    }
+
+    /// As [`Settings::load_for_agent`] with no config file read.
+    pub fn load_for_agent_without_config(hook: &Path, root: &Path) -> Settings {
+        let argv0 = crate::sys::paths::entry_in_root(root, hook);
+        let mut s = Settings::from_file(None, &argv0, &Overrides::default(), true)
+            .expect("no file to read");
+        Settings::map_into(&mut s, root);
+        s
+    }
+
+    fn map_into(s: &mut Settings, root: &Path) {
+        let in_root = |p: &Path| crate::sys::paths::in_root(root, p);
+        if !s.hooks_dir.starts_with(root) {
+            s.hooks_dir = in_root(&s.hooks_dir);
+        }
+        s.log_file = in_root(&s.log_file);
+        s.state_dir = in_root(&s.state_dir);
+    }
+
     /// The settings qemu-ga's call of its hook gets on the system mounted at
     /// `root` (`check --root`): no flags, no environment, root's defaults;
     /// `hook` is the guest path qemu-ga runs, and every path is mapped into
@@ -194,11 +218,7 @@ impl Settings {
             .map(|guest| in_root(&guest))
             .find(|p| p.exists());
         let mut s = Settings::from_file(located, &argv0, &Overrides::default(), true)?;
-        if !s.hooks_dir.starts_with(root) {
-            s.hooks_dir = in_root(&s.hooks_dir);
-        }
-        s.log_file = in_root(&s.log_file);
-        s.state_dir = in_root(&s.state_dir);
+        Settings::map_into(&mut s, root);
         Ok(s)
     }
 

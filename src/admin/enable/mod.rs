@@ -575,9 +575,13 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
 /// it is back, though ours did not (skipped on purpose, as `.disabled`, or
 /// refused as untrusted): before the switch, so that nothing runs unseen.
 fn warn_of_what_stock_runs(root: &Path, hook: &Path, dry_run: bool) {
-    let Ok(settings) = crate::config::Settings::load_for_agent(hook, root) else {
-        return;
-    };
+    use crate::config::Settings;
+    let settings = Settings::load_for_agent(hook, root).unwrap_or_else(|e| {
+        println!(
+            "note: {e}: ignored (disable undoes what `enable` recorded whatever the config says)"
+        );
+        Settings::load_for_agent_without_config(hook, root)
+    });
     let listing = crate::admin::list::inspect(&settings, root);
     let will = if dry_run { "would run" } else { "will run" };
     for e in &listing.entries {
