@@ -242,6 +242,49 @@ fn mariadb_read_lock_is_held_from_freeze_to_thaw() {
 
 #[test]
 #[ignore = "needs root"]
+fn mariadb_credentials_from_a_defaults_file_as_the_quick_start_sets_them() {
+    // FSFREEZE_MYSQL_DEFAULTS_FILE as the quick start's drop-in sets it
+    // (Debian's /etc/mysql/debian.cnf has this shape): a user, its password
+    // and the socket in a [client] group; nothing else tells the hook where
+    // the server is.
+    require_root("mariadb_defaults_file");
+    let env = Env::new();
+    use_example(&env, "20-mariadb");
+    let db = Mariadb::start(&env.path().join("mariadb"));
+    db.sql(
+        "CREATE USER 'backup'@'localhost' IDENTIFIED BY 'secret'; GRANT RELOAD ON *.* TO 'backup'@'localhost'",
+    );
+    let cnf = env.path().join("backup.cnf");
+    fs::write(
+        &cnf,
+        format!(
+            "[client]\nuser=backup\npassword=secret\nsocket={}\n",
+            db.socket().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&cnf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let vars = [
+        ("FSFREEZE_MYSQL_DEFAULTS_FILE", cnf.display().to_string()),
+        ("FSFREEZE_MYSQL_MAX_HOLD", "1m".to_string()),
+        ("FSFREEZE_MYSQL_LOCK_WAIT", "5".to_string()),
+    ];
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_lines(&run.log, "20-mariadb: server not running", 0);
+    let mut insert = blocked_insert(&db, 1);
+    assert!(
+        still_running(&mut insert, Duration::from_secs(1)),
+        "the lock is held by the user the file names"
+    );
+    let run = run_with(&env, &vars, &["thaw"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(insert.wait().unwrap().success());
+    nothing_left(&env);
+}
+
+#[test]
+#[ignore = "needs root"]
 fn mariadb_lock_that_cannot_be_taken_fails_the_freeze() {
     require_root("mariadb_lock_fails");
     let env = Env::new();
