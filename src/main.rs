@@ -133,7 +133,7 @@ fn judge_places(mut settings: Settings, writes_state: bool) -> Result<Settings, 
         }
     }
     if let Some(dir) = settings.log_file.parent().filter(|d| d.exists())
-        && let Err(u) = policy.check_private_dir(dir)
+        && let Err(u) = policy.check_log_dir(dir)
     {
         settings.log_refused = Some(format!("its directory is not safe: {u}"));
     }
@@ -160,7 +160,7 @@ fn logged_as(command: &Command) -> Option<&'static str> {
 fn log_refusal(log_file: &Path, what: &str, exit: &Exit) {
     let refused = log_file.parent().filter(|d| d.exists()).and_then(|dir| {
         Policy::current()
-            .check_private_dir(dir)
+            .check_log_dir(dir)
             .err()
             .map(|u| format!("its directory is not safe: {u}"))
     });

@@ -64,7 +64,8 @@ pub fn rhel(root: &Path) {
     put(root, "/etc/qemu-ga/fsfreeze-hook", STOCK, 0o755);
     dir(root, "/etc/qemu-ga/fsfreeze-hook.d");
     put(root, "/dev/virtio-ports/org.qemu.guest_agent.0", "", 0o600);
-    dir(root, "/var/log");
+    // The agent's package owns its log directory.
+    dir(root, "/var/log/qemu-ga");
     dir(root, "/run");
 }
 
@@ -1236,4 +1237,44 @@ fn disable_check_list_and_status_go_on_whatever_the_config_holds() {
         let out = run_with_config(&config, &["enable", "--root", &r]);
         assert_eq!(out.code, Some(0), "{name}: {}{}", out.stdout, out.stderr);
     }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn check_says_where_the_log_really_goes() {
+    require_root("check_log_place");
+    // Ubuntu's /var/log (root:syslog 0775): the log is written there.
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    let var_log = root.path().join("var/log");
+    nix::unistd::chown(&var_log, None, Some(nix::unistd::Gid::from_raw(4))).unwrap();
+    fs::set_permissions(&var_log, fs::Permissions::from_mode(0o775)).unwrap();
+    let out = run(&["check", "--root", &r]);
+    assert_has(&out.stdout, "ok: log ");
+    assert!(!out.stdout.contains("is not written"), "{}", out.stdout);
+    // Writable by a user's group: not written, lines to syslog, and why.
+    nix::unistd::chown(&var_log, None, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
+    let out = run(&["check", "--root", &r]);
+    assert_has(&out.stdout, "is not written: its directory is not safe: ");
+    assert_has(
+        &out.stdout,
+        "the runner's lines go to syslog. Fix: take write access to ",
+    );
+    // RHEL without its log directory: said, not "writable".
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    rhel(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    fs::remove_dir(root.path().join("var/log/qemu-ga")).unwrap();
+    let out = run(&["check", "--root", &r]);
+    assert_has(
+        &out.stdout,
+        "/var/log/qemu-ga/fsfreeze-hook.log is not written: its directory ",
+    );
+    assert_has(
+        &out.stdout,
+        "does not exist: the runner's lines go to syslog",
+    );
 }

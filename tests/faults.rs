@@ -1057,6 +1057,71 @@ fn a_state_dir_another_user_may_write_is_refused_and_a_log_there_is_not_opened()
 }
 
 #[test]
+#[ignore = "needs root"]
+fn a_log_in_a_directory_a_system_group_may_write_is_written_safely() {
+    // Ubuntu's /var/log: root:syslog 0775. The log is written there, and
+    // nothing a member of that group plants at its name turns root's lines
+    // into a write elsewhere: a link, a file of its own, another name of a
+    // file of root's: each refused (lines to syslog), the victim intact.
+    require_root("system_group_log_dir");
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let var_log = env.path().join("var-log");
+    fs::create_dir(&var_log).unwrap();
+    nix::unistd::chown(&var_log, None, Some(nix::unistd::Gid::from_raw(4))).unwrap();
+    fs::set_permissions(&var_log, fs::Permissions::from_mode(0o775)).unwrap();
+    let log = var_log.join("qga-fsfreeze-hook.log");
+    let cycle = |what: &str| {
+        let run = env.run(&["freeze", "--log-file", log.to_str().unwrap()]);
+        assert_eq!(run.code, Some(0), "{what}: {run:?}");
+        assert_eq!(env.run(&["thaw"]).code, Some(0));
+        run
+    };
+    let run = cycle("fresh");
+    assert!(!run.stderr.contains("not opened"), "{}", run.stderr);
+    let written = fs::read_to_string(&log).unwrap();
+    assert!(written.contains(": freeze finished in"), "{written}");
+    env.clear_trace();
+    let victim = env.path().join("victim");
+    fs::write(&victim, "root's\n").unwrap();
+    let other = nix::unistd::Uid::from_raw(65534);
+    for (what, plant) in [
+        ("a link", &|log: &Path, victim: &Path| {
+            symlink(victim, log).unwrap() as ()
+        }),
+        ("another user's file", &|log: &Path, _: &Path| {
+            fs::write(log, "").unwrap();
+            nix::unistd::chown(log, Some(other), None).unwrap();
+        }),
+        (
+            "another name of root's file",
+            &|log: &Path, victim: &Path| fs::hard_link(victim, log).unwrap(),
+        ),
+    ] as [(&str, &dyn Fn(&Path, &Path)); 3]
+    {
+        fs::remove_file(&log).unwrap();
+        plant(&log, &victim);
+        let run = cycle(what);
+        assert_eq!(env.trace().len(), 2, "{what}: the hooks ran");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's\n", "{what}");
+        assert!(
+            run.stderr.contains("cannot open log") || Path::new("/dev/log").exists(),
+            "{what}: {}",
+            run.stderr
+        );
+        if !fs::symlink_metadata(&log).unwrap().file_type().is_symlink() {
+            assert!(
+                !fs::read_to_string(&log)
+                    .unwrap()
+                    .contains("freeze finished"),
+                "{what}: written through"
+            );
+        }
+        env.clear_trace();
+    }
+}
+
+#[test]
 fn links_planted_at_the_names_a_run_writes_are_replaced_not_followed() {
     // In a state dir that is the run's own, as a leftover of an earlier
     // compromise or a restored backup would leave them.

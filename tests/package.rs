@@ -160,14 +160,28 @@ fn lintian_says_no_error(deb: &str) {
 
 /// The real logrotate, with the rule the package installed in `root`, on
 /// `root`'s /var/log (bound over the machine's in a mount namespace of its
-/// own): both default logs are rotated, and a new empty one is made 0600.
+/// own), as Debian and the RHEL family have it (root:root 0755) and as
+/// Ubuntu has it (root:syslog 0775: logrotate refuses such a directory
+/// without a `su` directive): both default logs are rotated, and a new empty
+/// one is made 0600.
 fn logrotate_rotates_the_default_logs(root: &Path) {
+    for (mode, gid) in [(0o755, 0), (0o775, 4)] {
+        logrotate_rotates_the_default_logs_in(root, mode, gid);
+    }
+}
+
+fn logrotate_rotates_the_default_logs_in(root: &Path, mode: u32, gid: u32) {
     use std::os::unix::fs::PermissionsExt;
     let logs = root.join("var/log");
     fs::create_dir_all(logs.join("qemu-ga")).unwrap();
     for d in [&logs, &logs.join("qemu-ga")] {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(d, fs::Permissions::from_mode(mode)).unwrap();
     }
+    nix::unistd::chown(&logs, None, Some(nix::unistd::Gid::from_raw(gid))).unwrap();
+    for log in ["qga-fsfreeze-hook.log.1", "qemu-ga/fsfreeze-hook.log.1"] {
+        let _ = fs::remove_file(logs.join(log));
+    }
+    let _ = fs::remove_file(root.join("logrotate.state"));
     for log in ["qga-fsfreeze-hook.log", "qemu-ga/fsfreeze-hook.log"] {
         fs::write(logs.join(log), "a line\n").unwrap();
     }
@@ -186,7 +200,7 @@ fn logrotate_rotates_the_default_logs(root: &Path) {
         .expect("unshare and logrotate (the test command installs them)");
     assert!(
         out.status.success(),
-        "{}",
+        "/var/log {mode:o} group {gid}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     for log in ["qga-fsfreeze-hook.log", "qemu-ga/fsfreeze-hook.log"] {

@@ -39,7 +39,11 @@ fn every_fault_row_names_existing_tests() {
                         |_| fs::read_to_string(root.join("src").join(&module).join("mod.rs")),
                     )
                 }
-                None => fs::read_to_string(root.join("tests").join(format!("{}.rs", parts[0]))),
+                // module::test, or module::sub::test (tests/module/sub.rs).
+                None => fs::read_to_string(
+                    root.join("tests")
+                        .join(format!("{}.rs", parts[..parts.len() - 1].join("/"))),
+                ),
             }
             .unwrap_or_else(|e| panic!("no source file for {name}: {e}"));
             assert!(

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 // The RHEL family under an enforcing SELinux policy, in a guest of its own.
-#[path = "selinux.rs"]
 mod selinux;
 
 use crate::common::{BIN, eventually, freezing_test};

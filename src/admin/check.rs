@@ -321,7 +321,7 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     if listing.problem.is_none() {
         out.push(Finding::Ok(format!("{runs} hook(s) will run")));
     }
-    writable(&settings.log_file, "log", out);
+    log_place(&settings.log_file, out);
     writable(&settings.state_dir, "state dir", out);
     if let Some(metrics) = &settings.metrics_file {
         metrics_dir(&in_root(root, metrics), out);
@@ -608,6 +608,47 @@ fn metrics_dir(file: &Path, out: &mut Vec<Finding>) {
             ),
         )
     });
+}
+
+/// Where the runner's lines really go: the log file, or syslog, and why.
+fn log_place(log: &Path, out: &mut Vec<Finding>) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = log.parent().unwrap_or(Path::new("/"));
+    let syslog = |why: String, fix: String| {
+        problem(
+            format!(
+                "log {} is not written: {why}: the runner's lines go to syslog",
+                log.display()
+            ),
+            fix,
+        )
+    };
+    if !dir.is_dir() {
+        out.push(syslog(
+            format!("its directory {} does not exist", dir.display()),
+            format!(
+                "create {} (root's, mode 0755), or set log_file in the config",
+                dir.display()
+            ),
+        ));
+    } else if let Err(u) = crate::phase::trust::Policy::current().check_log_dir(dir) {
+        out.push(syslog(
+            format!("its directory is not safe: {u}"),
+            format!(
+                "take write access to {} from other users (`chmod go-w`), or set log_file in the config",
+                dir.display()
+            ),
+        ));
+    } else if let Ok(m) = fs::symlink_metadata(log)
+        && !(m.is_file() && m.uid() == 0 && m.nlink() == 1)
+    {
+        out.push(syslog(
+            "it is not a regular file of root's with one name".into(),
+            format!("remove {}: the next run makes it anew", log.display()),
+        ));
+    } else {
+        writable(log, "log", out);
+    }
 }
 
 /// The log file (or its dir, before its first run) and the state dir (or

@@ -77,8 +77,21 @@ fn open_regular(path: &Path, append: bool) -> std::io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    // Appended to: a file of ours by one name only. In a directory a
+    // system group may write (Ubuntu's /var/log) a member could have put
+    // its own file, or another name of a file of root's, there.
+    if append {
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(std::io::Error::other("owned by another user"));
+        }
+        if meta.nlink() != 1 {
+            return Err(std::io::Error::other("another name links to it"));
+        }
     }
     Ok(file)
 }

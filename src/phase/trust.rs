@@ -261,6 +261,29 @@ impl Policy {
         self.check_hooks_dir(dir)
     }
 
+    /// Checks the log's directory: as a hooks dir, or else root's and
+    /// writable by a system group as well (Ubuntu's /var/log is root:syslog
+    /// 0775), the way to it judged as usual. A member of that group can
+    /// plant a link or a file at the log's name, which the log's opening
+    /// refuses (no link followed, a regular file of ours with one name): it
+    /// can only lose lines, not turn root's writes elsewhere.
+    pub fn check_log_dir(&self, dir: &Path) -> Result<(), Untrusted> {
+        let strict = self.check_private_dir(dir);
+        let Err(why) = strict else {
+            return Ok(());
+        };
+        /// The last gid of a system group (Debian's and RHEL's SYS_GID_MAX).
+        const SYSTEM_GID_MAX: u32 = 999;
+        let system_group = fs::symlink_metadata(dir).is_ok_and(|m| {
+            m.is_dir() && m.uid() == 0 && m.mode() & 0o002 == 0 && m.gid() <= SYSTEM_GID_MAX
+        });
+        let above = dir.parent().map_or(Ok(()), |p| self.check_private_dir(p));
+        match system_group && above.is_ok() {
+            true => Ok(()),
+            false => Err(why),
+        }
+    }
+
     /// Checks a directory in which the runner is about to create one of
     /// its own (the state dir's parent): the way to it as for a hooks dir,
     /// the directory itself as one above (sticky `/tmp` allowed).
