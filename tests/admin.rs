@@ -473,6 +473,13 @@ fn disable_names_what_the_stock_script_will_run_that_fsfreeze_hook_did_not() {
     let root = tempfile::tempdir().unwrap();
     let r = at(root.path());
     debian(root.path());
+    // The stock script ran before `enable`: qemu-ga.conf named it.
+    put(
+        root.path(),
+        "/etc/qemu/qemu-ga.conf",
+        "[general]\nfsfreeze-hook=/etc/qemu/fsfreeze-hook\n",
+        0o644,
+    );
     assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
     put(
         root.path(),
@@ -517,6 +524,42 @@ fn disable_names_what_the_stock_script_will_run_that_fsfreeze_hook_did_not() {
         notes[0],
         "the stock script will run /etc/qemu/fsfreeze-hook.d/20-fail.disabled",
     );
+    assert_has(
+        &out.stdout,
+        "qemu-ga runs /etc/qemu/fsfreeze-hook after its restart (set in /etc/qemu/qemu-ga.conf)",
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn disable_on_debian_says_qemu_ga_runs_no_hook_as_before_enable() {
+    // Debian's unit starts qemu-ga without -F: the qemu-ga.conf `enable`
+    // made goes, and with it every hook; no note of what the stock script
+    // would run, for it will not run.
+    require_root("disable_says_no_hook");
+    let root = tempfile::tempdir().unwrap();
+    let r = at(root.path());
+    debian(root.path());
+    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/20-fail.disabled",
+        "#!/bin/sh\nexit 1\n",
+        0o755,
+    );
+    let said = "no hook after its restart, as before `enable`: its unit starts it without -F and no qemu-ga.conf names one (for the stock script: fsfreeze-hook=/etc/qemu/fsfreeze-hook in the [general] section of /etc/qemu/qemu-ga.conf)";
+    let dry = run(&["disable", "--root", &r, "--dry-run"]);
+    assert_has(&dry.stdout, &format!("qemu-ga would run {said}"));
+    let out = run(&["disable", "--root", &r]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_has(&out.stdout, &format!("qemu-ga runs {said}"));
+    assert!(
+        !out.stdout.contains("note: the stock script"),
+        "{}",
+        out.stdout
+    );
+    let check = run(&["check", "--root", &r]);
+    assert_has(&check.stdout, "qemu-ga runs no hook: ");
 }
 
 #[test]

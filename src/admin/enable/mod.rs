@@ -551,7 +551,11 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
         );
         return Ok(());
     };
-    warn_of_what_stock_runs(root, &hook, dry_run);
+    if let Err(e) = crate::config::Settings::load_for_agent(&hook, root) {
+        println!(
+            "note: {e}: ignored (disable undoes what `enable` recorded whatever the config says)"
+        );
+    }
     let plan = Plan {
         root: root.to_path_buf(),
         dry_run,
@@ -567,6 +571,43 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
     if !dry_run {
         let _ = fs::remove_file(plan.entry(&record_path(&hook)));
     }
+    // What qemu-ga runs once restarted, as this system sets it up now:
+    // the line `enable` put in qemu-ga.conf goes, and Debian's unit names no
+    // hook of its own.
+    let after = match dry_run {
+        false => agent::inspect(root).hook,
+        true => match agent::inspect(root).hook {
+            HookSetting::Config { source, .. }
+                if changes.iter().any(|c| {
+                    matches!(c, Change::ConfCreated(f) | Change::ConfEdited(f, _) if *f == source)
+                }) =>
+            {
+                HookSetting::None
+            }
+            other => other,
+        },
+    };
+    let runs = if dry_run { "would run" } else { "runs" };
+    match &after {
+        HookSetting::CommandLine { path, source } | HookSetting::Config { path, source } => {
+            warn_of_what_stock_runs(root, path, dry_run);
+            println!(
+                "qemu-ga {runs} {} after its restart (set in {})",
+                path.display(),
+                source.display()
+            );
+        }
+        HookSetting::Disabled { source } => {
+            println!(
+                "qemu-ga {runs} no hook after its restart ({} switches it off)",
+                source.display()
+            )
+        }
+        HookSetting::None => println!(
+            "qemu-ga {runs} no hook after its restart, as before `enable`: its unit starts it without -F and no qemu-ga.conf names one (for the stock script: fsfreeze-hook={DEFAULT_HOOK} in the [general] section of {})",
+            CONFIGS[0]
+        ),
+    }
     println!("then restart the agent: {RESTART}");
     Ok(())
 }
@@ -576,12 +617,8 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
 /// refused as untrusted): before the switch, so that nothing runs unseen.
 fn warn_of_what_stock_runs(root: &Path, hook: &Path, dry_run: bool) {
     use crate::config::Settings;
-    let settings = Settings::load_for_agent(hook, root).unwrap_or_else(|e| {
-        println!(
-            "note: {e}: ignored (disable undoes what `enable` recorded whatever the config says)"
-        );
-        Settings::load_for_agent_without_config(hook, root)
-    });
+    let settings = Settings::load_for_agent(hook, root)
+        .unwrap_or_else(|_| Settings::load_for_agent_without_config(hook, root));
     let listing = crate::admin::list::inspect(&settings, root);
     let will = if dry_run { "would run" } else { "will run" };
     for e in &listing.entries {
