@@ -524,6 +524,84 @@ fn upgrades_of_either_package_keep_the_hook_ours_and_current_on_debian() {
     assert!(!said.contains("Configuration file"), "{said}");
 }
 
+#[test]
+#[ignore = "needs root"]
+fn a_copy_enabled_by_an_earlier_build_becomes_the_diversion_at_the_next_upgrade() {
+    // A build installed by hand (not dpkg's) gets a copy, as earlier builds
+    // of the package made; the package's next upgrade turns that copy into
+    // the diversion, so that qemu-guest-agent's upgrades meet no changed
+    // conffile (no prompt, no .dpkg-new), and the removal leaves the agent
+    // as shipped.
+    use crate::admin::at;
+    require_root("deb_copy_to_divert");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
+    dpkg(&root, &["-i", &agent_deb(work.path(), "7.2", stock1)]);
+    let hook = root.join("etc/qemu/fsfreeze-hook");
+    let stock = root.join("etc/qemu/fsfreeze-hook.stock");
+    let binary = root.join("usr/sbin/fsfreeze-hook");
+    fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    fs::copy(BIN, &binary).unwrap();
+    let enable = succeeds(Command::new(&binary).args(["enable", "--root", &at(&root)]));
+    assert!(
+        enable.contains("install this binary as /etc/qemu/fsfreeze-hook"),
+        "a hand-installed binary gets a copy: {enable}"
+    );
+    let is_link = |p: &Path| fs::symlink_metadata(p).unwrap().file_type().is_symlink();
+    assert!(!is_link(&hook));
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock1);
+    // The package installed over it: a first install changes nothing.
+    dpkg(&root, &["-i", &build("build-deb", work.path())]);
+    assert!(!is_link(&hook));
+    // Its upgrade: the copy becomes the diversion.
+    let newer = newer_build(work.path());
+    let said = dpkg(&root, &["-i", &build_from(&newer, work.path())]);
+    assert_eq!(
+        fs::read_link(&hook).unwrap(),
+        Path::new("../../usr/sbin/fsfreeze-hook"),
+        "{said}"
+    );
+    assert_eq!(fs::read(&hook).unwrap(), fs::read(&newer).unwrap());
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock1, "{said}");
+    let diversions = || {
+        let out = Command::new("dpkg-divert")
+            .arg("--root")
+            .arg(&root)
+            .arg("--list")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        diversions().contains("/etc/qemu/fsfreeze-hook to /etc/qemu/fsfreeze-hook.stock"),
+        "{}",
+        diversions()
+    );
+    // qemu-guest-agent upgraded: no prompt, the kept script is the new one.
+    let said = dpkg(&root, &["-i", &agent_deb(work.path(), "7.3", stock2)]);
+    assert!(!said.contains("Configuration file"), "{said}");
+    assert!(!root.join("etc/qemu/fsfreeze-hook.dpkg-new").exists());
+    assert_eq!(fs::read_to_string(&stock).unwrap(), stock2);
+    assert!(is_link(&hook));
+    // Removed: the agent's stock script as shipped, no diversion left.
+    dpkg(&root, &["-r", "fsfreeze-hook"]);
+    assert!(!is_link(&hook));
+    assert_eq!(fs::read_to_string(&hook).unwrap(), stock2);
+    assert!(!stock.exists());
+    assert_eq!(diversions(), "");
+    let verify = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["-V", "qemu-guest-agent"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&verify.stdout), "", "dpkg -V");
+}
+
 /// Debian's own qemu-guest-agent package of `generation` ("qemu-ga-7",
 /// "qemu-ga-10"), as tests/fetch-qemu downloaded it.
 fn real_agent_deb(generation: &str) -> String {

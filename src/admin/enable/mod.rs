@@ -261,6 +261,14 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
         agent_installed: false,
     };
     let binary = ours().map_err(|e| format!("cannot read this binary: {e}"))?;
+    // A copy that earlier builds installed where dpkg diverts now.
+    if !dry_run
+        && let Some(changes) = read_record(root, &hook)?
+        && plan.to_diversion(&hook, &changes)?
+    {
+        println!("then restart the agent: {RESTART}");
+        return Ok(());
+    }
     let parent = hook.parent().unwrap_or(Path::new("/")).to_path_buf();
     plan.mkdir(&parent).map_err(|e| e.to_string())?;
     plan.install(&hook, &binary)?;
@@ -330,7 +338,85 @@ fn dpkg_divert(root: &Path, args: &[&std::ffi::OsStr]) -> Result<(), String> {
     Ok(())
 }
 
+/// The packages dpkg (on the system at `root`) says own `path`: nothing
+/// where dpkg is not there or none does.
+fn dpkg_owners(root: &Path, path: &Path) -> Vec<String> {
+    let Ok(out) = std::process::Command::new("dpkg-query")
+        .arg(format!("--root={}", root.display()))
+        .arg("-S")
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "pkg[, pkg]: path", and "diversion by ..." lines, which own nothing.
+    text.lines()
+        .filter(|l| !l.starts_with("diversion "))
+        .filter_map(|l| l.split_once(": ").map(|(pkgs, _)| pkgs))
+        .flat_map(|pkgs| pkgs.split(", ").map(str::to_string))
+        .collect()
+}
+
 impl Plan {
+    /// Whether dpkg is to divert `hook`: it is a file of a package (a
+    /// conffile of qemu-guest-agent's on Debian), and the binary at
+    /// /usr/sbin is our package's (a binary installed there by hand, or a
+    /// build at another path, gets a copy instead: a link to it would
+    /// outlive it).
+    fn divertible(&self, hook: &Path) -> bool {
+        let packaged = fs::read(self.path(Path::new(PACKAGED))).is_ok_and(|b| a_build_of_ours(&b))
+            && dpkg_owners(&self.root, Path::new(PACKAGED)).contains(&"fsfreeze-hook".to_string());
+        packaged && !dpkg_owners(&self.root, hook).is_empty()
+    }
+
+    /// A copy of ours at `hook` (what earlier builds installed) where dpkg
+    /// would divert it now: the kept stock script goes back to the hook's
+    /// path, dpkg diverts it to `<hook>.stock`, and the hook becomes the
+    /// link, so that qemu-guest-agent's upgrades meet no changed conffile.
+    /// The record is written anew: what `enable` did besides the copy and
+    /// the kept script, then the diversion. Whether it converted.
+    fn to_diversion(&mut self, hook: &Path, changes: &[Change]) -> Result<bool, String> {
+        let copy = fs::symlink_metadata(self.entry(hook)).is_ok_and(|m| m.is_file())
+            && fs::read(self.path(hook)).is_ok_and(|b| a_build_of_ours(&b));
+        if !copy || !self.divertible(hook) {
+            return Ok(false);
+        }
+        let stock = stock_path(hook);
+        let kept = changes
+            .iter()
+            .any(|c| matches!(c, Change::Stock(p, s) if p == hook && *s == stock))
+            && fs::symlink_metadata(self.entry(&stock)).is_ok_and(|m| m.is_file());
+        if kept {
+            self.say(&format!(
+                "put {} back as {}, for dpkg to divert it",
+                stock.display(),
+                hook.display()
+            ));
+            fs::rename(self.entry(&stock), self.entry(hook)).map_err(|e| e.to_string())?;
+        } else {
+            self.say(&format!("remove the copy {}", hook.display()));
+            fs::remove_file(self.entry(hook)).map_err(|e| e.to_string())?;
+        }
+        self.divert_and_link(hook)?;
+        let mut anew: Vec<Change> = changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Hook(p, _) | Change::Stock(p, _) if p == hook))
+            .cloned()
+            .collect();
+        anew.append(&mut self.done);
+        self.done = anew;
+        let text: String = std::iter::once(RECORD_HEADER.to_string())
+            .chain(self.done.iter().map(Change::line))
+            .map(|l| l + "\n")
+            .collect();
+        self.write_file(&record_path(hook), text.as_bytes(), 0o644)
+            .map_err(|e| format!("cannot write the record of changes: {e}"))?;
+        self.done.clear();
+        Ok(true)
+    }
+
     /// On a dpkg system where the hook is a file of qemu-guest-agent's
     /// package (a conffile on Debian) and our package is installed: dpkg
     /// diverts the stock hook to `<hook>.stock` (so that the agent's
@@ -339,17 +425,7 @@ impl Plan {
     /// upgrades reach qemu-ga with no other step). `false`: not such a
     /// system, the hook is installed as a copy.
     fn divert_and_link(&mut self, hook: &Path) -> Result<bool, String> {
-        let packaged = fs::read(self.path(Path::new(PACKAGED))).is_ok_and(|b| a_build_of_ours(&b));
-        let owned = packaged
-            && std::process::Command::new("dpkg-query")
-                .arg(format!("--root={}", self.root.display()))
-                .arg("-S")
-                .arg(hook)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        if !owned {
+        if !self.divertible(hook) {
             return Ok(false);
         }
         // Relative, so that it leads to the same file inside an image.

@@ -25,11 +25,10 @@ pub fn refresh(root: &Path, agent_installed: bool) -> Exit {
 
 fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
     let hook = current_hook(root);
-    let installed_here = read_record(root, &hook)?.is_some_and(|changes| {
-        changes
-            .iter()
-            .any(|c| matches!(c, Change::Hook(p, _) if *p == hook))
-    });
+    let changes = read_record(root, &hook)?.unwrap_or_default();
+    let installed_here = changes
+        .iter()
+        .any(|c| matches!(c, Change::Hook(p, _) if *p == hook));
     if !installed_here {
         println!(
             "{} is not a hook `enable` installed: nothing to refresh",
@@ -43,6 +42,10 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
         done: Vec::new(),
         agent_installed,
     };
+    // A copy that earlier builds installed where dpkg diverts now.
+    if plan.to_diversion(&hook, &changes)? {
+        return Ok(());
+    }
     if fs::symlink_metadata(plan.entry(&hook)).is_ok_and(|m| m.file_type().is_symlink()) {
         println!(
             "{} is a link (to {PACKAGED}): nothing to refresh",
