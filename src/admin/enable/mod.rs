@@ -264,7 +264,7 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
     // A copy that earlier builds installed where dpkg diverts now.
     if !dry_run
         && let Some(changes) = read_record(root, &hook)?
-        && plan.to_diversion(&hook, &changes)?
+        && plan.convert_copy_to_diversion(&hook, &changes)?
     {
         println!("then restart the agent: {RESTART}");
         return Ok(());
@@ -377,7 +377,11 @@ impl Plan {
     /// link, so that qemu-guest-agent's upgrades meet no changed conffile.
     /// The record is written anew: what `enable` did besides the copy and
     /// the kept script, then the diversion. Whether it converted.
-    fn to_diversion(&mut self, hook: &Path, changes: &[Change]) -> Result<bool, String> {
+    fn convert_copy_to_diversion(
+        &mut self,
+        hook: &Path,
+        changes: &[Change],
+    ) -> Result<bool, String> {
         let copy = fs::symlink_metadata(self.entry(hook)).is_ok_and(|m| m.is_file())
             && fs::read(self.path(hook)).is_ok_and(|b| a_build_of_ours(&b));
         if !copy || !self.divertible(hook) {

@@ -43,7 +43,7 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
         agent_installed,
     };
     // A copy that earlier builds installed where dpkg diverts now.
-    if plan.to_diversion(&hook, &changes)? {
+    if plan.convert_copy_to_diversion(&hook, &changes)? {
         return Ok(());
     }
     if fs::symlink_metadata(plan.entry(&hook)).is_ok_and(|m| m.file_type().is_symlink()) {
