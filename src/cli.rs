@@ -23,7 +23,8 @@ use crate::config::{OnError, Overrides};
     name = "fsfreeze-hook",
     version,
     max_term_width = 100,
-    args_override_self = true
+    args_override_self = true,
+    after_help = "Example hooks: `fsfreeze-hook example` lists them, `fsfreeze-hook example NAME` prints one.\nReference: `man fsfreeze-hook`, sections COMMANDS, CONFIGURATION, FILES, EXIT STATUS."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -43,7 +44,7 @@ pub fn command() -> clap::Command {
             "hold" | "release" => &["hooks_dir", "timeout", "on_error"],
             "status" => &["hooks_dir", "log_file", "timeout", "on_error"],
             "list" => &["log_file"],
-            "check" | "enable" | "disable" | "completions" => &[
+            "check" | "enable" | "disable" | "refresh" | "completions" | "example" => &[
                 "config",
                 "hooks_dir",
                 "log_file",
@@ -238,6 +239,14 @@ pub enum Command {
 
     /// Print a shell completion script (bash, zsh, fish, ...)
     Completions { shell: clap_complete::Shell },
+
+    /// Print the example hook NAME (install one with `fsfreeze-hook example
+    /// 20-mariadb > /etc/qemu/fsfreeze-hook.d/20-mariadb`); without NAME,
+    /// list them
+    Example {
+        /// The example's name, as the list gives it
+        name: Option<String>,
+    },
 
     /// For a freeze hook: start COMMAND, write this command's stdin to it,
     /// wait for a line with the ready marker, and return while the session

@@ -343,6 +343,7 @@ fn installation(command: &Command) -> Option<Exit> {
             agent_installed,
         } => admin::enable::refresh(root, *agent_installed),
         Command::Completions { shell } => completions(*shell),
+        Command::Example { name } => admin::example::example(name.as_deref()),
         _ => return None,
     })
 }

@@ -324,6 +324,56 @@ fn succeeds(cmd: &mut Command) -> String {
 
 #[test]
 #[ignore = "needs root"]
+fn an_image_without_usr_share_doc_gets_the_examples_from_the_binary() {
+    // dpkg told to leave /usr/share/doc and /usr/share/man out, as minimal
+    // and container-style images are: the examples come from the binary,
+    // byte for byte, and its help says where to look.
+    require_root("deb_no_doc");
+    let work = tempfile::tempdir().unwrap();
+    let deb = build("build-deb", work.path());
+    let root = work.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    dpkg(
+        &root,
+        &[
+            "--path-exclude=/usr/share/doc/*",
+            "--path-exclude=/usr/share/man/*",
+            "-i",
+            &deb,
+        ],
+    );
+    assert!(!root.join("usr/share/doc/fsfreeze-hook/examples").exists());
+    let installed = root.join("usr/sbin/fsfreeze-hook");
+    let listed = succeeds(Command::new(&installed).arg("example"));
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks.d-examples");
+    for entry in fs::read_dir(&examples).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(listed.contains(&name), "{listed}");
+        let out = Command::new(&installed)
+            .args(["example", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            out.stdout,
+            fs::read(examples.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    let wrong = Command::new(&installed)
+        .args(["example", "99-nothing"])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    let help = succeeds(Command::new(&installed).arg("--help"));
+    assert!(help.contains("fsfreeze-hook example NAME"), "{help}");
+}
+
+#[test]
+#[ignore = "needs root"]
 fn removing_the_deb_first_disables_and_an_upgrade_does_not() {
     use crate::admin::{at, debian};
     require_root("deb_remove_disables");

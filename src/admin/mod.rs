@@ -1,8 +1,9 @@
 //! Administrators' commands: `check`, `enable`/`disable`, `list`, `status`,
-//! and what they know of qemu-ga's own set-up (units, config, hook path).
+//! `example`, and what they know of qemu-ga's own set-up (units, config).
 
 pub mod agent;
 pub mod check;
 pub mod enable;
+pub mod example;
 pub mod list;
 pub mod status;
