@@ -1479,3 +1479,116 @@ fn the_arm64_build_makes_arm64_packages() {
         "{bash}"
     );
 }
+
+#[test]
+fn a_version_bump_is_checked_before_anything_is_built_and_reaches_the_man_page() {
+    // A copy of the tree at 0.1.1 (no sources in it: a `cargo build` there
+    // would fail at once, and none may be tried before the changelog is).
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    fs::create_dir(&tree).unwrap();
+    succeeds(
+        Command::new("cp")
+            .args(["-a", "packaging", "man", "hooks.d-examples", "README.md"])
+            .args(["LICENSE-MIT", "LICENSE-APACHE", "Cargo.toml"])
+            .arg(&tree)
+            .current_dir(here),
+    );
+    let cargo = fs::read_to_string(tree.join("Cargo.toml")).unwrap();
+    let now = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    let next = "99.0.1";
+    fs::write(
+        tree.join("Cargo.toml"),
+        cargo.replacen(
+            &format!("version = \"{now}\""),
+            &format!("version = \"{next}\""),
+            1,
+        ),
+    )
+    .unwrap();
+    let build_deb = |binary: Option<&Path>| {
+        let mut cmd = Command::new(tree.join("packaging/build-deb"));
+        if let Some(b) = binary {
+            cmd.arg(b).arg(work.path().join("out"));
+        }
+        cmd.output().unwrap()
+    };
+    // The changelog not bumped: refused at once, nothing built.
+    let out = build_deb(None);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        said.trim(),
+        format!("packaging/changelog is for {now}, Cargo.toml says {next}: add an entry")
+    );
+    let changelog = fs::read_to_string(tree.join("packaging/changelog")).unwrap();
+    let entry = changelog
+        .split("\n\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    fs::write(
+        tree.join("packaging/changelog"),
+        format!(
+            "{}\n\n{changelog}",
+            entry.replacen(&format!("({now})"), &format!("({next})"), 1)
+        ),
+    )
+    .unwrap();
+    // A binary of another version: refused, not packaged under this one.
+    let out = build_deb(Some(Path::new(BIN)));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "is fsfreeze-hook {now}, the package would be {next}"
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A binary of this version: the package and its man page say so.
+    let c = work.path().join("fake.c");
+    fs::write(
+        &c,
+        format!(
+            "#include <stdio.h>\n#include <string.h>\nint main(int c, char **v) {{\n\
+             if (c > 1 && !strcmp(v[1], \"--version\")) {{ puts(\"fsfreeze-hook {next}\"); return 0; }}\n\
+             if (c > 2 && !strcmp(v[1], \"completions\")) {{ puts(\"# completions\"); return 0; }}\n\
+             return 1;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let fake = work.path().join("fsfreeze-hook");
+    succeeds(
+        Command::new("gcc")
+            .args(["-static", "-o"])
+            .arg(&fake)
+            .arg(&c),
+    );
+    let out = build_deb(Some(&fake));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = succeeds(Command::new("dpkg-deb").args(["-f", &deb, "Version"]));
+    assert_eq!(version.trim(), next);
+    let unpacked = work.path().join("unpacked");
+    succeeds(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+    let page =
+        succeeds(Command::new("zcat").arg(unpacked.join("usr/share/man/man8/fsfreeze-hook.8.gz")));
+    assert!(
+        page.contains(&format!("\"fsfreeze-hook {next}\"")),
+        "the title line"
+    );
+    assert!(
+        page.contains(&format!("\n.SH VERSION\nv{next}\n")),
+        "the VERSION section"
+    );
+}
