@@ -1592,3 +1592,88 @@ fn a_version_bump_is_checked_before_anything_is_built_and_reaches_the_man_page()
         "the VERSION section"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_hook_path_the_administrator_changed_is_left_alone_and_removal_leaves_no_diversion() {
+    // Enabled (the stock conffile diverted, the hook a link), then the
+    // administrator points qemu-ga at a wrapper of their own. Our upgrade
+    // takes nothing over (their script stays where it is, no .stock of it),
+    // check says so, and the removal still undoes the diversion and the
+    // link, leaving no dangling hook.
+    use crate::admin::at;
+    require_root("deb_hook_moved");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let stock = "#!/bin/sh\n# stock\n";
+    dpkg(&root, &["-i", &agent_deb(work.path(), "7.2", stock)]);
+    dpkg(&root, &["-i", &build("build-deb", work.path())]);
+    let installed = root.join("usr/sbin/fsfreeze-hook");
+    succeeds(Command::new(&installed).args(["enable", "--root", &at(&root)]));
+    let hook = root.join("etc/qemu/fsfreeze-hook");
+    assert!(
+        fs::symlink_metadata(&hook)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let wrapper = "#!/bin/sh\n# the administrator's\nexec /etc/qemu/fsfreeze-hook \"$@\"\n";
+    crate::admin::put(&root, "/etc/qemu/my-wrapper", wrapper, 0o755);
+    crate::admin::put(
+        &root,
+        "/etc/qemu/qemu-ga.conf",
+        "[general]\nfsfreeze-hook=/etc/qemu/my-wrapper\n",
+        0o644,
+    );
+    let newer = newer_build(work.path());
+    let said = dpkg(&root, &["-i", &build_from(&newer, work.path())]);
+    assert_eq!(
+        fs::read_to_string(root.join("etc/qemu/my-wrapper")).unwrap(),
+        wrapper,
+        "{said}"
+    );
+    assert!(!root.join("etc/qemu/my-wrapper.stock").exists(), "{said}");
+    assert!(!root.join("etc/qemu/my-wrapper.enabled").exists(), "{said}");
+    assert!(
+        fs::read_to_string(root.join("etc/qemu/qemu-ga.conf"))
+            .unwrap()
+            .contains("fsfreeze-hook=/etc/qemu/my-wrapper"),
+        "{said}"
+    );
+    let check = Command::new(&installed)
+        .args(["check", "--root", &at(&root)])
+        .output()
+        .unwrap();
+    crate::common::assert_has(
+        &String::from_utf8_lossy(&check.stdout),
+        "note: `enable` set up /etc/qemu/fsfreeze-hook, but qemu-ga runs /etc/qemu/my-wrapper now",
+    );
+    let said = dpkg(&root, &["-r", "fsfreeze-hook"]);
+    assert!(
+        !fs::symlink_metadata(&hook)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "{said}"
+    );
+    assert_eq!(fs::read_to_string(&hook).unwrap(), stock, "{said}");
+    let diversions = Command::new("dpkg-divert")
+        .arg("--root")
+        .arg(&root)
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&diversions.stdout).trim(),
+        "",
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("etc/qemu/my-wrapper")).unwrap(),
+        wrapper
+    );
+}

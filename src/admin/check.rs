@@ -159,6 +159,13 @@ fn restarted_since_changes(agent: &agent::Agent, pid: i32, out: &mut Vec<Finding
 
 /// Is the hook qemu-ga runs this very program?
 fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
+    if let Some(set_up) = crate::admin::enable::enabled_elsewhere(root) {
+        out.push(Finding::Note(format!(
+            "`enable` set up {}, but qemu-ga runs {} now: left as it is (upgrades refresh only the hook `enable` set up); `fsfreeze-hook disable` undoes {0}",
+            set_up.display(),
+            hook.display()
+        )));
+    }
     let at = in_root(root, hook);
     let ours = fs::read("/proc/self/exe").ok();
     match fs::read(&at) {

@@ -622,12 +622,42 @@ fn read_record(root: &Path, hook: &Path) -> Result<Option<Vec<Change>>, String> 
     ))
 }
 
+/// The hook `enable` set up on the system at `root`, and its record: beside
+/// the hook qemu-ga runs now, else beside one of the places `enable` uses
+/// (where an administrator pointed qemu-ga elsewhere since, a removal must
+/// still undo the diversion and the link it left there).
+fn enabled_hook(root: &Path) -> Result<Option<(PathBuf, Vec<Change>)>, String> {
+    let current = current_hook(root);
+    for hook in [
+        current,
+        PathBuf::from(DEFAULT_HOOK),
+        PathBuf::from(RHEL_HOOK),
+    ] {
+        if let Some(changes) = read_record(root, &hook)? {
+            return Ok(Some((hook, changes)));
+        }
+    }
+    Ok(None)
+}
+
+/// Where `enable` set the hook up, when that is not the hook qemu-ga runs
+/// now (an administrator pointed it elsewhere since).
+pub fn enabled_elsewhere(root: &Path) -> Option<PathBuf> {
+    enabled_hook(root)
+        .ok()
+        .flatten()
+        .map(|(hook, _)| hook)
+        .filter(|hook| *hook != current_hook(root))
+}
+
+/// The RHEL family's hook (`FSFREEZE_HOOK_PATHNAME` in its sysconfig).
+const RHEL_HOOK: &str = "/etc/qemu-ga/fsfreeze-hook";
+
 fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
-    let hook = current_hook(root);
-    let Some(changes) = read_record(root, &hook)? else {
+    let Some((hook, changes)) = enabled_hook(root)? else {
         println!(
             "not enabled by fsfreeze-hook (no {}): nothing to undo",
-            record_path(&hook).display()
+            record_path(&current_hook(root)).display()
         );
         return Ok(());
     };
