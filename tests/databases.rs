@@ -332,6 +332,7 @@ pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
     running: bool,
+    port: u16,
 }
 
 impl Postgres {
@@ -347,13 +348,25 @@ impl Postgres {
     /// Starts the server whose data dir is `<dir>/data` as it is (a copy):
     /// its socket and log in `dir`.
     pub fn on_existing(dir: &Path) -> Postgres {
+        Postgres::on_existing_at(dir, None)
+    }
+
+    /// As [`Postgres::on_existing`]; with `tcp`, it also listens on
+    /// 127.0.0.1 at that port (its socket named for the port too).
+    fn on_existing_at(dir: &Path, tcp: Option<u16>) -> Postgres {
         let bin = Postgres::bin();
         // A copy of a running server's files names the original postmaster
         // (here still a zombie of this machine); a restored machine has none.
         let _ = fs::remove_file(dir.join("data/postmaster.pid"));
         let _ = fs::remove_file(dir.join(".s.PGSQL.5432.lock"));
         let _ = fs::remove_file(dir.join(".s.PGSQL.5432"));
-        let opts = format!("-k {} -c listen_addresses=''", dir.display());
+        let opts = match tcp {
+            None => format!("-k {} -c listen_addresses=''", dir.display()),
+            Some(port) => format!(
+                "-k {} -c listen_addresses=127.0.0.1 -c port={port}",
+                dir.display()
+            ),
+        };
         let out = as_postgres(&[
             bin.join("pg_ctl").to_str().unwrap(),
             "-D",
@@ -378,6 +391,7 @@ impl Postgres {
             dir: dir.to_path_buf(),
             bin,
             running: true,
+            port: tcp.unwrap_or(5432),
         }
     }
 
@@ -409,10 +423,24 @@ impl Postgres {
         Postgres::on_existing(dir)
     }
 
+    /// A new server that also listens on 127.0.0.1, at a port free now.
+    pub fn start_on_tcp(dir: &Path) -> Postgres {
+        let mut db = Postgres::start(dir);
+        db.stop();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Postgres::on_existing_at(dir, Some(port))
+    }
+
     pub fn sql(&self, sql: &str) -> String {
         sh(Command::new("psql")
             .args(["-X", "-At", "-U", "postgres", "-h"])
             .arg(&self.dir)
+            .arg("-p")
+            .arg(self.port.to_string())
             .args(["-c", sql]))
     }
 
@@ -493,12 +521,34 @@ impl Redis {
 
     /// A server with the save rule `save` and `appendonly`.
     pub fn start_persisting(dir: &Path, save: &str, appendonly: &str) -> Redis {
+        Redis::start_with(dir, save, appendonly, 0)
+    }
+
+    /// A server that persists nothing and also listens on 127.0.0.1, at a
+    /// port free now; and that port.
+    fn start_on_tcp(dir: &Path) -> (Redis, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        (Redis::start_with(dir, "", "no", port), port)
+    }
+
+    /// Its unix socket always; TCP on 127.0.0.1 at `port` unless 0.
+    fn start_with(dir: &Path, save: &str, appendonly: &str, port: u16) -> Redis {
         fs::create_dir_all(dir).unwrap();
         let r = Redis {
             dir: dir.to_path_buf(),
         };
         sh(Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--unixsocket",
+            ])
             .arg(r.socket())
             .args([
                 "--daemonize",
@@ -898,4 +948,60 @@ fn bench_real_databases_writer_wait_parallel_or_not() {
         "  PostgreSQL rows written under load: {}",
         pg.sql("SELECT count(*) FROM big")
     );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn postgresql_and_redis_examples_over_tcp_with_their_documented_settings() {
+    // Every setting the examples document, the TCP ones among them: the
+    // servers listen on 127.0.0.1 at a port of their own, and the hooks are
+    // told only that.
+    require_root("examples_over_tcp");
+    let env = Env::new();
+    use_example(&env, "30-postgresql");
+    use_example(&env, "40-redis");
+    let pg = Postgres::start_on_tcp(&env.path().join("pg"));
+    let (redis, redis_port) = Redis::start_on_tcp(&env.path().join("redis"));
+    let checkpoints = || {
+        pg.sql("SELECT checkpoints_req FROM pg_stat_bgwriter")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = checkpoints();
+    let vars = [
+        ("PGHOST", "127.0.0.1".to_string()),
+        ("PGPORT", pg.port.to_string()),
+        ("PGUSER", "postgres".to_string()),
+        ("PGDATABASE", "postgres".to_string()),
+        // psql as another OS user than postgres: TCP needs no peer.
+        ("FSFREEZE_PG_OS_USER", "nobody".to_string()),
+        ("FSFREEZE_PG_TIMEOUT", "30".to_string()),
+        ("FSFREEZE_REDIS_HOST", "127.0.0.1".to_string()),
+        ("FSFREEZE_REDIS_PORT", redis_port.to_string()),
+        ("FSFREEZE_REDIS_MAX_HOLD", "60".to_string()),
+    ];
+    redis.try_cli(&["SET", "k", "0"]);
+    let run = run_with(&env, &vars, &["freeze"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_has(&run.log, "30-postgresql: CHECKPOINT done");
+    assert_eq!(checkpoints(), before + 1);
+    let mut set = redis
+        .cli_command(&["SET", "k", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        still_running(&mut set, Duration::from_secs(1)),
+        "a write went through while paused over TCP"
+    );
+    assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
+    assert!(set.wait().unwrap().success());
+    assert_eq!(redis.try_cli(&["GET", "k"]).unwrap(), "1");
+    // A timeout that is no number reaches the server, which refuses it.
+    let mut bad = vars.to_vec();
+    bad.push(("FSFREEZE_PG_TIMEOUT", "soon".to_string()));
+    let run = run_with(&env, &bad, &["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_has(&run.log, "30-postgresql: CHECKPOINT failed");
+    assert_eq!(run_with(&env, &vars, &["thaw"]).code, Some(0));
 }
