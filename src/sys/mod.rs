@@ -23,7 +23,9 @@ use nix::unistd::Pid;
 pub use freeze::{device, fifreeze, fithaw};
 pub use proc::group_alive;
 pub use signals::{Waiter, Wake, take_pending_stop_signal, waited_signals};
-pub use spawn::{Exec, Exit, Group, Program, become_subreaper, detach, detached, spawn, try_reap};
+pub use spawn::{
+    Exec, Exit, Group, Program, become_subreaper, detach, detached, is_subreaper, spawn, try_reap,
+};
 
 /// The path this binary was started from, read once when the process
 /// starts ([`prepare_process`]) and inherited by every helper it forks: a

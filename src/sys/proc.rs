@@ -285,15 +285,21 @@ pub fn group_alive_in(pgid: i32, sid: i32) -> bool {
 }
 
 /// True while a live (not zombie) process is left in process group `pgid`,
-/// the group of a hook this process started: every member is below this
-/// process (it is their child subreaper), so only those are looked at.
+/// the group of a hook this process started. As their child subreaper,
+/// every member is below this process, and only those are looked at (no
+/// other process's /proc entry read: qemu-ga's SELinux domain may not);
+/// otherwise an orphan went to init, and the whole process list is.
 /// Zombies are skipped: a grandchild orphaned to an init that does not reap
 /// (some container and microVM inits) would otherwise look alive forever.
 pub fn group_alive(pgid: Pid) -> bool {
     if matches!(nix::sys::signal::killpg(pgid, None), Err(Errno::ESRCH)) {
         return false;
     }
-    descendants()
+    let candidates = match super::is_subreaper() {
+        true => descendants(),
+        false => all(),
+    };
+    candidates
         .into_iter()
         .any(|(_, s)| s.pgrp == pgid.as_raw() && s.live())
 }

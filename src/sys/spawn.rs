@@ -273,10 +273,18 @@ pub fn detached() -> Vec<i32> {
 pub fn become_subreaper() {
     // SAFETY: prctl with plain integer arguments; it changes an attribute of
     // this process only.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
-    }
+    let done = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) } == 0;
+    SUBREAPER.store(done, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// Whether this process is the child subreaper of what it starts (qemu's
+/// user-mode emulation does not make it one): then everything a hook left
+/// running is below it.
+pub fn is_subreaper() -> bool {
+    SUBREAPER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Reaps `pid` if it has ended.
 pub fn try_reap(pid: Pid) -> io::Result<Option<Exit>> {
