@@ -837,8 +837,15 @@ fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
         log.contains(": freeze finished in") && log.contains(": thaw finished in"),
         "{log}"
     );
-    fs::remove_file(root.join("etc/qemu/fsfreeze-hook.conf")).unwrap();
-
+    // Removed with a config that is broken and not trusted (an unquoted
+    // duration, group-writable): the removal undoes all the same, and says
+    // what qemu-ga runs then: Debian's unit names no hook.
+    crate::admin::put(
+        &root,
+        "/etc/qemu/fsfreeze-hook.conf",
+        "timeout = 30s\n",
+        0o664,
+    );
     let said = dpkg_steps(
         &root,
         &format!(
@@ -848,6 +855,11 @@ fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
              dpkg -i '{q10}'"
         ),
     );
+    assert!(
+        said.contains("qemu-ga runs no hook after its restart, as before `enable`"),
+        "{said}"
+    );
+    fs::remove_file(root.join("etc/qemu/fsfreeze-hook.conf")).unwrap();
     // After our removal the hook is 10.0's stock script, as if we had never
     // been there: dpkg verifies it unmodified.
     assert!(
