@@ -272,11 +272,17 @@ fn enable_creates_qemu_ga_conf_when_there_is_none_and_disable_removes_it() {
 /// A Debian image, enabled, with `config` as its fsfreeze-hook.conf; the
 /// image and its path as `--root` takes it.
 fn enabled_debian_with(config: &str) -> (tempfile::TempDir, String) {
+    let (root, r) = enabled_debian();
+    put(root.path(), "/etc/qemu/fsfreeze-hook.conf", config, 0o644);
+    (root, r)
+}
+
+/// A Debian root, enabled; the root and its path as `--root` takes it.
+fn enabled_debian() -> (tempfile::TempDir, String) {
     let root = tempfile::tempdir().unwrap();
     let r = at(root.path());
     debian(root.path());
     assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
-    put(root.path(), "/etc/qemu/fsfreeze-hook.conf", config, 0o644);
     (root, r)
 }
 
@@ -537,10 +543,7 @@ fn disable_on_debian_says_qemu_ga_runs_no_hook_as_before_enable() {
     // made goes, and with it every hook; no note of what the stock script
     // would run, for it will not run.
     require_root("disable_says_no_hook");
-    let root = tempfile::tempdir().unwrap();
-    let r = at(root.path());
-    debian(root.path());
-    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    let (root, r) = enabled_debian();
     put(
         root.path(),
         "/etc/qemu/fsfreeze-hook.d/20-fail.disabled",
@@ -1204,10 +1207,7 @@ fn disable_check_list_and_status_go_on_whatever_the_config_holds() {
         ("broken", "timeout = 30s\n", 0o644),
         ("untrusted", "timeout = \"30s\"\n", 0o664),
     ] {
-        let root = tempfile::tempdir().unwrap();
-        let r = at(root.path());
-        debian(root.path());
-        assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+        let (root, r) = enabled_debian();
         put(root.path(), "/etc/qemu/fsfreeze-hook.conf", text, mode);
         let config = root.path().join("etc/qemu/fsfreeze-hook.conf");
 
@@ -1287,10 +1287,7 @@ fn disable_check_list_and_status_go_on_whatever_the_config_holds() {
 fn check_says_where_the_log_really_goes() {
     require_root("check_log_place");
     // Ubuntu's /var/log (root:syslog 0775): the log is written there.
-    let root = tempfile::tempdir().unwrap();
-    let r = at(root.path());
-    debian(root.path());
-    assert_eq!(run(&["enable", "--root", &r]).code, Some(0));
+    let (root, r) = enabled_debian();
     let var_log = root.path().join("var/log");
     nix::unistd::chown(&var_log, None, Some(nix::unistd::Gid::from_raw(4))).unwrap();
     fs::set_permissions(&var_log, fs::Permissions::from_mode(0o775)).unwrap();

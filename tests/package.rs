@@ -299,6 +299,17 @@ fn build_from(binary: &Path, work: &Path) -> String {
     build_of("build-deb", binary, &work.join("from-out"))
 }
 
+/// An empty root for `dpkg --root` under `work`: dpkg's database, nothing
+/// installed.
+fn dpkg_root(work: &Path) -> std::path::PathBuf {
+    let root = work.join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    root
+}
+
 /// `dpkg` on the scratch root `root` (maintainer scripts run outside it,
 /// with DPKG_ROOT set, as dpkg's --force-script-chrootless does).
 fn dpkg(root: &Path, args: &[&str]) -> String {
@@ -331,11 +342,7 @@ fn an_image_without_usr_share_doc_gets_the_examples_from_the_binary() {
     require_root("deb_no_doc");
     let work = tempfile::tempdir().unwrap();
     let deb = build("build-deb", work.path());
-    let root = work.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let root = dpkg_root(work.path());
     dpkg(
         &root,
         &[
@@ -379,11 +386,7 @@ fn removing_the_deb_first_disables_and_an_upgrade_does_not() {
     require_root("deb_remove_disables");
     let work = tempfile::tempdir().unwrap();
     let deb = build("build-deb", work.path());
-    let root = work.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let root = dpkg_root(work.path());
     debian(&root);
     let stock = fs::read(root.join("etc/qemu/fsfreeze-hook")).unwrap();
     dpkg(&root, &["-i", &deb]);
@@ -507,11 +510,7 @@ fn upgrades_of_either_package_keep_the_hook_ours_and_current_on_debian() {
     use crate::admin::at;
     require_root("deb_divert");
     let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let root = dpkg_root(work.path());
     let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
     dpkg(&root, &["-i", &agent_deb(work.path(), "7.2", stock1)]);
     dpkg(&root, &["-i", &build("build-deb", work.path())]);
@@ -585,11 +584,7 @@ fn a_copy_enabled_by_an_earlier_build_becomes_the_diversion_at_the_next_upgrade(
     use crate::admin::at;
     require_root("deb_copy_to_divert");
     let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let root = dpkg_root(work.path());
     let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
     dpkg(&root, &["-i", &agent_deb(work.path(), "7.2", stock1)]);
     let hook = root.join("etc/qemu/fsfreeze-hook");
@@ -771,11 +766,7 @@ fn debians_own_qemu_guest_agent_upgraded_under_an_enabled_fsfreeze_hook() {
     use crate::admin::at;
     let _exclusive = crate::common::freezing_test("real_qemu_guest_agent");
     let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let root = dpkg_root(work.path());
     let ours = build("build-deb", work.path());
     let newer = newer_build(work.path());
     let newer_deb = build_of("build-deb", &newer, &work.path().join("newer-out"));
@@ -1616,11 +1607,7 @@ fn a_hook_path_the_administrator_changed_is_left_alone_and_removal_leaves_no_div
     use crate::admin::at;
     require_root("deb_hook_moved");
     let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let root = dpkg_root(work.path());
     let stock = "#!/bin/sh\n# stock\n";
     dpkg(&root, &["-i", &agent_deb(work.path(), "7.2", stock)]);
     dpkg(&root, &["-i", &build("build-deb", work.path())]);

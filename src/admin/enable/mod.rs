@@ -499,6 +499,11 @@ impl Plan {
             "install this binary as {} (mode 0755)",
             hook.display()
         ));
+        self.put_binary(hook, binary)
+    }
+
+    /// This binary written at `hook` (mode 0755), relabelled, recorded.
+    fn put_binary(&mut self, hook: &Path, binary: &[u8]) -> Result<(), String> {
         self.write_file(hook, binary, 0o755)
             .map_err(|e| e.to_string())?;
         self.relabel(hook);

@@ -11,8 +11,7 @@ use std::fs;
 use std::path::Path;
 
 use super::{
-    Change, PACKAGED, Plan, a_build_of_ours, checksum, current_hook, ours, read_record, record,
-    stock_path,
+    Change, PACKAGED, Plan, a_build_of_ours, current_hook, ours, read_record, record, stock_path,
 };
 use crate::exit::Exit;
 
@@ -61,11 +60,7 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
                 "replace {} (another build of fsfreeze-hook) with this one",
                 hook.display()
             ));
-            plan.write_file(&hook, &binary, 0o755)
-                .map_err(|e| e.to_string())?;
-            plan.relabel(&hook);
-            plan.done
-                .push(Change::Hook(hook.clone(), Some(checksum(&binary))));
+            plan.put_binary(&hook, &binary)?;
         }
         Ok(_) if plan.rewritten_by_agent_package(&hook) => plan.reclaim(&hook, &binary)?,
         Ok(_) => println!(
@@ -124,12 +119,7 @@ impl Plan {
             "install this binary as {} (mode 0755)",
             hook.display()
         ));
-        self.write_file(hook, binary, 0o755)
-            .map_err(|e| e.to_string())?;
-        self.relabel(hook);
-        self.done
-            .push(Change::Hook(hook.to_path_buf(), Some(checksum(binary))));
-        Ok(())
+        self.put_binary(hook, binary)
     }
 }
 
