@@ -1276,9 +1276,16 @@ fn disable_check_list_and_status_go_on_whatever_the_config_holds() {
             !root.path().join("etc/qemu/qemu-ga.conf").exists(),
             "{name}"
         );
-        // And enable again, the config as it is.
+        // And enable again, the config as it is: its problem said first.
         let out = run_with_config(&config, &["enable", "--root", &r]);
         assert_eq!(out.code, Some(0), "{name}: {}{}", out.stdout, out.stderr);
+        if name == "broken" {
+            assert!(out.stdout.starts_with("problem: "), "{}", out.stdout);
+        }
+        assert_eq!(
+            fs::read(root.path().join("etc/qemu/fsfreeze-hook")).unwrap(),
+            fs::read(BIN).unwrap()
+        );
     }
 }
 

@@ -576,43 +576,51 @@ fn upgrades_of_either_package_keep_the_hook_ours_and_current_on_debian() {
 #[test]
 #[ignore = "needs root"]
 fn a_copy_enabled_by_an_earlier_build_becomes_the_diversion_at_the_next_upgrade() {
-    // A build installed by hand (not dpkg's) gets a copy, as earlier builds
-    // of the package made; the package's next upgrade turns that copy into
-    // the diversion, so that qemu-guest-agent's upgrades meet no changed
-    // conffile (no prompt, no .dpkg-new), and the removal leaves the agent
-    // as shipped.
+    // Debian's real qemu-guest-agent 7.2. A build installed by hand (not
+    // dpkg's) gets a copy, as earlier builds of the package made; the
+    // package's next upgrade turns that copy into the diversion, so that the
+    // agent's upgrade to 10.0 meets no changed conffile (no prompt, no
+    // .dpkg-new), the real agent freezes through our hook, and the removal
+    // leaves the agent as shipped.
     use crate::admin::at;
-    require_root("deb_copy_to_divert");
+    let _exclusive = crate::common::freezing_test("real_agent_copy_to_divert");
     let work = tempfile::tempdir().unwrap();
     let root = dpkg_root(work.path());
-    let (stock1, stock2) = ("#!/bin/sh\n# stock 1\n", "#!/bin/sh\n# stock 2\n");
-    dpkg(&root, &["-i", &agent_deb(work.path(), "7.2", stock1)]);
+    let (r, w) = (root.display(), work.path().display());
+    let (q7, q10) = (real_agent_deb("qemu-ga-7"), real_agent_deb("qemu-ga-10"));
+    let ours = build("build-deb", work.path());
+    let newer = newer_build(work.path());
+    let newer_deb = build_of("build-deb", &newer, &work.path().join("newer-out"));
     let hook = root.join("etc/qemu/fsfreeze-hook");
     let stock = root.join("etc/qemu/fsfreeze-hook.stock");
     let binary = root.join("usr/sbin/fsfreeze-hook");
-    fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    let is_link = |p: &Path| fs::symlink_metadata(p).unwrap().file_type().is_symlink();
+    dpkg_steps(
+        &root,
+        &format!("dpkg -i '{q7}'\ncp '{r}/etc/qemu/fsfreeze-hook' '{w}/stock-7'"),
+    );
     fs::copy(BIN, &binary).unwrap();
     let enable = succeeds(Command::new(&binary).args(["enable", "--root", &at(&root)]));
     assert!(
         enable.contains("install this binary as /etc/qemu/fsfreeze-hook"),
         "a hand-installed binary gets a copy: {enable}"
     );
-    let is_link = |p: &Path| fs::symlink_metadata(p).unwrap().file_type().is_symlink();
     assert!(!is_link(&hook));
-    assert_eq!(fs::read_to_string(&stock).unwrap(), stock1);
-    // The package installed over it: a first install changes nothing.
-    dpkg(&root, &["-i", &build("build-deb", work.path())]);
-    assert!(!is_link(&hook));
-    // Its upgrade: the copy becomes the diversion.
-    let newer = newer_build(work.path());
-    let said = dpkg(&root, &["-i", &build_from(&newer, work.path())]);
+    let stock7 = fs::read(work.path().join("stock-7")).unwrap();
+    assert_eq!(fs::read(&stock).unwrap(), stock7);
+    // The package installed over it: a first install changes nothing; its
+    // upgrade makes the copy the diversion.
+    let said = dpkg_steps(
+        &root,
+        &format!("dpkg -i '{ours}'\necho '== upgrade of fsfreeze-hook'\ndpkg -i '{newer_deb}'"),
+    );
     assert_eq!(
         fs::read_link(&hook).unwrap(),
         Path::new("../../usr/sbin/fsfreeze-hook"),
         "{said}"
     );
     assert_eq!(fs::read(&hook).unwrap(), fs::read(&newer).unwrap());
-    assert_eq!(fs::read_to_string(&stock).unwrap(), stock1, "{said}");
+    assert_eq!(fs::read(&stock).unwrap(), stock7, "{said}");
     let diversions = || {
         let out = Command::new("dpkg-divert")
             .arg("--root")
@@ -627,16 +635,38 @@ fn a_copy_enabled_by_an_earlier_build_becomes_the_diversion_at_the_next_upgrade(
         "{}",
         diversions()
     );
-    // qemu-guest-agent upgraded: no prompt, the kept script is the new one.
-    let said = dpkg(&root, &["-i", &agent_deb(work.path(), "7.3", stock2)]);
-    assert!(!said.contains("Configuration file"), "{said}");
-    assert!(!root.join("etc/qemu/fsfreeze-hook.dpkg-new").exists());
-    assert_eq!(fs::read_to_string(&stock).unwrap(), stock2);
+    // qemu-guest-agent upgraded to 10.0: no prompt, the kept script is
+    // 10.0's, and its agent freezes through our hook.
+    let said = dpkg_steps(&root, &format!("dpkg -i '{q10}'"));
+    assert!(
+        !root.join("etc/qemu/fsfreeze-hook.dpkg-new").exists(),
+        "{said}"
+    );
+    assert_ne!(
+        fs::read(&stock).unwrap(),
+        stock7,
+        "10.0's stock script: {said}"
+    );
     assert!(is_link(&hook));
+    let ours_log = work.path().join("ours.log");
+    crate::admin::put(
+        &root,
+        "/etc/qemu/fsfreeze-hook.conf",
+        &format!(
+            "log_file = \"{}\"\nstate_dir = \"{}\"\n",
+            ours_log.display(),
+            work.path().join("state").display()
+        ),
+        0o644,
+    );
+    let (var_log, trace) = (work.path().join("var-log"), work.path().join("trace"));
+    freeze_by_the_installed_agent(&root, &var_log, &trace);
+    let log = fs::read_to_string(&ours_log).unwrap();
+    assert!(log.contains(": freeze finished in"), "{log}");
+    fs::remove_file(root.join("etc/qemu/fsfreeze-hook.conf")).unwrap();
     // Removed: the agent's stock script as shipped, no diversion left.
-    dpkg(&root, &["-r", "fsfreeze-hook"]);
+    dpkg_steps(&root, "dpkg -r fsfreeze-hook");
     assert!(!is_link(&hook));
-    assert_eq!(fs::read_to_string(&hook).unwrap(), stock2);
     assert!(!stock.exists());
     assert_eq!(diversions(), "");
     let verify = Command::new("dpkg")

@@ -254,6 +254,13 @@ pub fn enable(root: &Path, dry_run: bool) -> Exit {
 
 fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
     let (hook, conf_to_set) = hook_to_set(root, &agent::inspect(root))?;
+    // The config the hook will read is not enable's to judge, but a broken
+    // one stops every freeze: said first, then enabled all the same.
+    if let Err(e) = crate::config::Settings::load_for_agent(&hook, root) {
+        println!(
+            "problem: {e}: every freeze will refuse until it is fixed. Fix: fix that line (`fsfreeze-hook check` lists every problem)"
+        );
+    }
     let mut plan = Plan {
         root: root.to_path_buf(),
         dry_run,
