@@ -178,6 +178,14 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
     let mut config_problem = None;
     let settings = match settings(&cli, argv0) {
         Ok(s) => s,
+        // A thaw never waits on the config: the freeze's settings, as it
+        // kept them, else the defaults; said in its log.
+        Err(exit) if matches!(cli.command, Command::Thaw { .. }) => {
+            let why = format!("config unusable now: {}", exit.line().unwrap_or_default());
+            let (s, said) = phase::setup::thaw_settings(argv0, &cli.global.overrides(), &why);
+            config_problem = Some(said);
+            absolute(s)
+        }
         // What is held and what would run are shown whatever the config:
         // its problem first, then what holds without it.
         Err(exit) if matches!(cli.command, Command::List { .. } | Command::Status { .. }) => {
@@ -270,7 +278,9 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             &mountpoints,
             auto_thaw.0,
         ),
-        Command::Thaw { fs, all } => phase::thaw::thaw(&settings, &waiter, fs, all),
+        Command::Thaw { fs, all } => {
+            phase::thaw::thaw(&settings, &waiter, fs, all, config_problem.as_deref())
+        }
         Command::Snapshot {
             mountpoints,
             max_frozen,

@@ -784,3 +784,56 @@ fn a_refused_rehearsal_is_logged_as_a_refused_freeze_is() {
         ),
     );
 }
+
+#[test]
+fn a_config_broken_between_freeze_and_thaw_does_not_stop_the_thaw() {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    // The config breaks (an unquoted duration), or stops being trusted,
+    // after the freeze: the thaw runs what the journal recorded, with the
+    // settings the freeze ran under (here: forward thaw order), says why in
+    // the log, and (as root) stands the guard down as any thaw does.
+    for (name, broken, mode) in [
+        ("broken", "max_frozen = 20s\n", 0o644),
+        ("untrusted", "thaw_order = \"reverse\"\n", 0o666),
+    ] {
+        let env = Env::new();
+        env.tracing_hook("10-a", "");
+        env.tracing_hook("20-b", "");
+        env.set_config("thaw_order = \"forward\"\n");
+        let run = env.run(&["freeze"]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        env.set_config(broken);
+        let config = env.path().join("fsfreeze-hook.conf");
+        fs::set_permissions(&config, fs::Permissions::from_mode(mode)).unwrap();
+        let run = env.run(&["thaw"]);
+        assert_eq!(run.code, Some(0), "{name}: {run:?}");
+        assert_eq!(
+            env.trace(),
+            [
+                "10-a freeze rollback=0",
+                "20-b freeze rollback=0",
+                "10-a thaw rollback=0",
+                "20-b thaw rollback=0"
+            ],
+            "{name}: the freeze's settings (forward)"
+        );
+        assert_has(&run.log, "config unusable now: ");
+        assert_has(
+            &run.log,
+            "the thaw runs with the settings the freeze ran under (kept in ",
+        );
+        if nix::unistd::geteuid().is_root() {
+            assert_has(&run.log, "guard pid ");
+            assert!(
+                !run.log.contains("did not end"),
+                "{name}: the guard stood down: {}",
+                run.log
+            );
+        }
+        // status shows it whatever the config.
+        let status = env.run(&["status"]);
+        assert_eq!(status.code, Some(1), "{name}: {status:?}");
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}

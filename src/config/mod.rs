@@ -105,6 +105,9 @@ pub struct Settings {
     /// What the config file was when it was read (fstat of the descriptor it
     /// was read from): the trust check judges this very file.
     pub config_meta: Option<std::fs::Metadata>,
+    /// The config's text as it was read: a freeze keeps it beside its
+    /// journal, for a thaw that finds the config unusable.
+    pub config_text: Option<String>,
     pub hooks_dir: PathBuf,
     pub log_file: PathBuf,
     /// Why the log file is not to be opened (its directory may be written
@@ -235,6 +238,24 @@ impl Settings {
             .expect("no file to read")
     }
 
+    /// As [`Settings::load`], with the config's text given: what a freeze
+    /// kept of the config it ran under (`file` names it in messages), for
+    /// a thaw whose config is unusable now.
+    pub fn load_saved(
+        argv0: &Path,
+        flags: &Overrides,
+        file: &Path,
+        text: &str,
+    ) -> Result<Settings, ConfigError> {
+        let parsed = FileConfig::parse(text).map_err(|e| e.in_file(file, text))?;
+        Settings::from_parsed(
+            Some((file.to_path_buf(), None, text.to_string(), parsed)),
+            argv0,
+            flags,
+            crate::sys::is_root(),
+        )
+    }
+
     fn from_file(
         located: Option<PathBuf>,
         argv0: &Path,
@@ -256,13 +277,22 @@ impl Settings {
                     message: "not valid UTF-8".into(),
                 })?;
                 let parsed = FileConfig::parse(&text).map_err(|e| e.in_file(&path, &text))?;
-                Some((path, meta, parsed))
+                Some((path, Some(meta), text, parsed))
             }
             None => None,
         };
-        let (config_file, config_meta, file) = match file {
-            Some((p, m, f)) => (Some(p), Some(m), f),
-            None => (None, None, FileConfig::default()),
+        Settings::from_parsed(file, argv0, flags, as_root)
+    }
+
+    fn from_parsed(
+        file: Option<(PathBuf, Option<std::fs::Metadata>, String, FileConfig)>,
+        argv0: &Path,
+        flags: &Overrides,
+        as_root: bool,
+    ) -> Result<Settings, ConfigError> {
+        let (config_file, config_meta, config_text, file) = match file {
+            Some((p, m, t, f)) => (Some(p), m, Some(t), f),
+            None => (None, None, None, FileConfig::default()),
         };
         let (log_default, state_default, fallback_note) = if as_root {
             (root_log_file(argv0), ROOT_STATE_DIR.into(), None)
@@ -286,6 +316,7 @@ impl Settings {
         Ok(Settings {
             config_file,
             config_meta,
+            config_text,
             hooks_dir: flags
                 .hooks_dir
                 .clone()

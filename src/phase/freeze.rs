@@ -8,7 +8,7 @@ use crate::exit::Exit;
 use crate::log::Log;
 use crate::phase::Phase;
 use crate::phase::guard;
-use crate::phase::journal::Recorded;
+use crate::phase::journal::{self, Recorded};
 use crate::phase::metrics;
 use crate::phase::presync;
 use crate::phase::runner::{End, Runner, ThawCause};
@@ -31,6 +31,10 @@ pub fn freeze(settings: &Settings, log: &Log, waiter: &Waiter) -> Exit {
         log.line(&format!("freeze refused: {msg}"));
         Exit::Setup(format!("freeze refused, no hook run: {msg}"))
     };
+    // What the thaw runs under if the config is unusable by then.
+    if let Err(e) = journal::save_config(&settings.state_dir, settings.config_text.as_deref()) {
+        log.warn(&format!("{e:#}"));
+    }
     let found = match setup::discover(settings, log) {
         Ok(f) => f,
         Err(msg) => return refuse(&msg),

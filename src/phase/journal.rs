@@ -461,6 +461,41 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a freeze keeps the text of the config it ran under.
+fn saved_config_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("config.at-freeze")
+}
+
+/// Keeps `text`, the config a freeze runs under, in the state dir (none: no
+/// config file, whatever an earlier freeze kept goes): a thaw that finds
+/// the config unusable runs with it ([`saved_config`]).
+pub fn save_config(state_dir: &Path, text: Option<&str>) -> Result<()> {
+    let path = saved_config_path(state_dir);
+    match text {
+        Some(text) => crate::sys::paths::replace_file(
+            &path,
+            &state_dir.join(".config.at-freeze.tmp"),
+            text.as_bytes(),
+            0o600,
+            false,
+        )
+        .with_context(|| format!("cannot keep the config in {}", path.display())),
+        None => match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The config text the last freeze kept, and where it is.
+pub fn saved_config(state_dir: &Path) -> Option<(PathBuf, String)> {
+    let path = saved_config_path(state_dir);
+    let text = fs::read_to_string(&path).ok()?;
+    Some((path, text))
+}
+
 /// Creates the state dir (mode 0700) if needed, labelled for qemu-ga's
 /// SELinux domain, and checks that it is a directory.
 pub fn ensure_state_dir(dir: &Path) -> Result<()> {

@@ -1,10 +1,11 @@
 //! What every run does around its hooks: the header line, the state dir and
 //! its lock, the hooks dir read and judged, and the closing line.
 
+use std::path::Path;
 use std::time::Instant;
 
-use crate::config::Settings;
 use crate::config::units::{format_duration, format_time_limit};
+use crate::config::{Overrides, Settings};
 use crate::exit::Exit;
 use crate::log::Log;
 use crate::log::event::{Event, Level};
@@ -128,4 +129,30 @@ pub fn log_end(log: &Log, what: &str, start: Instant, end: &End) {
 pub fn finish(log: &Log, what: &str, start: Instant, end: End) -> Exit {
     log_end(log, what, start, &end);
     end.into_exit()
+}
+
+/// The settings a thaw runs under when its config is unusable now (`why`):
+/// those the freeze ran under, as it kept them beside its journal, else the
+/// defaults; and the line that says which. A thaw must never wait on a
+/// config: the hooks it owes hold database locks.
+pub fn thaw_settings(argv0: &Path, flags: &Overrides, why: &str) -> (Settings, String) {
+    let defaults = Settings::load_without_config(argv0, flags);
+    match journal::saved_config(&defaults.state_dir) {
+        Some((kept, text)) => match Settings::load_saved(argv0, flags, &kept, &text) {
+            Ok(s) => (
+                s,
+                format!(
+                    "{why}; the thaw runs with the settings the freeze ran under (kept in {})",
+                    escape_path(&kept)
+                ),
+            ),
+            Err(e) => (
+                defaults,
+                format!(
+                    "{why}; what the freeze ran under is unusable too ({e}): the thaw runs with the defaults"
+                ),
+            ),
+        },
+        None => (defaults, format!("{why}; the thaw runs with the defaults")),
+    }
 }

@@ -50,11 +50,14 @@ fn agent_thawed_what_is_recorded(settings: &Settings, log: &Log) {
 /// need (a stuck run may hold it up to `phase_timeout`). qemu-ga's plain
 /// thaw takes the lock first, so that it never thaws under a `snapshot`
 /// whose COMMAND is still copying.
-pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool) -> Exit {
+pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool, note: Option<&str>) -> Exit {
     // The log may be on a frozen filesystem: defer lines until the thaw.
     let mut log = Log::of(settings);
     let what = if all { "thaw --fs --all" } else { "thaw" };
     setup::header(settings, &log, what);
+    if let Some(note) = note {
+        log.warn(note);
+    }
     let start = Instant::now();
     // The guard goes first (a guard that already acts is waited for), and
     // before the lock, which a guard that acts takes: no hook thaws twice.
