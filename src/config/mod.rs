@@ -572,6 +572,7 @@ mod tests {
         let s = Settings {
             config_file: None,
             config_meta: None,
+            config_text: None,
             hooks_dir: "/d".into(),
             log_file: "/l".into(),
             log_refused: None,
