@@ -363,8 +363,9 @@ fn check_json_and_a_metrics_directory_that_does_not_exist() {
 #[ignore = "needs root"]
 fn check_says_restart_when_the_agent_is_older_than_its_settings() {
     // The service's agent, as a sysvinit-style daemon with its pidfile, in a
-    // mount namespace whose /etc (an overlay) and /run are the test's own
-    // (qemu-ga on a private socket and state dir, freezing blocked).
+    // mount namespace whose /etc and /usr/sbin (overlays) and /run are the
+    // test's own (qemu-ga installed there as /usr/sbin/qemu-ga, on a private
+    // socket and state dir, freezing blocked).
     require_root("check_restart");
     for qga in crate::qemu_ga::agents() {
         qga.announce();
@@ -375,11 +376,14 @@ fn check_says_restart_when_the_agent_is_older_than_its_settings() {
              mkdir -p {d}/upper {d}/work\n\
              mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/upper,workdir={d}/work /etc\n\
              rm -rf /etc/qemu; mkdir -p /etc/qemu\n\
+             mkdir -p {d}/sbin-upper {d}/sbin-work\n\
+             mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={d}/sbin-upper,workdir={d}/sbin-work /usr/sbin\n\
+             cp '{q}' /usr/sbin/qemu-ga\n\
              mount -t tmpfs -o mode=0755 tmpfs /run\n\
              printf '[general]\\n' >/etc/qemu/qemu-ga.conf\n\
              touch -d '1 hour ago' /etc/qemu/qemu-ga.conf\n\
              mkdir -p {d}/st\n\
-             start() {{ rm -f /run/qemu-ga.pid; '{q}' -d -m unix-listen -p {d}/sock -t {d}/st -f /run/qemu-ga.pid -b guest-fsfreeze-freeze; i=0; while [ ! -s /run/qemu-ga.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; }}\n\
+             start() {{ rm -f /run/qemu-ga.pid; /usr/sbin/qemu-ga -d -m unix-listen -p {d}/sock -t {d}/st -f /run/qemu-ga.pid -b guest-fsfreeze-freeze; i=0; while [ ! -s /run/qemu-ga.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; }}\n\
              stop() {{ p=$(cat /run/qemu-ga.pid); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.05; done; }}\n\
              start\n\
              '{bin}' check >{d}/fresh || true\n\
@@ -1323,5 +1327,41 @@ fn check_says_where_the_log_really_goes() {
     assert_has(
         &out.stdout,
         "does not exist: the runner's lines go to syslog",
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_process_of_another_user_named_qemu_ga_is_not_the_agent() {
+    // Without systemd and a pidfile, check looks for the agent among the
+    // processes: by the program it runs and its owner, never by a name any
+    // user may give a process of theirs.
+    require_root("qemu_ga_by_exe");
+    assert!(
+        !Path::new("/run/systemd/system").exists(),
+        "this test asks check about a machine without systemd"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("qemu-ga");
+    fs::copy("/bin/sleep", &fake).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut imposter = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&fake)
+        .arg("60")
+        .spawn()
+        .unwrap();
+    assert!(crate::common::eventually(
+        std::time::Duration::from_secs(5),
+        || fs::read_to_string(format!("/proc/{}/comm", imposter.id()))
+            .is_ok_and(|c| c.trim() == "qemu-ga")
+    ));
+    let out = run(&["check"]);
+    let _ = imposter.kill();
+    let _ = imposter.wait();
+    assert!(
+        !out.stdout.contains("ok: qemu-ga is running"),
+        "{}",
+        out.stdout
     );
 }

@@ -195,7 +195,8 @@ pub fn service_pid(agent: &Agent) -> Option<i32> {
         .or_else(from_conf)
         .unwrap_or_else(|| "/var/run/qemu-ga.pid".into());
     let pid: i32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    (crate::sys::proc::comm(pid).as_deref() == Some("qemu-ga")).then_some(pid)
+    let binary = agent.binary.as_deref()?;
+    crate::sys::proc::runs_as_root(pid, binary).then_some(pid)
 }
 
 /// The unit and its drop-ins (guest paths), in the order systemd reads them.

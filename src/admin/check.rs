@@ -105,7 +105,11 @@ pub fn findings(root: &Path) -> Vec<Finding> {
     if live {
         if let Some(pid) = agent::service_pid(&agent) {
             restarted_since_changes(&agent, pid, &mut out);
-        } else if crate::sys::proc::running("qemu-ga") {
+        } else if agent
+            .binary
+            .as_deref()
+            .is_some_and(crate::sys::proc::running)
+        {
             out.push(Finding::Ok("qemu-ga is running".into()));
         } else {
             out.push(problem(

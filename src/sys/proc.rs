@@ -145,9 +145,25 @@ pub fn pids() -> Vec<i32> {
     )
 }
 
-/// Whether a live process named `name` runs.
-pub fn running(name: &str) -> bool {
-    pids().into_iter().any(|p| comm(p).as_deref() == Some(name))
+/// Whether process `pid` is root's and runs the program at `exe` (also
+/// when an upgrade replaced that file since it started: the kernel then
+/// says " (deleted)"). A name proves nothing: any user may call a process
+/// anything.
+pub fn runs_as_root(pid: i32, exe: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let root = fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == 0);
+    let Ok(link) = fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let link = link.as_os_str().as_bytes();
+    let link = link.strip_suffix(b" (deleted)").unwrap_or(link);
+    root && link == exe.as_os_str().as_bytes()
+}
+
+/// Whether a live process of root's runs the program at `exe`.
+pub fn running(exe: &std::path::Path) -> bool {
+    pids().into_iter().any(|p| runs_as_root(p, exe))
 }
 
 /// Whether the recorded process is a live process of ours (a watchdog, a
