@@ -837,3 +837,52 @@ fn a_config_broken_between_freeze_and_thaw_does_not_stop_the_thaw() {
         fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
     }
 }
+
+#[test]
+#[ignore = "needs root"]
+fn two_freezes_at_once_leave_one_guard() {
+    // The second freeze waits for the lock while the first runs a slow
+    // hook: it stood the guard down before the first armed one. The guard
+    // the journal no longer names ends by itself at once, thawing nothing;
+    // the thaw ends the other.
+    crate::common::require_root("two_freezes_one_guard");
+    let env = Env::new();
+    env.hook("10-slow", "[ \"$1\" = freeze ] && sleep 2; exit 0");
+    env.set_config("max_frozen = \"5m\"\n");
+    let first = env.command(&["freeze"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = env.run(&["freeze"]);
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success());
+    assert_eq!(second.code, Some(0), "{second:?}");
+    let log = env.log_text();
+    // "guard pid N armed: ..." of each freeze.
+    let guards: Vec<i32> = log
+        .lines()
+        .filter(|l| l.contains(" armed: "))
+        .filter_map(|l| {
+            l.split("guard pid ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(guards.len(), 2, "two guards armed: {log}");
+    let first_guard = guards[0];
+    assert!(
+        crate::common::eventually(std::time::Duration::from_secs(10), || {
+            !crate::common::alive(first_guard)
+        }),
+        "the guard the journal no longer names lives on: {log}"
+    );
+    assert!(crate::common::alive(guards[1]), "the journal's guard lives");
+    let thaw = env.run(&["thaw"]);
+    assert_eq!(thaw.code, Some(0), "{thaw:?}");
+    assert_has(&thaw.log, &format!("guard pid {} ended", guards[1]));
+    assert!(
+        !env.log_text().contains("thawed by max_frozen"),
+        "no guard thawed anything"
+    );
+}

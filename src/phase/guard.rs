@@ -89,6 +89,21 @@ pub fn stand_down(settings: &Settings, log: &Log) {
     }
 }
 
+/// How often a guard looks whether the journal still names it.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether this guard is still the freeze's: false once the journal names
+/// another guard, or records no freeze (a thaw settled it); true while it
+/// names none yet (the freeze records its guard just after starting it).
+fn still_named(settings: &Settings) -> bool {
+    let me = std::process::id() as i32;
+    match Journal::new(&settings.state_dir).read() {
+        Recorded::Unthawed(u) => u.guard.is_none_or(|(who, _)| who.pid == me),
+        Recorded::Idle(_) => false,
+        _ => true,
+    }
+}
+
 /// The guard's life, in its detached process.
 fn watch(settings: &Settings, waiter: &Waiter, until: Instant, max: Duration) {
     let why = loop {
@@ -99,9 +114,13 @@ fn watch(settings: &Settings, waiter: &Waiter, until: Instant, max: Duration) {
                 format_duration(max)
             );
         }
-        match waiter.wait(None, Some(left)) {
+        match waiter.wait(None, Some(left.min(LOOK_EVERY))) {
             // Stood down by a thaw or a newer freeze.
             Wake::Signal(Signal::SIGUSR1) => return,
+            // One the journal no longer names (two freezes at once: the
+            // second stood down before the first armed it) ends by itself:
+            // one guard at most.
+            Wake::Timeout if !still_named(settings) => return,
             Wake::Signal(Signal::SIGCHLD) | Wake::Timeout | Wake::Readable => {}
             Wake::Signal(sig) => {
                 break format!(
