@@ -26,7 +26,7 @@
 //!
 //! or, once nothing is held, the header and `idle <unix-ms> <why>`. Names and
 //! paths are percent-encoded so any byte string fits on a line. Beside it,
-//! `thawed-under` ("<unix-ms> <who>") is where a thaw of ours that thawed a
+//! `thawed-under` ("b<boot-ms> <who>") is where a thaw of ours that thawed a
 //! running snapshot's filesystems says so at once.
 //!
 //! A hook's freeze is never forgotten: a new freeze carries over whatever an
@@ -428,12 +428,14 @@ fn thawed_under_path(state_dir: &Path) -> PathBuf {
     state_dir.join("thawed-under")
 }
 
-/// Says who thawed the recorded filesystems ("<unix-ms> <who>").
+/// Says who thawed the recorded filesystems ("b<boot-ms> <who>": on the
+/// boot clock, which no one steps; an older build's wall-clock line, with
+/// no `b`, is never taken for a new one).
 pub fn note_thawed_under(state_dir: &Path, who: &str) -> Result<()> {
     let tmp = state_dir.join(".thawed-under.tmp");
     let text = format!(
-        "{} {}\n",
-        now_ms(),
+        "b{} {}\n",
+        crate::sys::boot_ms(),
         crate::text::escape_line(who.as_bytes())
     );
     crate::sys::paths::replace_file(
@@ -446,12 +448,13 @@ pub fn note_thawed_under(state_dir: &Path, who: &str) -> Result<()> {
     .with_context(|| format!("cannot write {}", thawed_under_path(state_dir).display()))
 }
 
-/// Who thawed the recorded filesystems at or after `since_ms`, if one of
-/// ours said so.
-pub fn thawed_under_since(state_dir: &Path, since_ms: u64) -> Option<String> {
+/// Who thawed the recorded filesystems at or after `since_boot_ms` (the
+/// boot clock, [`crate::sys::boot_ms`]), if one of ours said so.
+pub fn thawed_under_since(state_dir: &Path, since_boot_ms: u64) -> Option<String> {
     let text = fs::read_to_string(thawed_under_path(state_dir)).ok()?;
     let (ms, who) = text.trim_end().split_once(' ')?;
-    (ms.parse::<u64>().ok()? >= since_ms).then(|| who.to_string())
+    let ms = ms.strip_prefix('b')?.parse::<u64>().ok()?;
+    (ms >= since_boot_ms).then(|| who.to_string())
 }
 
 pub fn now_ms() -> u64 {
@@ -571,6 +574,27 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         ensure_state_dir(d.path()).unwrap();
         d
+    }
+
+    #[test]
+    fn a_thawed_under_note_is_judged_on_the_boot_clock_whatever_the_wall_clock() {
+        let d = temp_dir("thawed_under");
+        let before = crate::sys::boot_ms();
+        note_thawed_under(d.path(), "thaw --fs (pid 7)").unwrap();
+        assert_eq!(
+            thawed_under_since(d.path(), before).as_deref(),
+            Some("thaw --fs (pid 7)")
+        );
+        // A snapshot frozen after it does not take it for its own.
+        assert_eq!(
+            thawed_under_since(d.path(), crate::sys::boot_ms() + 1),
+            None
+        );
+        // An older build's note, on the wall clock (a time far beyond any
+        // boot clock's), is not taken for a new one: a clock stepped back
+        // must not raise the alarm.
+        fs::write(d.path().join("thawed-under"), format!("{} old\n", now_ms())).unwrap();
+        assert_eq!(thawed_under_since(d.path(), before), None);
     }
 
     #[test]

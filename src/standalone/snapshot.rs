@@ -69,7 +69,9 @@ pub fn snapshot(
     // A thaw that says it thawed these filesystems says so after this (one
     // before is not said early: the FIFREEZE came after it; the thaw's
     // EINVAL still tells).
-    let frozen_ms = crate::phase::journal::now_ms();
+    // On the boot clock: a wall clock stepped back would make a stale note
+    // look new.
+    let frozen_ms = crate::sys::boot_ms();
     let ctx = Context {
         waiter,
         log,

@@ -233,6 +233,22 @@ pub fn signal_group(pgid: Pid, sig: Signal) {
     let _ = nix::sys::signal::killpg(pgid, sig);
 }
 
+/// Milliseconds since boot (CLOCK_BOOTTIME): one clock for every process
+/// of this boot, which no one steps (suspend counts), for times that
+/// processes compare with one another.
+pub fn boot_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, owned by this frame.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// True when running with effective uid 0.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
