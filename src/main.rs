@@ -5,6 +5,29 @@
 //! qemu-ga), `hold` (what hooks call), `admin` (administrators' commands),
 //! all over `sys`, the one OS layer.
 
+/// `println!`, `print!` and `eprintln!` that never panic: a reader that went
+/// away (`| head`), a terminal that answers EIO (a job in the background
+/// under `stty tostop`, an orphaned process group) costs the line, never
+/// the run. Defined before the modules, which use them.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod admin;
 mod cli;
 mod config;
@@ -48,7 +71,7 @@ fn main() -> ExitCode {
     let exit = if snapshot { exit.for_snapshot() } else { exit };
     if let Some(line) = exit.line() {
         // One line, whatever a name in it holds: qemu-ga passes it on.
-        eprintln!("fsfreeze-hook: {}", text::escape_line(line.as_bytes()));
+        errln!("fsfreeze-hook: {}", text::escape_line(line.as_bytes()));
     }
     ExitCode::from(exit.code())
 }
@@ -322,8 +345,8 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
                 );
                 // JSON stays one document on stdout.
                 match json {
-                    true => eprintln!("{said}"),
-                    false => println!("{said}"),
+                    true => errln!("{said}"),
+                    false => outln!("{said}"),
                 }
             }
             let seen = settings.as_seen_by_hooks();

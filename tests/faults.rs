@@ -1229,3 +1229,34 @@ fn a_fallback_state_dir_in_tmp_made_by_another_user_is_refused() {
     .unwrap();
     rehearse("a link");
 }
+
+#[test]
+fn a_reader_that_went_away_or_a_terminal_that_answers_eio_is_no_panic() {
+    // Every write of ours to stdout or stderr may fail (the reader of a
+    // pipe gone, EPIPE; a background job's terminal, EIO): the line is
+    // lost, the run goes on and ends with its own status, never a panic
+    // (101).
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let closed = || {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        std::process::Stdio::from(w)
+    };
+    let out = env.command(&["list"]).stdout(closed()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = env
+        .command(&["hold", "not a name", "--", "true"])
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = env
+        .command(&["rehearse"])
+        .stdout(closed())
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(env.trace().len(), 2, "the rehearsal ran its hooks");
+}

@@ -701,19 +701,19 @@ pub fn check(root: &Path, as_json: bool) -> Exit {
     let mut problems = 0;
     for f in &findings {
         match f {
-            Finding::Ok(s) => println!("ok: {s}"),
-            Finding::Note(s) => println!("note: {s}"),
+            Finding::Ok(s) => outln!("ok: {s}"),
+            Finding::Note(s) => outln!("note: {s}"),
             Finding::Problem { what, fix } => {
                 problems += 1;
-                println!("problem: {what}. Fix: {fix}");
+                outln!("problem: {what}. Fix: {fix}");
             }
         }
     }
     if problems == 0 {
-        println!("all good: the next freeze will run the hooks listed by `fsfreeze-hook list`");
+        outln!("all good: the next freeze will run the hooks listed by `fsfreeze-hook list`");
         Exit::Ok
     } else {
-        println!("{problems} problem(s)");
+        outln!("{problems} problem(s)");
         Exit::Problems
     }
 }
@@ -735,7 +735,7 @@ fn check_json(findings: &[Finding]) -> Exit {
         .iter()
         .filter(|f| matches!(f, Finding::Problem { .. }))
         .count();
-    println!(
+    outln!(
         "{}",
         Object::new()
             .bool("ok", problems == 0)

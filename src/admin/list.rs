@@ -145,17 +145,19 @@ pub fn list(settings: &Settings, as_json: bool) -> Exit {
     if as_json {
         let doc = to_json(&listing);
         let names = sessions.iter().map(|s| json::string(&s.name));
-        println!(
+        outln!(
             "{},\"held_sessions\":{}}}",
             &doc[..doc.len() - 1],
             json::array(names)
         );
     } else {
-        print!("{}", to_text(&listing));
+        out!("{}", to_text(&listing));
         for s in &sessions {
-            println!(
+            outln!(
                 "held session {} (keeper pid {}): `release {}` ends it",
-                s.name, s.keeper, s.name
+                s.name,
+                s.keeper,
+                s.name
             );
         }
     }

@@ -32,16 +32,16 @@ pub fn status(settings: &Settings, json: bool) -> Exit {
             Journal::new(&settings.state_dir).idle_since_ms(),
         );
         // The journal's object, with the held sessions added.
-        println!(
+        outln!(
             "{},\"sessions\":{}}}",
             &doc[..doc.len() - 1],
             json::array(list)
         );
     } else {
         let idle_ms = Journal::new(&settings.state_dir).idle_since_ms();
-        print!("{}", status_text(held, &recorded, idle_ms));
+        out!("{}", status_text(held, &recorded, idle_ms));
         for s in &sessions {
-            println!(
+            outln!(
                 "session {}: keeper pid {} ({}), since {}{}",
                 s.name,
                 s.keeper,

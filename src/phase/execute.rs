@@ -217,6 +217,6 @@ fn progress(hook: &str, phase: &str, elapsed: Duration, limit: Option<Duration>)
 fn progress_done() {
     use std::io::IsTerminal;
     if std::io::stderr().is_terminal() {
-        eprintln!();
+        errln!();
     }
 }

@@ -22,14 +22,14 @@ use crate::text::{escape, escape_path};
 /// `rehearse [--hold DUR]`.
 pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration) -> Exit {
     setup::header(settings, log, "rehearse");
-    println!(
+    outln!(
         "Rehearsal of {}: freeze then thaw of the hooks; no filesystem is frozen.",
         escape_path(&settings.hooks_dir)
     );
     if let Some(note) = &settings.fallback_note {
-        println!("{note}");
+        outln!("{note}");
     } else {
-        println!(
+        outln!(
             "log in {}, state in {}",
             escape_path(&settings.log_file),
             escape_path(&settings.state_dir)
@@ -63,7 +63,7 @@ pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration
         Err(msg) => return refused(msg),
     };
     for s in &found.skipped {
-        println!("skip {}: {}", escape(&s.name), s.reason);
+        outln!("skip {}: {}", escape(&s.name), s.reason);
     }
     let start = Instant::now();
     if settings.presync {
@@ -84,11 +84,11 @@ pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration
         }
         failed => failed,
     };
-    print!(
+    out!(
         "{}",
         report::table(&found.hooks, &runner.records, settings.parallel)
     );
-    println!("log: {}", escape_path(log.path()));
+    outln!("log: {}", escape_path(log.path()));
     setup::finish(log, "rehearse", start, end)
 }
 
@@ -98,7 +98,7 @@ fn snapshot_pause(waiter: &Waiter, pause: Duration) -> Option<Signal> {
     if pause.is_zero() {
         return None;
     }
-    println!(
+    outln!(
         "holding for {} (the snapshot would be taken now)",
         format_duration(pause)
     );

@@ -192,7 +192,7 @@ fn say_if_thawed_under(ctx: &Context<'_>, frozen_ms: u64, command: &[OsString]) 
         "the filesystems were thawed by {who} while {} still runs: what it copies may be torn",
         program(command)
     );
-    eprintln!("fsfreeze-hook: error: {line}");
+    errln!("fsfreeze-hook: error: {line}");
     ctx.log
         .event(crate::log::event::Event::message(&line).level(crate::log::event::Level::Error));
     true

@@ -153,7 +153,7 @@ struct Plan {
 
 impl Plan {
     fn say(&self, msg: &str) {
-        println!("{}{msg}", if self.dry_run { "would: " } else { "" });
+        outln!("{}{msg}", if self.dry_run { "would: " } else { "" });
     }
 
     /// Where to read `guest` (inside the root, whatever its links say).
@@ -204,7 +204,7 @@ impl Plan {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .status();
         if !done.is_ok_and(|s| s.success()) {
-            println!(
+            outln!(
                 "note: restorecon {} failed: run it by hand",
                 guest.display()
             );
@@ -257,7 +257,7 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
     // The config the hook will read is not enable's to judge, but a broken
     // one stops every freeze: said first, then enabled all the same.
     if let Err(e) = crate::config::Settings::load_for_agent(&hook, root) {
-        println!(
+        outln!(
             "problem: {e}: every freeze will refuse until it is fixed. Fix: fix that line (`fsfreeze-hook check` lists every problem)"
         );
     }
@@ -273,7 +273,7 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
         && let Some(changes) = read_record(root, &hook)?
         && plan.convert_copy_to_diversion(&hook, &changes)?
     {
-        println!("then restart the agent: {RESTART}");
+        outln!("then restart the agent: {RESTART}");
         return Ok(());
     }
     let parent = hook.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -285,13 +285,13 @@ fn run_enable(root: &Path, dry_run: bool) -> Result<(), String> {
         plan.set_hook_in(&conf, &hook).map_err(|e| e.to_string())?;
     }
     if plan.done.is_empty() {
-        println!("already enabled: nothing to change");
+        outln!("already enabled: nothing to change");
         return Ok(());
     }
     if !dry_run {
         record(&plan, &hook).map_err(|e| format!("cannot write the record of changes: {e}"))?;
     }
-    println!("then restart the agent: {RESTART}");
+    outln!("then restart the agent: {RESTART}");
     Ok(())
 }
 
@@ -443,7 +443,7 @@ impl Plan {
         let depth = hook.parent().map_or(0, |p| p.components().count() - 1);
         let target = PathBuf::from("../".repeat(depth)).join(PACKAGED.trim_start_matches('/'));
         if fs::read_link(self.entry(hook)).is_ok_and(|t| t == target) {
-            println!("{} already leads to {PACKAGED}", hook.display());
+            outln!("{} already leads to {PACKAGED}", hook.display());
             return Ok(true);
         }
         let stock = self.free_stock(hook)?;
@@ -487,7 +487,7 @@ impl Plan {
         }
         match existing {
             Ok(existing) if existing == binary => {
-                println!("{} is already this fsfreeze-hook", hook.display());
+                outln!("{} is already this fsfreeze-hook", hook.display());
                 return Ok(());
             }
             Ok(existing) if a_build_of_ours(&existing) => {
@@ -667,14 +667,14 @@ const RHEL_HOOK: &str = "/etc/qemu-ga/fsfreeze-hook";
 
 fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
     let Some((hook, changes)) = enabled_hook(root)? else {
-        println!(
+        outln!(
             "not enabled by fsfreeze-hook (no {}): nothing to undo",
             record_path(&current_hook(root)).display()
         );
         return Ok(());
     };
     if let Err(e) = crate::config::Settings::load_for_agent(&hook, root) {
-        println!(
+        outln!(
             "note: {e}: ignored (disable undoes what `enable` recorded whatever the config says)"
         );
     }
@@ -713,24 +713,24 @@ fn run_disable(root: &Path, dry_run: bool) -> Result<(), String> {
     match &after {
         HookSetting::CommandLine { path, source } | HookSetting::Config { path, source } => {
             warn_of_what_stock_runs(root, path, dry_run);
-            println!(
+            outln!(
                 "qemu-ga {runs} {} after its restart (set in {})",
                 path.display(),
                 source.display()
             );
         }
         HookSetting::Disabled { source } => {
-            println!(
+            outln!(
                 "qemu-ga {runs} no hook after its restart ({} switches it off)",
                 source.display()
             )
         }
-        HookSetting::None => println!(
+        HookSetting::None => outln!(
             "qemu-ga {runs} no hook after its restart, as before `enable`: its unit starts it without -F and no qemu-ga.conf names one (for the stock script: fsfreeze-hook={DEFAULT_HOOK} in the [general] section of {})",
             CONFIGS[0]
         ),
     }
-    println!("then restart the agent: {RESTART}");
+    outln!("then restart the agent: {RESTART}");
     Ok(())
 }
 
@@ -753,7 +753,7 @@ fn warn_of_what_stock_runs(root: &Path, hook: &Path, dry_run: bool) {
                 Ok(rest) if root != Path::new("/") => Path::new("/").join(rest),
                 _ => e.path.clone(),
             };
-            println!(
+            outln!(
                 "note: the stock script {will} {} at the next freeze; fsfreeze-hook did not ({why}); remove it or take its execute bit away if it must not run",
                 crate::text::escape_path(&guest)
             );
@@ -783,7 +783,7 @@ impl Plan {
                     remove(path);
                 } else {
                     kept.push(path.clone());
-                    println!(
+                    outln!(
                         "keep {}: it is no longer the fsfreeze-hook `enable` installed (a newer stock script, or an edit); compare it with {} and keep the one qemu-ga should run",
                         path.display(),
                         stock_path(path).display()
@@ -792,7 +792,7 @@ impl Plan {
             }
             Change::Diverted(path, stock) => {
                 if kept.contains(path) {
-                    println!(
+                    outln!(
                         "keep the diversion of {} to {}: {} holds another file (see above); `dpkg-divert --package fsfreeze-hook --rename --remove {}` once it is moved away",
                         path.display(),
                         stock.display(),
@@ -812,7 +812,7 @@ impl Plan {
             }
             Change::Stock(path, stock) => {
                 if kept.contains(path) {
-                    println!(
+                    outln!(
                         "keep {} where it is: {} holds another file (see above)",
                         stock.display(),
                         path.display()
@@ -831,7 +831,7 @@ impl Plan {
             Change::Dir(dir) => {
                 let empty = fs::read_dir(self.path(dir)).is_ok_and(|mut d| d.next().is_none());
                 if !empty {
-                    println!("keep {}: it is not empty", dir.display());
+                    outln!("keep {}: it is not empty", dir.display());
                     return Ok(());
                 }
                 self.say(&format!("remove the empty {}", dir.display()));

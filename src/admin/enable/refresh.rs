@@ -29,7 +29,7 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
         .iter()
         .any(|c| matches!(c, Change::Hook(p, _) if *p == hook));
     if !installed_here {
-        println!(
+        outln!(
             "{} is not a hook `enable` installed: nothing to refresh",
             hook.display()
         );
@@ -46,7 +46,7 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
         return Ok(());
     }
     if fs::symlink_metadata(plan.entry(&hook)).is_ok_and(|m| m.file_type().is_symlink()) {
-        println!(
+        outln!(
             "{} is a link (to {PACKAGED}): nothing to refresh",
             hook.display()
         );
@@ -54,7 +54,7 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
     }
     let binary = ours().map_err(|e| format!("cannot read this binary: {e}"))?;
     match fs::read(plan.path(&hook)) {
-        Ok(now) if now == binary => println!("{} is already this build", hook.display()),
+        Ok(now) if now == binary => outln!("{} is already this build", hook.display()),
         Ok(now) if a_build_of_ours(&now) => {
             plan.say(&format!(
                 "replace {} (another build of fsfreeze-hook) with this one",
@@ -63,11 +63,11 @@ fn run_refresh(root: &Path, agent_installed: bool) -> Result<(), String> {
             plan.put_binary(&hook, &binary)?;
         }
         Ok(_) if plan.rewritten_by_agent_package(&hook) => plan.reclaim(&hook, &binary)?,
-        Ok(_) => println!(
+        Ok(_) => outln!(
             "{} is no longer the fsfreeze-hook `enable` installed (replaced or edited since): left alone; `fsfreeze-hook check` says what qemu-ga runs",
             hook.display()
         ),
-        Err(e) => println!("{}: {e}: left alone", hook.display()),
+        Err(e) => outln!("{}: {e}: left alone", hook.display()),
     }
     if !plan.done.is_empty() {
         record(&plan, &hook).map_err(|e| format!("cannot write the record of changes: {e}"))?;
