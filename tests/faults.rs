@@ -1260,3 +1260,46 @@ fn a_reader_that_went_away_or_a_terminal_that_answers_eio_is_no_panic() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(env.trace().len(), 2, "the rehearsal ran its hooks");
 }
+
+#[test]
+fn hooks_keep_the_signals_their_caller_ignored_as_under_the_stock_script() {
+    // qemu-ga 7.2 and 10.0 run their hook with SIGPIPE ignored (systemd
+    // starts services so), and bash passes that on: a hook's write to a
+    // closed pipe is EPIPE, not death. Rust's runtime ignores SIGPIPE in the
+    // runner whatever it was given; hooks get what the runner was given.
+    let env = Env::new();
+    let seen = env.path().join("sigign");
+    env.hook(
+        "10-sig",
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\n\
+             sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status > '{s}'",
+            s = seen.display()
+        ),
+    );
+    let bits = |given: &str| {
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{given} exec \"$@\""))
+            .arg("sh")
+            .arg(BIN)
+            .args(env.command(&["freeze"]).get_args())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(env.command(&["thaw"]).status().unwrap().success());
+        let text = fs::read_to_string(&seen).unwrap();
+        let mask = u64::from_str_radix(text.lines().next().unwrap().trim(), 16).unwrap();
+        (mask, text)
+    };
+    const SIGHUP: u64 = 1 << 0;
+    const SIGPIPE: u64 = 1 << 12;
+    let (mask, text) = bits("trap '' PIPE HUP;");
+    assert_eq!(mask & (SIGPIPE | SIGHUP), SIGPIPE | SIGHUP, "{text}");
+    let (mask, text) = bits("");
+    assert_eq!(
+        mask & SIGPIPE,
+        0,
+        "SIGPIPE at its default when given so: {text}"
+    );
+}

@@ -186,3 +186,37 @@ pub fn take_pending_stop_signal() -> Option<Signal> {
         None
     }
 }
+
+/// The standard signals ignored when this process was started (qemu-ga 7.2
+/// and 10.0 run their hook with SIGPIPE ignored, as systemd starts
+/// services), as a mask of bit `signal - 1`; read before Rust's runtime,
+/// which ignores SIGPIPE before `main` whatever it was given. What hooks
+/// get back, as the stock script passes them on.
+pub fn ignored_at_start() -> u64 {
+    IGNORED_AT_START.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static IGNORED_AT_START: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn read_ignored_at_start() {
+    let mut mask = 0u64;
+    for sig in 1..32 {
+        let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: a null new action only reads the current one into `old`,
+        // a zeroed, properly sized sigaction owned by this frame.
+        let rc = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+        // SAFETY: sigaction filled it on success; zeroed memory is a valid
+        // sigaction otherwise.
+        if rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN {
+            mask |= 1 << (sig - 1);
+        }
+    }
+    IGNORED_AT_START.store(mask, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Run by the C library before `main` (and so before Rust's runtime): a
+/// constructor in `.init_array`, called with no argument, touching only an
+/// atomic.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static READ_IGNORED_AT_START: extern "C" fn() = read_ignored_at_start;

@@ -65,8 +65,8 @@ fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
 }
 
 /// Starts `exec` in a new process group (a new session, or a group in
-/// ours: [`Group`]), with an empty signal mask and the
-/// signals this process ignores back at their defaults, and tied to this
+/// ours: [`Group`]), with an empty signal mask and the dispositions the
+/// runner was given (SIGPIPE's included, which Rust changed), and tied to this
 /// process: the kernel sends it SIGKILL if we die first (PR_SET_PDEATHSIG),
 /// so a hook never outlives a runner killed with `kill -9` (what it starts
 /// on purpose, a lock holder, is not tied: the setting is not inherited).
@@ -90,17 +90,23 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     };
     let argv = pointers(exec.argv);
     let envp = pointers(exec.envp);
-    // Dispositions do not change while the runner runs: read them once.
-    static DEFAULTS: std::sync::OnceLock<Vec<libc::c_int>> = std::sync::OnceLock::new();
-    let defaults = DEFAULTS.get_or_init(|| {
-        let mut sigs: Vec<libc::c_int> = ignored_signals()
-            .into_iter()
-            .map(|s| s as libc::c_int)
-            .collect();
-        // Handlers (Rust's, for SIGSEGV and SIGBUS) do not survive an exec,
-        // but must not run in the child before it: back to the default.
-        sigs.extend([libc::SIGSEGV, libc::SIGBUS]);
-        sigs
+    static DISPOSITIONS: std::sync::OnceLock<Vec<(libc::c_int, libc::sighandler_t)>> =
+        std::sync::OnceLock::new();
+    // Each standard signal as the runner was given it: ignored where it
+    // was (as the stock script passes it on), else the default, whatever the
+    // runner does with it (Rust ignores SIGPIPE and handles SIGSEGV and
+    // SIGBUS; the runner waits for the stop signals).
+    let dispositions = DISPOSITIONS.get_or_init(|| {
+        let ignored = super::signals::ignored_at_start();
+        (1..32)
+            .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+            .map(|sig: libc::c_int| {
+                // (An ignored SIGCHLD would have the kernel reap a hook's
+                // children before the hook waits for them: never passed on.)
+                let keep = ignored & (1 << (sig - 1)) != 0 && sig != libc::SIGCHLD;
+                (sig, if keep { libc::SIG_IGN } else { libc::SIG_DFL })
+            })
+            .collect()
     });
     // The report pipe's write end above 2, where the child's dup2 of its
     // standard descriptors cannot replace it.
@@ -123,8 +129,8 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         ],
         dir: exec.dir.map_or(std::ptr::null(), |d| d.as_ptr()),
         session: exec.group == Group::Session,
-        defaults: defaults.as_ptr(),
-        n_defaults: defaults.len(),
+        dispositions: dispositions.as_ptr(),
+        n_dispositions: dispositions.len(),
         parent: nix::unistd::getpid().as_raw(),
         report: report_tx.as_raw_fd(),
     };
@@ -135,7 +141,7 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         Some(&SigSet::all()),
         Some(&mut old),
     );
-    // SAFETY: every pointer in `child` (path, argv, envp, dir, defaults) and
+    // SAFETY: every pointer in `child` (path, argv, envp, dir, dispositions) and
     // the stack outlive the clone: with CLONE_VFORK this thread is suspended
     // until the child has executed or exited, so none is moved or freed
     // meanwhile. All signals are blocked across the clone (no handler of
@@ -182,8 +188,9 @@ struct Child {
     dir: *const c_char,
     /// setsid, else setpgid(0, 0).
     session: bool,
-    defaults: *const libc::c_int,
-    n_defaults: usize,
+    /// Each signal's disposition for the child: (signal, SIG_IGN or SIG_DFL).
+    dispositions: *const (libc::c_int, libc::sighandler_t),
+    n_dispositions: usize,
     parent: libc::pid_t,
     /// Where the child writes its errno when it cannot execute
     /// (close-on-exec, above 2).
@@ -209,8 +216,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         } else {
             libc::setpgid(0, 0);
         }
-        for i in 0..c.n_defaults {
-            libc::signal(*c.defaults.add(i), libc::SIG_DFL);
+        for i in 0..c.n_dispositions {
+            let (sig, handler) = *c.dispositions.add(i);
+            libc::signal(sig, handler);
         }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
         if libc::getppid() != c.parent {
@@ -238,24 +246,6 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         fail(c);
         127
     }
-}
-
-/// The standard signals this process ignores (SIG_IGN survives exec; Rust
-/// ignores SIGPIPE, and a caller may have left others).
-fn ignored_signals() -> Vec<Signal> {
-    Signal::iterator()
-        .filter(|&sig| sig != Signal::SIGKILL && sig != Signal::SIGSTOP)
-        .filter(|&sig| {
-            let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
-            // SAFETY: a null new action only reads the current one into
-            // `old`, a zeroed, properly sized sigaction owned by this frame.
-            let rc =
-                unsafe { libc::sigaction(sig as libc::c_int, std::ptr::null(), old.as_mut_ptr()) };
-            // SAFETY: sigaction filled it on success; zeroed memory is a
-            // valid sigaction otherwise.
-            rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
-        })
-        .collect()
 }
 
 /// The helpers this process detached ([`detach`]): never strays of a hook.
