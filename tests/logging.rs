@@ -252,3 +252,25 @@ fn what_a_lingering_process_prints_is_escaped_and_ended_too() {
     lines_are_whole(&env.log_text());
     assert!(env.log_text().ends_with('\n'));
 }
+
+#[test]
+fn a_failed_hooks_line_keeps_the_stock_form() {
+    // `<date>: <path> finished with status=<N>`, as the stock script writes
+    // it, failures too (no level word in front): monitoring that matches the
+    // stock lines matches ours.
+    let env = Env::new();
+    env.hook("10-fail", "[ \"$1\" = freeze ] && exit 3; exit 0");
+    let run = env.run(&["freeze"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let path = env.hooks.join("10-fail");
+    let line = run
+        .log
+        .lines()
+        .find(|l| l.contains("finished with status=3"))
+        .unwrap_or_else(|| panic!("{}", run.log));
+    let (_, rest) = line.split_once(": ").unwrap();
+    assert!(
+        rest.starts_with(&format!("{} finished with status=3", path.display())),
+        "{line}"
+    );
+}

@@ -80,6 +80,9 @@ pub struct Event {
     pub level: Level,
     pub message: String,
     pub fields: Vec<(&'static str, Value)>,
+    /// The text line has no level prefix: a line in the stock script's form,
+    /// which monitoring matches as it is.
+    pub stock_form: bool,
 }
 
 impl Event {
@@ -89,7 +92,15 @@ impl Event {
             level: Level::Info,
             message: message.into(),
             fields: Vec::new(),
+            stock_form: false,
         }
+    }
+
+    /// Its text line in the stock script's form: no `error: ` before it
+    /// (the level still counts for syslog, the journal and JSON).
+    pub fn in_stock_form(mut self) -> Event {
+        self.stock_form = true;
+        self
     }
 
     /// A plain message line.
@@ -113,6 +124,7 @@ impl Event {
     /// runner's own.
     pub fn text(&self) -> String {
         let prefix = match self.level {
+            _ if self.stock_form => "",
             Level::Info => "",
             Level::Warning => "warning: ",
             Level::Error => "error: ",

@@ -43,6 +43,7 @@ pub(super) fn end_event(hook: &Hook, run: Run, fin: &Finished) -> Event {
     } else {
         Level::Error
     })
+    .in_stock_form()
     .with("hook", hook.display_name())
     .with("phase", run.phase.to_string())
     .with("rollback", run.rollback)
