@@ -101,11 +101,16 @@ pub struct Out {
 }
 
 pub fn run(args: &[&str]) -> Out {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("FSFREEZE_HOOK_CONFIG")
-        .output()
-        .unwrap();
+    out_of(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("FSFREEZE_HOOK_CONFIG"),
+    )
+}
+
+/// What `cmd` exited with and printed.
+fn out_of(cmd: &mut Command) -> Out {
+    let out = cmd.output().unwrap();
     Out {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1187,16 +1192,11 @@ fn check_reports_selinux_labels_and_the_restorecon_that_fixes_a_wrong_one() {
 /// `BIN args` with the config a run reads (`FSFREEZE_HOOK_CONFIG`) at
 /// `config`.
 fn run_with_config(config: &Path, args: &[&str]) -> Out {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("FSFREEZE_HOOK_CONFIG", config)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    out_of(
+        Command::new(BIN)
+            .args(args)
+            .env("FSFREEZE_HOOK_CONFIG", config),
+    )
 }
 
 #[test]
