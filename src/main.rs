@@ -51,7 +51,6 @@ use crate::cli::{Cli, Command};
 use crate::config::Settings;
 use crate::exit::Exit;
 use crate::log::Log;
-use crate::phase::trust::Policy;
 use crate::sys::Waiter;
 
 fn main() -> ExitCode {
@@ -76,93 +75,6 @@ fn main() -> ExitCode {
     ExitCode::from(exit.code())
 }
 
-/// The settings a run uses: the config file's over the defaults, flags over
-/// both; the config judged as a hook is, since it decides what runs as root.
-fn settings(cli: &Cli, argv0: &Path) -> Result<Settings, Exit> {
-    let settings =
-        Settings::load(argv0, &cli.global.overrides()).map_err(|e| Exit::Setup(e.to_string()))?;
-    let settings = absolute(settings);
-    if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
-        && let Err(u) = Policy::current().check_opened(config, meta)
-    {
-        return Err(Exit::Setup(format!(
-            "config is not trusted, no hook run: {u}"
-        )));
-    }
-    Ok(settings)
-}
-
-/// `settings` with every path absolute.
-fn absolute(mut settings: Settings) -> Settings {
-    // Hooks and helpers run in `/` and are given these paths: absolute ones,
-    // before anything starts.
-    for path in [
-        &mut settings.hooks_dir,
-        &mut settings.log_file,
-        &mut settings.state_dir,
-    ] {
-        if let Ok(abs) = std::path::absolute(&*path) {
-            *path = abs;
-        }
-    }
-    // The guard and the watchdog write it too, from `/`; hooks get the
-    // config's path.
-    for path in [&mut settings.metrics_file, &mut settings.config_file]
-        .into_iter()
-        .flatten()
-    {
-        if let Ok(abs) = std::path::absolute(&*path) {
-            *path = abs;
-        }
-    }
-    settings
-}
-
-/// The places a run writes to, judged as the hooks dir is (every directory
-/// on the way, and the place itself, which no other user may write): the
-/// state dir, created if missing, is refused; the log is not opened (its
-/// lines go to syslog, saying why). As root, a user who may write there
-/// could plant a link at a name root writes, or a forged journal.
-fn judge_places(mut settings: Settings, writes_state: bool) -> Result<Settings, Exit> {
-    let policy = Policy::current();
-    if writes_state {
-        // Created (mode 0700) when missing, in a directory judged first, so
-        // that nothing is made in another user's; what is used is judged
-        // then. A thaw goes on without it if it cannot be made.
-        let existing = settings.state_dir.ancestors().find(|d| d.exists());
-        let judged = match existing {
-            Some(d) if d == settings.state_dir => policy.check_private_dir(d),
-            Some(d) => policy.check_dir_above(d).and_then(|()| {
-                let _ = phase::journal::ensure_state_dir(&settings.state_dir);
-                match settings.state_dir.exists() {
-                    true => policy.check_private_dir(&settings.state_dir),
-                    false => Ok(()),
-                }
-            }),
-            None => Ok(()),
-        };
-        if let Err(u) = judged {
-            let fix = if sys::is_root() {
-                format!(
-                    "only root may write there, as in {}",
-                    config::ROOT_STATE_DIR
-                )
-            } else {
-                "use a directory of your own (--state-dir, or HOME or XDG_RUNTIME_DIR set)".into()
-            };
-            return Err(Exit::Setup(format!(
-                "state dir is not safe, nothing run: {u}; {fix}"
-            )));
-        }
-    }
-    if let Some(dir) = settings.log_file.parent().filter(|d| d.exists())
-        && let Err(u) = policy.check_log_dir(dir)
-    {
-        settings.log_refused = Some(format!("its directory is not safe: {u}"));
-    }
-    Ok(settings)
-}
-
 /// The command's word for its log lines, for the commands whose refusal
 /// must reach a log (qemu-ga 7.2 throws the hook's stderr away).
 fn logged_as(command: &Command) -> Option<&'static str> {
@@ -177,20 +89,6 @@ fn logged_as(command: &Command) -> Option<&'static str> {
     })
 }
 
-/// A run that stops before its log is open (its config unusable or not
-/// trusted, its state dir unsafe) still says why in `log_file`, else (its
-/// directory unsafe, or unwritable) in syslog.
-fn log_refusal(log_file: &Path, what: &str, exit: &Exit) {
-    let refused = log_file.parent().filter(|d| d.exists()).and_then(|dir| {
-        Policy::current()
-            .check_log_dir(dir)
-            .err()
-            .map(|u| format!("its directory is not safe: {u}"))
-    });
-    let log = Log::open_path(log_file, refused, !sys::is_root());
-    log.line(&format!("{what} refused: {}", exit.line().unwrap_or("?")));
-}
-
 fn run(cli: Cli, argv0: &Path) -> Exit {
     // What sets the installation up and judges it reads no run's settings:
     // a config that is broken or not trusted stops neither `disable` (a
@@ -199,7 +97,7 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
         return exit;
     }
     let mut config_problem = None;
-    let settings = match settings(&cli, argv0) {
+    let settings = match phase::setup::settings(argv0, &cli.global.overrides()) {
         Ok(s) => s,
         // A thaw never waits on the config: the freeze's settings, as it
         // kept them, else the defaults; said in its log.
@@ -207,14 +105,14 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             let why = format!("config unusable now: {}", exit.line().unwrap_or_default());
             let (s, said) = phase::setup::thaw_settings(argv0, &cli.global.overrides(), &why);
             config_problem = Some(said);
-            absolute(s)
+            phase::setup::absolute(s)
         }
         // What is held and what would run are shown whatever the config:
         // its problem first, then what holds without it.
         Err(exit) if matches!(cli.command, Command::List { .. } | Command::Status { .. }) => {
             let line = exit.line().unwrap_or_default().to_string();
             config_problem = Some(line);
-            absolute(Settings::load_without_config(
+            phase::setup::absolute(Settings::load_without_config(
                 argv0,
                 &cli.global.overrides(),
             ))
@@ -227,7 +125,7 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
                     Some(flag) => std::path::absolute(&flag).unwrap_or(flag),
                     None => config::default_log_file(argv0),
                 };
-                log_refusal(&log_file, what, &exit);
+                phase::setup::log_refusal(&log_file, what, &exit);
             }
             return exit;
         }
@@ -250,11 +148,11 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
             | Command::Release { .. }
     );
     let log_file = settings.log_file.clone();
-    let settings = match judge_places(settings, writes_state) {
+    let settings = match phase::setup::judge_places(settings, writes_state) {
         Ok(s) => s,
         Err(exit) => {
             if let Some(what) = logged_as(&cli.command) {
-                log_refusal(&log_file, what, &exit);
+                phase::setup::log_refusal(&log_file, what, &exit);
             }
             return exit;
         }

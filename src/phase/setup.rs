@@ -156,3 +156,103 @@ pub fn thaw_settings(argv0: &Path, flags: &Overrides, why: &str) -> (Settings, S
         None => (defaults, format!("{why}; the thaw runs with the defaults")),
     }
 }
+
+/// The settings a run uses: the config file's over the defaults, flags over
+/// both; the config judged as a hook is, since it decides what runs as root.
+pub fn settings(argv0: &Path, flags: &Overrides) -> Result<Settings, Exit> {
+    let settings = Settings::load(argv0, flags).map_err(|e| Exit::Setup(e.to_string()))?;
+    let settings = absolute(settings);
+    if let (Some(config), Some(meta)) = (&settings.config_file, &settings.config_meta)
+        && let Err(u) = Policy::current().check_opened(config, meta)
+    {
+        return Err(Exit::Setup(format!(
+            "config is not trusted, no hook run: {u}"
+        )));
+    }
+    Ok(settings)
+}
+
+/// `settings` with every path absolute.
+pub fn absolute(mut settings: Settings) -> Settings {
+    // Hooks and helpers run in `/` and are given these paths: absolute ones,
+    // before anything starts.
+    for path in [
+        &mut settings.hooks_dir,
+        &mut settings.log_file,
+        &mut settings.state_dir,
+    ] {
+        if let Ok(abs) = std::path::absolute(&*path) {
+            *path = abs;
+        }
+    }
+    // The guard and the watchdog write it too, from `/`; hooks get the
+    // config's path.
+    for path in [&mut settings.metrics_file, &mut settings.config_file]
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(abs) = std::path::absolute(&*path) {
+            *path = abs;
+        }
+    }
+    settings
+}
+
+/// The places a run writes to, judged as the hooks dir is (every directory
+/// on the way, and the place itself, which no other user may write): the
+/// state dir, created if missing, is refused; the log is not opened (its
+/// lines go to syslog, saying why). As root, a user who may write there
+/// could plant a link at a name root writes, or a forged journal.
+pub fn judge_places(mut settings: Settings, writes_state: bool) -> Result<Settings, Exit> {
+    let policy = Policy::current();
+    if writes_state {
+        // Created (mode 0700) when missing, in a directory judged first, so
+        // that nothing is made in another user's; what is used is judged
+        // then. A thaw goes on without it if it cannot be made.
+        let existing = settings.state_dir.ancestors().find(|d| d.exists());
+        let judged = match existing {
+            Some(d) if d == settings.state_dir => policy.check_private_dir(d),
+            Some(d) => policy.check_dir_above(d).and_then(|()| {
+                let _ = journal::ensure_state_dir(&settings.state_dir);
+                match settings.state_dir.exists() {
+                    true => policy.check_private_dir(&settings.state_dir),
+                    false => Ok(()),
+                }
+            }),
+            None => Ok(()),
+        };
+        if let Err(u) = judged {
+            let fix = if crate::sys::is_root() {
+                format!(
+                    "only root may write there, as in {}",
+                    crate::config::ROOT_STATE_DIR
+                )
+            } else {
+                "use a directory of your own (--state-dir, or HOME or XDG_RUNTIME_DIR set)".into()
+            };
+            return Err(Exit::Setup(format!(
+                "state dir is not safe, nothing run: {u}; {fix}"
+            )));
+        }
+    }
+    if let Some(dir) = settings.log_file.parent().filter(|d| d.exists())
+        && let Err(u) = policy.check_log_dir(dir)
+    {
+        settings.log_refused = Some(format!("its directory is not safe: {u}"));
+    }
+    Ok(settings)
+}
+
+/// A run that stops before its log is open (its config unusable or not
+/// trusted, its state dir unsafe) still says why in `log_file`, else (its
+/// directory unsafe, or unwritable) in syslog.
+pub fn log_refusal(log_file: &Path, what: &str, exit: &Exit) {
+    let refused = log_file.parent().filter(|d| d.exists()).and_then(|dir| {
+        Policy::current()
+            .check_log_dir(dir)
+            .err()
+            .map(|u| format!("its directory is not safe: {u}"))
+    });
+    let log = Log::open_path(log_file, refused, !crate::sys::is_root());
+    log.line(&format!("{what} refused: {}", exit.line().unwrap_or("?")));
+}
