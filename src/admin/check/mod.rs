@@ -1,20 +1,27 @@
 //! `check`: the whole chain from hypervisor to hook, one actionable line per
-//! problem. The usual answers to "my hook never runs": qemu-ga started without
-//! `-F`, the hook path is still the stock script, a script not executable or
-//! named `.dpkg-old`, an interpreter missing, SELinux.
+//! problem; SELinux in selinux.rs, the places a run writes in places.rs.
+//!
+//! The usual answers to "my hook never runs": qemu-ga started without `-F`,
+//! the hook path is still the stock script, a script not executable or named
+//! `.dpkg-old`, an interpreter missing, SELinux.
+
+mod places;
+mod selinux;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::admin::agent::{self, HookSetting, RESTART};
 use crate::admin::list::{self, Verdict};
+use crate::config::Settings;
 use crate::config::units::format_duration;
-use crate::config::{ROOT_STATE_DIR, Settings};
 use crate::exit::Exit;
 use crate::phase::discovery::SkipReason;
 use crate::phase::hookfile::Refusal;
 use crate::sys::paths::in_root;
 use crate::text::escape_path;
+use places::{log_place, metrics_dir, writable};
+use selinux::selinux;
 
 const PORT: &str = "/dev/virtio-ports/org.qemu.guest_agent.0";
 
@@ -340,215 +347,6 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
     selinux(root, hook, &settings, &listing, out);
 }
 
-/// The label hooks need on the RHEL family: qemu-ga's domain runs them
-/// through a transition out of its own confinement (its policy labels
-/// /etc/qemu-ga/fsfreeze-hook.d so).
-const HOOK_TYPE: &str = "virt_qemu_ga_unconfined_exec_t";
-
-/// Where SELinux is enabled (`/sys/fs/selinux/enforce` exists): its mode,
-/// the labels of the hook, the hooks dir and each hook, with the
-/// `restorecon` that fixes a wrong one, and whether the log may be written.
-fn selinux(
-    root: &Path,
-    hook: &Path,
-    settings: &Settings,
-    listing: &list::Listing,
-    out: &mut Vec<Finding>,
-) {
-    let Ok(mode) = fs::read_to_string(in_root(root, Path::new("/sys/fs/selinux/enforce"))) else {
-        return;
-    };
-    let enforcing = mode.trim() == "1";
-    out.push(Finding::Note(format!(
-        "SELinux is {}",
-        if enforcing { "enforcing" } else { "permissive" }
-    )));
-    let guest = |p: &Path| -> PathBuf {
-        match p.strip_prefix(root) {
-            Ok(inside) if root != Path::new("/") => Path::new("/").join(inside),
-            _ => p.to_path_buf(),
-        }
-    };
-    let label = |p: &Path| crate::sys::paths::selinux_label(p).unwrap_or_else(|| "no label".into());
-    // The runner must share its scripts' domain to end them at a timeout:
-    // the policy lets qemu-ga's domain signal none that runs unconfined.
-    out.push(labelled(
-        &format!("hook {}", hook.display()),
-        &label(&in_root(root, hook)),
-        HOOK_TYPE,
-        "runs it in its own domain, from which it may not end hooks that run unconfined (virt_qemu_ga_run_unconfined on)",
-        &format!(
-            "`restorecon -v {}` (the package's SELinux module labels it so; `semodule -l | grep fsfreeze-hook` shows it installed)",
-            hook.display()
-        ),
-        enforcing,
-    ));
-    let mut judged: Vec<PathBuf> = vec![settings.hooks_dir.clone()];
-    judged.extend(
-        listing
-            .entries
-            .iter()
-            .filter(|e| matches!(e.verdict, Verdict::Runs { .. }))
-            .map(|e| e.path.clone()),
-    );
-    let fix = format!("`restorecon -Rv {}`", guest(&settings.hooks_dir).display());
-    for path in judged {
-        let subject = guest(&path).display().to_string();
-        out.push(labelled(
-            &subject,
-            &label(&path),
-            HOOK_TYPE,
-            "may not run it",
-            &fix,
-            enforcing,
-        ));
-    }
-    let state = guest(&settings.state_dir);
-    let fix = if state == Path::new(ROOT_STATE_DIR) {
-        format!(
-            "`restorecon -Rv {ROOT_STATE_DIR}` (the package's SELinux module labels it so; `semodule -l | grep fsfreeze-hook` shows it installed)"
-        )
-    } else {
-        format!(
-            "`semanage fcontext -a -t {STATE_TYPE} '{}(/.*)?'`, then `restorecon -Rv {0}`",
-            state.display()
-        )
-    };
-    writes_as_the_agent(
-        &settings.state_dir,
-        &state,
-        "state dir",
-        STATE_TYPE,
-        &fix,
-        enforcing,
-        out,
-    );
-    let log = guest(&settings.log_file);
-    if log.starts_with("/var/log/qemu-ga") {
-        let fix = format!("`restorecon -v {}`", log.display());
-        writes_as_the_agent(
-            &settings.log_file,
-            &log,
-            "log",
-            LOG_TYPE,
-            &fix,
-            enforcing,
-            out,
-        );
-    }
-    unconfined_hooks(root, enforcing, listing, out);
-    if enforcing && !log.starts_with("/var/log/qemu-ga") {
-        out.push(problem(
-            format!(
-                "log_file {} is outside /var/log/qemu-ga, which is all qemu-ga's SELinux domain may write: the runner's lines go to syslog instead",
-                log.display()
-            ),
-            "remove log_file from the config (the default under /etc/qemu-ga is /var/log/qemu-ga/fsfreeze-hook.log)",
-        ));
-    }
-}
-
-/// What qemu-ga's domain may write: the state dir (its policy gives a dir
-/// the agent makes in /run this type; the package's module gives it to
-/// /run/fsfreeze-hook whoever makes it), and the logs under
-/// /var/log/qemu-ga.
-const STATE_TYPE: &str = "virt_qemu_ga_var_run_t";
-const LOG_TYPE: &str = "virt_qemu_ga_log_t";
-
-/// The type of an SELinux label (`user:role:type:level`).
-fn type_of(label: &str) -> Option<&str> {
-    label.split(':').nth(2)
-}
-
-/// Judges the label of something the runner writes in qemu-ga's domain
-/// (`at`, shown as `shown`): of `wanted` type, or a problem when enforcing
-/// (a note when permissive). Not there yet: whoever makes it decides.
-fn writes_as_the_agent(
-    at: &Path,
-    shown: &Path,
-    what: &str,
-    wanted: &str,
-    fix: &str,
-    enforcing: bool,
-    out: &mut Vec<Finding>,
-) {
-    if fs::symlink_metadata(at).is_err() {
-        out.push(Finding::Note(format!(
-            "{what} {} is not there yet (what qemu-ga makes there is {wanted})",
-            shown.display()
-        )));
-        return;
-    }
-    let label = crate::sys::paths::selinux_label(at).unwrap_or_else(|| "no label".into());
-    out.push(labelled(
-        &format!("{what} {}", shown.display()),
-        &label,
-        wanted,
-        "may not write it, and every freeze would fail",
-        fix,
-        enforcing,
-    ));
-}
-
-/// `subject`'s label judged against the type qemu-ga's domain needs: ok,
-/// else what the domain is `denied` and `fix`, a problem when enforcing and
-/// a note when permissive.
-fn labelled(
-    subject: &str,
-    label: &str,
-    wanted: &str,
-    denied: &str,
-    fix: &str,
-    enforcing: bool,
-) -> Finding {
-    if type_of(label) == Some(wanted) {
-        return Finding::Ok(format!("{subject} is labelled {label}"));
-    }
-    let what = format!(
-        "{subject} is labelled {label}, not {wanted}: qemu-ga's SELinux domain {}",
-        if enforcing {
-            denied
-        } else {
-            "would be denied it when enforcing"
-        }
-    );
-    if enforcing {
-        problem(what, fix)
-    } else {
-        Finding::Note(format!("{what}; fix: {fix}"))
-    }
-}
-
-/// The boolean that lets hooks run unconfined: off (the policy's default),
-/// they run in qemu-ga's own domain, where a database client is denied its
-/// server's socket. A problem when enforcing and a hook will run.
-fn unconfined_hooks(root: &Path, enforcing: bool, listing: &list::Listing, out: &mut Vec<Finding>) {
-    use crate::sys::selinux::UNCONFINED_BOOLEAN as BOOLEAN;
-    let at = in_root(root, &Path::new("/sys/fs/selinux/booleans").join(BOOLEAN));
-    let Ok(state) = fs::read_to_string(&at) else {
-        return;
-    };
-    if state.split_whitespace().next() == Some("1") {
-        out.push(Finding::Ok(format!(
-            "{BOOLEAN} is on: hooks run unconfined"
-        )));
-        return;
-    }
-    let runs = listing
-        .entries
-        .iter()
-        .any(|e| matches!(e.verdict, Verdict::Runs { .. }));
-    let what = format!(
-        "{BOOLEAN} is off: hooks run confined in qemu-ga's own domain, where a database client is denied its server"
-    );
-    let fix = format!("`setsebool -P {BOOLEAN} on`");
-    out.push(if enforcing && runs {
-        problem(what, fix)
-    } else {
-        Finding::Note(format!("{what}; to let them reach it: {fix}"))
-    });
-}
-
 /// Another hooks dir with entries, where an administrator may have put
 /// scripts meant for `hook`: `<hook>.d` (which `enable` once created), and
 /// the usual dirs of Debian and RHEL. With how many entries it holds.
@@ -596,100 +394,6 @@ fn fix_for(verdict: &Verdict, path: &Path) -> String {
             format!("point {p} at an existing file, or remove it")
         }
         _ => format!("replace {p} with an executable script or program"),
-    }
-}
-
-/// The metrics file is written anew at a temporary name beside it and
-/// renamed: its directory must exist and be writable (nothing creates it).
-fn metrics_dir(file: &Path, out: &mut Vec<Finding>) {
-    let dir = file.parent().unwrap_or(Path::new("/"));
-    let usable = dir.is_dir() && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok();
-    out.push(if usable {
-        Finding::Ok(format!("metrics_file's directory {} is writable", dir.display()))
-    } else {
-        problem(
-            format!(
-                "metrics_file's directory {} {}: no metrics are written",
-                dir.display(),
-                if dir.is_dir() { "is not writable" } else { "does not exist" }
-            ),
-            format!(
-                "create {} (node_exporter's textfile directory, say), writable by root, or change metrics_file",
-                dir.display()
-            ),
-        )
-    });
-}
-
-/// Where the runner's lines really go: the log file, or syslog, and why.
-fn log_place(log: &Path, out: &mut Vec<Finding>) {
-    use std::os::unix::fs::MetadataExt;
-    let dir = log.parent().unwrap_or(Path::new("/"));
-    let syslog = |why: String, fix: String| {
-        problem(
-            format!(
-                "log {} is not written: {why}: the runner's lines go to syslog",
-                log.display()
-            ),
-            fix,
-        )
-    };
-    if !dir.is_dir() {
-        out.push(syslog(
-            format!("its directory {} does not exist", dir.display()),
-            format!(
-                "create {} (root's, mode 0755), or set log_file in the config",
-                dir.display()
-            ),
-        ));
-    } else if let Err(u) = crate::phase::trust::Policy::current().check_log_dir(dir) {
-        out.push(syslog(
-            format!("its directory is not safe: {u}"),
-            format!(
-                "take write access to {} from other users (`chmod go-w`), or set log_file in the config",
-                dir.display()
-            ),
-        ));
-    } else if let Ok(m) = fs::symlink_metadata(log)
-        && !(m.is_file() && m.uid() == 0 && m.nlink() == 1)
-    {
-        out.push(syslog(
-            "it is not a regular file of root's with one name".into(),
-            format!("remove {}: the next run makes it anew", log.display()),
-        ));
-    } else {
-        writable(log, "log", out);
-    }
-}
-
-/// The log file (or its dir, before its first run) and the state dir (or
-/// the dir it will be made in) must be writable.
-fn writable(path: &Path, what: &str, out: &mut Vec<Finding>) {
-    let mut probe: PathBuf = path.to_path_buf();
-    while !probe.exists() {
-        match probe.parent() {
-            Some(p) => probe = p.to_path_buf(),
-            None => break,
-        }
-    }
-    let ok = nix::unistd::access(&probe, nix::unistd::AccessFlags::W_OK).is_ok();
-    if ok {
-        out.push(Finding::Ok(format!(
-            "{what} {} is writable",
-            path.display()
-        )));
-    } else {
-        out.push(problem(
-            format!(
-                "{what} {} is not writable (checked {})",
-                path.display(),
-                probe.display()
-            ),
-            format!(
-                "make {} writable by root, or set another path in the config",
-                probe.display()
-            ),
-        ));
     }
 }
 
