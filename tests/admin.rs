@@ -1365,3 +1365,31 @@ fn a_process_of_another_user_named_qemu_ga_is_not_the_agent() {
         out.stdout
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn check_names_the_directory_to_fix_when_the_hooks_dir_is_not_trusted() {
+    // A group-writable hooks dir: what to fix is the directory, not each
+    // hook in it.
+    require_root("check_dir_fix");
+    let (root, r) = enabled_debian();
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.d/10-a",
+        "#!/bin/sh\nexit 0\n",
+        0o755,
+    );
+    let dir = root.path().join("etc/qemu/fsfreeze-hook.d");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+    let out = run(&["check", "--root", &r]);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("problem: ") && l.contains("10-a"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let fix = line.split("Fix: ").nth(1).unwrap_or_default();
+    assert!(
+        fix.starts_with(&format!("chown root: {0}; chmod go-w {0}", dir.display())),
+        "{line}"
+    );
+}

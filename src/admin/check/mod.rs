@@ -383,9 +383,20 @@ fn fix_for(verdict: &Verdict, path: &Path) -> String {
         Verdict::Skipped(SkipReason::NotExecutable) | Verdict::Refused(Refusal::NotExecutable) => {
             format!("chmod 755 {p}")
         }
-        Verdict::Refused(Refusal::Untrusted(_) | Refusal::UntrustedInterpreter { .. })
-        | Verdict::DirRefused(_) => {
-            format!("chown root: {p}; chmod go-w {p} (and the directories named)")
+        Verdict::Refused(Refusal::Untrusted(u)) => {
+            let at = escape_path(&u.path);
+            format!("chown root: {at}; chmod go-w {at}")
+        }
+        Verdict::Refused(Refusal::UntrustedInterpreter { why, .. }) => {
+            let at = escape_path(&why.path);
+            format!("chown root: {at}; chmod go-w {at}")
+        }
+        // The directory is what is not trusted, not the hook in it.
+        Verdict::DirRefused(_) => {
+            let dir = escape_path(path.parent().unwrap_or(Path::new("/")));
+            format!(
+                "chown root: {dir}; chmod go-w {dir} (or the directory above it that the reason names)"
+            )
         }
         Verdict::Refused(Refusal::MissingInterpreter(_) | Refusal::NoInterpreterNamed) => {
             "install that interpreter, or fix the #! line".into()
