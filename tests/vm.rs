@@ -90,15 +90,26 @@ fn qemu_system_aarch64() -> Command {
 
 impl Guest {
     fn boot(qga: &TestAgent) -> Guest {
+        Guest::boot_x86(qga, None)
+    }
+
+    /// An x86_64 guest under `qga`: the busybox guest, or with `selinux`
+    /// (what tests/vm/build-policy built) the RHEL family's layout with
+    /// Fedora's targeted policy enforcing.
+    fn boot_x86(qga: &TestAgent, selinux: Option<&Path>) -> Guest {
         qga.announce();
         let dir = guest_dir();
-        build_guest(dir.path(), &[qga.path.as_os_str(), BIN.as_ref()], None);
+        build_guest(dir.path(), &[qga.path.as_os_str(), BIN.as_ref()], selinux);
         let mut qemu = qemu_system();
         qemu.args(["-accel", "tcg", "-M", "pc"]);
+        let cmdline = match selinux {
+            None => "console=ttyS0 panic=-1",
+            Some(_) => "console=ttyS0 panic=-1 security=selinux enforcing=1",
+        };
         Guest::start(
             dir,
             qemu,
-            "console=ttyS0 panic=-1",
+            cmdline,
             Duration::from_secs(120),
             qga.reports_hook_errors,
             qga.version.clone(),
@@ -153,23 +164,7 @@ impl Guest {
     /// (`policy`: what tests/vm/build-policy built), on Debian's kernel,
     /// under `qga`, with a control shell on the port "ctl" ([`Guest::ctl`]).
     pub fn boot_selinux(qga: &TestAgent, policy: &Path) -> Guest {
-        qga.announce();
-        let dir = guest_dir();
-        build_guest(
-            dir.path(),
-            &[qga.path.as_os_str(), BIN.as_ref()],
-            Some(policy),
-        );
-        let mut qemu = qemu_system();
-        qemu.args(["-accel", "tcg", "-M", "pc"]);
-        Guest::start(
-            dir,
-            qemu,
-            "console=ttyS0 panic=-1 security=selinux enforcing=1",
-            Duration::from_secs(120),
-            qga.reports_hook_errors,
-            qga.version.clone(),
-        )
+        Guest::boot_x86(qga, Some(policy))
     }
 
     /// Runs `script` with sh in the guest's control shell (the kernel's
