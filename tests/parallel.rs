@@ -277,3 +277,132 @@ fn an_absurd_durations_history_is_ignored() {
     // As root the freeze left a guard: the thaw stands it down.
     env.run(&["thaw"]);
 }
+
+/// Ends, when dropped, the processes whose pids the files name (what a
+/// test's hooks left running), whatever the test found.
+struct EndsLeftovers(Vec<std::path::PathBuf>);
+
+impl Drop for EndsLeftovers {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            if let Some(pid) = fs::read_to_string(file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                && alive(pid)
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// A hook's body that starts two sleeps outside its process group and
+/// writes their pids to `<tag>-setsid.pid` (a child in a session of its
+/// own) and `<tag>-orphan.pid` (a double fork's orphan, in a session of its
+/// own too), then runs `rest`.
+fn leaves_two(env: &Env, tag: &str, rest: &str) -> [std::path::PathBuf; 2] {
+    let setsid = env.path().join(format!("{tag}-setsid.pid"));
+    let orphan = env.path().join(format!("{tag}-orphan.pid"));
+    env.tracing_hook(
+        tag,
+        &format!(
+            "[ \"$1\" = freeze ] || exit 0\nsetsid sleep 301 & echo $! > '{s}.new'; mv '{s}.new' '{s}'\n( setsid sleep 302 & echo $! > '{o}.new'; mv '{o}.new' '{o}' )\n{rest}",
+            s = setsid.display(),
+            o = orphan.display(),
+        ),
+    );
+    [setsid, orphan]
+}
+
+#[test]
+fn a_member_past_its_timeout_ends_what_descends_from_it_and_nothing_another_member_started() {
+    let env = Env::new();
+    // 10-slow leaves two processes and hangs past its limit; 20-holder
+    // leaves two lock holders and is still running when 10-slow is ended;
+    // 30-quick ends by itself meanwhile (what it leaves is left alone, and
+    // nothing of 10-slow's is taken for it).
+    let slow = leaves_two(&env, "10-slow", "sleep 30");
+    let holder = leaves_two(&env, "20-holder", "sleep 4");
+    env.tracing_hook("30-quick", "sleep 1");
+    let _cleanup = EndsLeftovers(slow.iter().chain(&holder).cloned().collect());
+    env.set_config(
+        "parallel = true\non_error = \"continue\"\nkill_grace = \"300ms\"\n[hooks.\"10-slow\"]\ntimeout = \"2s\"\n",
+    );
+    let run = env.run(&["freeze"]);
+    assert_has(&run.log, "10-slow finished with status=143");
+    assert_has(&run.log, "20-holder finished with status=0");
+    for file in &slow {
+        let pid = read_pid(file);
+        assert!(
+            eventually(Duration::from_secs(10), || !alive(pid)),
+            "{} (pid {pid}) outlived the hook that was ended: {run:?}",
+            file.display()
+        );
+    }
+    for file in &holder {
+        let pid = read_pid(file);
+        assert!(
+            alive(pid),
+            "{} (pid {pid}), left by a hook that ended by itself, was ended: {run:?}",
+            file.display()
+        );
+    }
+    env.run(&["thaw"]);
+}
+
+#[test]
+fn a_member_ended_with_its_group_takes_what_it_started_outside_its_process_group() {
+    // The group ends because another member failed, or because the runner
+    // got SIGTERM: either way, what the ended hook started in sessions of
+    // its own goes with it, as with parallel off.
+    for how in ["failure", "SIGTERM"] {
+        let env = Env::new();
+        let started = env.path().join("10-bg.started");
+        let left = leaves_two(
+            &env,
+            "10-bg",
+            &format!("touch '{}'; sleep 30", started.display()),
+        );
+        let _cleanup = EndsLeftovers(left.to_vec());
+        if how == "failure" {
+            env.tracing_hook(
+                "20-fails",
+                &format!(
+                    "[ \"$1\" = freeze ] || exit 0\ni=0; while [ ! -e '{}' ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done\nexit 1",
+                    started.display()
+                ),
+            );
+        } else {
+            env.hanging_freeze_hook("20-hangs");
+        }
+        env.set_config("parallel = true\nkill_grace = \"300ms\"\n");
+        let run = if how == "failure" {
+            env.run(&["freeze"])
+        } else {
+            let (child, start) = env.spawn_until(&["freeze"], &started);
+            let _ = read_pid(&left[1]);
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            env.finish(child.wait_with_output().unwrap(), start)
+        };
+        assert_eq!(
+            run.code,
+            Some(if how == "failure" { 1 } else { 143 }),
+            "{how}: {run:?}"
+        );
+        for file in &left {
+            let pid = read_pid(file);
+            assert!(
+                eventually(Duration::from_secs(10), || !alive(pid)),
+                "{how}: {} (pid {pid}) outlived its hook: {run:?}",
+                file.display()
+            );
+        }
+    }
+}

@@ -123,7 +123,7 @@ impl Execute for Processes<'_> {
                 opened,
                 phase: &phase,
                 rollback: run.rollback,
-                prefixed: false,
+                at_once: false,
             },
             run.bounds,
             &Context {
@@ -166,7 +166,7 @@ impl Execute for Processes<'_> {
                     opened: m.ready,
                     phase,
                     rollback: m.run.rollback,
-                    prefixed: true,
+                    at_once: true,
                 },
                 bounds: m.run.bounds,
                 delay: m.delay,

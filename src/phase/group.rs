@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 
 use crate::phase::leftovers::KILL_WAIT;
 use crate::phase::process::{self, Bounds, Context, Finished, Outcome, Spawn, Started, Watch};
-use crate::sys::{self, Exit, Wake};
+use crate::sys::{self, Exit, Wake, proc::Ident};
 
 /// One hook of a group: what it runs, its bounds, when it starts (after
 /// the group's start).
@@ -104,7 +104,7 @@ pub fn run_group(
         // Whoever ended by itself.
         let mut k = 0;
         while k < running.len() {
-            let outcome = match sys::try_reap(running[k].started.pid) {
+            let outcome = match running[k].started.try_reap() {
                 Ok(None) => {
                     k += 1;
                     continue;
@@ -128,13 +128,7 @@ pub fn run_group(
             let mut live = running.swap_remove(k);
             let bounds = members[live.index].bounds;
             let (limit, kind) = bounds.timeout.expect("a deadline has a limit");
-            let killed = Watch::new(
-                live.started.pid,
-                Some(&mut live.started.capture),
-                ctx,
-                signal_seen,
-            )
-            .end_group(bounds.grace);
+            let killed = Watch::of(&mut live.started, ctx, signal_seen).end_group(bounds.grace);
             let fin = live.started.finish(
                 Outcome::TimedOut {
                     limit,
@@ -195,8 +189,10 @@ pub fn run_group(
     results
 }
 
-/// Ends every running member together: SIGTERM to each group, `grace` for
-/// all of them to go (their output drained meanwhile), then SIGKILL.
+/// Ends every running member together, each as a timeout ends one:
+/// SIGTERM to its group and to what it started outside it
+/// ([`Started::strays`](process::Started::strays)), `grace` for all of them to go (their
+/// output drained meanwhile), then SIGKILL.
 fn end_all(
     mut running: Vec<Live>,
     ctx: &Context<'_>,
@@ -204,8 +200,15 @@ fn end_all(
     why: Stop,
     members: &[Member<'_>],
 ) -> Vec<(usize, Finished)> {
-    for live in &running {
-        sys::signal_group(live.started.pid, Signal::SIGTERM);
+    let mut strays: Vec<Vec<Ident>> = running.iter().map(|l| l.started.strays()).collect();
+    let signal_all = |live: &Live, strays: &[Ident], sig: Signal| {
+        sys::signal_group(live.started.pid, sig);
+        for s in strays {
+            sys::proc::signal_ours(*s, sig);
+        }
+    };
+    for (live, strays) in running.iter().zip(&strays) {
+        signal_all(live, strays, Signal::SIGTERM);
     }
     let mut killed = false;
     let mut gone: Vec<(usize, Finished)> = Vec::new();
@@ -217,19 +220,23 @@ fn end_all(
             killed = true;
         }
         if killed {
-            for live in &running {
-                sys::signal_group(live.started.pid, Signal::SIGKILL);
+            for (live, strays) in running.iter().zip(&strays) {
+                signal_all(live, strays, Signal::SIGKILL);
             }
         }
         let mut k = 0;
         while k < running.len() {
             let pid: Pid = running[k].started.pid;
             if !reaped[k] {
-                reaped[k] = !matches!(sys::try_reap(pid), Ok(None));
+                reaped[k] = !matches!(running[k].started.try_reap(), Ok(None));
             }
-            if reaped[k] && !sys::group_alive(pid) {
+            if reaped[k]
+                && !sys::group_alive(pid)
+                && !strays[k].iter().any(|s| sys::proc::is_ours(*s))
+            {
                 let live = running.swap_remove(k);
                 reaped.swap_remove(k);
+                strays.swap_remove(k);
                 let outcome = match why {
                     Stop::Failure => Outcome::Cancelled { killed },
                     Stop::Signal(sig) => Outcome::Interrupted(sig),

@@ -116,20 +116,30 @@ thread_local! {
     static LEFT_ON_PURPOSE: RefCell<Vec<Ident>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A hook was started: it runs; a freeze hook (`state_dir` given) is
-/// recorded there until it ends. Returns its record.
-pub fn started(pid: Pid, state_dir: Option<&Path>) -> Option<PathBuf> {
-    LIVE.with(|l| l.borrow_mut().push(pid.as_raw()));
+/// A hook was started (below its own `reaper`, if it has one): it runs; a
+/// freeze hook (`state_dir` given) is recorded there until it ends.
+/// Returns its record.
+pub fn started(pid: Pid, reaper: Option<Pid>, state_dir: Option<&Path>) -> Option<PathBuf> {
+    LIVE.with(|l| {
+        l.borrow_mut()
+            .extend([Some(pid), reaper].into_iter().flatten().map(Pid::as_raw))
+    });
     record_running(state_dir?, pid)
 }
 
 /// A hook ended (`by_itself`: not ended by us): its record goes, and what
-/// it left running is left alone from now on.
-pub fn ended(pid: Pid, record: Option<&Path>, by_itself: bool) {
+/// it left running is left alone from now on (a hook with a reaper of its
+/// own: what the reaper handed up to the runner when it exited; hooks
+/// running meanwhile have their own reapers).
+pub fn ended(pid: Pid, reaper: Option<Pid>, record: Option<&Path>, by_itself: bool) {
     if let Some(record) = record {
         let _ = std::fs::remove_file(record);
     }
-    LIVE.with(|l| l.borrow_mut().retain(|p| *p != pid.as_raw()));
+    let gone = [Some(pid), reaper];
+    LIVE.with(|l| {
+        l.borrow_mut()
+            .retain(|p| !gone.contains(&Some(Pid::from_raw(*p))))
+    });
     if by_itself {
         let left: Vec<Ident> = adopted().into_iter().map(|(p, _)| Ident::of(p)).collect();
         LEFT_ON_PURPOSE.with(|k| k.borrow_mut().extend(left));
@@ -150,14 +160,16 @@ fn adopted() -> Vec<(i32, sys::proc::Stat)> {
 }
 
 /// What ending hook `pid` must end besides its process group: every
-/// process below it, whatever session it made (`setsid`), and what the
-/// runner adopted since it started (a double fork's orphan), but nothing a
-/// hook that ended by itself left running, and no helper of ours.
-pub fn strays_of(pid: Pid) -> Vec<Ident> {
+/// process below it, whatever session it made (`setsid`), and what it
+/// orphaned (a double fork's): with a `reaper` of its own, what that
+/// adopted, which is below the reaper; else what the runner adopted since
+/// the hook started, but nothing a hook that ended by itself left running,
+/// and no helper of ours.
+pub fn strays_of(pid: Pid, reaper: Option<Pid>) -> Vec<Ident> {
     let hook = Ident::of(pid.as_raw());
     let all = sys::proc::descendants();
     let mut out: Vec<i32> = Vec::new();
-    let mut frontier = vec![pid.as_raw()];
+    let mut frontier = vec![reaper.unwrap_or(pid).as_raw()];
     while let Some(parent) = frontier.pop() {
         for (p, s) in &all {
             if s.ppid == parent && s.live() && !out.contains(p) {
@@ -165,6 +177,11 @@ pub fn strays_of(pid: Pid) -> Vec<Ident> {
                 frontier.push(*p);
             }
         }
+    }
+    // (The hook itself, below its reaper, is signalled with its group.)
+    out.retain(|p| *p != pid.as_raw());
+    if reaper.is_some() {
+        return out.into_iter().map(Ident::of).collect();
     }
     let kept = LEFT_ON_PURPOSE.with(|k| k.borrow().clone());
     for (p, s) in adopted() {

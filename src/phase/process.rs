@@ -127,8 +127,10 @@ pub struct Spawn<'a> {
     pub opened: &'a Opened,
     pub phase: &'a str,
     pub rollback: bool,
-    /// Its output lines get `[NAME] ` in front (hooks that run at once).
-    pub prefixed: bool,
+    /// One of hooks that run at once: its output lines get `[NAME] ` in
+    /// front, and it runs below a reaper of its own
+    /// ([`sys::spawn_reaped`]), so that what it orphans is known to be its.
+    pub at_once: bool,
 }
 
 /// Where the runner's side of a hook run lives.
@@ -224,14 +226,16 @@ pub fn run(
         Ok(s) => s,
         Err(not_run) => return not_run,
     };
-    let outcome = Watch::new(started.pid, Some(&mut started.capture), ctx, signal_seen)
-        .supervise(started.at, limits);
+    let at = started.at;
+    let outcome = Watch::of(&mut started, ctx, signal_seen).supervise(at, limits);
     started.finish(outcome, ctx, spawn.path)
 }
 
 /// A hook's process group, started, with its output.
 pub struct Started {
     pub pid: Pid,
+    /// Its own reaper, when it runs at once with others.
+    reaper: Option<sys::Reaped>,
     pub capture: Capture,
     pub at: Instant,
     /// A freeze hook's record while it runs (see [`leftovers`]).
@@ -243,7 +247,8 @@ impl Started {
     pub fn finish(self, outcome: Outcome, ctx: &Context<'_>, path: &Path) -> Finished {
         // Ended by itself, what it left (a lock holder) stays.
         let by_itself = matches!(outcome, Outcome::Exited(_) | Outcome::Signaled(_));
-        leftovers::ended(self.pid, self.record.as_deref(), by_itself);
+        let reaper = self.reaper.as_ref().map(|r| r.reaper);
+        leftovers::ended(self.pid, reaper, self.record.as_deref(), by_itself);
         let (output_bytes, last_line) = self
             .capture
             .finish(ctx.log, &crate::text::escape_path(path));
@@ -253,6 +258,20 @@ impl Started {
             output_bytes,
             last_line,
         }
+    }
+
+    /// Reaps it if it has ended.
+    pub fn try_reap(&self) -> std::io::Result<Option<Exit>> {
+        match &self.reaper {
+            Some(r) => r.try_reap(),
+            None => sys::try_reap(self.pid),
+        }
+    }
+
+    /// What ending it must end besides its process group
+    /// ([`leftovers::strays_of`]).
+    pub fn strays(&self) -> Vec<sys::proc::Ident> {
+        leftovers::strays_of(self.pid, self.reaper.as_ref().map(|r| r.reaper))
     }
 }
 
@@ -272,7 +291,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         Ok(c) => c,
         Err(e) => return Err(not_started(format!("no output pipe: {e}"))),
     };
-    if spawn.prefixed {
+    if spawn.at_once {
         capture.prefix_lines(&label);
     }
     let devnull = match File::open("/dev/null") {
@@ -326,15 +345,27 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
     {
         return Err(Finished::refused(why.to_string()));
     }
-    let pid = match sys::spawn(&exec) {
-        Ok(pid) => pid,
+    // (Without a subreaper of its own, the runner is none either: qemu's
+    // user-mode emulation.)
+    let spawned = if spawn.at_once && sys::is_subreaper() {
+        sys::spawn_reaped(&exec).map(|r| (r.hook, Some(r)))
+    } else {
+        sys::spawn(&exec).map(|pid| (pid, None))
+    };
+    let (pid, reaper) = match spawned {
+        Ok(s) => s,
         Err(e) => return Err(not_started(e.to_string())),
     };
     drop(write);
     let freeze = spawn.phase == "freeze" && !spawn.rollback;
-    let record = leftovers::started(pid, freeze.then_some(ctx.state_dir));
+    let record = leftovers::started(
+        pid,
+        reaper.as_ref().map(|r| r.reaper),
+        freeze.then_some(ctx.state_dir),
+    );
     Ok(Started {
         pid,
+        reaper,
         capture,
         at: start,
         record,
@@ -429,6 +460,8 @@ pub enum WaitEnd {
 /// or a snapshot's COMMAND (without).
 pub struct Watch<'a, 'b> {
     pid: Pid,
+    /// The hook's own reaper, when it has one.
+    reaper: Option<&'a sys::Reaped>,
     capture: Option<&'a mut Capture>,
     ctx: &'a Context<'b>,
     signal_seen: &'a mut Option<Signal>,
@@ -443,9 +476,32 @@ impl<'a, 'b> Watch<'a, 'b> {
     ) -> Watch<'a, 'b> {
         Watch {
             pid,
+            reaper: None,
             capture,
             ctx,
             signal_seen,
+        }
+    }
+
+    /// A started hook's.
+    pub fn of(
+        started: &'a mut Started,
+        ctx: &'a Context<'b>,
+        signal_seen: &'a mut Option<Signal>,
+    ) -> Watch<'a, 'b> {
+        Watch {
+            pid: started.pid,
+            reaper: started.reaper.as_ref(),
+            capture: Some(&mut started.capture),
+            ctx,
+            signal_seen,
+        }
+    }
+
+    fn try_reap(&self) -> std::io::Result<Option<Exit>> {
+        match self.reaper {
+            Some(r) => r.try_reap(),
+            None => sys::try_reap(self.pid),
         }
     }
 
@@ -465,7 +521,7 @@ impl<'a, 'b> Watch<'a, 'b> {
         let start = Instant::now();
         let mut next_tick = start + Duration::from_secs(1);
         loop {
-            match sys::try_reap(self.pid) {
+            match self.try_reap() {
                 Ok(Some(Exit::Code(c))) => return WaitEnd::Ended(Outcome::Exited(c)),
                 Ok(Some(Exit::Signal(s))) => return WaitEnd::Ended(Outcome::Signaled(s)),
                 Ok(None) => {}
@@ -524,7 +580,7 @@ impl<'a, 'b> Watch<'a, 'b> {
     /// reaped here.
     pub fn end_group(&mut self, grace: Duration) -> bool {
         let pgid = self.pid;
-        let strays = leftovers::strays_of(pgid);
+        let strays = leftovers::strays_of(pgid, self.reaper.map(|r| r.reaper));
         sys::signal_group(pgid, Signal::SIGTERM);
         for s in &strays {
             sys::proc::signal_ours(*s, Signal::SIGTERM);
@@ -557,7 +613,7 @@ impl<'a, 'b> Watch<'a, 'b> {
     fn wait_gone(&mut self, reaped: &mut bool, until: Instant) -> bool {
         loop {
             if !*reaped {
-                *reaped = !matches!(sys::try_reap(self.pid), Ok(None));
+                *reaped = !matches!(self.try_reap(), Ok(None));
             }
             // Grandchildren are not ours to reap; init does that, so poll.
             if *reaped && !sys::group_alive(self.pid) {
@@ -642,7 +698,7 @@ mod tests {
                 opened,
                 phase: "freeze",
                 rollback: false,
-                prefixed: false,
+                at_once: false,
             };
             run(spawn, limits, &ctx, &mut None)
         }

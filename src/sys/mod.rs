@@ -24,7 +24,8 @@ pub use freeze::{device, fifreeze, fithaw};
 pub use proc::group_alive;
 pub use signals::{Waiter, Wake, take_pending_stop_signal, waited_signals};
 pub use spawn::{
-    Exec, Exit, Group, Program, become_subreaper, detach, detached, is_subreaper, spawn, try_reap,
+    Exec, Exit, Group, Program, Reaped, become_subreaper, detach, detached, is_subreaper, spawn,
+    spawn_reaped, try_reap,
 };
 
 /// The path this binary was started from, read once when the process

@@ -248,6 +248,145 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
+/// A hook started under a reaper of its own ([`spawn_reaped`]).
+pub struct Reaped {
+    /// Our child, the hook's parent: the child subreaper of the hook's
+    /// tree, so that what the hook orphans is still known to be its own.
+    pub reaper: Pid,
+    pub hook: Pid,
+    /// Where the reaper writes the hook's wait status before it exits.
+    status: OwnedFd,
+}
+
+impl Reaped {
+    /// Reaps the reaper if it has ended: the hook ended then (a reaper
+    /// that died without saying how: killed, and the hook with it).
+    pub fn try_reap(&self) -> io::Result<Option<Exit>> {
+        let Some(reaper) = try_reap(self.reaper)? else {
+            return Ok(None);
+        };
+        let mut word = [0u8; 4];
+        if super::read_up_to(&self.status, &mut word).is_ok_and(|got| got == word.len()) {
+            let status = i32::from_ne_bytes(word);
+            if libc::WIFEXITED(status) {
+                return Ok(Some(Exit::Code(libc::WEXITSTATUS(status))));
+            }
+            if let Ok(sig) = Signal::try_from(libc::WTERMSIG(status)) {
+                return Ok(Some(Exit::Signal(sig)));
+            }
+        }
+        Ok(Some(match reaper {
+            Exit::Signal(sig) => Exit::Signal(sig),
+            Exit::Code(_) => Exit::Signal(Signal::SIGKILL),
+        }))
+    }
+}
+
+/// Starts `exec` as [`spawn`] does, below a reaper of its own: a fork of
+/// this process that makes itself the child subreaper of what it starts,
+/// spawns the hook, reaps whatever is orphaned below it, and when the hook
+/// has ended writes its wait status and exits. Hooks that run at once need
+/// it: an orphan adopted by the runner could have come from any of them,
+/// one adopted by the hook's own reaper came from that hook. What the hook
+/// left running when it ended goes up to the runner with the reaper's exit.
+///
+/// The reaper holds no descriptor but its status pipe, blocks every
+/// signal (a signal meant for the runner's process group is not for it),
+/// and dies with the runner (PR_SET_PDEATHSIG), the hook with it. For the
+/// runner, which is single-threaded: the fork's child allocates.
+pub fn spawn_reaped(exec: &Exec<'_>) -> io::Result<Reaped> {
+    let (status, low_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let tx = nix::fcntl::fcntl(&low_tx, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?;
+    drop(low_tx);
+    let runner = nix::unistd::getpid().as_raw();
+    // SAFETY: the runner is single-threaded; the child never returns into
+    // the runner's code (it ends in _exit).
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(tx);
+            let mut msg = [0u8; 8];
+            let got = super::read_up_to(&status, &mut msg);
+            let word = |i: usize| i32::from_ne_bytes(msg[i..i + 4].try_into().expect("4 bytes"));
+            match got {
+                Ok(8) if word(0) == 0 => Ok(Reaped {
+                    reaper: child,
+                    hook: Pid::from_raw(word(4)),
+                    status,
+                }),
+                other => {
+                    let _ = waitpid(child, None);
+                    Err(match other {
+                        Ok(8) => io::Error::from_raw_os_error(word(4)),
+                        _ => io::Error::other("the hook's reaper died before it started the hook"),
+                    })
+                }
+            }
+        }
+        ForkResult::Child => reaper_main(exec, tx.as_raw_fd(), runner),
+    }
+}
+
+/// The reaper's life (see [`spawn_reaped`]).
+fn reaper_main(exec: &Exec<'_>, tx: RawFd, runner: libc::pid_t) -> ! {
+    let say = |kind: i32, value: i32| {
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&kind.to_ne_bytes());
+        msg[4..].copy_from_slice(&value.to_ne_bytes());
+        // SAFETY: a write of a local buffer to our own pipe.
+        unsafe { libc::write(tx, msg.as_ptr().cast(), msg.len()) };
+    };
+    // SAFETY: system calls on this process's own attributes and
+    // descriptors; _exit ends it without running the runner's destructors.
+    unsafe {
+        libc::sigprocmask(
+            libc::SIG_SETMASK,
+            SigSet::all().as_ref(),
+            std::ptr::null_mut(),
+        );
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if libc::getppid() != runner {
+            libc::_exit(0);
+        }
+        libc::prctl(libc::PR_SET_NAME, c"fsfreeze-reaper".as_ptr());
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
+        let hook = match spawn(exec) {
+            Ok(pid) => pid.as_raw(),
+            Err(e) => {
+                say(1, e.raw_os_error().unwrap_or(libc::EIO));
+                libc::_exit(0)
+            }
+        };
+        say(0, hook);
+        // Nothing of the runner's is held open here (its lock, the hook's
+        // output pipe: the hook's end of output must be seen).
+        for (first, last) in [
+            (0, tx as libc::c_uint - 1),
+            (tx as libc::c_uint + 1, libc::c_uint::MAX),
+        ] {
+            if libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) != 0 {
+                let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as libc::c_uint;
+                for fd in first..=last.min(max) {
+                    libc::close(fd as libc::c_int);
+                }
+            }
+        }
+        loop {
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, 0);
+            if pid == hook {
+                let word = status.to_ne_bytes();
+                libc::write(tx, word.as_ptr().cast(), word.len());
+                libc::_exit(0);
+            }
+            if pid < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
 /// The helpers this process detached ([`detach`]): never strays of a hook.
 static DETACHED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
