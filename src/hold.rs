@@ -313,10 +313,7 @@ fn lock_name_file(settings: &Settings, name: &str) -> Result<Flock<fs::File>, St
 /// Asks a keeper to release (SIGUSR1) and waits for it to go.
 fn end_keeper(pid: sys::proc::Ident) {
     sys::proc::signal_ours(pid, Signal::SIGUSR1);
-    let deadline = Instant::now() + RELEASE_GRACE + Duration::from_secs(5);
-    while sys::proc::is_ours(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sys::proc::wait_gone(pid, RELEASE_GRACE + Duration::from_secs(5));
 }
 
 /// The keeper, in its detached process: start COMMAND, feed it, report

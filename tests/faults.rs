@@ -1303,3 +1303,32 @@ fn hooks_keep_the_signals_their_caller_ignored_as_under_the_stock_script() {
         "SIGPIPE at its default when given so: {text}"
     );
 }
+
+#[test]
+fn a_hook_the_kernel_cannot_execute_is_reported_with_the_reason_first_or_later_in_a_run() {
+    // An ELF header and nothing a kernel can load: every check passes, the
+    // exec fails (ENOEXEC). As the run's first spawn (whose errno comes
+    // through a pipe) and after others (through memory the child shares).
+    let env = Env::new();
+    for name in ["05-broken", "20-broken"] {
+        let path = env.hooks.join(name);
+        fs::write(&path, b"\x7fELF\x02\x01\x01 not a program").unwrap();
+        chmod(&path, 0o755);
+    }
+    env.tracing_hook("10-fine", "");
+    env.tracing_hook("30-fine", "");
+    env.set_config("on_error = \"continue\"\n");
+    let run = env.run(&["freeze"]);
+    for name in ["05-broken", "20-broken"] {
+        assert_has(&run.log, &format!("{name} finished with status=126"));
+        assert_has(
+            &run.log,
+            &format!("{name} could not be executed: Exec format error"),
+        );
+    }
+    assert_eq!(
+        env.trace(),
+        ["10-fine freeze rollback=0", "30-fine freeze rollback=0"]
+    );
+    env.run(&["thaw"]);
+}

@@ -224,47 +224,64 @@ fn a_freeze_hook_dies_with_its_killed_runner_and_the_thaw_ends_what_it_left_runn
     // foreground (a subshell of its group) takes another 2 s in. The runner
     // is killed with -9 at once, the thaw comes: neither lock may be taken
     // after the thaw released them.
-    let env = Env::new();
-    let started = env.path().join("started");
-    let locks = env.path().join("locks");
-    env.tracing_hook(
-        "10-db",
-        &format!(
-            "[ \"$1\" = freeze ] || exit 0\n\
+    // One after the other, and in a parallel group (each hook below a
+    // reaper of its own, which dies with the runner too).
+    for parallel in [false, true] {
+        let env = Env::new();
+        let started = env.path().join("started");
+        let locks = env.path().join("locks");
+        env.tracing_hook(
+            "10-db",
+            &format!(
+                "[ \"$1\" = freeze ] || exit 0\n\
              ( sleep 2; echo client-lock >> '{l}' ) &\n\
              echo $$ > '{s}.pid'; touch '{s}'\n\
              sleep 2; echo hook-lock >> '{l}'\n\
              wait",
-            l = locks.display(),
-            s = started.display()
-        ),
-    );
-    let (mut child, _) = env.spawn_until(&["freeze"], &started);
-    let hook = crate::common::read_pid(&env.path().join("started.pid"));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // The hook's own process goes with its runner, before any thaw.
-    assert!(
-        eventually(Duration::from_secs(2), || !alive(hook)),
-        "the hook outlived its runner"
-    );
-    let run = env.run(&["thaw"]);
-    assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(
-        env.trace(),
-        ["10-db freeze rollback=0", "10-db thaw rollback=0"]
-    );
-    assert_has(
-        &run.log,
-        "of a freeze hook whose runner died still runs; ending it before the thaw hooks",
-    );
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(
-        fs::read_to_string(&locks).unwrap_or_default(),
-        "",
-        "a lock was taken after the thaw"
-    );
-    assert!(!env.state.join("running").read_dir().unwrap().any(|_| true));
+                l = locks.display(),
+                s = started.display()
+            ),
+        );
+        if parallel {
+            env.tracing_hook("20-other", "sleep 1");
+            env.set_config("parallel = true\n");
+        }
+        let (mut child, _) = env.spawn_until(&["freeze"], &started);
+        let hook = crate::common::read_pid(&env.path().join("started.pid"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The hook's own process goes with its runner, before any thaw.
+        assert!(
+            eventually(Duration::from_secs(2), || !alive(hook)),
+            "the hook outlived its runner"
+        );
+        let run = env.run(&["thaw"]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let mut trace = env.trace();
+        trace.sort();
+        let expected: &[&str] = if parallel {
+            &[
+                "10-db freeze rollback=0",
+                "10-db thaw rollback=0",
+                "20-other freeze rollback=0",
+                "20-other thaw rollback=0",
+            ]
+        } else {
+            &["10-db freeze rollback=0", "10-db thaw rollback=0"]
+        };
+        assert_eq!(trace, expected, "parallel: {parallel}");
+        assert_has(
+            &run.log,
+            "of a freeze hook whose runner died still runs; ending it before the thaw hooks",
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            fs::read_to_string(&locks).unwrap_or_default(),
+            "",
+            "a lock was taken after the thaw"
+        );
+        assert!(!env.state.join("running").read_dir().unwrap().any(|_| true));
+    }
 }
 
 #[test]

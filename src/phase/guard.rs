@@ -78,11 +78,7 @@ pub fn stand_down(settings: &Settings, log: &Log) {
     let bound = settings.phase_timeout.unwrap_or(Duration::from_secs(300))
         + settings.kill_grace
         + Duration::from_secs(10);
-    let start = Instant::now();
-    while sys::proc::is_ours(pid) && start.elapsed() < bound {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if sys::proc::is_ours(pid) {
+    if !sys::proc::wait_gone(pid, bound) {
         log.warn(&format!("the guard (pid {pid}) did not end; going on"));
     } else {
         log.line(&format!("guard pid {pid} ended"));

@@ -176,7 +176,11 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Refu
         .check_opened(path, &meta)
         .map_err(Refusal::Untrusted)?;
     let mut head = [0u8; SHEBANG_MAX];
-    let n = read_head(&file, &mut head).map_err(|e| Refusal::CannotRead(e.to_string()))?;
+    // As far as fstat said it goes: no read that only finds the end.
+    let want = head
+        .len()
+        .min(usize::try_from(meta.len()).unwrap_or(usize::MAX));
+    let n = read_head(&file, &mut head[..want]).map_err(|e| Refusal::CannotRead(e.to_string()))?;
     let (kind, interpreter) = classify(&head[..n], meta.len(), root)?;
     // The interpreter runs as root with the hook: judged as the hook is, and
     // so is each interpreter of an interpreter that is a #! script itself,
@@ -199,7 +203,7 @@ pub fn open_in(path: &Path, policy: &Policy, root: &Path) -> Result<Opened, Refu
                 why,
                 via: (depth > 1).then(|| first.clone()).flatten(),
             })?;
-        next = interpreter_of(&interpreter, root)?;
+        next = policy.interpreter_of(&interpreter, || interpreter_of(&interpreter, root))?;
     }
     Ok(Opened {
         id: (meta.dev(), meta.ino()),

@@ -22,31 +22,40 @@ use crate::log::Log;
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
 use crate::sys::{self, proc::Ident};
 
-/// `<state dir>/running/PGID` (the hook's session in it): a freeze hook
-/// while it runs. The hook itself dies with its runner (see `sys::spawn`),
-/// but what it runs in the foreground (a database client taking a lock)
-/// would go on and take the lock after the thaw: the next thaw ends such a
-/// group first ([`end_left_freeze_hooks`]).
+/// `<state dir>/running/r<RUNNER PID>`: the freeze hooks of a run while
+/// they run, one line `+PID` when each starts and `-PID` when it has ended
+/// (a hook leads a session and a process group of its own, both bearing
+/// its number: `sys::Group::Session`). The hook itself dies with its runner
+/// (see `sys::spawn`), but what it runs in the foreground (a database
+/// client taking a lock) would go on and take the lock after the thaw: the
+/// next thaw ends such a group first ([`end_left_freeze_hooks`]). One file
+/// a run, opened once, appended to, removed when the freeze hooks are over
+/// ([`freeze_hooks_over`]): two small writes a hook. (Versions before wrote
+/// a file a hook, named by its number and holding it: still read.)
 fn running_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("running")
 }
 
-fn record_running(state_dir: &Path, pid: Pid) -> Option<PathBuf> {
-    use std::io::Write;
+thread_local! {
+    /// This run's record of running freeze hooks, once its first started.
+    static RECORD: RefCell<Option<(std::fs::File, PathBuf)>> = const { RefCell::new(None) };
+}
+
+fn open_record(state_dir: &Path) -> Option<(std::fs::File, PathBuf)> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = running_dir(state_dir);
-    let path = dir.join(pid.as_raw().to_string());
+    let path = dir.join(format!("r{}", std::process::id()));
     // A new file (a stale one of a reused pid removed first), not through a
-    // link; one write, read back whole or not at all (see below).
+    // link; appended to, so that a line is written whole or not at all.
     let create = || {
         std::fs::OpenOptions::new()
-            .write(true)
+            .append(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
     };
-    let mut file = match create() {
+    let file = match create() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             crate::phase::journal::ensure_state_dir(&dir).ok()?;
@@ -58,11 +67,54 @@ fn record_running(state_dir: &Path, pid: Pid) -> Option<PathBuf> {
         }
         Err(_) => return None,
     };
-    // A hook leads a session of its own (`sys::Group::Session`): its
-    // session bears its number, as its group does.
-    file.write_all(format!("{}\n", pid.as_raw()).as_bytes())
-        .ok()?;
-    Some(path)
+    Some((file, path))
+}
+
+/// Appends `line` to this run's record (opened under `state_dir` first if
+/// need be). Returns whether it was written.
+fn record_line(state_dir: Option<&Path>, line: &str) -> bool {
+    use std::io::Write;
+    RECORD.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.is_none() {
+            *r = state_dir.and_then(open_record);
+        }
+        r.as_mut()
+            .is_some_and(|(file, _)| file.write_all(line.as_bytes()).is_ok())
+    })
+}
+
+/// The freeze hooks of this run are over (each ended, or given up on):
+/// their record goes.
+pub fn freeze_hooks_over() {
+    if let Some((_, path)) = RECORD.with(|r| r.borrow_mut().take()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The hooks a record names as started and not ended: in a file of this
+/// version (`+PID`, `-PID` lines), or of versions before (named by the
+/// number, holding it).
+fn still_running(name: &str, text: &str) -> Vec<i32> {
+    if let Ok(pid) = name.parse::<i32>() {
+        return text
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|sid| *sid == pid)
+            .into_iter()
+            .collect();
+    }
+    let mut open: Vec<i32> = Vec::new();
+    for line in text.lines() {
+        let (sign, number) = line.split_at(line.len().min(1));
+        match (sign, number.parse::<i32>()) {
+            ("+", Ok(p)) if p > 1 => open.push(p),
+            ("-", Ok(p)) => open.retain(|q| *q != p),
+            _ => {}
+        }
+    }
+    open
 }
 
 /// Before a thaw's hooks: the process groups of freeze hooks whose runner
@@ -75,36 +127,33 @@ pub fn end_left_freeze_hooks(state_dir: &Path, grace: Duration, log: &Log) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(pgid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        };
-        let sid = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
-        if let Some(sid) = sid
-            && sys::proc::group_alive_in(pgid, sid)
-        {
-            log.warn(&format!(
-                "the process group {pgid} of a freeze hook whose runner died still runs; ending it before the thaw hooks"
-            ));
-            let group = Pid::from_raw(pgid);
-            sys::signal_group(group, Signal::SIGTERM);
-            let until = Instant::now() + grace;
-            while sys::proc::group_alive_in(pgid, sid) && Instant::now() < until {
-                thread::sleep(Duration::from_millis(10));
-            }
-            let until = Instant::now() + KILL_WAIT;
-            while sys::proc::group_alive_in(pgid, sid) && Instant::now() < until {
-                sys::signal_group(group, Signal::SIGKILL);
-                thread::sleep(Duration::from_millis(10));
+        let name = entry.file_name();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for pgid in still_running(&name.to_string_lossy(), &text) {
+            if sys::proc::group_alive_in(pgid, pgid) {
+                log.warn(&format!(
+                    "the process group {pgid} of a freeze hook whose runner died still runs; ending it before the thaw hooks"
+                ));
+                end_left_group(pgid, grace);
             }
         }
         let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Ends process group `pgid` (its session bears the same number): TERM,
+/// `grace`, KILL.
+fn end_left_group(pgid: i32, grace: Duration) {
+    let group = Pid::from_raw(pgid);
+    sys::signal_group(group, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    while sys::proc::group_alive_in(pgid, pgid) && Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let until = Instant::now() + KILL_WAIT;
+    while sys::proc::group_alive_in(pgid, pgid) && Instant::now() < until {
+        sys::signal_group(group, Signal::SIGKILL);
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -118,22 +167,22 @@ thread_local! {
 
 /// A hook was started (below its own `reaper`, if it has one): it runs; a
 /// freeze hook (`state_dir` given) is recorded there until it ends.
-/// Returns its record.
-pub fn started(pid: Pid, reaper: Option<Pid>, state_dir: Option<&Path>) -> Option<PathBuf> {
+/// Returns whether it was.
+pub fn started(pid: Pid, reaper: Option<Pid>, state_dir: Option<&Path>) -> bool {
     LIVE.with(|l| {
         l.borrow_mut()
             .extend([Some(pid), reaper].into_iter().flatten().map(Pid::as_raw))
     });
-    record_running(state_dir?, pid)
+    state_dir.is_some_and(|dir| record_line(Some(dir), &format!("+{pid}\n")))
 }
 
 /// A hook ended (`by_itself`: not ended by us): its record goes, and what
 /// it left running is left alone from now on (a hook with a reaper of its
 /// own: what the reaper handed up to the runner when it exited; hooks
 /// running meanwhile have their own reapers).
-pub fn ended(pid: Pid, reaper: Option<Pid>, record: Option<&Path>, by_itself: bool) {
-    if let Some(record) = record {
-        let _ = std::fs::remove_file(record);
+pub fn ended(pid: Pid, reaper: Option<Pid>, recorded: bool, by_itself: bool) {
+    if recorded {
+        record_line(None, &format!("-{pid}\n"));
     }
     let gone = [Some(pid), reaper];
     LIVE.with(|l| {
@@ -191,4 +240,26 @@ pub fn strays_of(pid: Pid, reaper: Option<Pid>) -> Vec<Ident> {
         }
     }
     out.into_iter().map(Ident::of).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_names_the_hooks_started_and_not_ended() {
+        // This version's: one file a run.
+        assert_eq!(
+            still_running("r812", "+900\n+901\n-900\n+902\n"),
+            [901, 902]
+        );
+        // A line cut short by kill -9, garbage, init: nothing.
+        assert_eq!(
+            still_running("r812", "+903\n-903\n+9x\n+1\n+"),
+            [] as [i32; 0]
+        );
+        // Versions before: a file a hook, named by it, holding it.
+        assert_eq!(still_running("904", "904\n"), [904]);
+        assert_eq!(still_running("904", "905\n"), [] as [i32; 0]);
+    }
 }

@@ -238,8 +238,8 @@ pub struct Started {
     reaper: Option<sys::Reaped>,
     pub capture: Capture,
     pub at: Instant,
-    /// A freeze hook's record while it runs (see [`leftovers`]).
-    record: Option<std::path::PathBuf>,
+    /// A freeze hook, recorded while it runs (see [`leftovers`]).
+    recorded: bool,
 }
 
 impl Started {
@@ -248,7 +248,7 @@ impl Started {
         // Ended by itself, what it left (a lock holder) stays.
         let by_itself = matches!(outcome, Outcome::Exited(_) | Outcome::Signaled(_));
         let reaper = self.reaper.as_ref().map(|r| r.reaper);
-        leftovers::ended(self.pid, reaper, self.record.as_deref(), by_itself);
+        leftovers::ended(self.pid, reaper, self.recorded, by_itself);
         let (output_bytes, last_line) = self
             .capture
             .finish(ctx.log, &crate::text::escape_path(path));
@@ -294,7 +294,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
     if spawn.at_once {
         capture.prefix_lines(&label);
     }
-    let devnull = match File::open("/dev/null") {
+    let devnull = match dev_null() {
         Ok(f) => f,
         Err(e) => return Err(not_started(format!("/dev/null: {e}"))),
     };
@@ -332,7 +332,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         program,
         argv: &argv,
         envp: &envp,
-        stdin: devnull.as_fd(),
+        stdin: devnull,
         stdout: write.as_fd(),
         stderr: write.as_fd(),
         // In `/`, as qemu-ga runs its hook: a hook does not depend on where
@@ -358,7 +358,7 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
     };
     drop(write);
     let freeze = spawn.phase == "freeze" && !spawn.rollback;
-    let record = leftovers::started(
+    let recorded = leftovers::started(
         pid,
         reaper.as_ref().map(|r| r.reaper),
         freeze.then_some(ctx.state_dir),
@@ -368,8 +368,18 @@ pub fn start(spawn: &Spawn<'_>, ctx: &Context<'_>) -> Result<Started, Finished> 
         reaper,
         capture,
         at: start,
-        record,
+        recorded,
     })
+}
+
+/// /dev/null, opened once a run: every hook's stdin.
+fn dev_null() -> std::io::Result<BorrowedFd<'static>> {
+    static NULL: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f.as_fd());
+    }
+    let f = File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f).as_fd())
 }
 
 /// Starts an administrator's command line (a snapshot's COMMAND, a hold's

@@ -42,6 +42,9 @@ pub struct Policy {
     trusted_dirs: RefCell<HashSet<PathBuf>>,
     /// Interpreters already judged during this run.
     interpreters: RefCell<HashMap<PathBuf, Result<(), Untrusted>>>,
+    /// What each interpreter looked at during this run is run by (`Some`:
+    /// it is a `#!` script itself): every hook of a dir names the same one.
+    next_interpreters: RefCell<HashMap<PathBuf, Option<PathBuf>>>,
     /// Directories already resolved and judged during this run, by the path
     /// they were named by: the hooks of one dir walk its way once.
     resolved: RefCell<HashMap<PathBuf, PathBuf>>,
@@ -70,6 +73,7 @@ impl Policy {
             user: (uid != 0).then_some(uid),
             trusted_dirs: RefCell::default(),
             interpreters: RefCell::default(),
+            next_interpreters: RefCell::default(),
             resolved: RefCell::default(),
         }
     }
@@ -305,6 +309,23 @@ impl Policy {
             });
         }
         Ok(())
+    }
+
+    /// What runs `interpreter` (`look` finds it, once a run for each; a
+    /// failure is not kept).
+    pub fn interpreter_of<E>(
+        &self,
+        interpreter: &Path,
+        look: impl FnOnce() -> Result<Option<PathBuf>, E>,
+    ) -> Result<Option<PathBuf>, E> {
+        if let Some(known) = self.next_interpreters.borrow().get(interpreter) {
+            return Ok(known.clone());
+        }
+        let next = look()?;
+        self.next_interpreters
+            .borrow_mut()
+            .insert(interpreter.to_path_buf(), next.clone());
+        Ok(next)
     }
 
     /// Checks a `#!` interpreter as a hook is checked (once a run for each).

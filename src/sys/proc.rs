@@ -2,6 +2,7 @@
 //! of the process list, and the checks built on them.
 
 use std::fs;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -184,6 +185,42 @@ pub fn is_ours(who: Ident) -> bool {
     mine && same
 }
 
+/// Waits up to `bound` until the recorded process is no longer one of
+/// ours (gone, or a zombie); true when it is not. Woken by its exit
+/// itself (a pidfd, Linux 5.3), else looks every 2 ms.
+pub fn wait_gone(who: Ident, bound: Duration) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let until = Instant::now() + bound;
+    // SAFETY: pidfd_open with plain integer arguments; on success it
+    // returns a new descriptor that nothing else owns.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, who.pid, 0) };
+    // SAFETY: as above, a fresh descriptor when not negative.
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
+    loop {
+        // (Checked after the pidfd is open: it is of the recorded process
+        // if that one still runs now.)
+        if !is_ours(who) {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match &pidfd {
+            Some(fd) => {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                let ms = PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                let _ = poll(
+                    &mut [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)],
+                    ms,
+                );
+            }
+            None => std::thread::sleep(left.min(Duration::from_millis(2))),
+        }
+    }
+}
+
 /// Sends `sig` to the recorded process if it is still one of ours.
 pub fn signal_ours(who: Ident, sig: Signal) {
     if is_ours(who) {
@@ -205,9 +242,19 @@ pub fn my_children() -> Vec<i32> {
     use std::io::Read;
     let tid = nix::unistd::gettid();
     if let Ok(mut file) = fs::File::open(format!("/proc/self/task/{tid}/children")) {
-        // A few numbers: read without looking up a size first.
-        let mut text = Vec::with_capacity(256);
-        if file.read_to_end(&mut text).is_ok() {
+        // A few numbers: read without looking up a size first (read_to_end
+        // asks for one: two more system calls for every hook).
+        let mut text = Vec::new();
+        let mut buf = [0u8; 512];
+        let done = loop {
+            match file.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break false,
+            }
+        };
+        if done {
             return String::from_utf8_lossy(&text)
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())

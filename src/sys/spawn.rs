@@ -4,6 +4,7 @@
 use std::ffi::{CString, c_char};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -75,10 +76,10 @@ fn pointers(strings: &[CString]) -> Vec<*mut c_char> {
 /// a vfork-style clone (CLONE_VM | CLONE_VFORK) on a stack of its own, so no
 /// copy of the runner's page tables (a fork per hook cost about 15% more);
 /// we wait, suspended, until the child has executed or failed. An exec that
-/// failed writes its errno to a close-on-exec pipe (an exec closes it
+/// failed leaves its errno in memory we share; until a clone has shown that
+/// it does share it, also in a close-on-exec pipe (an exec closes it
 /// unwritten): where a clone with CLONE_VM is a fork after all (qemu's
-/// user-mode emulation runs one so), a write to memory we share would be
-/// lost.
+/// user-mode emulation runs one so), a write to that memory is lost.
 pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     let (path, search) = match exec.program {
         Program::Open(fd) => (
@@ -109,14 +110,22 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
             .collect()
     });
     // The report pipe's write end above 2, where the child's dup2 of its
-    // standard descriptors cannot replace it.
-    let (report_rx, low_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let report_tx = nix::fcntl::fcntl(&low_tx, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?;
-    // Every write end but the child's is closed before the read below, or
-    // the read would wait for ever.
-    drop(low_tx);
+    // standard descriptors cannot replace it. Needed only until a clone has
+    // shown that the child shares our memory (then the child leaves its
+    // errno there: five system calls a hook fewer).
+    let shared = SHARES_MEMORY.load(std::sync::atomic::Ordering::Relaxed);
+    let pipe = if shared {
+        None
+    } else {
+        let (report_rx, low_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let report_tx = nix::fcntl::fcntl(&low_tx, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?;
+        // Every write end but the child's is closed before the read below, or
+        // the read would wait for ever.
+        drop(low_tx);
+        Some((report_rx, report_tx))
+    };
     let child = Child {
         path: path.as_ptr(),
         argv: argv.as_ptr(),
@@ -132,7 +141,9 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         dispositions: dispositions.as_ptr(),
         n_dispositions: dispositions.len(),
         parent: nix::unistd::getpid().as_raw(),
-        report: report_tx.as_raw_fd(),
+        report: pipe.as_ref().map_or(-1, |(_, tx)| tx.as_raw_fd()),
+        ran: AtomicBool::new(false),
+        errno: AtomicI32::new(0),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     let mut old = SigSet::empty();
@@ -166,6 +177,24 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
         return Err(io::Error::last_os_error());
     }
     let pid = Pid::from_raw(pid);
+    // CLONE_VFORK: the child has executed or exited by now. If it ran in
+    // our memory, it left its errno there (0: executed).
+    if child.ran.load(std::sync::atomic::Ordering::Acquire) {
+        SHARES_MEMORY.store(true, std::sync::atomic::Ordering::Relaxed);
+        return match child.errno.load(std::sync::atomic::Ordering::Acquire) {
+            0 => Ok(pid),
+            errno => {
+                let _ = waitpid(pid, None);
+                Err(io::Error::from_raw_os_error(errno))
+            }
+        };
+    }
+    let Some((report_rx, report_tx)) = pipe else {
+        // Shared memory seen once and not now: cannot be; say so rather
+        // than guess.
+        let _ = waitpid(pid, None);
+        return Err(io::Error::other("the child ran outside our memory"));
+    };
     drop(report_tx);
     let mut word = [0u8; 4];
     if super::read_up_to(&report_rx, &mut word).is_ok_and(|got| got == word.len()) {
@@ -174,6 +203,10 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     }
     Ok(pid)
 }
+
+/// Whether a clone of ours has been seen to share our memory (a clone
+/// with CLONE_VM is a fork after all under qemu's user-mode emulation).
+static SHARES_MEMORY: AtomicBool = AtomicBool::new(false);
 
 /// The child's stack: what execvpe and the exec itself need, with room.
 const CHILD_STACK: usize = 256 * 1024;
@@ -193,8 +226,13 @@ struct Child {
     n_dispositions: usize,
     parent: libc::pid_t,
     /// Where the child writes its errno when it cannot execute
-    /// (close-on-exec, above 2).
+    /// (close-on-exec, above 2); -1: none, the child shares our memory.
     report: RawFd,
+    /// Set by the child first: seen by us after the clone, it ran in our
+    /// memory.
+    ran: AtomicBool,
+    /// The child's errno when it could not execute, in our memory.
+    errno: AtomicI32,
 }
 
 /// The cloned child: between clone and exec, only system calls on what
@@ -205,10 +243,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // in exec or _exit.
     unsafe {
         let c = &*arg.cast::<Child>();
+        c.ran.store(true, std::sync::atomic::Ordering::Release);
         let fail = |c: &Child| {
             let errno = *libc::__errno_location();
-            let word = if errno == 0 { libc::EIO } else { errno }.to_ne_bytes();
-            libc::write(c.report, word.as_ptr().cast(), word.len());
+            let errno = if errno == 0 { libc::EIO } else { errno };
+            c.errno.store(errno, std::sync::atomic::Ordering::Release);
+            if c.report >= 0 {
+                let word = errno.to_ne_bytes();
+                libc::write(c.report, word.as_ptr().cast(), word.len());
+            }
             libc::_exit(127)
         };
         if c.session {

@@ -136,6 +136,7 @@ impl<'a, X: Execute> Runner<'a, X> {
             return End::Failed(format!("freeze refused, no hook run: {e:#}"));
         }
         let (started, failure) = self.freeze_in_order(hooks);
+        crate::phase::leftovers::freeze_hooks_over();
         self.remember_durations();
         match failure {
             None => {
