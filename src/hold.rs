@@ -27,7 +27,7 @@ use crate::config::units::format_time_limit;
 use crate::config::{Settings, TimeLimit};
 use crate::exit::Exit;
 use crate::log::Log;
-use crate::phase::process::{Context, WaitEnd, Watch, spawn_command};
+use crate::phase::engine::process::{Context, WaitEnd, Watch, spawn_command};
 use crate::sys::{self, Group, Waiter, Wake};
 
 /// What a keeper waits for its COMMAND to end after closing its stdin,
@@ -137,8 +137,8 @@ pub fn hold(settings: &Settings, log: &Log, args: HoldArgs) -> Exit {
     if !valid_name(&args.name) {
         return Exit::Setup(not_a_name("hold", &args.name));
     }
-    if let Err(e) = crate::phase::journal::ensure_state_dir(&settings.state_dir)
-        .and_then(|()| crate::phase::journal::ensure_state_dir(&sessions_dir(settings)))
+    if let Err(e) = crate::phase::records::journal::ensure_state_dir(&settings.state_dir)
+        .and_then(|()| crate::phase::records::journal::ensure_state_dir(&sessions_dir(settings)))
     {
         return Exit::Setup(format!("hold {}: {e:#}", args.name));
     }
@@ -366,7 +366,7 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
         };
         return say(format!("FAIL {why}{detail}"));
     }
-    let since_ms = crate::phase::journal::now_ms();
+    let since_ms = crate::phase::records::journal::now_ms();
     let session = Session {
         name: args.name.clone(),
         keeper: sys::proc::Ident::me(),
@@ -390,7 +390,8 @@ fn keep(settings: &Settings, args: &HoldArgs, input: &[u8], ready: BorrowedFd<'_
     let mut log = log;
     log.attach(!sys::is_root());
     log.write_deferred();
-    let held_for = Duration::from_millis(crate::phase::journal::now_ms().saturating_sub(since_ms));
+    let held_for =
+        Duration::from_millis(crate::phase::records::journal::now_ms().saturating_sub(since_ms));
     log.line(&format!(
         "hold {}: {why}; session closed after {} ({ended})",
         args.name,

@@ -11,7 +11,7 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every .rs file under src, as its module path ("phase::runner").
+/// Every .rs file under src, as its module path ("phase::engine::runner").
 fn modules() -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     let mut dirs = vec![src()];
@@ -163,9 +163,9 @@ fn src_has_no_import_cycle() {
     let graph = graph();
     assert!(graph.len() > 20, "{} modules found", graph.len());
     assert!(
-        graph["phase::runner"].contains("phase::journal"),
+        graph["phase::engine::runner"].contains("phase::records::journal"),
         "the import reader finds nothing: {:?}",
-        graph["phase::runner"]
+        graph["phase::engine::runner"]
     );
     assert_eq!(cycles(&graph), Vec::<Vec<String>>::new());
 }
@@ -237,4 +237,31 @@ fn each_folder_says_what_lives_in_it() {
             .collect();
         assert_eq!(summary.len(), 2, "{name}/mod.rs opens with {summary:?}");
     }
+}
+
+#[test]
+fn the_engine_and_the_records_import_none_of_the_phases_verbs() {
+    // phase/ holds the verbs (freeze, thaw, rehearse, the guard, ...) over
+    // two rooms: the engine that runs hooks and the records a run keeps.
+    let graph = graph();
+    let rooms = ["phase::engine", "phase::records"];
+    let in_room = |m: &str| {
+        rooms
+            .iter()
+            .any(|r| m == *r || m.starts_with(&format!("{r}::")))
+    };
+    let mut seen = 0;
+    for (module, imports) in &graph {
+        if !in_room(module) {
+            continue;
+        }
+        seen += 1;
+        for i in imports {
+            assert!(
+                !i.starts_with("phase::") || in_room(i),
+                "{module} imports the verb {i}"
+            );
+        }
+    }
+    assert!(seen >= 12, "{seen} modules in the rooms");
 }

@@ -9,9 +9,9 @@ use crate::config::units::format_time_limit;
 use crate::config::{OnError, Settings, TimeLimit};
 use crate::exit::Exit;
 use crate::log::json::{self, Object};
-use crate::phase::discovery::{self as hooks, Discovery, SkipReason};
-use crate::phase::hookfile::{self, Refusal};
-use crate::phase::trust::Policy;
+use crate::phase::engine::discovery::{self as hooks, Discovery, SkipReason};
+use crate::phase::engine::hookfile::{self, Refusal};
+use crate::phase::engine::trust::Policy;
 use crate::text::{escape, escape_path};
 
 /// Whether an entry runs at the next freeze.

@@ -4,7 +4,7 @@
 use crate::config::Settings;
 use crate::exit::Exit;
 use crate::log::json::{self, Object};
-use crate::phase::journal::{Journal, Recorded, Unthawed};
+use crate::phase::records::journal::{Journal, Recorded, Unthawed};
 use crate::text::escape_path;
 
 /// `status`: what the journal holds, and whether its watchdog runs.

@@ -275,7 +275,7 @@ fn thaw_elsewhere(fs: &dyn Filesystems, dev: u64, log: &Log, shown: &str) -> Res
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::phase::journal::Journal;
+    use crate::phase::records::journal::Journal;
     use std::cell::RefCell;
     use std::collections::HashMap;
 
@@ -395,7 +395,7 @@ pub mod tests {
                 "thaw /c"
             ]
         );
-        let crate::phase::journal::Recorded::Unthawed(held) = journal.read() else {
+        let crate::phase::records::journal::Recorded::Unthawed(held) = journal.read() else {
             panic!()
         };
         assert_eq!(held.filesystems, frozen);
@@ -408,7 +408,7 @@ pub mod tests {
         let t = targets(&fs, &[]).unwrap();
         let frozen = freeze_all(&fs, &t, &mut journal, &log).unwrap();
         assert_eq!(paths(&frozen), ["/c", "/"].map(PathBuf::from));
-        let crate::phase::journal::Recorded::Unthawed(held) = journal.read() else {
+        let crate::phase::records::journal::Recorded::Unthawed(held) = journal.read() else {
             panic!()
         };
         assert_eq!(

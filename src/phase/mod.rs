@@ -1,25 +1,15 @@
-//! What qemu-ga calls: the `freeze` and `thaw` phases and their rehearsal.
-//! Hooks are found, judged, run with limits and recorded in the journal here.
+//! What qemu-ga calls: the `freeze` and `thaw` phases and their rehearsal,
+//! over the engine that runs hooks (`engine/`) and what a run keeps (`records/`).
 
-pub mod discovery;
-pub mod execute;
+pub mod engine;
 pub mod freeze;
-pub mod group;
 pub mod guard;
-pub mod history;
-pub mod hookfile;
-pub mod journal;
-pub mod leftovers;
-pub mod metrics;
-pub mod output;
 pub mod presync;
-pub mod process;
+pub mod records;
 pub mod rehearse;
 pub mod report;
-pub mod runner;
 pub mod setup;
 pub mod thaw;
-pub mod trust;
 pub mod unfreeze;
 
 use std::fmt;

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::phase::Phase;
-use crate::phase::discovery::Hook;
-use crate::phase::runner::{Record, held_window};
+use crate::phase::engine::discovery::Hook;
+use crate::phase::engine::runner::{Record, held_window};
 use crate::text::escape;
 
 /// The table; with `schedule` (parallel groups) each freeze's start and end

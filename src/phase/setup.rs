@@ -10,10 +10,10 @@ use crate::exit::Exit;
 use crate::log::Log;
 use crate::log::event::{Event, Level};
 use crate::phase::Phase;
-use crate::phase::discovery::{self, Discovery};
-use crate::phase::journal::{self, StateLock};
-use crate::phase::runner::End;
-use crate::phase::trust::Policy;
+use crate::phase::engine::discovery::{self, Discovery};
+use crate::phase::engine::runner::End;
+use crate::phase::engine::trust::Policy;
+use crate::phase::records::journal::{self, StateLock};
 use crate::text::escape_path;
 
 /// The first line of a run: who, what, with which settings.

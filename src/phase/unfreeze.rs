@@ -9,8 +9,8 @@ use nix::errno::Errno;
 use crate::config::Settings;
 use crate::filesystems::{self, Filesystems, FrozenFs};
 use crate::log::Log;
-use crate::phase::journal::{Journal, Recorded, StateLock, Unthawed, now_ms};
-use crate::phase::runner::{End, Record, Runner, ThawCause};
+use crate::phase::engine::runner::{End, Record, Runner, ThawCause};
+use crate::phase::records::journal::{Journal, Recorded, StateLock, Unthawed, now_ms};
 use crate::phase::setup;
 use crate::sys::{self, Waiter};
 use crate::text::escape_path;
@@ -46,7 +46,11 @@ pub fn thaw_hooks(
         Ok(f) => f,
         Err(msg) => return End::Failed(format!("thaw refused, no hook run: {msg}")),
     };
-    crate::phase::leftovers::end_left_freeze_hooks(&settings.state_dir, settings.kill_grace, log);
+    crate::phase::records::leftovers::end_left_freeze_hooks(
+        &settings.state_dir,
+        settings.kill_grace,
+        log,
+    );
     let mut runner = Runner::new(settings, log, waiter);
     if let Err(e) = runner.journal_mut().note_fs_thawed() {
         log.warn(&format!("{e:#}"));

@@ -14,8 +14,8 @@ use crate::config::units::{format_duration, format_time_limit};
 use crate::config::{Settings, TimeLimit};
 use crate::exit::Exit;
 use crate::log::Log;
-use crate::phase::process::{Context, Outcome, WaitEnd, Watch, spawn_command};
-use crate::phase::runner::{End, Runner, ThawCause};
+use crate::phase::engine::process::{Context, Outcome, WaitEnd, Watch, spawn_command};
+use crate::phase::engine::runner::{End, Runner, ThawCause};
 use crate::phase::setup;
 use crate::phase::unfreeze::thaw_hooks;
 use crate::sys::{Group, Waiter};
@@ -57,7 +57,14 @@ pub fn snapshot(
         Ok(x) => x,
         Err(end) => {
             // Rolled back: nothing is frozen.
-            crate::phase::metrics::record(settings, log, "snapshot", start, &end, &runner.records);
+            crate::phase::records::metrics::record(
+                settings,
+                log,
+                "snapshot",
+                start,
+                &end,
+                &runner.records,
+            );
             setup::log_end(log, "snapshot", start, &end);
             return Exit::FreezeFailed(match end.into_exit().line() {
                 Some(line) => line.to_string(),
@@ -110,7 +117,7 @@ pub fn snapshot(
     let command_failed = (code != 0).then(|| why.unwrap_or_else(exited));
     let end = merge(hooks, command_failed, stopped);
     // After FITHAW: nothing is frozen any more.
-    crate::phase::metrics::record(settings, log, "snapshot", start, &end, &ran);
+    crate::phase::records::metrics::record(settings, log, "snapshot", start, &end, &ran);
     setup::log_end(log, "snapshot", start, &end);
     let exit = exit_of(end, code, stopped);
     match (torn, exit.line()) {
@@ -185,7 +192,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(200);
 /// with the rest until the thaw). The exit status says it again at the end
 /// (123). Whether it was said.
 fn say_if_thawed_under(ctx: &Context<'_>, frozen_ms: u64, command: &[OsString]) -> bool {
-    let Some(who) = crate::phase::journal::thawed_under_since(ctx.state_dir, frozen_ms) else {
+    let Some(who) = crate::phase::records::journal::thawed_under_since(ctx.state_dir, frozen_ms)
+    else {
         return false;
     };
     let line = format!(

@@ -25,8 +25,8 @@ use nix::sys::signal::Signal;
 use crate::config::Settings;
 use crate::filesystems::{self as freeze, Kernel};
 use crate::log::Log;
-use crate::phase::journal::{Journal, Recorded};
-use crate::phase::runner::ThawCause;
+use crate::phase::engine::runner::ThawCause;
+use crate::phase::records::journal::{Journal, Recorded};
 use crate::phase::setup;
 use crate::phase::unfreeze::{open_log_after_thaw, thaw_hooks_locked};
 use crate::sys::{self, Waiter, Wake};
@@ -125,7 +125,7 @@ fn thaw_for(settings: &Settings, waiter: &Waiter, why: &str) {
     open_log_after_thaw(&mut log, settings);
     let mut ran = Vec::new();
     let end = thaw_hooks_locked(settings, &log, waiter, &failed, ThawCause::Thaw, &mut ran);
-    crate::phase::metrics::record(settings, &log, "watchdog_thaw", start, &end, &ran);
+    crate::phase::records::metrics::record(settings, &log, "watchdog_thaw", start, &end, &ran);
     // No one reads its exit status: the log has the end.
     setup::log_end(&log, "watchdog thaw", start, &end);
 }

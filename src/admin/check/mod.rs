@@ -16,8 +16,8 @@ use crate::admin::list::{self, Verdict};
 use crate::config::Settings;
 use crate::config::units::format_duration;
 use crate::exit::Exit;
-use crate::phase::discovery::SkipReason;
-use crate::phase::hookfile::Refusal;
+use crate::phase::engine::discovery::SkipReason;
+use crate::phase::engine::hookfile::Refusal;
 use crate::sys::paths::in_root;
 use crate::text::escape_path;
 use places::{log_place, metrics_dir, writable};
@@ -256,7 +256,8 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
             }));
             // Judged as a run judges it: one it does not trust, it refuses.
             if let (Some(config), Some(meta)) = (&s.config_file, &s.config_meta)
-                && let Err(u) = crate::phase::trust::Policy::current().check_opened(config, meta)
+                && let Err(u) =
+                    crate::phase::engine::trust::Policy::current().check_opened(config, meta)
             {
                 out.push(problem(
                     format!("config is not trusted, and every freeze is refused: {u}"),
@@ -489,7 +490,7 @@ mod tests {
     #[test]
     fn the_advice_follows_the_reason_not_its_wording() {
         let p = Path::new("/etc/qemu/fsfreeze-hook.d/20-db");
-        let untrusted = crate::phase::trust::Untrusted {
+        let untrusted = crate::phase::engine::trust::Untrusted {
             path: p.to_path_buf(),
             // Wording that mentions other reasons must not change the advice.
             rule: "is not executable by the interpreter's owner".into(),

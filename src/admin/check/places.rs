@@ -49,7 +49,7 @@ pub(super) fn log_place(log: &Path, out: &mut Vec<Finding>) {
                 dir.display()
             ),
         ));
-    } else if let Err(u) = crate::phase::trust::Policy::current().check_log_dir(dir) {
+    } else if let Err(u) = crate::phase::engine::trust::Policy::current().check_log_dir(dir) {
         out.push(syslog(
             format!("its directory is not safe: {u}"),
             format!(

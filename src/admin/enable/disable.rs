@@ -159,7 +159,7 @@ fn warn_of_what_stock_runs(root: &Path, hook: &Path, dry_run: bool) {
         let Some(why) = e.verdict.reason() else {
             continue;
         };
-        if crate::phase::discovery::stock_runs(&e.name, &e.path) {
+        if crate::phase::engine::discovery::stock_runs(&e.name, &e.path) {
             // As the guest names it.
             let guest = match e.path.strip_prefix(root) {
                 Ok(rest) if root != Path::new("/") => Path::new("/").join(rest),

@@ -329,7 +329,7 @@ fn hook_to_set(root: &Path, agent: &agent::Agent) -> Result<(PathBuf, Option<Pat
 /// Whether `bytes` are a build of fsfreeze-hook (any version): the
 /// journal's header is in every one.
 pub fn a_build_of_ours(bytes: &[u8]) -> bool {
-    crate::text::contains(bytes, crate::phase::journal::HEADER.as_bytes())
+    crate::text::contains(bytes, crate::phase::records::journal::HEADER.as_bytes())
 }
 
 /// Where the package installs the binary.

@@ -2,9 +2,9 @@
 //! `PATH finished with status=N`, with the details as fields.
 
 use crate::log::event::{Event, Level};
-use crate::phase::discovery::Hook;
-use crate::phase::execute::Run;
-use crate::phase::process::{Finished, Outcome};
+use crate::phase::engine::discovery::Hook;
+use crate::phase::engine::execute::Run;
+use crate::phase::engine::process::{Finished, Outcome};
 use crate::text::escape_path;
 
 /// The stock "execute PATH PHASE" line, which existing monitoring greps for.

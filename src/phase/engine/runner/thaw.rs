@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::config::units::format_time_limit;
 use crate::config::{OnError, ThawOrder};
 use crate::phase::Phase;
-use crate::phase::discovery::{Discovery, Hook};
-use crate::phase::execute::{Execute, Run};
-use crate::phase::journal::{self, Recorded};
-use crate::phase::process::{Bounds, Finished};
+use crate::phase::engine::discovery::{Discovery, Hook};
+use crate::phase::engine::execute::{Execute, Run};
+use crate::phase::engine::process::{Bounds, Finished};
+use crate::phase::records::journal::{self, Recorded};
 use crate::text::{escape, escape_path};
 
 use super::{End, Runner, ThawCause, group_runs};

@@ -58,7 +58,7 @@ fn open_record(state_dir: &Path) -> Option<(std::fs::File, PathBuf)> {
     let file = match create() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::phase::journal::ensure_state_dir(&dir).ok()?;
+            crate::phase::records::journal::ensure_state_dir(&dir).ok()?;
             create().ok()?
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

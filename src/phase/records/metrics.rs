@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::log::Log;
 use crate::phase::Phase;
-use crate::phase::journal::now_ms;
-use crate::phase::process::Outcome;
-use crate::phase::runner::{End, Record};
+use crate::phase::engine::process::Outcome;
+use crate::phase::engine::runner::{End, Record};
+use crate::phase::records::journal::now_ms;
 use crate::sys::paths::replace_file;
 use crate::text::{decode_field, encode_field};
 
@@ -337,7 +337,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    use crate::phase::process::Finished;
+    use crate::phase::engine::process::Finished;
     use std::ffi::OsString;
     use std::os::unix::ffi::OsStringExt;
     use std::time::Instant;
@@ -394,7 +394,7 @@ mod tests {
                 false,
                 Outcome::TimedOut {
                     limit: Duration::from_secs(1),
-                    kind: crate::phase::process::TimeoutSource::Hook,
+                    kind: crate::phase::engine::process::TimeoutSource::Hook,
                     killed: false,
                 },
                 1000,

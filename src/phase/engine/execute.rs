@@ -10,11 +10,11 @@ use nix::sys::signal::Signal;
 use crate::config::Settings;
 use crate::log::Log;
 use crate::phase::Phase;
-use crate::phase::discovery::Hook;
-use crate::phase::group::{Member, run_group};
-use crate::phase::hookfile::{self, Kind, Opened, Refusal};
-use crate::phase::process::{self, Bounds, Context, Finished, Spawn};
-use crate::phase::trust::Policy;
+use crate::phase::engine::discovery::Hook;
+use crate::phase::engine::group::{Member, run_group};
+use crate::phase::engine::hookfile::{self, Kind, Opened, Refusal};
+use crate::phase::engine::process::{self, Bounds, Context, Finished, Spawn};
+use crate::phase::engine::trust::Policy;
 use crate::sys::{self, Waiter};
 use crate::text::escape_path;
 
@@ -52,7 +52,7 @@ pub trait Execute {
         signal_seen: &mut Option<Signal>,
     ) -> Finished;
     /// Runs hooks at once, each started `delay` after the group's start
-    /// ([`crate::phase::group`]): `on_start(i, now)` just before member `i`
+    /// ([`crate::phase::engine::group`]): `on_start(i, now)` just before member `i`
     /// starts (an `Err` keeps it from starting, as its failure),
     /// `on_end(i, ..)` when it ended; with `stop_on_failure` the first failure
     /// ends the rest. `None`: never started.

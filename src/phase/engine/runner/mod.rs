@@ -15,11 +15,11 @@ use crate::exit::Exit;
 use crate::log::Log;
 use crate::log::event::{Event, Level};
 use crate::phase::Phase;
-use crate::phase::discovery::Hook;
-use crate::phase::execute::{Execute, GroupRun, Processes, Run};
-use crate::phase::history::History;
-use crate::phase::journal::{Journal, Recorded};
-use crate::phase::process::{Bounds, Finished, Outcome, TimeoutSource};
+use crate::phase::engine::discovery::Hook;
+use crate::phase::engine::execute::{Execute, GroupRun, Processes, Run};
+use crate::phase::engine::process::{Bounds, Finished, Outcome, TimeoutSource};
+use crate::phase::records::history::History;
+use crate::phase::records::journal::{Journal, Recorded};
 use crate::sys::Waiter;
 use crate::text::escape_path;
 use events::{end_event, start_event};
@@ -136,7 +136,7 @@ impl<'a, X: Execute> Runner<'a, X> {
             return End::Failed(format!("freeze refused, no hook run: {e:#}"));
         }
         let (started, failure) = self.freeze_in_order(hooks);
-        crate::phase::leftovers::freeze_hooks_over();
+        crate::phase::records::leftovers::freeze_hooks_over();
         self.remember_durations();
         match failure {
             None => {
@@ -578,9 +578,9 @@ pub fn held_window(records: &[Record]) -> Option<Duration> {
 mod tests {
     use super::*;
     use crate::config::ThawOrder;
-    use crate::phase::discovery::Discovery;
-    use crate::phase::hookfile::Refusal;
-    use crate::phase::journal;
+    use crate::phase::engine::discovery::Discovery;
+    use crate::phase::engine::hookfile::Refusal;
+    use crate::phase::records::journal;
     use std::cell::Cell;
     use std::collections::HashMap;
     use std::path::PathBuf;

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::phase::leftovers::KILL_WAIT;
-use crate::phase::process::{self, Bounds, Context, Finished, Outcome, Spawn, Started, Watch};
+use crate::phase::engine::process::{
+    self, Bounds, Context, Finished, Outcome, Spawn, Started, Watch,
+};
+use crate::phase::records::leftovers::KILL_WAIT;
 use crate::sys::{self, Exit, Wake, proc::Ident};
 
 /// One hook of a group: what it runs, its bounds, when it starts (after

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::phase::trust::{Policy, Untrusted};
+use crate::phase::engine::trust::{Policy, Untrusted};
 
 /// The kernel reads at most this much of a `#!` line (BINPRM_BUF_SIZE since
 /// Linux 5.1); a longer one cannot name its interpreter reliably.

@@ -16,9 +16,9 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::log::Log;
-use crate::phase::hookfile::{Kind, Opened};
-use crate::phase::leftovers::{self, KILL_WAIT};
-use crate::phase::output::Capture;
+use crate::phase::engine::hookfile::{Kind, Opened};
+use crate::phase::engine::output::Capture;
+use crate::phase::records::leftovers::{self, KILL_WAIT};
 use crate::sys::{self, Exec, Exit, Group, Program, Waiter, Wake};
 
 /// `PATH` for hooks when the caller has none (qemu-ga started by a minimal
@@ -651,8 +651,8 @@ impl<'a, 'b> Watch<'a, 'b> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phase::hookfile;
-    use crate::phase::trust::Policy;
+    use crate::phase::engine::hookfile;
+    use crate::phase::engine::trust::Policy;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
