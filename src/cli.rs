@@ -175,6 +175,14 @@ pub enum Command {
         #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_time_limit_flag)]
         max_frozen: TimeLimitFlag,
 
+        /// COMMAND freezes the filesystems itself, as device-mapper's suspend
+        /// does (lvcreate -s, dmsetup suspend): run the hooks around it
+        /// without FIFREEZE, which would make that suspend fail on kernels
+        /// whose freezes do not nest (Debian 12's 6.1). Each -m must be on
+        /// device-mapper
+        #[arg(long, requires = "mountpoints")]
+        command_freezes: bool,
+
         /// The command that takes the snapshot, run while frozen
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<std::ffi::OsString>,
@@ -375,6 +383,7 @@ mod tests {
             mountpoints,
             max_frozen,
             command,
+            command_freezes: false,
         } = cli.command
         else {
             panic!()
@@ -399,6 +408,21 @@ mod tests {
                 all: true
             }
         ));
+    }
+
+    #[test]
+    fn command_freezes_needs_the_mountpoints_it_is_about() {
+        let cli =
+            Cli::try_parse_from(["fh", "snapshot", "--command-freezes", "-m", "/a", "--", "x"])
+                .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Snapshot {
+                command_freezes: true,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["fh", "snapshot", "--command-freezes", "--", "x"]).is_err());
     }
 
     #[test]

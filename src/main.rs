@@ -205,12 +205,16 @@ fn run(cli: Cli, argv0: &Path) -> Exit {
         Command::Snapshot {
             mountpoints,
             max_frozen,
+            command_freezes,
             command,
         } => standalone::snapshot(
             &settings,
             &open_log(&settings),
             &waiter,
-            &mountpoints,
+            standalone::Chosen {
+                mountpoints: &mountpoints,
+                by_command: command_freezes,
+            },
             max_frozen.0,
             &command,
         ),

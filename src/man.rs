@@ -207,7 +207,7 @@ An application\-consistent LVM snapshot without qemu\-ga:
 .PP
 .RS
 .nf
-fsfreeze\-hook snapshot \-m /srv/db \-\- lvcreate \-s \-n db\-snap \-L 2G vg/db
+fsfreeze\-hook snapshot \-\-command\-freezes \-m /srv/db \-\- lvcreate \-s \-n db\-snap \-L 2G vg/db
 .fi
 .RE
 .SH SEE ALSO

@@ -764,3 +764,35 @@ fn a_snapshot_says_at_once_when_a_thaw_of_ours_thaws_it_while_command_runs() {
         assert!(!fs.frozen());
     }
 }
+
+#[test]
+#[ignore = "needs root"]
+fn command_freezes_refuses_a_mountpoint_that_is_not_on_device_mapper() {
+    // Nothing in COMMAND would freeze a loop-mounted ext4: refused before
+    // any hook runs, nothing frozen, COMMAND not run.
+    let _exclusive = freezing_test("command_freezes_refusal");
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    let fs = LoopFs::ext4(env.path());
+    let ran = env.path().join("ran");
+    let mnt = fs.mnt.to_str().unwrap();
+    let touch = format!("touch {}", ran.display());
+    let run = env.run(&[
+        "snapshot",
+        "--command-freezes",
+        "-m",
+        mnt,
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ]);
+    assert_eq!(run.code, Some(125), "{run:?}");
+    assert!(
+        run.stderr.contains("is not on device-mapper"),
+        "{}",
+        run.stderr
+    );
+    assert!(env.trace().is_empty(), "a hook ran: {:?}", env.trace());
+    assert!(!ran.exists(), "COMMAND ran");
+}

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 // The RHEL family under an enforcing SELinux policy, in a guest of its own.
 mod selinux;
 
+// The README's LVM example on Debian's kernel, in a guest with device-mapper.
+mod lvm;
+
 use crate::common::{BIN, eventually, freezing_test};
 use crate::qemu_ga::{TestAgent, agents};
 use crate::qmp::Qmp;
@@ -64,12 +67,27 @@ fn guest_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// Which x86_64 guest: the busybox one, the RHEL family's under SELinux
+/// (what tests/vm/build-policy built), or the busybox one with LVM.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    Busybox,
+    Selinux(&'a Path),
+    Lvm,
+}
+
 /// tests/vm/build-guest into `dir`, with `args` after it.
-fn build_guest(dir: &Path, args: &[&std::ffi::OsStr], selinux: Option<&Path>) {
+fn build_guest(dir: &Path, args: &[&std::ffi::OsStr], kind: Kind<'_>) {
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/build-guest");
     let mut cmd = Command::new(&build);
-    if let Some(policy) = selinux {
-        cmd.env("SELINUX", policy);
+    match kind {
+        Kind::Busybox => {}
+        Kind::Selinux(policy) => {
+            cmd.env("SELINUX", policy);
+        }
+        Kind::Lvm => {
+            cmd.env("LVM", "1");
+        }
     }
     let out = cmd.arg(dir).args(args).output().unwrap();
     assert!(
@@ -90,21 +108,19 @@ fn qemu_system_aarch64() -> Command {
 
 impl Guest {
     fn boot(qga: &TestAgent) -> Guest {
-        Guest::boot_x86(qga, None)
+        Guest::boot_x86(qga, Kind::Busybox)
     }
 
-    /// An x86_64 guest under `qga`: the busybox guest, or with `selinux`
-    /// (what tests/vm/build-policy built) the RHEL family's layout with
-    /// Fedora's targeted policy enforcing.
-    fn boot_x86(qga: &TestAgent, selinux: Option<&Path>) -> Guest {
+    /// An x86_64 guest of `kind` under `qga`.
+    fn boot_x86(qga: &TestAgent, kind: Kind<'_>) -> Guest {
         qga.announce();
         let dir = guest_dir();
-        build_guest(dir.path(), &[qga.path.as_os_str(), BIN.as_ref()], selinux);
+        build_guest(dir.path(), &[qga.path.as_os_str(), BIN.as_ref()], kind);
         let mut qemu = qemu_system();
         qemu.args(["-accel", "tcg", "-M", "pc"]);
-        let cmdline = match selinux {
-            None => "console=ttyS0 panic=-1",
-            Some(_) => "console=ttyS0 panic=-1 security=selinux enforcing=1",
+        let cmdline = match kind {
+            Kind::Busybox | Kind::Lvm => "console=ttyS0 panic=-1",
+            Kind::Selinux(_) => "console=ttyS0 panic=-1 security=selinux enforcing=1",
         };
         Guest::start(
             dir,
@@ -137,7 +153,7 @@ impl Guest {
         build_guest(
             dir.path(),
             &[qga.as_os_str(), bin.as_os_str(), packages.as_os_str()],
-            None,
+            Kind::Busybox,
         );
         let mut qemu = qemu_system_aarch64();
         qemu.args([
@@ -164,7 +180,7 @@ impl Guest {
     /// (`policy`: what tests/vm/build-policy built), on Debian's kernel,
     /// under `qga`, with a control shell on the port "ctl" ([`Guest::ctl`]).
     pub fn boot_selinux(qga: &TestAgent, policy: &Path) -> Guest {
-        Guest::boot_x86(qga, Some(policy))
+        Guest::boot_x86(qga, Kind::Selinux(policy))
     }
 
     /// Runs `script` with sh in the guest's control shell (the kernel's

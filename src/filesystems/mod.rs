@@ -85,6 +85,21 @@ impl Filesystems for Kernel {
     }
 }
 
+/// The device-mapper name of block device `dev` (`vg-db` for LVM's `vg/db`),
+/// when it is one: what its sysfs entry says.
+pub fn dm_name(dev: (u32, u32)) -> Option<String> {
+    let name =
+        std::fs::read_to_string(format!("/sys/dev/block/{}:{}/dm/name", dev.0, dev.1)).ok()?;
+    Some(name.trim_end().to_string())
+}
+
+/// Whether device-mapper device `dev` is suspended now (its writes wait
+/// until it is resumed).
+pub fn dm_suspended(dev: (u32, u32)) -> bool {
+    std::fs::read_to_string(format!("/sys/dev/block/{}:{}/dm/suspended", dev.0, dev.1))
+        .is_ok_and(|s| s.trim() == "1")
+}
+
 /// What to freeze: the filesystems at `wanted` (`-m`), or, when empty, every
 /// filesystem qemu-ga would freeze. In mount order.
 pub fn targets(fs: &dyn Filesystems, wanted: &[PathBuf]) -> Result<Vec<Target>, String> {

@@ -10,6 +10,14 @@ pub mod watchdog;
 
 pub use snapshot::snapshot;
 
+/// Which filesystems a snapshot is about (`-m`; none: every one qemu-ga
+/// would freeze), and whether COMMAND freezes them itself
+/// (`--command-freezes`: device-mapper's suspend does), so that we must not.
+pub struct Chosen<'a> {
+    pub mountpoints: &'a [PathBuf],
+    pub by_command: bool,
+}
+
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,6 +44,8 @@ use watchdog::Watchdog;
 pub(super) struct Prepared {
     _lock: Option<StateLock>,
     targets: Vec<Target>,
+    /// Whether we FIFREEZE them (not when COMMAND freezes them itself).
+    fifreeze: bool,
     found: Discovery,
 }
 
@@ -43,8 +53,9 @@ pub(super) fn prepare(
     settings: &Settings,
     log: &Log,
     what: &str,
-    mountpoints: &[PathBuf],
+    chosen: Chosen<'_>,
 ) -> Result<Prepared, Exit> {
+    let mountpoints = chosen.mountpoints;
     setup::header(settings, log, what);
     let refuse = |msg: String| {
         log.line(&format!("{what} refused: {msg}"));
@@ -66,6 +77,14 @@ pub(super) fn prepare(
     let targets = freeze::targets(&Kernel, mountpoints).map_err(refuse)?;
     if targets.is_empty() {
         return Err(refuse("no filesystem to freeze".into()));
+    }
+    if chosen.by_command
+        && let Some(t) = targets.iter().find(|t| freeze::dm_name(t.dev).is_none())
+    {
+        return Err(refuse(format!(
+            "{} is not on device-mapper: nothing in COMMAND would freeze it (--command-freezes is for COMMANDs that suspend a device-mapper device, such as lvcreate -s)",
+            escape_path(&t.mountpoint)
+        )));
     }
     // The journal must stay writable while everything else is frozen.
     let state_dev = std::fs::metadata(&settings.state_dir)
@@ -94,6 +113,7 @@ pub(super) fn prepare(
     Ok(Prepared {
         _lock: lock,
         targets,
+        fifreeze: !chosen.by_command,
         found,
     })
 }
@@ -144,7 +164,19 @@ pub(super) fn freeze_everything(
             .map(|d| format!("; it thaws on its own after {}", format_duration(d)))
             .unwrap_or_default()
     ));
+    // (Held back when COMMAND freezes them too: a log on one of them would
+    // wait for its thaw.)
     log.defer(Some(&parked_log(settings)));
+    if !prepared.fifreeze {
+        for t in &prepared.targets {
+            log.line(&format!(
+                "{} not frozen here: COMMAND freezes it itself (device-mapper {}, --command-freezes)",
+                escape_path(&t.mountpoint),
+                freeze::dm_name(t.dev).unwrap_or_default()
+            ));
+        }
+        return Ok((dog, Vec::new()));
+    }
     match freeze::freeze_all(&Kernel, &prepared.targets, runner.journal_mut(), log) {
         Ok(frozen) => {
             let _ = runner.journal_mut().fs_all_frozen();
@@ -168,7 +200,11 @@ pub fn freeze_fs(
     auto_thaw: TimeLimit,
 ) -> Exit {
     let start = Instant::now();
-    let prepared = match prepare(settings, log, "freeze --fs", mountpoints) {
+    let chosen = Chosen {
+        mountpoints,
+        by_command: false,
+    };
+    let prepared = match prepare(settings, log, "freeze --fs", chosen) {
         Ok(p) => p,
         Err(code) => return code,
     };

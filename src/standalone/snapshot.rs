@@ -3,13 +3,12 @@
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use super::{freeze_everything, prepare, thaw_frozen};
+use super::{Chosen, Prepared, freeze_everything, prepare, thaw_frozen};
 use crate::config::units::{format_duration, format_time_limit};
 use crate::config::{Settings, TimeLimit};
 use crate::exit::Exit;
@@ -42,12 +41,12 @@ pub fn snapshot(
     settings: &Settings,
     log: &Log,
     waiter: &Waiter,
-    mountpoints: &[PathBuf],
+    chosen: Chosen<'_>,
     max_frozen: TimeLimit,
     command: &[OsString],
 ) -> Exit {
     let start = Instant::now();
-    let prepared = match prepare(settings, log, "snapshot", mountpoints) {
+    let prepared = match prepare(settings, log, "snapshot", chosen) {
         Ok(p) => p,
         Err(exit) => return exit,
     };
@@ -100,7 +99,13 @@ pub fn snapshot(
     // a COMMAND still running.
     let failed = thaw_frozen(&mut runner, &frozen, log);
     let torn = crate::filesystems::thawed_early(&failed);
-    let exited = || format!("{} exited with status {code}", program(command));
+    let exited = || {
+        format!(
+            "{} exited with status {code}{}",
+            program(command),
+            suspend_hint(&prepared)
+        )
+    };
     log.line(&format!(
         "{}; filesystems were frozen for {}",
         why.clone().unwrap_or_else(exited),
@@ -115,6 +120,11 @@ pub fn snapshot(
     // The log's result is the snapshot's: COMMAND's failure (or its cut)
     // counts as much as the hooks'; one stderr line says it all.
     let command_failed = (code != 0).then(|| why.unwrap_or_else(exited));
+    let command_failed = match (command_failed, left_suspended(&prepared, log)) {
+        (f, None) => f,
+        (None, Some(s)) => Some(s),
+        (Some(f), Some(s)) => Some(format!("{f}; {s}")),
+    };
     let end = merge(hooks, command_failed, stopped);
     // After FITHAW: nothing is frozen any more.
     crate::phase::records::metrics::record(settings, log, "snapshot", start, &end, &ran);
@@ -125,6 +135,46 @@ pub fn snapshot(
         (true, Some(line)) => Exit::Torn(line.to_string()),
         _ => exit,
     }
+}
+
+/// For a COMMAND that failed while we held a freeze of a device-mapper
+/// device: the likely cause, and the way out.
+fn suspend_hint(prepared: &Prepared) -> String {
+    if !prepared.fifreeze {
+        return String::new();
+    }
+    match prepared
+        .targets
+        .iter()
+        .find_map(|t| crate::filesystems::dm_name(t.dev))
+    {
+        Some(name) => format!(
+            " ({name} is on device-mapper: a COMMAND that suspends it, as lvcreate -s does, freezes it itself and fails on a filesystem we froze where freezes do not nest; run snapshot with --command-freezes)"
+        ),
+        None => String::new(),
+    }
+}
+
+/// A device-mapper device of ours COMMAND left suspended (a failed
+/// lvcreate can): said in the log and in the one line, since every write
+/// to it hangs until it is resumed.
+fn left_suspended(prepared: &Prepared, log: &Log) -> Option<String> {
+    let names: Vec<String> = prepared
+        .targets
+        .iter()
+        .filter(|t| crate::filesystems::dm_suspended(t.dev))
+        .map(|t| crate::filesystems::dm_name(t.dev).unwrap_or_default())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let line = format!(
+        "device-mapper device {} left suspended by COMMAND: writes to it wait until dmsetup resume {}",
+        names.join(", "),
+        names.join(" ")
+    );
+    log.event(crate::log::event::Event::message(&line).level(crate::log::event::Level::Error));
+    Some(line)
 }
 
 /// Starts COMMAND and waits for its end, the frozen window's or a stop
