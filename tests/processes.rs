@@ -247,6 +247,13 @@ fn a_freeze_hook_dies_with_its_killed_runner_and_the_thaw_ends_what_it_left_runn
             env.set_config("parallel = true\n");
         }
         let (mut child, _) = env.spawn_until(&["freeze"], &started);
+        if parallel {
+            // Both hooks of the group under way before the kill.
+            assert!(eventually(Duration::from_secs(10), || env
+                .trace()
+                .iter()
+                .any(|l| l.starts_with("20-other freeze"))));
+        }
         let hook = crate::common::read_pid(&env.path().join("started.pid"));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -1,12 +1,15 @@
 //! The README's LVM example, run as written, in the busybox guest with
-//! device-mapper and Debian's lvm2 on Debian's kernel: a volume group on the
-//! guest's second disk, ext4 on a plain volume and on a thin one, and an
-//! application that a hook holds (it writes numbered lines; the hook stops it
-//! and waits until it says which line was its last). Classic and thin
-//! snapshots with `--command-freezes` succeed and restore: e2fsck finds the
-//! snapshot clean and it holds every line written before the hold, no more;
-//! the form without it fails where a FIFREEZEd filesystem cannot be suspended
-//! (Debian 12's 6.1), says what to do, and leaves no device suspended.
+//! device-mapper, Debian's lvm2 and PostgreSQL on Debian's kernel: a volume
+//! group on the guest's second disk, ext4 on a plain volume and on a thin
+//! one. The classic snapshot is taken under an insert load on PostgreSQL
+//! with the shipped 30-postgresql hook: a PostgreSQL started on the snapshot
+//! holds every row committed before the snapshot began. The thin one under
+//! an application that a hook holds (it writes numbered lines; the hook
+//! stops it and waits until it says which line was its last): the snapshot
+//! holds every line written before the hold and none after. Both are clean
+//! by e2fsck. The form without `--command-freezes` fails where a FIFREEZEd
+//! filesystem cannot be suspended (Debian 12's 6.1), says what to do, and
+//! leaves no device suspended.
 
 use std::time::Instant;
 
@@ -33,6 +36,7 @@ lvcreate -q -y --type thin-pool -L 120M -n pool vg
 lvcreate -q -y -V 100M --thin -n thin vg/pool
 mkfs.ext4 -q /dev/vg/thin
 mount -t ext4 /dev/vg/thin /srv/thin
+ln -sf /etc/qemu/fsfreeze-hook /sbin/fsfreeze-hook
 cat > /sbin/app <<'EOF'
 #!/bin/sh
 n=0
@@ -47,8 +51,16 @@ while [ ! -e /run/app.stop ]; do
 done
 EOF
 chmod 755 /sbin/app
+mkdir -p /srv/db/pg /run/pg /run/pg2
+chown postgres:postgres /srv/db/pg /run/pg /run/pg2
+su -s /bin/sh postgres -c "TZ=UTC initdb -D /srv/db/pg -U postgres --auth=trust --locale=C -E UTF8" >/run/pg/initdb.log 2>&1 || { cat /run/pg/initdb.log; exit 1; }
+su -s /bin/sh postgres -c "TZ=UTC pg_ctl -D /srv/db/pg -l /run/pg/log -o \"-k /run/pg -c listen_addresses=''\" -w start" >/dev/null || { cat /run/pg/log; exit 1; }
+psql -X -q -h /run/pg -U postgres -c "CREATE TABLE x (id INT PRIMARY KEY)"
+fsfreeze-hook example 30-postgresql > /etc/qemu/fsfreeze-hook.d/30-postgresql
+chmod 755 /etc/qemu/fsfreeze-hook.d/30-postgresql
 cat > /etc/qemu/fsfreeze-hook.d/10-app <<'EOF'
 #!/bin/sh
+[ -e /run/app.running ] || exit 0
 case "$1" in
 freeze)
     rm -f /run/app.held
@@ -62,7 +74,6 @@ thaw)
 esac
 EOF
 chmod 755 /etc/qemu/fsfreeze-hook.d/10-app
-ln -sf /etc/qemu/fsfreeze-hook /sbin/fsfreeze-hook
 "#;
 
 /// The README's two LVM examples (classic, thin), without `fsfreeze-hook `.
@@ -88,10 +99,12 @@ fn readme_examples() -> [String; 2] {
 /// line the application wrote before the hold.
 fn snapshot_under_load(g: &mut Guest, mount: &str, words: &str) -> (i64, String, u64) {
     g.ok(&format!(
-        "rm -f /run/app.stop /run/app.hold /run/app.held {mount}/app.log; ( /sbin/app {mount} ) >/dev/null 2>&1 & sleep 1"
+        "rm -f /run/app.stop /run/app.hold /run/app.held {mount}/app.log; touch /run/app.running; ( /sbin/app {mount} ) >/dev/null 2>&1 & sleep 1"
     ));
     let (code, out) = g.sh(&format!("fsfreeze-hook {words} 2>&1"));
-    let held = g.ok("touch /run/app.stop; sleep 0.3; cat /run/app.held 2>/dev/null || echo 0");
+    let held = g.ok(
+        "touch /run/app.stop; sleep 0.3; rm -f /run/app.running; cat /run/app.held 2>/dev/null || echo 0",
+    );
     (code, out, held.trim().parse().unwrap_or(0))
 }
 
@@ -121,6 +134,67 @@ fn restores(g: &mut Guest, lv: &str, held: u64, who: &str) -> String {
         .find(|l| l.contains("files"))
         .unwrap_or("")
         .to_string()
+}
+
+/// Runs `snapshot` (`words`) under an insert load on PostgreSQL (one
+/// committed row at a time, each acknowledged id noted); its exit status,
+/// output, and the ids acknowledged before the snapshot began.
+fn snapshot_under_inserts(g: &mut Guest, words: &str) -> (i64, String, Vec<u32>) {
+    g.ok(
+        "rm -f /run/load.stop /run/acked; touch /run/acked; ( i=0; while [ ! -e /run/load.stop ]; do i=$((i+1)); psql -X -q -h /run/pg -U postgres -c \"INSERT INTO x VALUES ($i)\" >/dev/null 2>&1 && echo $i >> /run/acked; done ) >/dev/null 2>&1 & sleep 5",
+    );
+    let (code, out) = g.sh(&format!(
+        "cp /run/acked /run/acked.before; PGHOST=/run/pg PGUSER=postgres fsfreeze-hook {words} 2>&1"
+    ));
+    let before = g.ok("sleep 1; touch /run/load.stop; sleep 1; cat /run/acked.before");
+    let ids = before
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    (code, out, ids)
+}
+
+/// A PostgreSQL started on snapshot `lv` (after the original stopped: its
+/// lock file names the original's pid) holds every id in `acknowledged`;
+/// the snapshot is clean by e2fsck first. Returns a line for the report.
+fn postgres_restores(g: &mut Guest, lv: &str, acknowledged: &[u32], who: &str) -> String {
+    assert!(
+        !acknowledged.is_empty(),
+        "{who}: no row committed before the snapshot"
+    );
+    let fsck = g.ok(&format!(
+        "lvchange -q -ay -K vg/{lv}; e2fsck -fn /dev/vg/{lv} 2>&1; echo \"e2fsck exit $?\""
+    ));
+    assert!(fsck.contains("e2fsck exit 0"), "{who}: {lv}: {fsck}");
+    g.ok("su -s /bin/sh postgres -c \"pg_ctl -D /srv/db/pg -w stop\" >/dev/null");
+    let ids = g.ok(&format!(
+        "mount -t ext4 /dev/vg/{lv} /mnt/snap && su -s /bin/sh postgres -c \"TZ=UTC pg_ctl -D /mnt/snap/pg -l /run/pg2/log -o \\\"-k /run/pg2 -c listen_addresses=''\\\" -w start\" >/dev/null && psql -X -At -h /run/pg2 -U postgres -c 'SELECT id FROM x ORDER BY id'"
+    ));
+    let log = g.ok("cat /run/pg2/log");
+    g.ok(&format!(
+        "su -s /bin/sh postgres -c \"pg_ctl -D /mnt/snap/pg -w stop\" >/dev/null; umount /mnt/snap; lvremove -q -f vg/{lv}"
+    ));
+    let have: std::collections::HashSet<u32> =
+        ids.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let missing: Vec<&u32> = acknowledged.iter().filter(|i| !have.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{who}: committed before the snapshot, missing from it: {missing:?}"
+    );
+    format!(
+        "{} rows committed before the snapshot, all there ({} rows in it); crash recovery at start: {}; {}",
+        acknowledged.len(),
+        have.len(),
+        if log.contains("automatic recovery in progress") {
+            "yes"
+        } else {
+            "no"
+        },
+        fsck.lines()
+            .find(|l| l.contains("files"))
+            .unwrap_or("")
+            .trim()
+    )
 }
 
 /// No device-mapper device is left suspended, and `mount` takes a write.
@@ -153,16 +227,17 @@ fn the_readmes_lvm_example_on_debians_kernel() {
     // The README's example, classic and thin, as it is written there.
     let [classic, thin] = readme_examples();
     let classic = classic.as_str();
-    let (code, out, held) = snapshot_under_load(&mut g, "/srv/db", classic);
+    let (code, out, acknowledged) = snapshot_under_inserts(&mut g, classic);
     eprintln!("{who}: $ fsfreeze-hook {classic}\n{out}exit {code}");
     assert_eq!(code, 0, "{who}: {out}");
     let log = g.ok("tail -n 12 /var/log/qga-fsfreeze-hook.log");
     assert!(
-        log.contains("/srv/db not frozen here: COMMAND freezes it itself (device-mapper vg-db"),
+        log.contains("/srv/db not frozen here: COMMAND freezes it itself (device-mapper vg-db")
+            && log.contains("30-postgresql: CHECKPOINT done"),
         "{who}: {log}"
     );
-    let fsck = restores(&mut g, "db-snap", held, &who);
-    eprintln!("{who}: classic snapshot: e2fsck clean ({fsck}), lines 1..={held} there");
+    let report = postgres_restores(&mut g, "db-snap", &acknowledged, &who);
+    eprintln!("{who}: classic snapshot, PostgreSQL: {report}");
     nothing_suspended(&mut g, "/srv/db", &who);
 
     let thin = thin.as_str();
