@@ -1393,3 +1393,33 @@ fn check_names_the_directory_to_fix_when_the_hooks_dir_is_not_trusted() {
         "{line}"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn enable_in_a_chroot_without_proc_run_by_its_name() {
+    // How images are built: `chroot ROOT fsfreeze-hook enable`, no /proc
+    // mounted, the binary found on PATH.
+    require_root("enable_in_chroot");
+    let root = tempfile::tempdir().unwrap();
+    debian(root.path());
+    let bin = root.path().join("usr/sbin/fsfreeze-hook");
+    fs::copy(BIN, &bin).unwrap();
+    assert!(!root.path().join("proc/self").exists());
+    let out = out_of(
+        Command::new("chroot")
+            .arg(root.path())
+            .args(["fsfreeze-hook", "enable"])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("install this binary as /etc/qemu/fsfreeze-hook"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        fs::read(root.path().join("etc/qemu/fsfreeze-hook")).unwrap(),
+        fs::read(BIN).unwrap()
+    );
+}

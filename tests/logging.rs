@@ -140,6 +140,70 @@ fn journal_target_sends_events_with_identifier_and_priority() {
 
 #[test]
 #[ignore = "needs root"]
+fn with_the_journal_target_the_guards_alert_is_in_the_journal_once() {
+    // journald reads syslog's socket too: an alert sent to both would be in
+    // the journal twice. Both sockets here are the test's.
+    let _exclusive = crate::common::freezing_test("journal_alert_once");
+    let env = Env::new();
+    env.tracing_hook("10-a", "");
+    env.set_config("log_target = \"journal\"\nmax_frozen = \"2s\"\n");
+    let sock_path = env.path().join("log.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let keep = env.path().join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    // The guard outlives the freeze in this namespace; it thaws (FITHAW of
+    // every filesystem, harmless) and alerts after 2 s.
+    let script = format!(
+        "set -e\nmount --rbind /dev '{k}'\nmount -t tmpfs tmpfs /dev\ntouch /dev/null /dev/log\nmount --bind '{k}/null' /dev/null\nln -s /proc/self/fd /dev/fd\nmount --bind '{s}' /dev/log\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd/journal\ntouch /run/systemd/journal/socket\nmount --bind '{s}' /run/systemd/journal/socket\n\"$@\"\nsleep 5",
+        k = keep.display(),
+        s = sock_path.display()
+    );
+    let mut child = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            BIN,
+        ])
+        .args(env.command(&["freeze"]).get_args())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen_at = None;
+    while std::time::Instant::now() < deadline
+        && seen_at.is_none_or(|t: std::time::Instant| t.elapsed() < Duration::from_secs(2))
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if d.contains("thawed by max_frozen") && seen_at.is_none() {
+                seen_at = Some(std::time::Instant::now());
+            }
+            got.push(d);
+        }
+    }
+    let _ = child.wait();
+    let alerts: Vec<&String> = got
+        .iter()
+        .filter(|d| d.contains("thawed by max_frozen"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert!(
+        alerts[0].contains("FSFREEZE_EVENT=guard_thaw"),
+        "{alerts:#?}"
+    );
+    assert!(alerts[0].contains("PRIORITY=3\n"), "{alerts:#?}");
+}
+
+#[test]
+#[ignore = "needs root"]
 fn syslog_target_sends_events_with_identifier_and_priority() {
     require_root("syslog_target");
     let env = Env::new();

@@ -310,9 +310,11 @@ impl Log {
     }
 
     /// An event monitoring must see even where nobody reads the log file:
-    /// as [`Log::event`], and to syslog too unless events go there anyway.
+    /// as [`Log::event`], and to syslog too when events go to the file (to
+    /// the journal they are seen; syslog there is the journal again, and
+    /// the event would be in it twice).
     pub fn alert(&self, event: Event) {
-        if self.target != LogTarget::Syslog {
+        if self.target == LogTarget::File {
             event::to_syslog(&event);
         }
         self.event(event);

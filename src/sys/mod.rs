@@ -37,7 +37,10 @@ pub fn own_path() -> &'static std::path::Path {
     static OWN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     OWN.get_or_init(|| {
         let Ok(link) = fs::read_link("/proc/self/exe") else {
-            return "fsfreeze-hook".into();
+            // No /proc (a chroot an image is built in): the path execve
+            // was given, made absolute; a shell or chroot's PATH search
+            // gives the full one.
+            return exec_path().unwrap_or_else(|| "fsfreeze-hook".into());
         };
         // Replaced before we read it (a very early upgrade): the name it had.
         use std::os::unix::ffi::OsStrExt;
@@ -47,6 +50,27 @@ pub fn own_path() -> &'static std::path::Path {
             None => link,
         }
     })
+}
+
+/// The path this process was executed by (the kernel's AT_EXECFN), made
+/// absolute against the working directory.
+fn exec_path() -> Option<std::path::PathBuf> {
+    // SAFETY: getauxval reads this process's auxiliary vector; for
+    // AT_EXECFN it returns a pointer to the NUL-terminated path the kernel
+    // placed on the initial stack, which lives as long as the process, or 0.
+    let ptr = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: as above, a valid C string for the life of the process.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes();
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(bytes));
+    if path.is_absolute() {
+        Some(path.to_path_buf())
+    } else {
+        std::env::current_dir().ok().map(|d| d.join(path))
+    }
 }
 
 /// Puts the process in the state the runner relies on: fds 0-2 open (so no

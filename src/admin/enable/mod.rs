@@ -244,11 +244,12 @@ pub fn hooks_dir_of(root: &Path, hook: &Path) -> PathBuf {
     }
 }
 
-/// This binary's bytes; by the path it was started from where /proc is not
-/// mounted (a package's scriptlet in a chroot).
+/// This binary's bytes; by the path it was executed by where /proc is not
+/// mounted (a package's scriptlet, `chroot ROOT fsfreeze-hook enable` in an
+/// image build: `sys::own_path`).
 fn ours() -> std::io::Result<Vec<u8>> {
-    fs::read("/proc/self/exe").or_else(|e| match std::env::args_os().next() {
-        Some(argv0) if Path::new(&argv0).is_absolute() => fs::read(argv0),
+    fs::read("/proc/self/exe").or_else(|e| match crate::sys::own_path() {
+        path if path.is_absolute() => fs::read(path),
         _ => Err(e),
     })
 }
