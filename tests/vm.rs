@@ -76,10 +76,31 @@ enum Kind<'a> {
     Lvm,
 }
 
-/// tests/vm/build-guest into `dir`, with `args` after it.
-fn build_guest(dir: &Path, args: &[&std::ffi::OsStr], kind: Kind<'_>) {
+/// The x86_64 guests' kernels: Debian 12's (`None`: tests/vm/build-guest
+/// fetches it) and Debian 13's (what tests/fetch-qemu unpacked), each named.
+fn kernels() -> Vec<(Option<PathBuf>, &'static str)> {
+    let mut out = vec![(None, "Debian 12's kernel")];
+    match std::env::var("FSFREEZE_HOOK_TEST_KERNEL_13") {
+        Ok(k) if !k.is_empty() => out.push((Some(PathBuf::from(k)), "Debian 13's kernel")),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: FSFREEZE_HOOK_TEST_KERNEL_13 is set by the test command (tests/fetch-qemu)"
+            );
+            eprintln!("no Debian 13 kernel (the test command unpacks it): Debian 12's only");
+        }
+    }
+    out
+}
+
+/// tests/vm/build-guest into `dir`, with `args` after it, on `kernel`
+/// (`None`: Debian 12's).
+fn build_guest(dir: &Path, args: &[&std::ffi::OsStr], kind: Kind<'_>, kernel: Option<&Path>) {
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/build-guest");
     let mut cmd = Command::new(&build);
+    if let Some(k) = kernel {
+        cmd.env("KERNEL", k);
+    }
     match kind {
         Kind::Busybox => {}
         Kind::Selinux(policy) => {
@@ -107,15 +128,17 @@ fn qemu_system_aarch64() -> Command {
 }
 
 impl Guest {
-    fn boot(qga: &TestAgent) -> Guest {
-        Guest::boot_x86(qga, Kind::Busybox)
-    }
-
-    /// An x86_64 guest of `kind` under `qga`.
-    fn boot_x86(qga: &TestAgent, kind: Kind<'_>) -> Guest {
+    /// An x86_64 guest of `kind` under `qga`, on `kernel` (`None`: Debian
+    /// 12's).
+    fn boot_x86(qga: &TestAgent, kind: Kind<'_>, kernel: Option<&Path>) -> Guest {
         qga.announce();
         let dir = guest_dir();
-        build_guest(dir.path(), &[qga.path.as_os_str(), BIN.as_ref()], kind);
+        build_guest(
+            dir.path(),
+            &[qga.path.as_os_str(), BIN.as_ref()],
+            kind,
+            kernel,
+        );
         let mut qemu = qemu_system();
         qemu.args(["-accel", "tcg", "-M", "pc"]);
         let cmdline = match kind {
@@ -154,6 +177,7 @@ impl Guest {
             dir.path(),
             &[qga.as_os_str(), bin.as_os_str(), packages.as_os_str()],
             Kind::Busybox,
+            None,
         );
         let mut qemu = qemu_system_aarch64();
         qemu.args([
@@ -180,7 +204,7 @@ impl Guest {
     /// (`policy`: what tests/vm/build-policy built), on Debian's kernel,
     /// under `qga`, with a control shell on the port "ctl" ([`Guest::ctl`]).
     pub fn boot_selinux(qga: &TestAgent, policy: &Path) -> Guest {
-        Guest::boot_x86(qga, Kind::Selinux(policy))
+        Guest::boot_x86(qga, Kind::Selinux(policy), None)
     }
 
     /// Runs `script` with sh in the guest's control shell (the kernel's
@@ -399,10 +423,11 @@ fn frozen(g: &mut Guest, mnt: &str) -> bool {
     code != 0
 }
 
-fn scenarios(qga: &TestAgent) {
-    let mut g = Guest::boot(qga);
+fn scenarios(qga: &TestAgent, kernel: Option<&Path>) {
+    let mut g = Guest::boot_x86(qga, Kind::Busybox, kernel);
     let new_agent = g.new_agent;
-    let who = g.who.clone();
+    let kernel_release = g.ok("busybox uname -r");
+    let who = format!("{} on {}", g.who, kernel_release.trim());
     tracing_hook(&mut g, "10-a", "");
     tracing_hook(&mut g, "20-b", "");
 
@@ -687,8 +712,10 @@ fn whole_chain_in_a_real_guest_under_both_agents() {
     let _exclusive = freezing_test("vm");
     // As root, agents() fails when there is none: this loop never runs empty.
     let start = Instant::now();
-    for qga in agents() {
-        scenarios(&qga);
+    for (kernel, _) in kernels() {
+        for qga in agents() {
+            scenarios(&qga, kernel.as_deref());
+        }
     }
     eprintln!("boots and scenarios took {:?}", start.elapsed());
 }
