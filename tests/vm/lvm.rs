@@ -166,13 +166,13 @@ fn postgres_restores(g: &mut Guest, lv: &str, acknowledged: &[u32], who: &str) -
         "lvchange -q -ay -K vg/{lv}; e2fsck -fn /dev/vg/{lv} 2>&1; echo \"e2fsck exit $?\""
     ));
     assert!(fsck.contains("e2fsck exit 0"), "{who}: {lv}: {fsck}");
-    g.ok("su -s /bin/sh postgres -c \"pg_ctl -D /srv/db/pg -w stop\" >/dev/null");
+    g.ok("su -s /bin/sh postgres -c \"pg_ctl -D /srv/db/pg -m fast -t 100 -w stop\" >/dev/null");
     let ids = g.ok(&format!(
         "mount -t ext4 /dev/vg/{lv} /mnt/snap && su -s /bin/sh postgres -c \"TZ=UTC pg_ctl -D /mnt/snap/pg -l /run/pg2/log -o \\\"-k /run/pg2 -c listen_addresses=''\\\" -w start\" >/dev/null && psql -X -At -h /run/pg2 -U postgres -c 'SELECT id FROM x ORDER BY id'"
     ));
     let log = g.ok("cat /run/pg2/log");
     g.ok(&format!(
-        "su -s /bin/sh postgres -c \"pg_ctl -D /mnt/snap/pg -w stop\" >/dev/null; umount /mnt/snap; lvremove -q -f vg/{lv}"
+        "su -s /bin/sh postgres -c \"pg_ctl -D /mnt/snap/pg -m fast -t 100 -w stop\" >/dev/null; i=0; until umount /mnt/snap 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || {{ umount /mnt/snap; exit 1; }}; sleep 0.2; done; lvremove -q -f vg/{lv}"
     ));
     let have: std::collections::HashSet<u32> =
         ids.lines().filter_map(|l| l.trim().parse().ok()).collect();
