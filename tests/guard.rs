@@ -234,6 +234,14 @@ fn qemu_ga_killed_while_frozen_the_guard_still_thaws() {
         .unwrap();
         drop(agent);
         assert!(fs.frozen(), "{qga}: killing qemu-ga thawed nothing");
+        assert!(
+            install
+                .dir
+                .path()
+                .join("qga-state/qga.state.isfrozen")
+                .exists(),
+            "{qga}: the killed agent left no frozen mark"
+        );
         let took = thawed_after(&fs, frozen_at, Duration::from_secs(3) + LATE);
         assert!(
             took >= Duration::from_secs(2),
@@ -247,6 +255,24 @@ fn qemu_ga_killed_while_frozen_the_guard_still_thaws() {
         assert_eq!(
             install.trace()[2..],
             trace_of(&[("20-second", "thaw", 1), ("10-first", "thaw", 1)])
+        );
+        // The killed agent left its "frozen" mark in its statedir; with the
+        // filesystems thawed the guard removed it (the step qemu-ga's own
+        // message asks of an administrator), so a restarted agent starts
+        // thawed instead of refusing guest-exec until a thaw.
+        let mark = install.dir.path().join("qga-state/qga.state.isfrozen");
+        assert!(
+            eventually(LATE, || !mark.exists()),
+            "{qga}: {} is still there",
+            mark.display()
+        );
+        assert_has(&install.log_text(), "qga.state.isfrozen");
+        let _ = std::fs::remove_file(install.dir.path().join("qga.sock"));
+        let mut again = Agent::start(&qga, &install);
+        assert_eq!(
+            again.call("guest-fsfreeze-status", json!({})),
+            Ok(json!("thawed")),
+            "{qga}"
         );
     }
 }

@@ -14,6 +14,7 @@
 //! the lock, and says why in the log and to syslog. The late thaw then runs
 //! no hook a second time: the journal says the guard thawed.
 
+use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -43,8 +44,11 @@ pub fn arm(settings: &Settings, log: &Log, journal: &mut Journal) -> Result<(), 
         return Ok(());
     }
     let until = Instant::now() + max;
-    let pid = sys::start_helper(&[], |_, waiter| watch(settings, &waiter, until, max))
-        .map_err(|e| format!("cannot start the guard: {e}"))?;
+    let mark = agents_frozen_mark();
+    let pid = sys::start_helper(&[], |_, waiter| {
+        watch(settings, &waiter, until, max, mark.as_deref())
+    })
+    .map_err(|e| format!("cannot start the guard: {e}"))?;
     if let Err(e) = journal.guard(pid, now_ms() + max.as_millis() as u64) {
         // Unrecorded, no thaw could stand it down: it must not run.
         sys::proc::signal_ours(pid, Signal::SIGUSR1);
@@ -100,8 +104,47 @@ fn still_named(settings: &Settings) -> bool {
     }
 }
 
+/// Where the qemu-ga that runs this freeze marks itself frozen: its
+/// statedir's `qga.state.isfrozen` (`-t DIR`, `--statedir[=]DIR`, else its
+/// default, /var/run). A qemu-ga that dies frozen leaves it, and the next
+/// one starts believing the guest frozen (it refuses guest-exec until a
+/// thaw) "until filesystems are manually unfrozen and the file is removed",
+/// as it says. `None` when our caller is no qemu-ga (rehearse, a test).
+fn agents_frozen_mark() -> Option<std::path::PathBuf> {
+    let parent = std::os::unix::process::parent_id();
+    let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).ok()?;
+    let mut args = cmdline
+        .split(|b| *b == 0)
+        .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string());
+    let argv0 = args.next()?;
+    if std::path::Path::new(&argv0).file_name() != Some(std::ffi::OsStr::new("qemu-ga")) {
+        return None;
+    }
+    let mut dir = std::path::PathBuf::from("/var/run");
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        let bytes = a.as_bytes();
+        if a == "-t" || a == "--statedir" {
+            if let Some(d) = args.next() {
+                dir = d.into();
+            }
+        } else if let Some(d) = bytes.strip_prefix(b"--statedir=") {
+            dir = std::ffi::OsStr::from_bytes(d).into();
+        } else if let Some(d) = bytes.strip_prefix(b"-t").filter(|d| !d.is_empty()) {
+            dir = std::ffi::OsStr::from_bytes(d).into();
+        }
+    }
+    Some(dir.join("qga.state.isfrozen"))
+}
+
 /// The guard's life, in its detached process.
-fn watch(settings: &Settings, waiter: &Waiter, until: Instant, max: Duration) {
+fn watch(
+    settings: &Settings,
+    waiter: &Waiter,
+    until: Instant,
+    max: Duration,
+    mark: Option<&std::path::Path>,
+) {
     let why = loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -127,12 +170,12 @@ fn watch(settings: &Settings, waiter: &Waiter, until: Instant, max: Duration) {
             }
         }
     };
-    thaw_guest(settings, waiter, &why);
+    thaw_guest(settings, waiter, &why, mark);
 }
 
 /// Thaws every filesystem qemu-ga would have frozen, then the hooks, and
 /// says so: after the thaw, in the log and to syslog.
-fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str) {
+fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str, mark: Option<&std::path::Path>) {
     let me = std::process::id() as i32;
     // Still this guard's freeze? A thaw may have settled it meanwhile.
     let Recorded::Unthawed(unthawed) = Journal::new(&settings.state_dir).read() else {
@@ -157,6 +200,24 @@ fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str) {
     let every = to_thaw(&Kernel, unthawed.filesystems.clone(), true, &log);
     let failed = filesystems::thaw_all(&Kernel, &every, &log);
     open_log_after_thaw(&mut log, settings);
+    // Every filesystem thawed: a qemu-ga that dies now (killed, or by
+    // systemd after ignoring SIGTERM while it believes it is frozen) must
+    // not leave the next one believing so.
+    if let Some(mark) = mark
+        && failed.is_empty()
+        && std::fs::symlink_metadata(mark).is_ok_and(|m| m.is_file())
+    {
+        match std::fs::remove_file(mark) {
+            Ok(()) => log.line(&format!(
+                "removed qemu-ga's {}: the filesystems are thawed, and an agent started after this one must not believe them frozen",
+                crate::text::escape_path(mark)
+            )),
+            Err(e) => log.warn(&format!(
+                "cannot remove qemu-ga's {}: {e}",
+                crate::text::escape_path(mark)
+            )),
+        }
+    }
     let mut ran = Vec::new();
     let end = thaw_hooks_locked(
         settings,
