@@ -183,11 +183,13 @@ fn a_presync_that_cannot_finish_does_not_hold_the_freeze() {
     env.tracing_hook("10-a", "");
     env.set_config("presync_timeout = \"1s\"\n");
     // A filesystem whose backing file lives on another one, frozen: its
-    // dirty data cannot reach its device, and syncfs on it blocks.
+    // dirty data cannot reach its device, and syncfs on it blocks. The data
+    // is written once the other is frozen (page cache only: the write
+    // itself does not wait), so that no writeback of a loaded machine can
+    // have flushed it first.
     let dir = tempfile::tempdir().unwrap();
     let outer = LoopFs::ext4(dir.path());
     let inner = LoopFs::make(&outer.mnt, "ext4", &dir.path().join("inner"));
-    fs::write(inner.mnt.join("dirty"), vec![7u8; 16 << 20]).unwrap();
     let status = Command::new("fsfreeze")
         .arg("-f")
         .arg(&outer.mnt)
@@ -195,6 +197,18 @@ fn a_presync_that_cannot_finish_does_not_hold_the_freeze() {
         .unwrap();
     assert!(status.success());
     let thaw = Thaw(&outer);
+    let dirty = Command::new("timeout")
+        .arg("20")
+        .arg("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", inner.mnt.join("dirty").display()))
+        .args(["bs=1M", "count=8", "status=none"])
+        .status()
+        .unwrap();
+    assert!(
+        dirty.success(),
+        "the write into the inner filesystem: {dirty}"
+    );
     let run = env.run(&["freeze"]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_has(
