@@ -70,21 +70,31 @@ fn json_log_has_one_object_per_event_with_the_fields_fleets_ship() {
     assert_eq!(events[15]["result"], "failed");
 }
 
-/// Runs the binary in a private mount namespace where `socket_at` is the
-/// test's datagram socket; returns the datagrams received.
-fn in_namespace(env: &Env, setup: &str, args: &[&str]) -> Vec<String> {
+/// A private /run whose journald socket is the test's ($SOCK).
+const JOURNAL_SOCKET: &str = "mount -t tmpfs tmpfs /run\nmkdir -p /run/systemd/journal\ntouch /run/systemd/journal/socket\nmount --bind \"$SOCK\" /run/systemd/journal/socket";
+
+/// A private /dev with /dev/null, and the test's socket ($SOCK) as /dev/log.
+const SYSLOG_SOCKET: &str = "mount --rbind /dev \"$KEEP\"\nmount -t tmpfs tmpfs /dev\ntouch /dev/null /dev/log\nmount --bind \"$KEEP/null\" /dev/null\nln -s /proc/self/fd /dev/fd\nmount --bind \"$SOCK\" /dev/log";
+
+/// Starts the binary with `args` in a private mount namespace that `setup`
+/// prepares (`$SOCK` is the test's datagram socket, `$KEEP` a spare dir),
+/// then `after` in it; the run, and the socket.
+fn start_in_namespace(
+    env: &Env,
+    setup: &str,
+    args: &[&str],
+    after: &str,
+) -> (std::process::Child, UnixDatagram) {
     let sock_path = env.path().join("log.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let keep = env.path().join("keep");
     std::fs::create_dir(&keep).unwrap();
     let script = format!(
-        "set -e\nSOCK='{}'\nKEEP='{}'\n{setup}\nexec \"$@\"",
+        "set -e\nSOCK='{}'\nKEEP='{}'\n{setup}\n\"$@\" || status=$?\n{after}\nexit ${{status:-0}}",
         sock_path.display(),
         keep.display()
     );
-    // The run's own status is the caller's business (a failing hook here).
-    let out = Command::new("unshare")
+    let child = Command::new("unshare")
         .args([
             "-m",
             "--propagation",
@@ -96,8 +106,20 @@ fn in_namespace(env: &Env, setup: &str, args: &[&str]) -> Vec<String> {
             BIN,
         ])
         .args(env.command(args).get_args())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    (child, sock)
+}
+
+/// Runs the binary in a private mount namespace that `setup` prepares;
+/// returns the datagrams the test's socket received.
+fn in_namespace(env: &Env, setup: &str, args: &[&str]) -> Vec<String> {
+    let (child, sock) = start_in_namespace(env, setup, args, "");
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // The run's own status is the caller's business (a failing hook here).
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.code().is_some_and(|c| c < 2), "{out:?}");
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -114,11 +136,7 @@ fn journal_target_sends_events_with_identifier_and_priority() {
     let env = Env::new();
     env.hook("10-a", "echo hook output");
     env.set_config("log_target = \"journal\"\n");
-    let got = in_namespace(
-        &env,
-        "mount -t tmpfs tmpfs /run\nmkdir -p /run/systemd/journal\ntouch /run/systemd/journal/socket\nmount --bind \"$SOCK\" /run/systemd/journal/socket",
-        &["freeze"],
-    );
+    let got = in_namespace(&env, JOURNAL_SOCKET, &["freeze"]);
     let end = got
         .iter()
         .find(|d| d.contains("FSFREEZE_EVENT=hook_end"))
@@ -147,32 +165,16 @@ fn with_the_journal_target_the_guards_alert_is_in_the_journal_once() {
     let env = Env::new();
     env.tracing_hook("10-a", "");
     env.set_config("log_target = \"journal\"\nmax_frozen = \"2s\"\n");
-    let sock_path = env.path().join("log.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let keep = env.path().join("keep");
-    std::fs::create_dir(&keep).unwrap();
-    // The guard outlives the freeze in this namespace; it thaws (FITHAW of
-    // every filesystem, harmless) and alerts after 2 s.
-    let script = format!(
-        "set -e\nmount --rbind /dev '{k}'\nmount -t tmpfs tmpfs /dev\ntouch /dev/null /dev/log\nmount --bind '{k}/null' /dev/null\nln -s /proc/self/fd /dev/fd\nmount --bind '{s}' /dev/log\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd/journal\ntouch /run/systemd/journal/socket\nmount --bind '{s}' /run/systemd/journal/socket\n\"$@\"\nsleep 5",
-        k = keep.display(),
-        s = sock_path.display()
+    // Both sockets are the test's. The guard outlives the freeze in this
+    // namespace; it thaws (FITHAW of every filesystem, harmless) and alerts
+    // after 2 s.
+    let (mut child, sock) = start_in_namespace(
+        &env,
+        &format!("{SYSLOG_SOCKET}\n{JOURNAL_SOCKET}"),
+        &["freeze"],
+        "sleep 5",
     );
-    let mut child = Command::new("unshare")
-        .args([
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-            BIN,
-        ])
-        .args(env.command(&["freeze"]).get_args())
-        .spawn()
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -210,11 +212,7 @@ fn syslog_target_sends_events_with_identifier_and_priority() {
     env.hook("10-fails", "exit 3");
     env.set_config("log_target = \"syslog\"\n");
     // A private /dev with /dev/null and the test's socket as /dev/log.
-    let got = in_namespace(
-        &env,
-        "mount --rbind /dev \"$KEEP\"\nmount -t tmpfs tmpfs /dev\ntouch /dev/null /dev/log\nmount --bind \"$KEEP/null\" /dev/null\nln -s /proc/self/fd /dev/fd\nmount --bind \"$SOCK\" /dev/log",
-        &["freeze"],
-    );
+    let got = in_namespace(&env, SYSLOG_SOCKET, &["freeze"]);
     // <PRI> = facility daemon (3) * 8 + severity: err (3) for a failed hook.
     let failed = got
         .iter()

@@ -88,16 +88,20 @@ impl Filesystems for Kernel {
 /// The device-mapper name of block device `dev` (`vg-db` for LVM's `vg/db`),
 /// when it is one: what its sysfs entry says.
 pub fn dm_name(dev: (u32, u32)) -> Option<String> {
-    let name =
-        std::fs::read_to_string(format!("/sys/dev/block/{}:{}/dm/name", dev.0, dev.1)).ok()?;
-    Some(name.trim_end().to_string())
+    dm_attribute(dev, "name")
 }
 
 /// Whether device-mapper device `dev` is suspended now (its writes wait
 /// until it is resumed).
 pub fn dm_suspended(dev: (u32, u32)) -> bool {
-    std::fs::read_to_string(format!("/sys/dev/block/{}:{}/dm/suspended", dev.0, dev.1))
-        .is_ok_and(|s| s.trim() == "1")
+    dm_attribute(dev, "suspended").as_deref() == Some("1")
+}
+
+/// What device-mapper's sysfs says of block device `dev` (`None`: no such
+/// attribute, or not a device-mapper device).
+fn dm_attribute(dev: (u32, u32), name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/sys/dev/block/{}:{}/dm/{name}", dev.0, dev.1));
+    Some(text.ok()?.trim_end().to_string())
 }
 
 /// What to freeze: the filesystems at `wanted` (`-m`), or, when empty, every

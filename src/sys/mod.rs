@@ -25,7 +25,7 @@ pub use proc::group_alive;
 pub use signals::{Waiter, Wake, take_pending_stop_signal, waited_signals};
 pub use spawn::{
     Exec, Exit, Group, Program, Reaped, become_subreaper, detach, detached, is_subreaper, spawn,
-    spawn_reaped, try_reap,
+    spawn_reaped, try_reap, try_reap_below,
 };
 
 /// The path this binary was started from, read once when the process

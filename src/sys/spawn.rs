@@ -117,14 +117,7 @@ pub fn spawn(exec: &Exec<'_>) -> io::Result<Pid> {
     let pipe = if shared {
         None
     } else {
-        let (report_rx, low_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let report_tx = nix::fcntl::fcntl(&low_tx, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?;
-        // Every write end but the child's is closed before the read below, or
-        // the read would wait for ever.
-        drop(low_tx);
-        Some((report_rx, report_tx))
+        Some(pipe_writing_above_2()?)
     };
     let child = Child {
         path: path.as_ptr(),
@@ -338,11 +331,7 @@ impl Reaped {
 /// and dies with the runner (PR_SET_PDEATHSIG), the hook with it. For the
 /// runner, which is single-threaded: the fork's child allocates.
 pub fn spawn_reaped(exec: &Exec<'_>) -> io::Result<Reaped> {
-    let (status, low_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let tx = nix::fcntl::fcntl(&low_tx, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?;
-    drop(low_tx);
+    let (status, tx) = pipe_writing_above_2()?;
     let runner = nix::unistd::getpid().as_raw();
     // SAFETY: the runner is single-threaded; the child never returns into
     // the runner's code (it ends in _exit).
@@ -404,17 +393,8 @@ fn reaper_main(exec: &Exec<'_>, tx: RawFd, runner: libc::pid_t) -> ! {
         say(0, hook);
         // Nothing of the runner's is held open here (its lock, the hook's
         // output pipe: the hook's end of output must be seen).
-        for (first, last) in [
-            (0, tx as libc::c_uint - 1),
-            (tx as libc::c_uint + 1, libc::c_uint::MAX),
-        ] {
-            if libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) != 0 {
-                let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as libc::c_uint;
-                for fd in first..=last.min(max) {
-                    libc::close(fd as libc::c_int);
-                }
-            }
-        }
+        close_range(0, tx as libc::c_uint - 1);
+        close_range(tx as libc::c_uint + 1, libc::c_uint::MAX);
         loop {
             let mut status = 0;
             let pid = libc::waitpid(-1, &mut status, 0);
@@ -427,6 +407,44 @@ fn reaper_main(exec: &Exec<'_>, tx: RawFd, runner: libc::pid_t) -> ! {
                 libc::_exit(0);
             }
         }
+    }
+}
+
+/// A close-on-exec pipe whose write end is above 2, where a child's dup2 of
+/// its standard descriptors cannot replace it: (read end, write end).
+fn pipe_writing_above_2() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (rx, low_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let tx = nix::fcntl::fcntl(&low_tx, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })?;
+    // Only the write end above 2 stays: every write end but the child's must
+    // be closed before its reader waits for EOF.
+    drop(low_tx);
+    Ok((rx, tx))
+}
+
+/// Closes descriptors `first..=last` of this process (close_range; before
+/// Linux 5.9 one by one, up to the descriptor limit). For a forked child:
+/// system calls only.
+fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    // SAFETY: closes this process's own descriptors; the caller owns none of
+    // them any more.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) != 0 {
+            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as libc::c_uint;
+            for fd in first..=last.min(max) {
+                libc::close(fd as libc::c_int);
+            }
+        }
+    }
+}
+
+/// Reaps hook `pid` if it has ended: through its reaper when it has one
+/// ([`spawn_reaped`]), else directly.
+pub fn try_reap_below(pid: Pid, reaper: Option<&Reaped>) -> io::Result<Option<Exit>> {
+    match reaper {
+        Some(r) => r.try_reap(),
+        None => try_reap(pid),
     }
 }
 
@@ -528,20 +546,7 @@ pub fn detach(keep: &[BorrowedFd<'_>], body: impl FnOnce(&[BorrowedFd<'_>])) -> 
                     libc::fcntl(target, libc::F_SETFD, libc::FD_CLOEXEC);
                     placed.push(target);
                 }
-                let first = 3 + placed.len() as libc::c_int;
-                let closed = libc::syscall(
-                    libc::SYS_close_range,
-                    first as libc::c_uint,
-                    libc::c_uint::MAX,
-                    0 as libc::c_uint,
-                );
-                if closed != 0 {
-                    // Before Linux 5.9: one by one, up to the descriptor limit.
-                    let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as libc::c_int;
-                    for fd in first..max {
-                        libc::close(fd);
-                    }
-                }
+                close_range(3 + placed.len() as libc::c_uint, libc::c_uint::MAX);
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                 for fd in 0..3 {
                     libc::dup2(null, fd);

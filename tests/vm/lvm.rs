@@ -112,10 +112,7 @@ fn snapshot_under_load(g: &mut Guest, mount: &str, words: &str) -> (i64, String,
 /// activation skipped) is clean by e2fsck and holds lines 1..=held of the
 /// application's log; returns e2fsck's summary.
 fn restores(g: &mut Guest, lv: &str, held: u64, who: &str) -> String {
-    let fsck = g.ok(&format!(
-        "lvchange -q -ay -K vg/{lv}; e2fsck -fn /dev/vg/{lv} 2>&1; echo \"e2fsck exit $?\""
-    ));
-    assert!(fsck.contains("e2fsck exit 0"), "{who}: {lv}: {fsck}");
+    let fsck = clean_by_e2fsck(g, lv, who);
     let log = g.ok(&format!(
         "mount -t ext4 -o ro /dev/vg/{lv} /mnt/snap && wc -l < /mnt/snap/app.log && tail -n 1 /mnt/snap/app.log; umount /mnt/snap"
     ));
@@ -130,9 +127,20 @@ fn restores(g: &mut Guest, lv: &str, held: u64, who: &str) -> String {
         "{who}: {lv} must hold lines 1..={held} of the application's log (count, last)"
     );
     g.ok(&format!("lvremove -q -f vg/{lv}"));
-    fsck.lines()
+    fsck
+}
+
+/// Snapshot `lv`, activated first (a thin snapshot is created with
+/// activation skipped), is clean by `e2fsck -fn`; its summary line.
+fn clean_by_e2fsck(g: &mut Guest, lv: &str, who: &str) -> String {
+    let out = g.ok(&format!(
+        "lvchange -q -ay -K vg/{lv}; e2fsck -fn /dev/vg/{lv} 2>&1; echo \"e2fsck exit $?\""
+    ));
+    assert!(out.contains("e2fsck exit 0"), "{who}: {lv}: {out}");
+    out.lines()
         .find(|l| l.contains("files"))
         .unwrap_or("")
+        .trim()
         .to_string()
 }
 
@@ -162,10 +170,7 @@ fn postgres_restores(g: &mut Guest, lv: &str, acknowledged: &[u32], who: &str) -
         !acknowledged.is_empty(),
         "{who}: no row committed before the snapshot"
     );
-    let fsck = g.ok(&format!(
-        "lvchange -q -ay -K vg/{lv}; e2fsck -fn /dev/vg/{lv} 2>&1; echo \"e2fsck exit $?\""
-    ));
-    assert!(fsck.contains("e2fsck exit 0"), "{who}: {lv}: {fsck}");
+    let fsck = clean_by_e2fsck(g, lv, who);
     g.ok("su -s /bin/sh postgres -c \"pg_ctl -D /srv/db/pg -m fast -t 100 -w stop\" >/dev/null");
     let ids = g.ok(&format!(
         "mount -t ext4 /dev/vg/{lv} /mnt/snap && su -s /bin/sh postgres -c \"TZ=UTC pg_ctl -D /mnt/snap/pg -l /run/pg2/log -o \\\"-k /run/pg2 -c listen_addresses=''\\\" -w start\" >/dev/null && psql -X -At -h /run/pg2 -U postgres -c 'SELECT id FROM x ORDER BY id'"
@@ -190,10 +195,7 @@ fn postgres_restores(g: &mut Guest, lv: &str, acknowledged: &[u32], who: &str) -
         } else {
             "no"
         },
-        fsck.lines()
-            .find(|l| l.contains("files"))
-            .unwrap_or("")
-            .trim()
+        fsck
     )
 }
 

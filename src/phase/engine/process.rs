@@ -262,10 +262,7 @@ impl Started {
 
     /// Reaps it if it has ended.
     pub fn try_reap(&self) -> std::io::Result<Option<Exit>> {
-        match &self.reaper {
-            Some(r) => r.try_reap(),
-            None => sys::try_reap(self.pid),
-        }
+        sys::try_reap_below(self.pid, self.reaper.as_ref())
     }
 
     /// What ending it must end besides its process group
@@ -509,10 +506,7 @@ impl<'a, 'b> Watch<'a, 'b> {
     }
 
     fn try_reap(&self) -> std::io::Result<Option<Exit>> {
-        match self.reaper {
-            Some(r) => r.try_reap(),
-            None => sys::try_reap(self.pid),
-        }
+        sys::try_reap_below(self.pid, self.reaper)
     }
 
     fn pump(&mut self) {
