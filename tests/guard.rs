@@ -299,6 +299,21 @@ fn sigterm_to_the_guard_thaws_at_once() {
             install.log_text()
         );
         assert!(eventually(LATE, || install.trace().len() == 4));
+        // A SIGTERM that is no stop of the agent's service (this one is
+        // from the test, and this agent runs in no service): the agent is
+        // left running, and `status` says what thawed.
+        assert!(alive(agent.pid()), "{qga}: {}", install.log_text());
+        assert!(!install.log_text().contains("ended qemu-ga"), "{qga}");
+        let me = std::process::id();
+        assert_has(
+            &install.log_text(),
+            &format!("it got SIGTERM from pid {me} (a frozen guest cannot shut down)"),
+        );
+        let status = Command::new(&install.hook).arg("status").output().unwrap();
+        assert_has(
+            &String::from_utf8_lossy(&status.stdout),
+            "because it got a stop signal that was not the agent's service being stopped",
+        );
         // qemu-ga still says frozen until its own thaw, which runs no hook.
         assert!(agent.call("guest-fsfreeze-thaw", json!({})).is_ok());
         assert_eq!(install.trace().len(), 4, "{qga}");

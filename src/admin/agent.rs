@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use crate::sys::agent::ini_value;
 use crate::sys::paths::in_root;
 
 /// Where qemu-ga looks for its hook when `-F` comes without a path.
@@ -158,13 +159,9 @@ fn exec_start(root: &Path, unit: &Path) -> Option<Vec<String>> {
 /// runs, else the pid in the agent's pidfile (`-f`/`--pidfile` of its
 /// command line, `pidfile=` of qemu-ga.conf, or its default).
 pub fn service_pid(agent: &Agent) -> Option<i32> {
-    if Path::new("/run/systemd/system").is_dir() {
-        let out = std::process::Command::new("systemctl")
-            .args(["show", "--property", "MainPID", "--value", UNIT])
-            .output()
-            .ok()?;
-        return String::from_utf8_lossy(&out.stdout)
-            .trim()
+    if crate::sys::agent::systemd_runs() {
+        return crate::sys::agent::systemctl_show(UNIT, "MainPID")
+            .ok()?
             .parse()
             .ok()
             .filter(|p| *p > 0);
@@ -388,29 +385,6 @@ fn config_hook(root: &Path, argv: Option<&[String]>) -> HookSetting {
         }
     }
     HookSetting::None
-}
-
-/// The value of `key` in `[section]` of an INI (GKeyFile) text.
-pub fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
-    let mut current = String::new();
-    let mut value = None;
-    for raw in text.lines() {
-        let line = raw.trim();
-        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = name.trim().to_string();
-            continue;
-        }
-        if current == section
-            && let Some((k, v)) = line.split_once('=')
-            && k.trim() == key
-        {
-            value = Some(v.trim().to_string());
-        }
-    }
-    value
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use crate::config::Settings;
 use crate::exit::Exit;
 use crate::log::json::{self, Object};
+use crate::phase::engine::runner::ThawCause;
 use crate::phase::records::journal::{Journal, Recorded, Unthawed};
 use crate::text::escape_path;
 
@@ -60,6 +61,17 @@ pub fn status(settings: &Settings, json: bool) -> Exit {
     Exit::Ok
 }
 
+/// Why the guard thawed, by the journal's word.
+fn guards_reason(word: &str) -> &'static str {
+    if word == ThawCause::AgentStop.word() {
+        "the agent's service was stopped while frozen (systemd: a stop, a restart or a shutdown)"
+    } else if word == ThawCause::GuardSignal.word() {
+        "it got a stop signal that was not the agent's service being stopped"
+    } else {
+        "no thaw came from the hypervisor within max_frozen"
+    }
+}
+
 fn when(ms: u64) -> String {
     use chrono::TimeZone;
     chrono::Local
@@ -75,11 +87,12 @@ fn status_text(held: Option<&Unthawed>, recorded: &Recorded, idle_ms: Option<u64
     let Some(h) = held else {
         return match recorded {
             Recorded::Corrupt(why) => format!("nothing held (journal unusable: {why})\n"),
-            Recorded::Idle(by) if by == "max_frozen" => format!(
-                "nothing held: the guard thawed the guest{}, because no thaw came from the hypervisor within max_frozen (or the guest was shutting down); the log says which\n",
+            Recorded::Idle(by) if ThawCause::is_guards(by) => format!(
+                "nothing held: the guard thawed the guest{}, because {}; the log says more\n",
                 idle_ms
                     .map(|t| format!(" at {}", when(t)))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                guards_reason(by)
             ),
             _ => "nothing held: no freeze since the last thaw\n".into(),
         };
@@ -139,8 +152,8 @@ fn status_text(held: Option<&Unthawed>, recorded: &Recorded, idle_ms: Option<u64
 
 fn status_json(held: Option<&Unthawed>, recorded: &Recorded, idle_ms: Option<u64>) -> String {
     let Some(h) = held else {
-        // What settled the last freeze: "thaw", "rollback", "max_frozen"
-        // (the guard), and when.
+        // What settled the last freeze: "thaw", "rollback", or the guard's
+        // "max_frozen", "agent_stop", "guard_signal", and when.
         let last = match recorded {
             Recorded::Idle(by) => Some(
                 Object::new()

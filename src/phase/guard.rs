@@ -13,6 +13,13 @@
 //! filesystem of mountinfo), then runs the thaw hooks as a rollback, under
 //! the lock, and says why in the log and to syslog. The late thaw then runs
 //! no hook a second time: the journal says the guard thawed.
+//!
+//! Under systemd the guard lives in the agent's service: a stop, a restart
+//! or a shutdown SIGTERMs it with qemu-ga, which ignores SIGTERM while it
+//! believes the guest frozen. When the SIGTERM came from PID 1 and systemd
+//! says the unit is stopping, the guard, its thaw and hooks done, removes
+//! qemu-ga's frozen mark and ends it with SIGHUP, so the stop does not wait
+//! TimeoutStopSec and the next agent starts thawed.
 
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
@@ -29,7 +36,7 @@ use crate::phase::records::journal::{Journal, Recorded, now_ms};
 use crate::phase::records::metrics;
 use crate::phase::setup;
 use crate::phase::unfreeze::{open_log_after_thaw, thaw_hooks_locked, to_thaw};
-use crate::sys::{self, Waiter, Wake};
+use crate::sys::{self, Waiter, Wake, agent};
 
 /// Starts the guard of the freeze the journal records and records it there.
 /// Nothing is armed without a `max_frozen` or without root (only root can
@@ -44,9 +51,9 @@ pub fn arm(settings: &Settings, log: &Log, journal: &mut Journal) -> Result<(), 
         return Ok(());
     }
     let until = Instant::now() + max;
-    let mark = agents_frozen_mark();
+    let agent = the_agent();
     let pid = sys::start_helper(&[], |_, waiter| {
-        watch(settings, &waiter, until, max, mark.as_deref())
+        watch(settings, &waiter, until, max, agent.as_ref())
     })
     .map_err(|e| format!("cannot start the guard: {e}"))?;
     if let Err(e) = journal.guard(pid, now_ms() + max.as_millis() as u64) {
@@ -104,14 +111,21 @@ fn still_named(settings: &Settings) -> bool {
     }
 }
 
-/// Where the qemu-ga that runs this freeze marks itself frozen: its
-/// statedir's `qga.state.isfrozen` (`-t DIR`, `--statedir[=]DIR`, else its
-/// default, /var/run). A qemu-ga that dies frozen leaves it, and the next
-/// one starts believing the guest frozen (it refuses guest-exec until a
-/// thaw) "until filesystems are manually unfrozen and the file is removed",
-/// as it says. `None` when our caller is no qemu-ga (rehearse, a test).
-fn agents_frozen_mark() -> Option<std::path::PathBuf> {
-    let parent = std::os::unix::process::parent_id();
+/// The qemu-ga that runs this freeze, as its guard needs to know it.
+struct Agent {
+    /// The process (its start time tells it from a later one).
+    who: sys::proc::Ident,
+    /// Where it marks itself frozen ([`agent::FROZEN_MARK`] in its
+    /// statedir).
+    mark: std::path::PathBuf,
+    /// The systemd service it runs in, from its cgroup
+    /// (`qemu-guest-agent.service`), if any.
+    unit: Option<String>,
+}
+
+/// Our caller, if it is a qemu-ga; `None` for rehearse, a test, a shell.
+fn the_agent() -> Option<Agent> {
+    let parent = std::os::unix::process::parent_id() as i32;
     let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).ok()?;
     let mut args = cmdline
         .split(|b| *b == 0)
@@ -120,21 +134,32 @@ fn agents_frozen_mark() -> Option<std::path::PathBuf> {
     if std::path::Path::new(&argv0).file_name() != Some(std::ffi::OsStr::new("qemu-ga")) {
         return None;
     }
-    let mut dir = std::path::PathBuf::from("/var/run");
-    let mut args = args.peekable();
-    while let Some(a) = args.next() {
-        let bytes = a.as_bytes();
-        if a == "-t" || a == "--statedir" {
-            if let Some(d) = args.next() {
-                dir = d.into();
-            }
-        } else if let Some(d) = bytes.strip_prefix(b"--statedir=") {
-            dir = std::ffi::OsStr::from_bytes(d).into();
-        } else if let Some(d) = bytes.strip_prefix(b"-t").filter(|d| !d.is_empty()) {
-            dir = std::ffi::OsStr::from_bytes(d).into();
-        }
-    }
-    Some(dir.join("qga.state.isfrozen"))
+    let args: Vec<_> = args.filter(|a| !a.is_empty()).collect();
+    let dir = agent::statedir(&args, |p| std::fs::read_to_string(p).ok());
+    let unit = std::fs::read_to_string(format!("/proc/{parent}/cgroup"))
+        .ok()
+        .and_then(|c| agent::service_of_cgroup(&c));
+    Some(Agent {
+        who: sys::proc::Ident::of(parent),
+        mark: dir.join(agent::FROZEN_MARK),
+        unit,
+    })
+}
+
+/// Whether systemd is stopping `unit` now: its ActiveState is
+/// `deactivating` (a stop, a restart, a shutdown, or the clean-up after its
+/// main process died). Asked of systemd itself: a SIGTERM from PID 1 alone
+/// may be `systemctl kill`, which stops nothing.
+fn unit_stopping(unit: &str) -> Result<bool, String> {
+    Ok(agent::systemctl_show(unit, "ActiveState")? == "deactivating")
+}
+
+/// What woke the guard to thaw.
+enum Why {
+    /// `max_frozen` passed.
+    Expired,
+    /// A stop signal, after this long frozen, from this pid (0: unknown).
+    Signal(Signal, Duration, i32),
 }
 
 /// The guard's life, in its detached process.
@@ -143,15 +168,12 @@ fn watch(
     waiter: &Waiter,
     until: Instant,
     max: Duration,
-    mark: Option<&std::path::Path>,
+    agent: Option<&Agent>,
 ) {
     let why = loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break format!(
-                "thawed by max_frozen after {}: no thaw came from the hypervisor",
-                format_duration(max)
-            );
+            break Why::Expired;
         }
         match waiter.wait(None, Some(left.min(LOOK_EVERY))) {
             // Stood down by a thaw or a newer freeze.
@@ -161,21 +183,24 @@ fn watch(
             // one guard at most.
             Wake::Timeout if !still_named(settings) => return,
             Wake::Signal(Signal::SIGCHLD) | Wake::Timeout | Wake::Readable => {}
-            Wake::Signal(sig) => {
-                break format!(
-                    "thawed by the guard after {}: it got {} (a frozen guest cannot shut down)",
-                    format_duration(max - left),
-                    sig.as_str()
-                );
-            }
+            Wake::Signal(sig) => break Why::Signal(sig, max - left, waiter.sender()),
         }
     };
-    thaw_guest(settings, waiter, &why, mark);
+    thaw_guest(settings, waiter, why, max, agent);
 }
 
 /// Thaws every filesystem qemu-ga would have frozen, then the hooks, and
-/// says so: after the thaw, in the log and to syslog.
-fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str, mark: Option<&std::path::Path>) {
+/// says why: after the thaw, in the log and to syslog. When systemd is
+/// stopping the agent's service, also ends the agent, which ignores SIGTERM
+/// while it believes the guest frozen (systemd would wait TimeoutStopSec
+/// for it, then kill it), once every filesystem is thawed.
+fn thaw_guest(
+    settings: &Settings,
+    waiter: &Waiter,
+    why: Why,
+    max: Duration,
+    agent: Option<&Agent>,
+) {
     let me = std::process::id() as i32;
     // Still this guard's freeze? A thaw may have settled it meanwhile.
     let Recorded::Unthawed(unthawed) = Journal::new(&settings.state_dir).read() else {
@@ -200,39 +225,116 @@ fn thaw_guest(settings: &Settings, waiter: &Waiter, why: &str, mark: Option<&std
     let every = to_thaw(&Kernel, unthawed.filesystems.clone(), true, &log);
     let failed = filesystems::thaw_all(&Kernel, &every, &log);
     open_log_after_thaw(&mut log, settings);
-    // Every filesystem thawed: a qemu-ga that dies now (killed, or by
-    // systemd after ignoring SIGTERM while it believes it is frozen) must
-    // not leave the next one believing so.
-    if let Some(mark) = mark
-        && failed.is_empty()
-        && std::fs::symlink_metadata(mark).is_ok_and(|m| m.is_file())
-    {
-        match std::fs::remove_file(mark) {
-            Ok(()) => log.line(&format!(
-                "removed qemu-ga's {}: the filesystems are thawed, and an agent started after this one must not believe them frozen",
-                crate::text::escape_path(mark)
-            )),
-            Err(e) => log.warn(&format!(
-                "cannot remove qemu-ga's {}: {e}",
-                crate::text::escape_path(mark)
-            )),
+    // Why, asked now that nothing is frozen (systemctl is on a disk).
+    let (cause, text) = match why {
+        Why::Expired => (
+            ThawCause::MaxFrozen,
+            format!(
+                "thawed by max_frozen after {}: no thaw came from the hypervisor",
+                format_duration(max)
+            ),
+        ),
+        Why::Signal(sig, after, from) => {
+            let unit = agent.and_then(|a| a.unit.as_deref());
+            let stopping = match unit {
+                // systemd kills a service's processes from PID 1.
+                Some(unit) if from == 1 => unit_stopping(unit).unwrap_or_else(|e| {
+                    log.warn(&format!(
+                        "cannot ask systemd whether {unit} is stopping: {e}"
+                    ));
+                    false
+                }),
+                _ => false,
+            };
+            match unit.filter(|_| stopping) {
+                Some(unit) => (
+                    ThawCause::AgentStop,
+                    format!(
+                        "thawed by the guard after {}: systemd was stopping {unit} ({} from PID 1: a stop, a restart or a shutdown)",
+                        format_duration(after),
+                        sig.as_str()
+                    ),
+                ),
+                None => (
+                    ThawCause::GuardSignal,
+                    format!(
+                        "thawed by the guard after {}: it got {}{} (a frozen guest cannot shut down)",
+                        format_duration(after),
+                        sig.as_str(),
+                        if from > 0 {
+                            format!(" from pid {from}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ),
+            }
         }
+    };
+    if let Some(agent) = agent {
+        clear_the_mark(&log, agent, failed.is_empty());
     }
     let mut ran = Vec::new();
-    let end = thaw_hooks_locked(
-        settings,
-        &log,
-        waiter,
-        &failed,
-        ThawCause::MaxFrozen,
-        &mut ran,
-    );
+    let end = thaw_hooks_locked(settings, &log, waiter, &failed, cause, &mut ran);
     log.alert(
-        Event::new("guard_thaw", why)
+        Event::new("guard_thaw", &text)
             .level(Level::Error)
             .with("guard_pid", me as u32)
-            .with("filesystems", every.len() as u64),
+            .with("filesystems", every.len() as u64)
+            .with("cause", cause.word()),
     );
     metrics::record(settings, &log, "guard_thaw", start, &end, &ran);
     setup::log_end(&log, "guard thaw", start, &end);
+    // Last: once the agent is gone systemd sends what is left of the
+    // service a second SIGTERM, which would cut the hooks short.
+    if let Some(agent) = agent
+        && cause == ThawCause::AgentStop
+    {
+        end_the_agent(&log, agent, failed.is_empty());
+    }
+}
+
+/// After the guard's thaw, with every filesystem thawed, removes the
+/// agent's frozen mark: a qemu-ga that dies now (killed, or ended below)
+/// must not leave the next one believing the guest frozen.
+fn clear_the_mark(log: &Log, agent: &Agent, all_thawed: bool) {
+    let mark = crate::text::escape_path(&agent.mark);
+    if !all_thawed {
+        log.warn(&format!(
+            "qemu-ga's {mark} kept: a filesystem is still frozen"
+        ));
+        return;
+    }
+    if std::fs::symlink_metadata(&agent.mark).is_ok_and(|m| m.is_file()) {
+        match std::fs::remove_file(&agent.mark) {
+            Ok(()) => log.line(&format!(
+                "removed qemu-ga's {mark}: the filesystems are thawed, and an agent started after this one must not believe them frozen"
+            )),
+            Err(e) => log.warn(&format!("cannot remove qemu-ga's {mark}: {e}")),
+        }
+    }
+}
+
+/// When systemd is stopping the agent's service, after the guard's thaw
+/// and hooks: ends the agent with SIGHUP, which it does not catch (it takes
+/// SIGTERM and SIGINT, and ignores both while it believes the guest
+/// frozen, so systemd would wait TimeoutStopSec and kill it) and which
+/// systemd counts as a clean exit. An agent whose guest is not wholly
+/// thawed is left to systemd.
+fn end_the_agent(log: &Log, agent: &Agent, all_thawed: bool) {
+    if !sys::proc::is_ours(agent.who) {
+        return;
+    }
+    if !all_thawed {
+        log.warn(&format!(
+            "qemu-ga (pid {}) left to systemd: a filesystem is still frozen",
+            agent.who.pid
+        ));
+        return;
+    }
+    log.line(&format!(
+        "ending qemu-ga (pid {}) with SIGHUP: it ignores systemd's SIGTERM while it believes the guest frozen, and the guest is thawed",
+        agent.who.pid
+    ));
+    sys::proc::signal_ours(agent.who, Signal::SIGHUP);
 }

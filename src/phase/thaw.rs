@@ -68,7 +68,7 @@ pub fn thaw(settings: &Settings, waiter: &Waiter, fs: bool, all: bool, note: Opt
     let lock = (!fs).then(|| setup::lock(settings, &log, Phase::Thaw));
     let held = match Journal::new(&settings.state_dir).read() {
         Recorded::Unthawed(h) => Some(h),
-        Recorded::Idle(by) if by == ThawCause::MaxFrozen.word() => {
+        Recorded::Idle(by) if ThawCause::is_guards(&by) => {
             log.line("the guard had already thawed the guest; no hook runs a second time");
             None
         }

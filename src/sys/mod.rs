@@ -4,6 +4,7 @@
 //! Each `unsafe` block sits behind a small safe function with a `SAFETY:`
 //! note. The runner is single-threaded: `spawn` and `detach` rely on it.
 
+pub mod agent;
 mod freeze;
 pub mod paths;
 pub mod proc;

@@ -83,6 +83,9 @@ pub enum Wake {
 /// signalfd: they stay blocked), a readable descriptor, or a timeout.
 pub struct Waiter {
     fd: SignalFd,
+    /// Who sent the last signal taken (`kill`'s sender; 0 for the
+    /// kernel's own, such as SIGCHLD's exits or a timer's).
+    sender: std::sync::atomic::AtomicI32,
 }
 
 impl Waiter {
@@ -119,7 +122,10 @@ impl Waiter {
 
     fn from_set(set: &SigSet) -> std::io::Result<Waiter> {
         let fd = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
-        Ok(Waiter { fd })
+        Ok(Waiter {
+            fd,
+            sender: std::sync::atomic::AtomicI32::new(0),
+        })
     }
 
     /// Waits for a waited signal, for `input` to become readable, or for
@@ -159,9 +165,27 @@ impl Waiter {
 
     fn take(&self) -> Option<Signal> {
         match self.fd.read_signal() {
-            Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
+            Ok(Some(info)) => {
+                // A process's kill() (SI_USER), not something the kernel
+                // queued: only then is the pid the sender's, and no other
+                // process can claim it (rt_sigqueueinfo refuses SI_USER).
+                let from = if info.ssi_code == libc::SI_USER {
+                    info.ssi_pid as i32
+                } else {
+                    0
+                };
+                self.sender
+                    .store(from, std::sync::atomic::Ordering::Relaxed);
+                Signal::try_from(info.ssi_signo as i32).ok()
+            }
             _ => None,
         }
+    }
+
+    /// The pid of the process whose `kill` sent the last signal this
+    /// waiter took; 0 when the kernel sent it or none was taken.
+    pub fn sender(&self) -> i32 {
+        self.sender.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -110,7 +110,13 @@ pub fn findings(root: &Path) -> Vec<Finding> {
         ));
     }
     if live {
-        if let Some(pid) = agent::service_pid(&agent) {
+        let pid = agent::service_pid(&agent);
+        let state_dir = hook
+            .as_deref()
+            .and_then(|h| Settings::load_for_agent(h, root).ok())
+            .map(|s| s.state_dir);
+        stale_frozen_mark(&agent, pid, state_dir.as_deref(), &mut out);
+        if let Some(pid) = pid {
             restarted_since_changes(&agent, pid, &mut out);
         } else if agent
             .binary
@@ -131,6 +137,59 @@ pub fn findings(root: &Path) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// qemu-ga's frozen mark ([`crate::sys::agent::FROZEN_MARK`] in its
+/// statedir, as the running agent's command line or else its unit's sets
+/// it) with no freeze in progress: left by an agent that died frozen (its
+/// guard thawed the guest). The agent that starts next, or one that
+/// started since, believes the guest frozen and refuses guest-exec until
+/// the host sends a thaw.
+fn stale_frozen_mark(
+    agent: &agent::Agent,
+    pid: Option<i32>,
+    state_dir: Option<&Path>,
+    out: &mut Vec<Finding>,
+) {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<std::ffi::OsString> = pid
+        .and_then(|p| fs::read(format!("/proc/{p}/cmdline")).ok())
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .skip(1)
+                .filter(|a| !a.is_empty())
+                .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
+                .collect()
+        })
+        .or_else(|| {
+            let argv = agent.exec_start.as_ref()?;
+            Some(argv.iter().skip(1).map(Into::into).collect())
+        })
+        .unwrap_or_default();
+    let dir = crate::sys::agent::statedir(&args, |p| fs::read_to_string(p).ok());
+    let mark = dir.join(crate::sys::agent::FROZEN_MARK);
+    if fs::symlink_metadata(&mark).is_err() {
+        return;
+    }
+    let shown = escape_path(&mark);
+    let frozen_now = state_dir.is_some_and(|d| {
+        matches!(
+            crate::phase::records::journal::Journal::new(d).read(),
+            crate::phase::records::journal::Recorded::Unthawed(_)
+        )
+    });
+    if frozen_now {
+        out.push(Finding::Note(format!(
+            "qemu-ga marks the guest frozen ({shown}): a freeze is in progress (`fsfreeze-hook status`)"
+        )));
+        return;
+    }
+    out.push(problem(
+        format!(
+            "qemu-ga's {shown} says the guest is frozen, but no freeze is in progress: an agent started with it believes the guest frozen and refuses guest-exec until the host sends a thaw"
+        ),
+        format!("`fsfreeze-hook thaw --all` (a filesystem not frozen is left as it is), `rm {shown}`, then `{RESTART}`"),
+    ));
 }
 
 /// The service's qemu-ga reads its hook setting when it starts: one older

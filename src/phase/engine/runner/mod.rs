@@ -67,6 +67,12 @@ pub enum ThawCause {
     Rollback,
     /// The guard's: no thaw came within `max_frozen`.
     MaxFrozen,
+    /// The guard's: the agent's service was being stopped (systemd's
+    /// SIGTERM: a stop, a restart, a shutdown).
+    AgentStop,
+    /// The guard's: another signal (SIGTERM, SIGINT or SIGHUP from
+    /// elsewhere).
+    GuardSignal,
 }
 
 impl ThawCause {
@@ -80,7 +86,20 @@ impl ThawCause {
             ThawCause::Thaw => "thaw",
             ThawCause::Rollback => "rollback",
             ThawCause::MaxFrozen => "max_frozen",
+            ThawCause::AgentStop => "agent_stop",
+            ThawCause::GuardSignal => "guard_signal",
         }
+    }
+
+    /// Whether the journal's word is a guard's thaw.
+    pub fn is_guards(word: &str) -> bool {
+        [
+            ThawCause::MaxFrozen,
+            ThawCause::AgentStop,
+            ThawCause::GuardSignal,
+        ]
+        .iter()
+        .any(|c| c.word() == word)
     }
 }
 
