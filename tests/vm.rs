@@ -19,6 +19,9 @@ mod selinux;
 // The README's LVM example on Debian's kernel, in a guest with device-mapper.
 mod lvm;
 
+// Debian booted with systemd, its agent started by its own unit.
+mod systemd;
+
 use crate::common::{BIN, eventually, freezing_test};
 use crate::qemu_ga::{TestAgent, agents};
 use crate::qmp::Qmp;
@@ -68,12 +71,25 @@ fn guest_dir() -> tempfile::TempDir {
 }
 
 /// Which x86_64 guest: the busybox one, the RHEL family's under SELinux
-/// (what tests/vm/build-policy built), or the busybox one with LVM.
+/// (what tests/vm/build-policy built), the busybox one with LVM, or
+/// Debian with systemd (the root tests/fetch-qemu made; with our package
+/// installed and enabled in the image, as image builders do, when true).
 #[derive(Clone, Copy)]
 enum Kind<'a> {
     Busybox,
     Selinux(&'a Path),
     Lvm,
+    Systemd(&'a Path, bool),
+}
+
+impl Kind<'_> {
+    /// What the guest's console says once it can be driven.
+    fn ready(&self) -> &'static str {
+        match self {
+            Kind::Systemd(..) => "guest: control shell ready",
+            _ => "guest: starting qemu-ga",
+        }
+    }
 }
 
 /// The x86_64 guests' kernels: Debian 12's (`None`: tests/vm/build-guest
@@ -109,6 +125,12 @@ fn build_guest(dir: &Path, args: &[&std::ffi::OsStr], kind: Kind<'_>, kernel: Op
         Kind::Lvm => {
             cmd.env("LVM", "1");
         }
+        Kind::Systemd(root, enabled) => {
+            cmd.env("SYSTEMD", root);
+            if enabled {
+                cmd.env("SYSTEMD_IMAGE_ENABLE", "1");
+            }
+        }
     }
     let out = cmd.arg(dir).args(args).output().unwrap();
     assert!(
@@ -142,13 +164,14 @@ impl Guest {
         let mut qemu = qemu_system();
         qemu.args(["-accel", "tcg", "-M", "pc"]);
         let cmdline = match kind {
-            Kind::Busybox | Kind::Lvm => "console=ttyS0 panic=-1",
+            Kind::Busybox | Kind::Lvm | Kind::Systemd(..) => "console=ttyS0 panic=-1",
             Kind::Selinux(_) => "console=ttyS0 panic=-1 security=selinux enforcing=1",
         };
         Guest::start(
             dir,
             qemu,
             cmdline,
+            kind.ready(),
             Duration::from_secs(120),
             qga.reports_hook_errors,
             qga.version.clone(),
@@ -194,6 +217,7 @@ impl Guest {
             dir,
             qemu,
             "console=ttyAMA0 panic=-1",
+            Kind::Busybox.ready(),
             Duration::from_secs(600),
             false,
             who,
@@ -211,17 +235,9 @@ impl Guest {
     /// SELinux domain, which the policy leaves unconfined: an
     /// administrator's root shell); its exit status and output.
     pub fn ctl(&mut self, script: &str) -> (i32, String) {
-        use std::io::{BufRead, Write};
-        let ctl = self.ctl.get_or_insert_with(|| {
-            let sock = self.dir.path().join("ctl.sock");
-            let stream = std::os::unix::net::UnixStream::connect(&sock).expect("ctl.sock");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(180)))
-                .unwrap();
-            std::io::BufReader::new(stream)
-        });
-        let mut w = ctl.get_ref();
-        write!(w, "{script}\n@@END@@\n").unwrap();
+        use std::io::BufRead;
+        self.ctl_send(script);
+        let ctl = self.ctl.as_mut().expect("connected by ctl_send");
         let mut out = String::new();
         loop {
             let mut line = String::new();
@@ -242,6 +258,22 @@ impl Guest {
         }
     }
 
+    /// Sends `script` to the control shell without waiting for it (one
+    /// that powers the guest off answers nothing).
+    pub fn ctl_send(&mut self, script: &str) {
+        use std::io::Write;
+        let ctl = self.ctl.get_or_insert_with(|| {
+            let sock = self.dir.path().join("ctl.sock");
+            let stream = std::os::unix::net::UnixStream::connect(&sock).expect("ctl.sock");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(180)))
+                .unwrap();
+            std::io::BufReader::new(stream)
+        });
+        let mut w = ctl.get_ref();
+        write!(w, "{script}\n@@END@@\n").unwrap();
+    }
+
     /// [`Guest::ctl`] that must succeed; its output.
     pub fn admin(&mut self, script: &str) -> String {
         let (rc, out) = self.ctl(script);
@@ -250,11 +282,13 @@ impl Guest {
     }
 
     /// Boots the guest built in `dir` with `qemu` (its accelerator and
-    /// machine set), waits up to `boot` for its agent.
+    /// machine set), waits up to `boot` for the console to say `ready`, then
+    /// for its agent.
     fn start(
         dir: tempfile::TempDir,
         mut qemu: Command,
         cmdline: &str,
+        ready: &str,
         boot: Duration,
         new_agent: bool,
         who: String,
@@ -300,7 +334,7 @@ impl Guest {
             .expect("qemu-system (the test command unpacks it: tests/fetch-qemu)");
         let console = p("console.log");
         let booted = eventually(boot, || {
-            fs::read_to_string(&console).is_ok_and(|c| c.contains("guest: starting qemu-ga"))
+            fs::read_to_string(&console).is_ok_and(|c| c.contains(ready))
         });
         let mut guest = Guest {
             qmp: Qmp::connect(&p("qga.sock"), Duration::from_secs(120), &console),
