@@ -742,7 +742,7 @@ fn host_side_copies(g: &mut Guest, who: &str) {
 
 #[test]
 #[ignore = "needs root"]
-fn whole_chain_in_a_real_guest_under_both_agents() {
+fn whole_chain_in_a_real_guest_under_each_agent() {
     let _exclusive = freezing_test("vm");
     // As root, agents() fails when there is none: this loop never runs empty.
     let start = Instant::now();
