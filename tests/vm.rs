@@ -225,10 +225,10 @@ impl Guest {
     }
 
     /// The RHEL family's layout with Fedora's targeted policy enforcing
-    /// (`policy`: what tests/vm/build-policy built), on Debian's kernel,
+    /// (`policy`: what tests/vm/build-policy built), on `kernel` (`None`: Debian 12's),
     /// under `qga`, with a control shell on the port "ctl" ([`Guest::ctl`]).
-    pub fn boot_selinux(qga: &TestAgent, policy: &Path) -> Guest {
-        Guest::boot_x86(qga, Kind::Selinux(policy), None)
+    pub fn boot_selinux(qga: &TestAgent, policy: &Path, kernel: Option<&Path>) -> Guest {
+        Guest::boot_x86(qga, Kind::Selinux(policy), kernel)
     }
 
     /// Runs `script` with sh in the guest's control shell (the kernel's
