@@ -338,3 +338,45 @@ fn end_the_agent(log: &Log, agent: &Agent, all_thawed: bool) {
     ));
     sys::proc::signal_ours(agent.who, Signal::SIGHUP);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn the_agent_is_ended_and_its_mark_removed_only_once_every_filesystem_is_thawed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("log"), false);
+        // A stand-in for qemu-ga: a process of this user.
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let agent = Agent {
+            who: sys::proc::Ident::of(child.id() as i32),
+            mark: dir.path().join(agent::FROZEN_MARK),
+            unit: Some("qemu-guest-agent.service".into()),
+        };
+        std::fs::write(&agent.mark, "").unwrap();
+        // A filesystem still frozen: the mark stays, the agent runs on.
+        clear_the_mark(&log, &agent, false);
+        end_the_agent(&log, &agent, false);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(agent.mark.exists());
+        assert!(child.try_wait().unwrap().is_none(), "the agent was ended");
+        // All thawed: the mark goes, the agent gets SIGHUP.
+        clear_the_mark(&log, &agent, true);
+        end_the_agent(&log, &agent, true);
+        assert!(!agent.mark.exists());
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGHUP));
+        let text = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert!(
+            text.contains("a filesystem is still frozen")
+                && text.contains(&format!("ending qemu-ga (pid {}) with SIGHUP", child.id())),
+            "{text}"
+        );
+        // Once gone, nothing is signalled again (its pid may be another's).
+        end_the_agent(&log, &agent, true);
+    }
+}
