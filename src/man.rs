@@ -155,6 +155,10 @@ Time limit of the hook \fIname\fR.
 .B [hooks."\fIname\fB"] parallel
 false: with parallel = true, the hook \fIname\fR still runs alone, at its
 place between groups.
+.TP
+.B [hooks."\fIname\fB"] on_error
+"continue": the hook \fIname\fR is optional, its failure logged and counted
+but the phase goes on; "abort": its failure fails the phase; default: on_error.
 .SH EXIT STATUS
 .TP
 .B 0

@@ -713,6 +713,37 @@ fn check_names_hooks_that_will_not_run_and_notes_deliberate_skips() {
 }
 
 #[test]
+fn check_names_the_optional_hooks() {
+    let root = tempfile::tempdir().unwrap();
+    debian(root.path());
+    put(
+        root.path(),
+        "/etc/qemu/qemu-ga.conf",
+        "[general]\nfsfreeze-hook=/etc/qemu/fsfreeze-hook\n",
+        0o644,
+    );
+    put(
+        root.path(),
+        "/etc/qemu/fsfreeze-hook.conf",
+        "[hooks.\"60-cache\"]\non_error = \"continue\"\n",
+        0o644,
+    );
+    for name in ["10-db", "60-cache"] {
+        put(
+            root.path(),
+            &format!("/etc/qemu/fsfreeze-hook.d/{name}"),
+            "#!/bin/sh\nexit 0\n",
+            0o755,
+        );
+    }
+    let out = run(&["check", "--root", &at(root.path())]);
+    assert_has(
+        &out.stdout,
+        "ok: 2 hook(s) will run; optional (a failure is logged and counted, the freeze goes on): 60-cache\n",
+    );
+}
+
+#[test]
 fn list_says_why_each_entry_runs_or_not() {
     let env = Env::new();
     env.hook("10-ok", "exit 0");

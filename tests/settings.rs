@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use crate::common::{BIN, Env, assert_has, assert_lines};
+use crate::common::{BIN, Env, assert_has, assert_lines, lines_with};
 
 #[test]
 fn bad_config_is_one_line_naming_file_line_and_key_and_runs_nothing() {
@@ -254,4 +254,85 @@ fn each_commands_help_lists_only_the_global_options_it_uses() {
     let env = Env::new();
     let run = env.run(&["release", "db", "--timeout", "5s", "--on-error", "continue"]);
     assert_eq!(run.code, Some(0), "{run:?}");
+}
+
+/// The README's config example, as written there.
+fn readme_config() -> String {
+    let readme =
+        fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let start = readme
+        .find("```toml\n# /etc/qemu/fsfreeze-hook.conf\n")
+        .expect("the README's config example");
+    let block = &readme[start + "```toml\n".len()..];
+    block[..block.find("```").unwrap()].to_string()
+}
+
+#[test]
+fn an_optional_hook_fails_and_the_freeze_goes_on_with_the_readmes_config() {
+    let env = Env::new();
+    let metrics = env.path().join("fsfreeze_hook.prom");
+    // Top-level keys come before the tables.
+    env.set_config(&format!(
+        "metrics_file = \"{}\"\n{}",
+        metrics.display(),
+        readme_config()
+    ));
+    env.tracing_hook("10-a", "");
+    env.tracing_hook("60-cache-warmup", "echo warming failed >&2; exit 1");
+    env.tracing_hook("70-z", "");
+    let list = env.run(&["list"]);
+    assert_has(
+        &list.stdout,
+        "60-cache-warmup  timeout 1m, optional (a failure is logged, the freeze goes on)",
+    );
+    assert!(
+        !lines_with(&list.stdout, "10-a")[0].contains("optional"),
+        "{}",
+        list.stdout
+    );
+    let freeze = env.run(&["freeze"]);
+    assert_eq!(freeze.code, Some(0), "{}", freeze.log);
+    assert_has(&freeze.log, "60-cache-warmup exited with status 1");
+    assert_has(
+        &freeze.log,
+        "going on (optional: [hooks.\"60-cache-warmup\"] on_error = continue)",
+    );
+    let thaw = env.run(&["thaw"]);
+    assert_eq!(thaw.code, Some(0), "{}", thaw.log);
+    assert_eq!(
+        env.trace(),
+        [
+            "10-a freeze rollback=0",
+            "60-cache-warmup freeze rollback=0",
+            "70-z freeze rollback=0",
+            "70-z thaw rollback=0",
+            "60-cache-warmup thaw rollback=0",
+            "10-a thaw rollback=0"
+        ]
+    );
+    let text = fs::read_to_string(&metrics).unwrap();
+    for line in [
+        "fsfreeze_hook_hook_optional{hook=\"60-cache-warmup\"} 1",
+        "fsfreeze_hook_hook_optional{hook=\"10-a\"} 0",
+        "fsfreeze_hook_hook_failures_total{hook=\"60-cache-warmup\",phase=\"freeze\"} 1",
+        "fsfreeze_hook_hook_failures_total{hook=\"10-a\",phase=\"freeze\"} 0",
+        "fsfreeze_hook_failures_total{phase=\"freeze\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+    }
+    let rehearse = env.run(&["rehearse"]);
+    assert_eq!(rehearse.code, Some(0), "{}", rehearse.stdout);
+    assert_has(
+        &rehearse.stdout,
+        "optional (a failure is logged and counted, the freeze goes on): 60-cache-warmup",
+    );
+    // A hook that is not optional still fails the freeze.
+    env.tracing_hook("70-z", "[ \"$1\" = freeze ] && exit 1; :");
+    let strict = env.run(&["freeze"]);
+    assert_ne!(strict.code, Some(0), "{}", strict.log);
+    // And `--on-error abort` makes every hook strict for a rehearsal.
+    env.tracing_hook("70-z", "");
+    let rehearse = env.run(&["rehearse", "--on-error", "abort"]);
+    assert_ne!(rehearse.code, Some(0), "{}", rehearse.stdout);
 }

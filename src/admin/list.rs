@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::config::units::format_time_limit;
-use crate::config::{OnError, Settings, TimeLimit};
+use crate::config::{Settings, TimeLimit};
 use crate::exit::Exit;
 use crate::log::json::{self, Object};
 use crate::phase::engine::discovery::{self as hooks, Discovery, SkipReason};
@@ -48,13 +48,14 @@ pub struct Entry {
     pub name: OsString,
     pub path: PathBuf,
     pub verdict: Verdict,
+    /// Its failure is logged and counted but fails no phase (`on_error =
+    /// "continue"`, its own or the global one).
+    pub optional: bool,
 }
 
 /// What the hooks dir holds, judged as a freeze would judge it.
 pub struct Listing {
     pub dir: PathBuf,
-    /// What a refused hook does to a freeze.
-    pub on_error: OnError,
     /// Why nothing in it runs (missing, unreadable, untrusted), if so.
     pub problem: Option<String>,
     pub entries: Vec<Entry>,
@@ -69,7 +70,6 @@ pub fn inspect(settings: &Settings, root: &Path) -> Listing {
         Ok(None) => {
             return Listing {
                 problem: Some(format!("hooks dir {} does not exist", escape_path(&dir))),
-                on_error: settings.on_error,
                 dir,
                 entries: Vec::new(),
             };
@@ -77,7 +77,6 @@ pub fn inspect(settings: &Settings, root: &Path) -> Listing {
         Err(e) => {
             return Listing {
                 problem: Some(format!("cannot read hooks dir {}: {e}", escape_path(&dir))),
-                on_error: settings.on_error,
                 dir,
                 entries: Vec::new(),
             };
@@ -91,7 +90,6 @@ pub fn inspect(settings: &Settings, root: &Path) -> Listing {
     let entries = judge(settings, &found, &policy, root, untrusted.as_deref());
     Listing {
         dir,
-        on_error: settings.on_error,
         problem: untrusted,
         entries,
     }
@@ -111,6 +109,7 @@ fn judge(
             path: settings.hooks_dir.join(&s.name),
             name: s.name.clone(),
             verdict: Verdict::Skipped(s.reason.clone()),
+            optional: false,
         })
         .collect();
     for hook in &found.hooks {
@@ -129,6 +128,7 @@ fn judge(
             name: hook.name.clone(),
             path: hook.path.clone(),
             verdict,
+            optional: settings.is_optional(&hook.name),
         });
     }
     // Run order: byte order of the names, skipped ones in their place.
@@ -180,9 +180,14 @@ fn to_text(l: &Listing) -> String {
         let pad = " ".repeat(width - name.chars().count());
         match &e.verdict {
             Verdict::Runs { timeout, per_hook } => out.push_str(&format!(
-                "  runs     {name}{pad}  timeout {}{}\n",
+                "  runs     {name}{pad}  timeout {}{}{}\n",
                 format_time_limit(*timeout),
-                if *per_hook { " (per-hook setting)" } else { "" }
+                if *per_hook { " (per-hook setting)" } else { "" },
+                if e.optional {
+                    ", optional (a failure is logged, the freeze goes on)"
+                } else {
+                    ""
+                }
             )),
             Verdict::Skipped(_) | Verdict::DirRefused(_) => out.push_str(&format!(
                 "  skipped  {name}{pad}  {}\n",
@@ -190,9 +195,10 @@ fn to_text(l: &Listing) -> String {
             )),
             Verdict::Refused(why) => out.push_str(&format!(
                 "  refused  {name}{pad}  {why} ({})\n",
-                match l.on_error {
-                    OnError::Abort => "the freeze fails under on_error = abort",
-                    OnError::Continue => "logged and passed over under on_error = continue",
+                if e.optional {
+                    "logged and passed over under on_error = continue"
+                } else {
+                    "the freeze fails under on_error = abort"
                 }
             )),
         }
@@ -216,6 +222,7 @@ fn to_json(l: &Listing) -> String {
             .str("path", &escape_path(&e.path))
             .bool("runs", runs)
             .bool("refused", matches!(e.verdict, Verdict::Refused(_)))
+            .bool("optional", e.optional)
             .opt("timeout_ms", timeout)
             .opt("reason", reason)
             .finish()

@@ -37,6 +37,8 @@ pub(super) struct FileConfig {
     pub parallel: Option<bool>,
     /// `[hooks."NAME"] parallel = false`: hooks kept out of a parallel group.
     pub hook_solo: BTreeSet<String>,
+    /// `[hooks."NAME"] on_error = ...`: what that hook's failure does.
+    pub hook_on_error: BTreeMap<String, OnError>,
     pub presync: Option<bool>,
     pub presync_timeout: Option<TimeLimit>,
     pub metrics_file: Option<PathBuf>,
@@ -178,7 +180,12 @@ impl FileConfig {
             "presync_timeout" => {
                 cfg.presync_timeout = Some(limit_value((key, value), MAX_TIME_LIMIT)?)
             }
-            "hooks" => (cfg.hook_timeouts, cfg.hook_solo) = hooks_table((key, value))?,
+            "hooks" => {
+                let tables = hooks_table((key, value))?;
+                cfg.hook_timeouts = tables.timeouts;
+                cfg.hook_solo = tables.solo;
+                cfg.hook_on_error = tables.on_error;
+            }
             other => {
                 return Err(Located::at(
                     span,
@@ -282,9 +289,13 @@ fn bool_value((key, value): Entry<'_>) -> Result<bool, Located> {
     }
 }
 
-/// `[hooks."NAME"]` tables: per-hook timeouts, and the hooks with
-/// `parallel = false`.
-type HookTables = (BTreeMap<String, TimeLimit>, BTreeSet<String>);
+/// What `[hooks."NAME"]` tables say.
+struct HookTables {
+    timeouts: BTreeMap<String, TimeLimit>,
+    /// The hooks with `parallel = false`.
+    solo: BTreeSet<String>,
+    on_error: BTreeMap<String, OnError>,
+}
 
 fn hooks_table((key, value): Entry<'_>) -> Result<HookTables, Located> {
     let DeValue::Table(table) = value.get_ref() else {
@@ -296,6 +307,7 @@ fn hooks_table((key, value): Entry<'_>) -> Result<HookTables, Located> {
     };
     let mut out = BTreeMap::new();
     let mut solo = BTreeSet::new();
+    let mut on_error = BTreeMap::new();
     for (name, settings) in table.iter() {
         let hook = name.get_ref().as_ref();
         let full = |k: &str| format!("hooks.\"{hook}\".{k}");
@@ -324,17 +336,35 @@ fn hooks_table((key, value): Entry<'_>) -> Result<HookTables, Located> {
                         solo.insert(hook.to_string());
                     }
                 }
+                "on_error" => {
+                    let word = word_value((k, v), &["abort", "continue"]).map_err(|mut e| {
+                        e.key = Some(full("on_error"));
+                        e
+                    })?;
+                    on_error.insert(
+                        hook.to_string(),
+                        if word == "continue" {
+                            OnError::Continue
+                        } else {
+                            OnError::Abort
+                        },
+                    );
+                }
                 other => {
                     return Err(Located::at(
                         k.span(),
                         &full(other),
-                        "unknown key (known in a hook table: timeout, parallel)",
+                        "unknown key (known in a hook table: timeout, parallel, on_error)",
                     ));
                 }
             }
         }
     }
-    Ok((out, solo))
+    Ok(HookTables {
+        timeouts: out,
+        solo,
+        on_error,
+    })
 }
 
 pub(super) fn line_of(text: &[u8], offset: usize) -> usize {
@@ -370,9 +400,18 @@ output_limit = "64KiB"
 
 [hooks."20-mysql"]
 timeout = "5m"
+
+[hooks."40-cache"]
+on_error = "continue"
+
+[hooks."50-strict"]
+on_error = "abort"
 "#,
         )
         .unwrap();
+        assert_eq!(cfg.hook_on_error["40-cache"], OnError::Continue);
+        assert_eq!(cfg.hook_on_error["50-strict"], OnError::Abort);
+        assert!(!cfg.hook_on_error.contains_key("20-mysql"));
         assert_eq!(cfg.hooks_dir.unwrap(), PathBuf::from("/srv/hooks"));
         assert_eq!(cfg.timeout, Some(Some(Duration::from_secs(30))));
         assert_eq!(cfg.phase_timeout, Some(None));
@@ -420,6 +459,11 @@ timeout = "5m"
             ("output_limit = -1", 1, "output_limit"),
             ("[hooks.\"a\"]\ntimeout = \"x\"", 2, "hooks.\"a\".timeout"),
             ("[hooks.\"a\"]\ntimout = \"1s\"", 2, "hooks.\"a\".timout"),
+            (
+                "[hooks.\"a\"]\non_error = \"skip\"",
+                2,
+                "hooks.\"a\".on_error",
+            ),
         ];
         for (text, line, key) in cases {
             let err = parse(text).unwrap_err();

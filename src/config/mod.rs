@@ -132,6 +132,9 @@ pub struct Settings {
     pub parallel: bool,
     /// `[hooks."NAME"] parallel = false`: run alone, at its place.
     pub hook_solo: std::collections::BTreeSet<String>,
+    /// `[hooks."NAME"] on_error = ...`: that hook's own, over `on_error`;
+    /// an `--on-error` flag overrides these too.
+    pub hook_on_error: BTreeMap<String, OnError>,
     /// Flush the filesystems before the first freeze hook (`syncfs`).
     pub presync: bool,
     /// How long the presync may hold the phase; past it the phase goes on.
@@ -163,6 +166,22 @@ impl Settings {
             .and_then(|n| self.hook_timeouts.get(n))
             .copied()
             .unwrap_or(self.timeout)
+    }
+
+    /// What a failure of this hook does: its own `on_error`, else the
+    /// global one.
+    pub fn on_error_for(&self, name: &OsStr) -> OnError {
+        name.to_str()
+            .and_then(|n| self.hook_on_error.get(n))
+            .copied()
+            .unwrap_or(self.on_error)
+    }
+
+    /// Whether this hook is optional: its failure is logged and counted,
+    /// and the freeze goes on (`on_error = "continue"`, its own or the
+    /// global one).
+    pub fn is_optional(&self, name: &OsStr) -> bool {
+        self.on_error_for(name) == OnError::Continue
     }
 
     /// Loads the settings for a run invoked as `argv0`.
@@ -313,6 +332,11 @@ impl Settings {
         if flags.timeout.is_some() {
             hook_timeouts.clear();
         }
+        // So does `--on-error`.
+        let mut hook_on_error = file.hook_on_error;
+        if flags.on_error.is_some() {
+            hook_on_error.clear();
+        }
         Ok(Settings {
             config_file,
             config_meta,
@@ -348,6 +372,7 @@ impl Settings {
             hook_timeouts,
             parallel: file.parallel.unwrap_or(false),
             hook_solo: file.hook_solo,
+            hook_on_error,
             presync: file.presync.unwrap_or(true),
             presync_timeout: file
                 .presync_timeout
@@ -589,6 +614,7 @@ mod tests {
             hook_timeouts,
             parallel: false,
             hook_solo: Default::default(),
+            hook_on_error: Default::default(),
             presync: false,
             presync_timeout: None,
             metrics_file: None,

@@ -88,6 +88,18 @@ pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration
         "{}",
         report::table(&found.hooks, &runner.records, settings.parallel)
     );
+    let optional: Vec<String> = found
+        .hooks
+        .iter()
+        .filter(|h| settings.is_optional(&h.name))
+        .map(|h| escape(&h.name))
+        .collect();
+    if !optional.is_empty() {
+        outln!(
+            "optional (a failure is logged and counted, the freeze goes on): {}",
+            optional.join(", ")
+        );
+    }
     outln!("log: {}", escape_path(log.path()));
     setup::finish(log, "rehearse", start, end)
 }

@@ -400,7 +400,20 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
         }
     }
     if listing.problem.is_none() {
-        out.push(Finding::Ok(format!("{runs} hook(s) will run")));
+        let optional: Vec<String> = listing
+            .entries
+            .iter()
+            .filter(|e| e.optional && matches!(e.verdict, Verdict::Runs { .. }))
+            .map(|e| crate::text::escape(&e.name))
+            .collect();
+        out.push(Finding::Ok(if optional.is_empty() {
+            format!("{runs} hook(s) will run")
+        } else {
+            format!(
+                "{runs} hook(s) will run; optional (a failure is logged and counted, the freeze goes on): {}",
+                optional.join(", ")
+            )
+        }));
     }
     log_place(&settings.log_file, out);
     writable(&settings.state_dir, "state dir", out);

@@ -54,12 +54,12 @@ pub trait Execute {
     /// Runs hooks at once, each started `delay` after the group's start
     /// ([`crate::phase::engine::group`]): `on_start(i, now)` just before member `i`
     /// starts (an `Err` keeps it from starting, as its failure),
-    /// `on_end(i, ..)` when it ended; with `stop_on_failure` the first failure
-    /// ends the rest. `None`: never started.
+    /// `on_end(i, ..)` when it ended; the first failure of a member whose
+    /// `stop_on_failure` is true ends the rest. `None`: never started.
     fn run_group(
         &mut self,
         members: &[GroupRun<'_, Self::Ready>],
-        stop_on_failure: bool,
+        stop_on_failure: &[bool],
         signal_seen: &mut Option<Signal>,
         on_start: &mut dyn FnMut(usize, Instant) -> Result<(), String>,
         on_end: &mut dyn FnMut(usize, &Finished),
@@ -145,7 +145,7 @@ impl Execute for Processes<'_> {
     fn run_group(
         &mut self,
         members: &[GroupRun<'_, Opened>],
-        stop_on_failure: bool,
+        stop_on_failure: &[bool],
         signal_seen: &mut Option<Signal>,
         on_start: &mut dyn FnMut(usize, Instant) -> Result<(), String>,
         on_end: &mut dyn FnMut(usize, &Finished),

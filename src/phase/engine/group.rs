@@ -42,14 +42,14 @@ enum Stop {
 
 /// Runs `members` at once. `on_start(i, now)` is called just before member
 /// `i` is spawned (an `Err`: it must not start, which counts as its
-/// failure), `on_end(i, finished)` when it has ended. With
-/// `stop_on_failure`, the first failure ends the group. Returns how each
+/// failure), `on_end(i, finished)` when it has ended. The first failure of
+/// a member whose `stop_on_failure` is true ends the group. Returns how each
 /// ended; `None` for a member that never started.
 pub fn run_group(
     members: &[Member<'_>],
     ctx: &Context<'_>,
     signal_seen: &mut Option<Signal>,
-    stop_on_failure: bool,
+    stop_on_failure: &[bool],
     on_start: &mut dyn FnMut(usize, Instant) -> Result<(), String>,
     on_end: &mut dyn FnMut(usize, &Finished),
 ) -> Vec<Option<Finished>> {
@@ -62,7 +62,7 @@ pub fn run_group(
     let mut stop: Option<Stop> = None;
     let mut end = |i: usize, fin: Finished, stop: &mut Option<Stop>| {
         on_end(i, &fin);
-        if stop_on_failure && !fin.outcome.success() && stop.is_none() {
+        if stop_on_failure[i] && !fin.outcome.success() && stop.is_none() {
             *stop = Some(Stop::Failure);
         }
         results[i] = Some(fin);

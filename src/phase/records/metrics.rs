@@ -80,6 +80,8 @@ struct Ran<'a> {
     pub took: Duration,
     pub end: &'a End,
     pub records: &'a [Record],
+    /// Whether a hook is optional (`on_error = "continue"`).
+    pub optional: &'a dyn Fn(&std::ffi::OsStr) -> bool,
 }
 
 /// Adds a phase that ended thawed (`phase` begun at `start`, its hooks'
@@ -101,6 +103,7 @@ pub fn record(
         took: start.elapsed(),
         end,
         records,
+        optional: &|name| settings.is_optional(name),
     };
     let mut state = State::load(&settings.state_dir);
     update(&mut state, &ran, now_ms() as f64 / 1000.0);
@@ -145,6 +148,19 @@ fn update(state: &mut State, ran: &Ran<'_>, now: f64) {
         if matches!(r.finished.outcome, Outcome::TimedOut { .. }) {
             state.add("hook_timeouts".into(), 1.0);
         }
+        // At 0 from its first run on, as the phases' failures.
+        state.add(
+            format!("hook_failures {hook} {phase}"),
+            if r.finished.outcome.success() {
+                0.0
+            } else {
+                1.0
+            },
+        );
+        state.set(
+            format!("hook_optional {hook}"),
+            if (ran.optional)(&r.name) { 1.0 } else { 0.0 },
+        );
     }
     let rolled_back = ran.records.iter().any(|r| r.rollback);
     if rolled_back && p != "guard_thaw" {
@@ -279,6 +295,26 @@ fn render(state: &State) -> String {
         by_hook("hook_duration"),
     );
     family(
+        "hook_failures_total",
+        "counter",
+        "Runs of each hook that failed, by phase (an optional hook's failures too, which fail no phase).",
+        by_hook("hook_failures"),
+    );
+    family(
+        "hook_optional",
+        "gauge",
+        "1 for a hook whose failure is logged and counted but fails no phase (on_error = \"continue\", its own or the global one), else 0.",
+        state
+            .values
+            .iter()
+            .filter_map(|(k, v)| {
+                let hook = k.strip_prefix("hook_optional ")?;
+                let hook = decode_field(hook).unwrap_or_else(|| hook.as_bytes().to_vec());
+                Some((format!("{{hook=\"{}\"}}", label(&hook)), *v))
+            })
+            .collect(),
+    );
+    family(
         "hook_last_exit_status",
         "gauge",
         "Each hook's last exit status, by phase (128+N: ended by signal N; 126: refused or not started).",
@@ -374,6 +410,7 @@ mod tests {
                 took: Duration::from_millis(150),
                 end: &End::Done,
                 records: &ok,
+                optional: &|_| false,
             },
             1000.0,
         );
@@ -384,6 +421,7 @@ mod tests {
                 took: Duration::from_millis(50),
                 end: &End::Done,
                 records: &[],
+                optional: &|_| false,
             },
             1010.0,
         );
@@ -408,6 +446,7 @@ mod tests {
                 took: Duration::from_secs(1),
                 end: &End::Failed("x".into()),
                 records: &failed,
+                optional: &|_| false,
             },
             1020.0,
         );

@@ -236,11 +236,16 @@ impl<'a, X: Execute> Runner<'a, X> {
             return None;
         }
         let cause = format!("{} {}", hook.display_name(), fin.reason());
-        if self.settings.on_error == OnError::Abort || self.signal_seen.is_some() {
+        if self.settings.on_error_for(&hook.name) == OnError::Abort || self.signal_seen.is_some() {
             return Some(cause);
         }
-        self.log
-            .line(&format!("{cause}; going on (on_error = continue)"));
+        let why = match hook.name.to_str() {
+            Some(n) if self.settings.hook_on_error.contains_key(n) => {
+                format!("optional: [hooks.\"{n}\"] on_error = continue")
+            }
+            _ => "on_error = continue".to_string(),
+        };
+        self.log.line(&format!("{cause}; going on ({why})"));
         None
     }
 
@@ -307,9 +312,13 @@ impl<'a, X: Execute> Runner<'a, X> {
                 });
         }
         let members = group_runs(&readies, delays);
-        let stop_on_failure = self.settings.on_error == OnError::Abort;
+        // An optional member's failure ends no other.
+        let stop_on_failure: Vec<bool> = group
+            .iter()
+            .map(|h| self.settings.on_error_for(&h.name) == OnError::Abort)
+            .collect();
         let before = self.records.len();
-        self.run_members(&members, stop_on_failure, Some(started));
+        self.run_members(&members, &stop_on_failure, Some(started));
         // The cause is the first failure in time; those ended because of it
         // are not causes.
         let ended: Vec<Record> = self.records[before..].to_vec();
@@ -332,7 +341,7 @@ impl<'a, X: Execute> Runner<'a, X> {
     fn run_members(
         &mut self,
         members: &[GroupRun<'_, X::Ready>],
-        stop_on_failure: bool,
+        stop_on_failure: &[bool],
         mut started: Option<&mut Vec<Hook>>,
     ) -> Vec<Option<Finished>> {
         let log = self.log;
@@ -699,7 +708,7 @@ mod tests {
         fn run_group(
             &mut self,
             members: &[GroupRun<'_, ()>],
-            stop_on_failure: bool,
+            stop_on_failure: &[bool],
             signal_seen: &mut Option<Signal>,
             on_start: &mut dyn FnMut(usize, Instant) -> Result<(), String>,
             on_end: &mut dyn FnMut(usize, &Finished),
@@ -736,7 +745,7 @@ mod tests {
                         on_end(i, &fin);
                         let failed = !fin.outcome.success();
                         results[i] = Some(fin);
-                        if stop_on_failure && failed && !stopped {
+                        if stop_on_failure[i] && failed && !stopped {
                             stopped = true;
                             pending.clear();
                             for (_, j, _) in running.drain(..) {
@@ -920,6 +929,86 @@ mod tests {
         assert!(
             log_of(&s)
                 .contains("20-b exited with status 1 after 10ms; going on (on_error = continue)")
+        );
+    }
+
+    #[test]
+    fn an_optional_hooks_failure_is_passed_over_and_another_hooks_still_aborts() {
+        let mut s = setup(&["10-a", "20-b", "30-c"]);
+        s.settings
+            .hook_on_error
+            .insert("20-b".into(), OnError::Continue);
+        // 20-b fails in both phases: logged, and the phases succeed.
+        let fake = Fake::new().step("20-b", Phase::Freeze, 10, failed()).step(
+            "20-b",
+            Phase::Thaw,
+            10,
+            failed(),
+        );
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        assert_eq!(runner.thaw(Some(&s.found)), End::Done);
+        assert_eq!(runs(&runner).len(), 6);
+        let log = log_of(&s);
+        assert!(
+            log.contains(
+                "20-b exited with status 1 after 10ms; going on (optional: [hooks.\"20-b\"] on_error = continue)"
+            ),
+            "{log}"
+        );
+        // 30-c is not optional: its failure aborts and rolls back.
+        let fake = Fake::new().step("30-c", Phase::Freeze, 10, failed());
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        assert!(matches!(runner.freeze(&s.found.hooks), End::Failed(_)));
+        assert_eq!(
+            runs(&runner)[3..],
+            [
+                "thaw 30-c (rollback)",
+                "thaw 20-b (rollback)",
+                "thaw 10-a (rollback)"
+            ]
+        );
+        // A thaw where a hook that is not optional fails, fails.
+        let fake = Fake::new().step("20-b", Phase::Thaw, 10, failed()).step(
+            "10-a",
+            Phase::Thaw,
+            10,
+            failed(),
+        );
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        assert!(matches!(runner.thaw(Some(&s.found)), End::Failed(_)));
+    }
+
+    #[test]
+    fn an_optional_members_failure_cancels_no_other_member_of_its_group() {
+        let mut s = parallel(&["10-a", "20-b", "30-c"]);
+        s.settings
+            .hook_on_error
+            .insert("10-a".into(), OnError::Continue);
+        let fake = Fake::new()
+            .step("10-a", Phase::Freeze, 100, failed())
+            .step("20-b", Phase::Freeze, 300, Outcome::Exited(0))
+            .step("30-c", Phase::Freeze, 300, Outcome::Exited(0));
+        let mut runner = Runner::with(&s.settings, &s.log, fake);
+        assert_eq!(runner.freeze(&s.found.hooks), End::Done);
+        let done: Vec<_> = runner
+            .records
+            .iter()
+            .map(|r| {
+                (
+                    r.name.to_string_lossy().into_owned(),
+                    r.finished.outcome.success(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            done,
+            [
+                ("10-a".to_string(), false),
+                ("20-b".to_string(), true),
+                ("30-c".to_string(), true)
+            ]
         );
     }
 

@@ -30,6 +30,9 @@ impl<X: Execute> Runner<'_, X> {
         let Some((mut plan, mut failures)) = self.thaw_plan(found) else {
             return End::Done;
         };
+        // A failure that fails the thaw under `on_error = "abort"`: any but
+        // an optional hook's.
+        let mut strict = !failures.is_empty();
         if self.settings.thaw_order == ThawOrder::Reverse {
             plan.reverse();
         }
@@ -54,12 +57,14 @@ impl<X: Execute> Runner<'_, X> {
                     "{why}; {} hook(s) not thawed, kept for the next thaw",
                     plan.len() - done
                 ));
+                strict = true;
                 break;
             };
             done += segment.len();
             for (hook, fin) in self.thaw_segment(&segment, &bounds, rollback) {
                 self.record_thaw(&hook, &fin);
                 if !fin.outcome.success() {
+                    strict |= !self.settings.is_optional(&hook.name);
                     let kept = if fin.outcome.ran_to_end() {
                         ""
                     } else {
@@ -75,8 +80,15 @@ impl<X: Execute> Runner<'_, X> {
             self.log.warn(&format!("{e:#}"));
         }
         if failures.is_empty()
-            || (self.settings.on_error == OnError::Continue && self.signal_seen.is_none())
+            || (self.signal_seen.is_none()
+                && (self.settings.on_error == OnError::Continue || !strict))
         {
+            if !failures.is_empty() && self.settings.on_error == OnError::Abort {
+                self.log.line(&format!(
+                    "{}; going on: optional hook(s)",
+                    failures.join("; ")
+                ));
+            }
             return End::Done;
         }
         failures.extend(crate::sys::selinux::confined_hooks_note(
@@ -205,7 +217,7 @@ impl<X: Execute> Runner<'_, X> {
             }
         }
         let members = group_runs(&readies, vec![Duration::ZERO; readies.len()]);
-        let results = self.run_members(&members, false, None);
+        let results = self.run_members(&members, &vec![false; members.len()], None);
         for (member, fin) in members.iter().zip(results) {
             let fin = fin.unwrap_or_else(|| {
                 Finished::not_started("not started: the runner got a stop signal".into())
