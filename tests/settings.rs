@@ -336,3 +336,61 @@ fn an_optional_hook_fails_and_the_freeze_goes_on_with_the_readmes_config() {
     let rehearse = env.run(&["rehearse", "--on-error", "abort"]);
     assert_ne!(rehearse.code, Some(0), "{}", rehearse.stdout);
 }
+
+#[test]
+fn rehearse_says_what_parallel_hooks_would_make_of_the_pause() {
+    let env = Env::new();
+    env.tracing_hook("10-app", "[ \"$1\" = freeze ] && sleep 0.2; :");
+    env.tracing_hook("20-db", "[ \"$1\" = freeze ] && sleep 0.8; :");
+    let run = env.run(&["rehearse"]);
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let line = lines_with(&run.stdout, "the freeze hooks take about")
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("{}", run.stdout))
+        .to_string();
+    // "... about 1.0 s one after another (10-app held 800 ms of it, ...);
+    // with parallel = true about 812 ms, all finishing together"
+    let secs = |s: &str| -> f64 {
+        let (n, unit) = s.trim().split_once(' ').unwrap();
+        let n: f64 = n.parse().unwrap();
+        if unit.starts_with("ms") {
+            n / 1000.0
+        } else {
+            n
+        }
+    };
+    let sum = secs(
+        line.split("about ")
+            .nth(1)
+            .unwrap()
+            .split(" one after")
+            .next()
+            .unwrap(),
+    );
+    let held = secs(
+        line.split("10-app held ")
+            .nth(1)
+            .unwrap()
+            .split(" of it")
+            .next()
+            .unwrap(),
+    );
+    let together = secs(
+        line.split("parallel = true about ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap(),
+    );
+    assert!(sum >= 0.95 && held >= 0.75 && together >= 0.75, "{line}");
+    assert!(together < sum && held < sum, "{line}");
+    // With parallel = true it says what one after another would take.
+    env.set_config("parallel = true\n");
+    let run = env.run(&["rehearse"]);
+    assert_has(
+        &run.stdout,
+        "the freeze hooks run together (parallel = true): about ",
+    );
+}

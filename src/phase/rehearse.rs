@@ -13,6 +13,7 @@ use crate::phase::Phase;
 use crate::phase::engine::execute::Processes;
 use crate::phase::engine::runner::{End, Runner};
 use crate::phase::presync;
+use crate::phase::records::history::pause_advice;
 use crate::phase::records::journal::Recorded;
 use crate::phase::report;
 use crate::phase::setup;
@@ -99,6 +100,22 @@ pub fn rehearse(settings: &Settings, log: &Log, waiter: &Waiter, pause: Duration
             "optional (a failure is logged and counted, the freeze goes on): {}",
             optional.join(", ")
         );
+    }
+    // What the other mode would make of the pause, from this run.
+    let took: Vec<(&std::ffi::OsStr, Duration)> = found
+        .hooks
+        .iter()
+        .filter_map(|h| {
+            let r = runner.records.iter().find(|r| {
+                r.name == h.name && r.phase == Phase::Freeze && r.finished.outcome.success()
+            })?;
+            Some((h.name.as_os_str(), r.finished.elapsed))
+        })
+        .collect();
+    if took.len() == found.hooks.len()
+        && let Some(advice) = pause_advice(&took, settings.parallel)
+    {
+        outln!("{advice}");
     }
     outln!("log: {}", escape_path(log.path()));
     setup::finish(log, "rehearse", start, end)

@@ -18,6 +18,7 @@ use crate::config::units::format_duration;
 use crate::exit::Exit;
 use crate::phase::engine::discovery::SkipReason;
 use crate::phase::engine::hookfile::Refusal;
+use crate::phase::records::history::{History, pause_advice};
 use crate::sys::paths::in_root;
 use crate::text::escape_path;
 use places::{log_place, metrics_dir, writable};
@@ -414,6 +415,18 @@ fn check_hook_settings(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
                 optional.join(", ")
             )
         }));
+        // What the other mode would make of the pause, from the durations
+        // the last freezes left (all of the hooks that will run, or nothing).
+        let history = History::load(&settings.state_dir);
+        let took: Option<Vec<(&std::ffi::OsStr, std::time::Duration)>> = listing
+            .entries
+            .iter()
+            .filter(|e| matches!(e.verdict, Verdict::Runs { .. }))
+            .map(|e| Some((e.name.as_os_str(), history.expected(&e.name)?)))
+            .collect();
+        if let Some(advice) = took.and_then(|t| pause_advice(&t, settings.parallel)) {
+            out.push(Finding::Note(format!("from the last freezes: {advice}")));
+        }
     }
     log_place(&settings.log_file, out);
     writable(&settings.state_dir, "state dir", out);

@@ -114,9 +114,77 @@ impl History {
     }
 }
 
+/// What the freeze hooks' durations (`hooks`, in run order) make of the
+/// applications' pause, and what the other mode would: one after another
+/// the freeze phase takes the sum, and the first hook's application, held
+/// from the end of its hook, waits for every other; together (`parallel =
+/// true`, scheduled to finish at once) it takes the longest, and none waits
+/// for another. `None` for fewer than two hooks, or when parallel hooks
+/// would save less than 100 ms.
+pub fn pause_advice(hooks: &[(&OsStr, Duration)], parallel: bool) -> Option<String> {
+    let (first, first_took) = *hooks.first()?;
+    if hooks.len() < 2 {
+        return None;
+    }
+    let sum: Duration = hooks.iter().map(|(_, d)| *d).sum();
+    let longest = hooks.iter().map(|(_, d)| *d).max()?;
+    if sum.saturating_sub(longest) < Duration::from_millis(100) {
+        return None;
+    }
+    let about = |d: Duration| {
+        if d >= Duration::from_secs(1) {
+            format!("{:.1} s", d.as_secs_f64())
+        } else {
+            format!("{} ms", d.as_millis())
+        }
+    };
+    Some(if parallel {
+        format!(
+            "the freeze hooks run together (parallel = true): about {}, where one after another they would take about {}",
+            about(longest),
+            about(sum)
+        )
+    } else {
+        format!(
+            "the freeze hooks take about {} one after another ({} held {} of it, waiting for the others); with parallel = true about {}, all finishing together",
+            about(sum),
+            crate::text::escape(first),
+            about(sum - first_took),
+            about(longest)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pause_one_after_another_and_together() {
+        let (app, db) = (OsStr::new("10-app"), OsStr::new("20-pg"));
+        let hooks = [(app, ms(300)), (db, ms(3000))];
+        assert_eq!(
+            pause_advice(&hooks, false).as_deref(),
+            Some(
+                "the freeze hooks take about 3.3 s one after another (10-app held 3.0 s of it, waiting for the others); with parallel = true about 3.0 s, all finishing together"
+            )
+        );
+        assert_eq!(
+            pause_advice(&hooks, true).as_deref(),
+            Some(
+                "the freeze hooks run together (parallel = true): about 3.0 s, where one after another they would take about 3.3 s"
+            )
+        );
+        // One hook, or nothing worth saying.
+        assert_eq!(pause_advice(&hooks[..1], false), None);
+        assert_eq!(pause_advice(&[(app, ms(30)), (db, ms(3000))], false), None);
+        assert_eq!(
+            pause_advice(&[(app, ms(120)), (db, ms(200))], false).as_deref(),
+            Some(
+                "the freeze hooks take about 320 ms one after another (10-app held 200 ms of it, waiting for the others); with parallel = true about 200 ms, all finishing together"
+            )
+        );
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
