@@ -78,6 +78,7 @@ fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
         "usr/share/bash-completion/completions/fsfreeze-hook",
         "usr/share/zsh/vendor-completions/_fsfreeze-hook",
         "usr/share/fish/vendor_completions.d/fsfreeze-hook.fish",
+        "usr/share/fsfreeze-hook/fsfreeze-hook.rules.yml",
     ] {
         assert!(root.join(f).is_file(), "{f} missing");
     }
@@ -1349,6 +1350,7 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
         "/usr/share/fish/vendor_completions.d/fsfreeze-hook.fish",
         "/usr/share/selinux/packages/fsfreeze-hook.cil",
         "/usr/lib/tmpfiles.d/fsfreeze-hook.conf",
+        "/usr/share/fsfreeze-hook/fsfreeze-hook.rules.yml",
     ] {
         assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
     }

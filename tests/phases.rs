@@ -686,7 +686,7 @@ fn the_guards_thaw_hooks_run_our_binary_after_an_upgrade_replaced_it() {
     );
     let json: serde_json::Value =
         serde_json::from_str(env.run(&["status", "--json"]).stdout.trim()).unwrap();
-    assert_eq!(json["last_settled"]["by"], "max_frozen", "{json}");
+    assert_eq!(json["last_settled"]["by"], "guard_signal", "{json}");
     assert!(json["last_settled"]["at_ms"].is_u64(), "{json}");
     assert!(!Path::new("/metrics.prom").exists(), "written into /");
 }
