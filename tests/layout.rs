@@ -265,3 +265,107 @@ fn the_engine_and_the_records_import_none_of_the_phases_verbs() {
     }
     assert!(seen >= 12, "{seen} modules in the rooms");
 }
+
+/// The rows of docs/architecture.md's code map: the module each row is
+/// (`""` for the dispatcher's files at the top), and the modules its "may
+/// import" cell names in backquotes.
+fn code_map() -> Vec<(String, BTreeSet<String>)> {
+    let page =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
+            .unwrap();
+    let map = &page[page.find("## Code map").expect("a code map")..];
+    let map = &map[..map[3..].find("\n## ").map_or(map.len(), |e| e + 3)];
+    map.lines()
+        .filter(|l| l.starts_with("| `src/"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let first = cells[0].trim_start_matches("| ");
+            let path = first
+                .split('`')
+                .nth(1)
+                .expect("a path in the first cell")
+                .trim_start_matches("src/")
+                .trim_end_matches('/')
+                .trim_end_matches(".rs");
+            let module = path.replace('/', "::");
+            let may = cells.last().unwrap().trim_end_matches(" |");
+            let named = may
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(String::from)
+                .collect();
+            (module, named)
+        })
+        .collect()
+}
+
+#[test]
+fn the_architecture_page_names_every_folder_of_src_and_what_each_imports() {
+    let rows = code_map();
+    let keys: Vec<&str> = rows.iter().map(|(m, _)| m.as_str()).collect();
+    // Every folder of src/, and every top-level file below the dispatcher.
+    let mut dirs = vec![src()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                let module = path
+                    .strip_prefix(src())
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('/', "::");
+                assert!(
+                    keys.iter()
+                        .any(|k| *k == module || module.starts_with(&format!("{k}::"))),
+                    "docs/architecture.md's code map has no row for src/{}",
+                    module.replace("::", "/")
+                );
+                dirs.push(path);
+            }
+        }
+    }
+    // The row a module belongs to: the longest key that is it or above it.
+    let row_of = |m: &str| -> String {
+        keys.iter()
+            .filter(|k| !k.is_empty() && (m == **k || m.starts_with(&format!("{k}::"))))
+            .max_by_key(|k| k.len())
+            .map_or(String::new(), |k| k.to_string())
+    };
+    let dispatcher = ["main", "cli", "exit", "man"];
+    for (module, imports) in graph() {
+        let from = if dispatcher.contains(&module.as_str()) {
+            String::new()
+        } else {
+            row_of(&module)
+        };
+        assert!(
+            from.is_empty() == dispatcher.contains(&module.as_str()),
+            "src/{module} is in no row of the code map"
+        );
+        // The dispatcher may import everything.
+        if from.is_empty() {
+            continue;
+        }
+        let (_, may) = rows.iter().find(|(m, _)| *m == from).unwrap();
+        for i in imports {
+            // The dispatcher's files by their names (`exit`, the type every
+            // command returns).
+            let to = if dispatcher.contains(&i.as_str()) {
+                i.clone()
+            } else {
+                row_of(&i)
+            };
+            if to == from {
+                continue;
+            }
+            // A row names the modules it may import, or a folder above them.
+            assert!(
+                may.iter()
+                    .any(|n| to == *n || to.starts_with(&format!("{n}::"))),
+                "src/{module} imports {i}, which the code map's row for `src/{}` does not allow ({may:?})",
+                from.replace("::", "/")
+            );
+        }
+    }
+}
