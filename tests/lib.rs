@@ -2,6 +2,7 @@
 //! under the real qemu-ga on a loop-mounted filesystem the test made.
 
 mod admin;
+mod ansible;
 mod common;
 mod consistency;
 mod databases;

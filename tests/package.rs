@@ -17,7 +17,7 @@ fn build(script: &str, work: &Path) -> String {
 }
 
 /// Runs `packaging/SCRIPT` on `binary` into `out`; the package's path.
-fn build_of(script: &str, binary: &Path, out: &Path) -> String {
+pub(crate) fn build_of(script: &str, binary: &Path, out: &Path) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("packaging")
         .join(script);
@@ -953,7 +953,7 @@ fn rpm_root(work: &Path) -> (std::path::PathBuf, String) {
 
 /// rpm on the root `r`, as a test root needs it (no dependencies, no
 /// signatures); what it said.
-fn rpm_in(r: &str, args: &[&str]) -> String {
+pub(crate) fn rpm_in(r: &str, args: &[&str]) -> String {
     succeeds(
         Command::new("rpm")
             .args(["--root", r, "--nodeps", "--nosignature"])
@@ -1063,7 +1063,7 @@ fn erasing_the_rpm_first_disables_and_an_upgrade_does_not() {
 /// agent; and a real qemu-ga as /usr/bin/qemu-ga: Debian's of `generation`
 /// ("qemu-ga-7", "qemu-ga-10", as tests/fetch-qemu unpacked it), with that
 /// package's stock script as the hook. Its version is `version`.
-fn rhel_agent_rpm(work: &Path, generation: &str, version: &str) -> String {
+pub(crate) fn rhel_agent_rpm(work: &Path, generation: &str, version: &str) -> String {
     let unpacked = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/test-qemu")
         .join(generation);
@@ -1145,7 +1145,7 @@ fn rhel_agent_rpm(work: &Path, generation: &str, version: &str) -> String {
 /// A RHEL root for the faithful stand-in: no agent in it yet, a static
 /// shell, and a `systemctl` that notes each call with what the hook was
 /// then (`ours` or `stock`), in /systemctl.
-fn rhel_root_for_packages(work: &Path) -> (std::path::PathBuf, String) {
+pub(crate) fn rhel_root_for_packages(work: &Path) -> (std::path::PathBuf, String) {
     let root = work.join("root");
     for d in ["usr/bin", "usr/sbin", "var/log", "run", "etc"] {
         fs::create_dir_all(root.join(d)).unwrap();
@@ -1525,7 +1525,14 @@ fn a_version_bump_is_checked_before_anything_is_built_and_reaches_the_man_page()
     fs::create_dir(&tree).unwrap();
     succeeds(
         Command::new("cp")
-            .args(["-a", "packaging", "man", "hooks.d-examples", "README.md"])
+            .args([
+                "-a",
+                "packaging",
+                "man",
+                "hooks.d-examples",
+                "monitoring",
+                "README.md",
+            ])
             .args(["LICENSE-MIT", "LICENSE-APACHE", "Cargo.toml"])
             .arg(&tree)
             .current_dir(here),
