@@ -251,11 +251,37 @@ fn the_readmes_playbook_through_ansibles_chroot_connection() {
             .arg(&tarball),
     );
     live(&debian.path, "/usr/sbin/qemu-ga", &[]);
+    // As if systemd ran it: its runtime directory, and a systemctl that
+    // notes each call, says the agent's MainPID, and restarts it (a chroot
+    // has no systemd to ask). The role restarts the agent through it.
+    fs::create_dir_all(debian.path.join("run/systemd/system")).unwrap();
+    crate::admin::put(
+        &debian.path,
+        "/usr/bin/systemctl",
+        "#!/bin/sh\necho \"$*\" >>/systemctl.log\ncase \"$*\" in\n\
+         *MainPID*qemu-guest-agent.service) cat /run/qemu-ga.pid ;;\n\
+         'restart qemu-guest-agent.service') exec /usr/local/sbin/restart-test-agent ;;\n\
+         esac\n",
+        0o755,
+    );
+    let calls = |root: &Path| {
+        fs::read_to_string(root.join("systemctl.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains("MainPID"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
     plays_twice_then_fails_on_a_problem(
         &ansible,
         &debian.path,
-        &format!("fsfreeze_hook_package: {deb}\n{restart}"),
+        &format!("fsfreeze_hook_package: {deb}\n"),
         "etc/qemu/fsfreeze-hook.d",
+    );
+    // Restarted once, by the first run, after a reload; not by the second.
+    assert_eq!(
+        calls(&debian.path),
+        ["daemon-reload", "restart qemu-guest-agent.service"]
     );
     assert_eq!(
         fs::read_link(debian.path.join("etc/qemu/fsfreeze-hook")).unwrap(),
