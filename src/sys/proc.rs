@@ -382,6 +382,13 @@ mod tests {
             .expect("spawn sleep");
         let pid = child.id() as i32;
         let pgid = Pid::from_raw(pid);
+        // Under qemu's user-mode emulation (the arm64 run) spawn may return
+        // before the child has set its group (its vfork is a fork; seen
+        // failing once under load): the group appears within 5 s at most.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !group_alive(pgid) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(group_alive(pgid));
         // Recorded with its start time, a process of this user is ours
         // whatever its name; by the pid alone (an old record) only when
