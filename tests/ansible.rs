@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::{BIN, require_root};
+use crate::package::succeeds;
 
 /// Ansible's bin/ ($FSFREEZE_HOOK_TEST_ANSIBLE); `None` when the test
 /// command did not install it (a failure under CI).
@@ -66,17 +67,6 @@ impl Drop for Root {
             .arg(self.path.join("proc"))
             .status();
     }
-}
-
-fn succeeds(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}:\n{text}");
-    text
 }
 
 /// Makes `root` drivable and live (tests/ansible/prepare-root with `args`),

@@ -323,7 +323,7 @@ fn dpkg(root: &Path, args: &[&str]) -> String {
 }
 
 /// Runs `cmd`, which must succeed; what it printed on both streams.
-fn succeeds(cmd: &mut Command) -> String {
+pub(crate) fn succeeds(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     let said = format!(
         "{}{}",
