@@ -206,17 +206,7 @@ fn promtool() -> std::path::PathBuf {
 }
 
 fn run_promtool(args: &[&std::ffi::OsStr]) -> String {
-    let out = Command::new(promtool())
-        .args(args)
-        .output()
-        .expect("promtool (the test command unpacks Debian's: tests/run)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool {args:?}:\n{text}");
-    text
+    crate::package::succeeds(Command::new(promtool()).args(args))
 }
 
 /// The shipped rules without their annotations (text for people, checked

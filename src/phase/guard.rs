@@ -21,7 +21,6 @@
 //! qemu-ga's frozen mark and ends it with SIGHUP, so the stop does not wait
 //! TimeoutStopSec and the next agent starts thawed.
 
-use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -126,16 +125,12 @@ struct Agent {
 /// Our caller, if it is a qemu-ga; `None` for rehearse, a test, a shell.
 fn the_agent() -> Option<Agent> {
     let parent = std::os::unix::process::parent_id() as i32;
-    let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).ok()?;
-    let mut args = cmdline
-        .split(|b| *b == 0)
-        .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string());
-    let argv0 = args.next()?;
-    if std::path::Path::new(&argv0).file_name() != Some(std::ffi::OsStr::new("qemu-ga")) {
+    let argv = sys::proc::cmdline(parent)?;
+    let (argv0, args) = argv.split_first()?;
+    if std::path::Path::new(argv0).file_name() != Some(std::ffi::OsStr::new("qemu-ga")) {
         return None;
     }
-    let args: Vec<_> = args.filter(|a| !a.is_empty()).collect();
-    let dir = agent::statedir(&args, |p| std::fs::read_to_string(p).ok());
+    let dir = agent::statedir(args, |p| std::fs::read_to_string(p).ok());
     let unit = std::fs::read_to_string(format!("/proc/{parent}/cgroup"))
         .ok()
         .and_then(|c| agent::service_of_cgroup(&c));

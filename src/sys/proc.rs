@@ -134,6 +134,19 @@ pub fn comm(pid: i32) -> Option<String> {
     Some(text.trim_end_matches('\n').to_string())
 }
 
+/// A process's command line (`/proc/PID/cmdline`), argv[0] first, empty
+/// words left out; `None` when it cannot be read.
+pub fn cmdline(pid: i32) -> Option<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let text = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        text.split(|b| *b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| std::ffi::OsStr::from_bytes(w).to_os_string())
+            .collect(),
+    )
+}
+
 /// Every process id /proc lists now.
 pub fn pids() -> Vec<i32> {
     fs::read_dir("/proc").map_or_else(

@@ -204,6 +204,19 @@ fn journal_until(g: &mut Guest, cursor: &str, needle: &str) -> (String, String) 
     (all, next)
 }
 
+/// Waits until /data is thawed after `what`, 30 s at most; how long it took.
+fn thawed_after(g: &mut Guest, who: &str, what: &str) -> Duration {
+    let since = Instant::now();
+    while data_frozen(g) {
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "{who}: still frozen 30 s after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    since.elapsed()
+}
+
 /// What `stop-sigterm` ends with when systemd waited TimeoutStopSec.
 const TIMED_OUT: &str = "timed out";
 
@@ -405,18 +418,8 @@ printf '[Service]\\nEnvironment=FSFREEZE_SERVICES=demo.service\\nEnvironment=FSF
     // unit, the guard first among it, before the automatic restart.
     freeze(&mut g, &who);
     g.admin("kill -9 $(systemctl show --property=MainPID --value qemu-guest-agent)");
-    let thawed_by = Instant::now();
-    while data_frozen(&mut g) {
-        assert!(
-            thawed_by.elapsed() < Duration::from_secs(30),
-            "{who}: still frozen 30 s after kill -9 of the agent"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!(
-        "{who}: thawed {:?} after kill -9 of the agent",
-        thawed_by.elapsed()
-    );
+    let took = thawed_after(&mut g, &who, "kill -9 of the agent");
+    eprintln!("{who}: thawed {took:?} after kill -9 of the agent");
     let (lines, cursor) = journal_until(&mut g, &cursor, "guard thaw finished");
     g.resync();
     assert_eq!(g.status(), "thawed", "{who}: the restarted agent:\n{lines}");
@@ -441,14 +444,7 @@ printf '[Service]\\nEnvironment=FSFREEZE_SERVICES=demo.service\\nEnvironment=FSF
     freeze(&mut g, &who);
     let agent = g.admin("systemctl show --property=MainPID --value qemu-guest-agent");
     g.admin("systemctl kill qemu-guest-agent");
-    let since = Instant::now();
-    while data_frozen(&mut g) {
-        assert!(
-            since.elapsed() < Duration::from_secs(30),
-            "{who}: still frozen 30 s after systemctl kill"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    thawed_after(&mut g, &who, "systemctl kill");
     let (lines, _) = journal_until(&mut g, &cursor, "guard thaw finished");
     assert!(
         lines.contains("thawed by the guard") && lines.contains("it got SIGTERM from pid 1"),

@@ -152,16 +152,9 @@ fn stale_frozen_mark(
     state_dir: Option<&Path>,
     out: &mut Vec<Finding>,
 ) {
-    use std::os::unix::ffi::OsStrExt;
     let args: Vec<std::ffi::OsString> = pid
-        .and_then(|p| fs::read(format!("/proc/{p}/cmdline")).ok())
-        .map(|c| {
-            c.split(|b| *b == 0)
-                .skip(1)
-                .filter(|a| !a.is_empty())
-                .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
-                .collect()
-        })
+        .and_then(crate::sys::proc::cmdline)
+        .map(|argv| argv.into_iter().skip(1).collect())
         .or_else(|| {
             let argv = agent.exec_start.as_ref()?;
             Some(argv.iter().skip(1).map(Into::into).collect())
