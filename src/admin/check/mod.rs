@@ -182,7 +182,7 @@ fn stale_frozen_mark(
         format!(
             "qemu-ga's {shown} says the guest is frozen, but no freeze is in progress: an agent started with it believes the guest frozen and refuses guest-exec until the host sends a thaw"
         ),
-        format!("`fsfreeze-hook thaw --all` (a filesystem not frozen is left as it is), `rm {shown}`, then `{RESTART}`"),
+        format!("`fsfreeze-hook thaw --fs --all` (a filesystem not frozen is left as it is), `rm {shown}`, then `{RESTART}`"),
     ));
 }
 
