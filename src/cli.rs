@@ -24,7 +24,7 @@ use crate::config::{OnError, Overrides};
     version,
     max_term_width = 100,
     args_override_self = true,
-    after_help = "Example hooks: `fsfreeze-hook example` lists them, `fsfreeze-hook example NAME` prints one.\nReference: `man fsfreeze-hook`, sections COMMANDS, CONFIGURATION, FILES, EXIT STATUS."
+    after_help = "Example hooks: `fsfreeze-hook example` lists them, `fsfreeze-hook example NAME` prints one.\nReference: `man fsfreeze-hook`, sections COMMANDS, CONFIGURATION, FILES, EXIT STATUS.\nThe manual, a page per topic: /usr/share/doc/fsfreeze-hook/docs/ (its index: README.md.gz there)."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -1,5 +1,6 @@
 //! How a command ends: the one type every command returns, mapped here and
-//! only here to the exit statuses of the README's table, with its one line.
+//! only here to the exit statuses (their table: `manual::STATUSES`), with
+//! its one line.
 
 use nix::sys::signal::Signal;
 
@@ -73,7 +74,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_are_the_readmes() {
+    fn codes_and_lines() {
         let l = || "x".to_string();
         let table = [
             (Exit::Ok, 0, None),

@@ -37,6 +37,8 @@ mod hold;
 mod log;
 #[cfg(test)]
 mod man;
+#[cfg(test)]
+mod manual;
 mod phase;
 mod standalone;
 // The one OS layer: the only module where unsafe code (libc calls) is allowed.

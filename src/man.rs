@@ -27,6 +27,7 @@ filesystems themselves, with a watchdog process that thaws them if the
 runner dies or a deadline passes.
 "#;
 
+/// Before the keys (which come from `manual::KEYS`).
 const SECTIONS: &str = r#".SH FILES
 .TP
 .I /etc/qemu/fsfreeze\-hook
@@ -85,110 +86,10 @@ TOML, the first found of: \fB\-\-config\fR, \fB$FSFREEZE_HOOK_CONFIG\fR,
 \fIfsfreeze\-hook.conf\fR beside the invoked path,
 \fI/etc/qemu/fsfreeze\-hook.conf\fR. Options given on the command line win.
 Durations are strings such as "500ms", "30s", "5m"; "0" means no limit.
-.TP
-.B hooks_dir
-Directory of hook scripts.
-.TP
-.B log_file
-Log file; default \fI/var/log/qga\-fsfreeze\-hook.log\fR.
-.TP
-.B state_dir
-Journal and lock; default \fI/run/fsfreeze\-hook\fR (must be a tmpfs for
-standalone mode).
-.TP
-.B timeout
-Time limit of each hook; default "60s".
-.TP
-.B phase_timeout
-Time limit of a whole freeze or thaw, and of the wait for the lock; default
-"300s".
-.TP
-.B max_frozen
-Drop\-in: if no thaw comes within this after a freeze, the guard left by the
-freeze thaws every filesystem qemu\-ga would freeze and runs the thaw hooks
-as a rollback; default "10m"; "0" for no guard (the guest then stays frozen
-until the hypervisor thaws it). Also \fB\-\-max\-frozen\fR on \fBfreeze\fR.
-.TP
-.B kill_grace
-Time between SIGTERM and SIGKILL of a hook's process group; default "5s".
-.TP
-.B on_error
-"abort" (default: a failing freeze hook stops the freeze and the hooks
-already run are thawed) or "continue" (log it and go on, as the stock script).
-.TP
-.B thaw_order
-"reverse" (default) or "forward".
-.TP
-.B parallel
-true: consecutive hooks run at once, as a group; the quick ones start later,
-so that all finish together (from how long each took in recent runs); their
-thaws run at once. A hook whose [hooks."NAME"] table says parallel = false runs
-alone, at its place. Default false: one after the other.
-.TP
-.B presync
-Before the first freeze hook, flush the filesystems to be frozen (syncfs), so
-that the freeze itself has little to write; default true.
-.TP
-.B metrics_file
-After every phase that ends with nothing frozen, the runner writes this file
-anew (atomically) in the Prometheus text format, for node_exporter's textfile
-collector, e.g. \fI/var/lib/prometheus/node\-exporter/fsfreeze_hook.prom\fR;
-unset (default): no metrics. A rehearsal writes none.
-.TP
-.B presync_timeout
-How long the flush may hold the freeze; past it the freeze goes on (a stuck
-device holds nothing); default "30s".
-.TP
-.B output_limit
-Output one hook may add to the log per run; default "1MiB"; "0" for none.
-.TP
-.B log_format
-"text" (default) or "json": one JSON object per event.
-.TP
-.B log_target
-"file" (default), "syslog" or "journal": where the runner's own events go;
-hook output stays in the log file.
-.TP
-.B [hooks."\fIname\fB"] timeout
-Time limit of the hook \fIname\fR.
-.TP
-.B [hooks."\fIname\fB"] parallel
-false: with parallel = true, the hook \fIname\fR still runs alone, at its
-place between groups.
-.TP
-.B [hooks."\fIname\fB"] on_error
-"continue": the hook \fIname\fR is optional, its failure logged and counted
-but the phase goes on; "abort": its failure fails the phase; default: on_error.
-.SH EXIT STATUS
-.TP
-.B 0
-Success, or failures accepted under on_error = "continue".
-.TP
-.B 1
-A hook failed or was refused; a freeze was rolled back; \fBcheck\fR found a
-problem.
-.TP
-.B 2
-Usage error.
-.TP
-.B 3
-Nothing was run: bad or untrusted configuration, unusable hooks or state
-directory, lock not obtained.
-.TP
-.B 123
-\fBsnapshot\fR: a filesystem it froze was thawed by someone else while COMMAND
-ran; what COMMAND copied may be torn.
-.TP
-.B 124
-\fBsnapshot\fR: the frozen window expired; filesystems thawed, COMMAND ended.
-.TP
-.B 125
-\fBsnapshot\fR: the freeze failed and was rolled back, or was refused;
-COMMAND did not run.
-.TP
-.B 128+\fIN\fR
-The runner got signal \fIN\fR; it thawed and rolled back first.
-.SH EXAMPLES
+"#;
+
+/// After the keys and the statuses.
+const CLOSING: &str = r#".SH EXAMPLES
 Test the hooks by hand, freezing nothing:
 .PP
 .RS
@@ -216,6 +117,12 @@ fsfreeze\-hook snapshot \-\-command\-freezes \-m /srv/db \-\- lvcreate \-s \-n d
 .RE
 .SH SEE ALSO
 \fBqemu\-ga\fR(8), \fBfsfreeze\fR(8), \fBsystemctl\fR(1)
+.PP
+The manual, a page per topic (writing hooks, configuration, commands, the
+life of a freeze, standalone snapshots, parallel hooks, logs and metrics,
+distributions, troubleshooting):
+\fI/usr/share/doc/fsfreeze\-hook/docs/\fR; its index is the README,
+\fI/usr/share/doc/fsfreeze\-hook/README.md.gz\fR.
 "#;
 
 /// The whole page.
@@ -264,6 +171,10 @@ pub fn render() -> String {
         }
     }
     out.extend_from_slice(SECTIONS.as_bytes());
+    out.extend_from_slice(crate::manual::keys_roff().as_bytes());
+    out.extend_from_slice(b".SH EXIT STATUS\n");
+    out.extend_from_slice(crate::manual::statuses_roff().as_bytes());
+    out.extend_from_slice(CLOSING.as_bytes());
     man.render_version_section(&mut out).unwrap();
     // clap_mangen puts a blank line (a paragraph break) between two .br
     // before "Possible values"; mandoc -T lint warns about it.

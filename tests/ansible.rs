@@ -1,7 +1,7 @@
 //! The Ansible role (ansible/roles/fsfreeze_hook), run by real Ansible from
 //! PyPI (the test command installs it into a virtual environment:
 //! $FSFREEZE_HOOK_TEST_ANSIBLE is its bin/) through Ansible's chroot
-//! connection, with the README's playbook, against throwaway roots: Debian
+//! connection, with the manual's playbook (docs/distributions.md), against throwaway roots: Debian
 //! 12 as mmdebstrap makes it (tests/fetch-qemu), with Debian's
 //! qemu-guest-agent, our .deb; and the RHEL family's layout, with the
 //! faithful stand-in of its qemu-guest-agent package, our .rpm. Each root
@@ -35,21 +35,20 @@ fn ansible() -> Option<PathBuf> {
     }
 }
 
-/// The README's playbook, as written there.
-fn readme_playbook() -> String {
-    let readme =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let at = readme
+/// The playbook of docs/distributions.md, as written there.
+fn manual_playbook() -> String {
+    let page = crate::common::manual("docs/distributions.md");
+    let at = page
         .find("```yaml\n# site.yml")
-        .expect("the README's playbook");
-    let block = &readme[at + "```yaml\n".len()..];
+        .expect("the manual's playbook");
+    let block = &page[at + "```yaml\n".len()..];
     block[..block.find("```").unwrap()].to_string()
 }
 
 /// A root under test: its agent is killed and /proc unmounted on drop.
-struct Root {
+pub(crate) struct Root {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub path: PathBuf,
 }
 
 impl Drop for Root {
@@ -101,7 +100,7 @@ fn live(root: &Path, qga: &str, args: &[&str]) {
     );
 }
 
-/// Runs the README's playbook on `root` with `extra` vars (YAML): the
+/// Runs the manual's playbook on `root` with `extra` vars (YAML): the
 /// play's output, and whether it succeeded.
 fn play(ansible: &Path, root: &Path, extra: &str) -> (bool, String) {
     let work = root.parent().unwrap();
@@ -113,7 +112,7 @@ fn play(ansible: &Path, root: &Path, extra: &str) -> (bool, String) {
         ),
     )
     .unwrap();
-    fs::write(work.join("site.yml"), readme_playbook()).unwrap();
+    fs::write(work.join("site.yml"), manual_playbook()).unwrap();
     fs::write(work.join("extra.yml"), extra).unwrap();
     let out = Command::new(ansible.join("ansible-playbook"))
         .current_dir(work)
@@ -201,7 +200,7 @@ fn plays_twice_then_fails_on_a_problem(ansible: &Path, root: &Path, extra: &str,
 
 #[test]
 #[ignore = "needs root"]
-fn the_readmes_playbook_through_ansibles_chroot_connection() {
+fn the_manuals_playbook_through_ansibles_chroot_connection() {
     require_root("ansible");
     let Some(ansible) = ansible() else { return };
     let work = tempfile::tempdir().unwrap();
@@ -280,16 +279,36 @@ fn the_readmes_playbook_through_ansibles_chroot_connection() {
 
     // The RHEL family's layout, the stand-in agent, our .rpm.
     let rpm = crate::package::build_of("build-rpm", Path::new(BIN), &work.path().join("rpm"));
+    let rhel = rhel_root(work.path());
+    plays_twice_then_fails_on_a_problem(
+        &ansible,
+        &rhel.path,
+        &format!("fsfreeze_hook_package: {rpm}\n{restart}"),
+        "etc/qemu-ga/fsfreeze-hook.d",
+    );
+    assert_eq!(
+        fs::read(rhel.path.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
+        fs::read(BIN).unwrap(),
+        "the hook is this binary"
+    );
+}
+
+/// A throwaway root of the RHEL family's layout, live: the faithful
+/// stand-in of its qemu-guest-agent package (qemu-ga 7.2) installed with
+/// rpm, what provides /bin/sh, root's account, busybox's tools, this
+/// machine's python3 and rpm, and the agent running (restarted by
+/// /usr/local/sbin/restart-test-agent). `work` keeps the packages made.
+pub(crate) fn rhel_root(work: &Path) -> Root {
     let dir = tempfile::Builder::new()
-        .prefix("fsfreeze-hook-ansible.")
+        .prefix("fsfreeze-hook-rhel.")
         .tempdir()
         .unwrap();
     let (path, r) = crate::package::rhel_root_for_packages(dir.path());
     let rhel = Root { path, _dir: dir };
-    let agent = crate::package::rhel_agent_rpm(work.path(), "qemu-ga-7", "7.2");
+    let agent = crate::package::rhel_agent_rpm(work, "qemu-ga-7", "7.2");
     crate::package::rpm_in(&r, &["-i", &agent]);
     // What provides /bin/sh on RHEL (bash), which our package requires.
-    crate::package::rpm_in(&r, &["-i", &sh_provider(work.path())]);
+    crate::package::rpm_in(&r, &["-i", &sh_provider(work)]);
     // The accounts and tools a RHEL root has (setup, coreutils), which
     // Ansible's connection uses: root's home, busybox's tools as links.
     crate::admin::put(
@@ -313,17 +332,7 @@ fn the_readmes_playbook_through_ansibles_chroot_connection() {
         "/usr/bin",
     ]));
     assert!(!rhel.path.join("usr/bin/rpm").is_symlink());
-    plays_twice_then_fails_on_a_problem(
-        &ansible,
-        &rhel.path,
-        &format!("fsfreeze_hook_package: {rpm}\n{restart}"),
-        "etc/qemu-ga/fsfreeze-hook.d",
-    );
-    assert_eq!(
-        fs::read(rhel.path.join("etc/qemu-ga/fsfreeze-hook")).unwrap(),
-        fs::read(BIN).unwrap(),
-        "the hook is this binary"
-    );
+    rhel
 }
 
 /// A package that provides /bin/sh, as bash does on RHEL (the stand-in

@@ -373,3 +373,25 @@ pub fn descriptors_of_sleep(pid: i32) -> Vec<u32> {
     fds.sort();
     fds
 }
+
+/// A page of the manual (`docs/NAME`) or the README (`README.md`), as
+/// checked in: tests run what it shows as written there.
+pub fn manual(page: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(page);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The first ```sh block of `page`'s section `heading`, as written.
+pub fn sh_block(page: &str, heading: &str) -> String {
+    let text = manual(page);
+    let at = text
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("{page}: no section {heading}"));
+    let section = &text[at..];
+    section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_else(|| panic!("{page}: {heading} has no sh block"))
+        .to_string()
+}

@@ -332,7 +332,7 @@ fn the_architecture_page_names_every_folder_of_src_and_what_each_imports() {
             .max_by_key(|k| k.len())
             .map_or(String::new(), |k| k.to_string())
     };
-    let dispatcher = ["main", "cli", "exit", "man"];
+    let dispatcher = ["main", "cli", "exit", "man", "manual"];
     for (module, imports) in graph() {
         let from = if dispatcher.contains(&module.as_str()) {
             String::new()

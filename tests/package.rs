@@ -17,6 +17,18 @@ fn build(script: &str, work: &Path) -> String {
 }
 
 /// Runs `packaging/SCRIPT` on `binary` into `out`; the package's path.
+/// The pages of the manual (docs/*.md), by name.
+fn manual_pages() -> Vec<String> {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let pages: Vec<String> = fs::read_dir(docs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".md"))
+        .collect();
+    assert!(pages.len() >= 10, "{pages:?}");
+    pages
+}
+
 pub(crate) fn build_of(script: &str, binary: &Path, out: &Path) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("packaging")
@@ -81,6 +93,11 @@ fn deb_installs_binary_man_page_examples_and_leaves_the_stock_hook_alone() {
         "usr/share/fsfreeze-hook/fsfreeze-hook.rules.yml",
     ] {
         assert!(root.join(f).is_file(), "{f} missing");
+    }
+    // The manual, every page of docs/, where --help and the man page say.
+    for page in manual_pages() {
+        let f = format!("usr/share/doc/fsfreeze-hook/docs/{page}.gz");
+        assert!(root.join(&f).is_file(), "{f} missing");
     }
     assert_eq!(
         fs::read_to_string(root.join("etc/qemu/fsfreeze-hook")).unwrap(),
@@ -1354,6 +1371,10 @@ fn rpm_holds_what_the_deb_holds_and_installs_into_a_rhel_root() {
     ] {
         assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
     }
+    for page in manual_pages() {
+        let f = format!("/usr/share/doc/fsfreeze-hook/docs/{page}.gz");
+        assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
+    }
     let under_etc: Vec<&str> = files.lines().filter(|l| l.starts_with("/etc/")).collect();
     assert_eq!(under_etc, ["/etc/logrotate.d/fsfreeze-hook"], "{files}");
     assert_eq!(
@@ -1531,6 +1552,7 @@ fn a_version_bump_is_checked_before_anything_is_built_and_reaches_the_man_page()
                 "man",
                 "hooks.d-examples",
                 "monitoring",
+                "docs",
                 "README.md",
             ])
             .args(["LICENSE-MIT", "LICENSE-APACHE", "Cargo.toml"])

@@ -256,27 +256,25 @@ fn each_commands_help_lists_only_the_global_options_it_uses() {
     assert_eq!(run.code, Some(0), "{run:?}");
 }
 
-/// The README's config example, as written there.
-fn readme_config() -> String {
-    let readme =
-        fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
-    let start = readme
+/// The config example of docs/configuration.md, as written there.
+fn manual_config() -> String {
+    let page = crate::common::manual("docs/configuration.md");
+    let start = page
         .find("```toml\n# /etc/qemu/fsfreeze-hook.conf\n")
-        .expect("the README's config example");
-    let block = &readme[start + "```toml\n".len()..];
+        .expect("the manual's config example");
+    let block = &page[start + "```toml\n".len()..];
     block[..block.find("```").unwrap()].to_string()
 }
 
 #[test]
-fn an_optional_hook_fails_and_the_freeze_goes_on_with_the_readmes_config() {
+fn an_optional_hook_fails_and_the_freeze_goes_on_with_the_manuals_config() {
     let env = Env::new();
     let metrics = env.path().join("fsfreeze_hook.prom");
     // Top-level keys come before the tables.
     env.set_config(&format!(
         "metrics_file = \"{}\"\n{}",
         metrics.display(),
-        readme_config()
+        manual_config()
     ));
     env.tracing_hook("10-a", "");
     env.tracing_hook("60-cache-warmup", "echo warming failed >&2; exit 1");

@@ -155,7 +155,7 @@ pub fn stock_dies_under_dash(agent: &TestAgent) -> bool {
     code == Some(2) && stderr.contains("Bad substitution")
 }
 
-/// What the README's comparison says of the stock scripts where /bin/sh is
+/// What docs/stock-script.md's comparison says of the stock scripts where /bin/sh is
 /// dash and their log is not writable. 7.2's has no syslog fallback: every
 /// hook's redirection to the log fails, so none runs, exit 0. 10.0.2's
 /// (bookworm-backports) falls back to syslog through a pipe whose status it

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 // The RHEL family under an enforcing SELinux policy, in a guest of its own.
 mod selinux;
 
-// The README's LVM example on Debian's kernel, in a guest with device-mapper.
+// The manual's LVM examples on Debian's kernels, in a guest with device-mapper.
 mod lvm;
 
 // Debian booted with systemd, its agent started by its own unit.

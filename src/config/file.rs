@@ -65,6 +65,9 @@ pub const KEY_NAMES: [&str; 17] = [
     "hooks",
 ];
 
+/// Every key of a `[hooks."NAME"]` table.
+pub const HOOK_KEY_NAMES: [&str; 3] = ["timeout", "parallel", "on_error"];
+
 /// An error located in the text but not yet in a file.
 #[derive(Debug)]
 pub(super) struct Located {
@@ -354,7 +357,10 @@ fn hooks_table((key, value): Entry<'_>) -> Result<HookTables, Located> {
                     return Err(Located::at(
                         k.span(),
                         &full(other),
-                        "unknown key (known in a hook table: timeout, parallel, on_error)",
+                        format!(
+                            "unknown key (known in a hook table: {})",
+                            HOOK_KEY_NAMES.join(", ")
+                        ),
                     ));
                 }
             }

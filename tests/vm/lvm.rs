@@ -1,4 +1,4 @@
-//! The README's LVM example, run as written, in the busybox guest with
+//! The LVM examples of docs/standalone.md, run as written, in the busybox guest with
 //! device-mapper, Debian's lvm2 and PostgreSQL on Debian's kernel: a volume
 //! group on the guest's second disk, ext4 on a plain volume and on a thin
 //! one. The classic snapshot is taken under an insert load on PostgreSQL
@@ -76,17 +76,15 @@ EOF
 chmod 755 /etc/qemu/fsfreeze-hook.d/10-app
 "#;
 
-/// The README's two LVM examples (classic, thin), without `fsfreeze-hook `.
-fn readme_examples() -> [String; 2] {
-    let readme =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
-    let found: Vec<String> = readme
+/// The two LVM examples of docs/standalone.md (classic, thin), without
+/// `fsfreeze-hook `.
+fn manual_examples() -> [String; 2] {
+    let found: Vec<String> = crate::common::manual("docs/standalone.md")
         .lines()
         .filter_map(|l| l.strip_prefix("fsfreeze-hook snapshot --command-freezes "))
         .map(|rest| format!("snapshot --command-freezes {rest}"))
         .collect();
-    assert_eq!(found.len(), 2, "the README's LVM examples: {found:?}");
+    assert_eq!(found.len(), 2, "the manual's LVM examples: {found:?}");
     assert!(
         found[0].contains("-L 2G vg/db") && found[1].ends_with("vg/thin"),
         "{found:?}"
@@ -94,7 +92,7 @@ fn readme_examples() -> [String; 2] {
     [found[0].clone(), found[1].clone()]
 }
 
-/// Runs `snapshot` (the README's words after `fsfreeze-hook`) with the
+/// Runs `snapshot` (the manual's words after `fsfreeze-hook`) with the
 /// application writing to `mount`; its exit status, output, and the last
 /// line the application wrote before the hold.
 fn snapshot_under_load(g: &mut Guest, mount: &str, words: &str) -> (i64, String, u64) {
@@ -213,7 +211,7 @@ fn nothing_suspended(g: &mut Guest, mount: &str, who: &str) {
 
 #[test]
 #[ignore = "needs root"]
-fn the_readmes_lvm_example_on_debians_kernels() {
+fn the_manuals_lvm_examples_on_debians_kernels() {
     let _exclusive = freezing_test("vm_lvm");
     // One agent is enough: the guest's agent plays no part in `snapshot`.
     let Some(qga) = agents().into_iter().next() else {
@@ -233,8 +231,8 @@ fn lvm_cases(qga: &crate::qemu_ga::TestAgent, kernel: Option<&std::path::Path>) 
     let who = format!("Debian's kernel {kernel}");
     eprintln!("{who}: {}", setup.lines().nth(1).unwrap_or(""));
 
-    // The README's example, classic and thin, as it is written there.
-    let [classic, thin] = readme_examples();
+    // The manual's examples, classic and thin, as it is written there.
+    let [classic, thin] = manual_examples();
     let classic = classic.as_str();
     let (code, out, acknowledged) = snapshot_under_inserts(&mut g, classic);
     eprintln!("{who}: $ fsfreeze-hook {classic}\n{out}exit {code}");
@@ -265,7 +263,7 @@ fn lvm_cases(qga: &crate::qemu_ga::TestAgent, kernel: Option<&std::path::Path>) 
     // Without --command-freezes our FIFREEZE comes first; on kernels whose
     // freezes do not nest, lvcreate's own suspend then fails.
     let nests = !kernel.starts_with("6.1.");
-    // (The README's examples as they were before the option.)
+    // (The manual's examples as they were before the option.)
     for (mount, words) in [("/srv/db", classic), ("/srv/thin", thin)] {
         let words = &words
             .replace("--command-freezes ", "")

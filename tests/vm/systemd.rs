@@ -57,25 +57,14 @@ fn deb(out: &Path) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&made.stdout).trim())
 }
 
-/// The README's quick start block, but its first line (packaging/build-deb,
-/// which needs a clone and cargo: the host ran it for the guest).
+/// The README's Debian quick start block, as written there.
 fn quick_start() -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = &readme[readme.find("## Quick start").expect("a quick start")..];
-    let block = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("\n```").next())
-        .expect("the quick start's command block");
-    let mut lines = block.lines();
+    let block = crate::common::sh_block("README.md", "## Quick start: Debian and Ubuntu");
     assert!(
-        lines
-            .next()
-            .is_some_and(|l| l.starts_with("packaging/build-deb")),
-        "the quick start begins with packaging/build-deb: {block}"
+        block.starts_with("dpkg -i target/deb/fsfreeze-hook_*.deb\n"),
+        "the quick start installs the package the build section makes: {block}"
     );
-    lines.collect::<Vec<_>>().join("\n")
+    block
 }
 
 impl Guest {

@@ -255,7 +255,7 @@ fn check_hook_binary(root: &Path, hook: &Path, out: &mut Vec<Finding>) {
                         "{} reads ${{PIPESTATUS[0]}}, which only bash has, under #!/bin/sh ({sh}): whenever its log file is not writable (as before its first run creates it) it runs the first hook, then dies with `Bad substitution` (exit 2): the other hooks never run and nothing is rolled back",
                         hook.display()
                     ),
-                    "run `fsfreeze-hook enable` (the README's comparison with the stock script shows this failure)",
+                    "run `fsfreeze-hook enable` (the manual's stock-script.md shows this failure)",
                 ));
             }
         }
