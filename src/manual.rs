@@ -262,6 +262,7 @@ fn with_generated(page: &str, what: &str, part: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::file::{HOOK_KEY_NAMES, KEY_NAMES};
+    use std::path::Path;
 
     /// `docs/NAME` with its `what` part generated anew: rewritten with
     /// UPDATE_MANUAL, else checked.
@@ -307,10 +308,9 @@ mod tests {
         assert_eq!(documented, known);
     }
 
-    /// A default the reference writes as a value (`"60s"`, `true`) is what
-    /// the code does with no config: the same settings as with that value.
-    #[test]
-    fn the_defaults_written_as_values_are_the_codes() {
+    /// The settings a config of `text` gives (its text left out), as
+    /// Debug: two equal ones behave the same.
+    fn settings_of(text: &str) -> String {
         use crate::config::{Overrides, Settings};
         let dir = tempfile::tempdir().unwrap();
         let flags = Overrides {
@@ -318,15 +318,19 @@ mod tests {
             state_dir: Some(dir.path().join("state")),
             ..Overrides::default()
         };
-        let argv0 = dir.path().join("fsfreeze-hook");
-        let file = dir.path().join("fsfreeze-hook.conf");
-        let settings = |text: &str| {
-            let mut s = Settings::load_saved(&argv0, &flags, &file, text)
-                .unwrap_or_else(|e| panic!("{text}: {e:?}"));
-            s.config_text = None;
-            format!("{s:?}")
-        };
-        let defaults = settings("");
+        let argv0 = Path::new("/etc/qemu/fsfreeze-hook");
+        let file = Path::new("/etc/qemu/fsfreeze-hook.conf");
+        let mut s = Settings::load_saved(argv0, &flags, file, text)
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        s.config_text = None;
+        format!("{s:?}").replace(&dir.path().display().to_string(), "DIR")
+    }
+
+    /// A default the reference writes as a value (`"60s"`, `true`) is what
+    /// the code does with no config: the same settings as with that value.
+    #[test]
+    fn the_defaults_written_as_values_are_the_codes() {
+        let defaults = settings_of("");
         let mut checked = 0;
         for key in KEYS {
             let Some(value) = key
@@ -341,7 +345,7 @@ mod tests {
                 Some(hook_key) => format!("[hooks.\"x\"]\n{hook_key} = {value}\n"),
                 None => format!("{} = {value}\n", key.name),
             };
-            assert_eq!(settings(&text), defaults, "{}'s default", key.name);
+            assert_eq!(settings_of(&text), defaults, "{}'s default", key.name);
             checked += 1;
         }
         assert!(checked >= 13, "{checked} defaults checked");
@@ -350,22 +354,11 @@ mod tests {
     /// A wrong default in the reference would fail the test above.
     #[test]
     fn a_value_other_than_the_default_changes_the_settings() {
-        use crate::config::{Overrides, Settings};
-        let dir = tempfile::tempdir().unwrap();
-        let flags = Overrides {
-            log_file: Some(dir.path().join("log")),
-            state_dir: Some(dir.path().join("state")),
-            ..Overrides::default()
-        };
-        let argv0 = dir.path().join("fsfreeze-hook");
-        let file = dir.path().join("fsfreeze-hook.conf");
-        let settings = |text: &str| {
-            let mut s = Settings::load_saved(&argv0, &flags, &file, text).unwrap();
-            s.config_text = None;
-            format!("{s:?}")
-        };
-        assert_ne!(settings("timeout = \"61s\"\n"), settings(""));
-        assert_ne!(settings("[hooks.\"x\"]\nparallel = false\n"), settings(""));
+        assert_ne!(settings_of("timeout = \"61s\"\n"), settings_of(""));
+        assert_ne!(
+            settings_of("[hooks.\"x\"]\nparallel = false\n"),
+            settings_of("")
+        );
     }
 
     /// Every status `Exit` can give is in the table.

@@ -57,6 +57,18 @@ fn deb(out: &Path) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&made.stdout).trim())
 }
 
+/// The README's drop-in for the hooks' settings, as written there.
+fn quick_start_drop_in() -> String {
+    let readme = crate::common::manual("README.md");
+    let section = &readme[readme.find("## Quick start: Debian and Ubuntu").unwrap()..];
+    section
+        .split("```ini\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the quick start's drop-in")
+        .to_string()
+}
+
 /// The README's Debian quick start block, as written there.
 fn quick_start() -> String {
     let block = crate::common::sh_block("README.md", "## Quick start: Debian and Ubuntu");
@@ -288,6 +300,15 @@ fn systemd_cases(root: &Path, deb: &Path, in_image: bool, kernel: Option<&Path>)
         "{who}"
     );
 
+    // The README's drop-in, as written, and a hook that says what it got
+    // (older than the drop-in below, which check is to name).
+    g.admin(&format!(
+        "mkdir -p /etc/systemd/system/qemu-guest-agent.service.d\n\
+         cat > /etc/systemd/system/qemu-guest-agent.service.d/readme.conf <<'EOF'\n{}EOF\n\
+         printf '#!/bin/sh\\necho \"$FSFREEZE_MYSQL_DEFAULTS_FILE\" > /run/mysql-defaults\\n' \
+         > /etc/qemu/fsfreeze-hook.d/11-env && chmod 755 /etc/qemu/fsfreeze-hook.d/11-env",
+        quick_start_drop_in()
+    ));
     // A drop-in's environment, a real unit paused by 50-systemd-service,
     // and the journal as the log.
     g.admin(
@@ -337,6 +358,11 @@ printf '[Service]\\nEnvironment=FSFREEZE_SERVICES=demo.service\\nEnvironment=FSF
             "10-trace thaw rollback=0 greeting=hello"
         ],
         "{who}: the drop-in's environment reaches the hooks"
+    );
+    assert_eq!(
+        g.admin("cat /run/mysql-defaults").trim(),
+        "/etc/mysql/debian.cnf",
+        "{who}: the README's drop-in reaches the hooks"
     );
     let (lines, cursor) = journal_until(&mut g, &cursor, "thaw finished");
     let ours = g.admin(
