@@ -37,12 +37,12 @@ fn ansible() -> Option<PathBuf> {
 
 /// The playbook of docs/distributions.md, as written there.
 fn manual_playbook() -> String {
-    let page = crate::common::manual("docs/distributions.md");
-    let at = page
-        .find("```yaml\n# site.yml")
-        .expect("the manual's playbook");
-    let block = &page[at + "```yaml\n".len()..];
-    block[..block.find("```").unwrap()].to_string()
+    let playbook = crate::common::block("docs/distributions.md", "## Rollout with Ansible", "yaml");
+    assert!(
+        playbook.starts_with("# site.yml"),
+        "the manual's playbook: {playbook}"
+    );
+    playbook
 }
 
 /// A root under test: its agent is killed and /proc unmounted on drop.

@@ -381,17 +381,16 @@ pub fn manual(page: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The first ```sh block of `page`'s section `heading`, as written.
-pub fn sh_block(page: &str, heading: &str) -> String {
+/// The first ```LANG block after `page`'s heading `heading`, as written.
+pub fn block(page: &str, heading: &str, lang: &str) -> String {
     let text = manual(page);
     let at = text
         .find(&format!("\n{heading}\n"))
         .unwrap_or_else(|| panic!("{page}: no section {heading}"));
-    let section = &text[at..];
-    section
-        .split("```sh\n")
+    text[at..]
+        .split(&format!("```{lang}\n"))
         .nth(1)
         .and_then(|b| b.split("```").next())
-        .unwrap_or_else(|| panic!("{page}: {heading} has no sh block"))
+        .unwrap_or_else(|| panic!("{page}: {heading} has no {lang} block"))
         .to_string()
 }

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{BIN, require_root, sh_block};
+use crate::common::{BIN, block, require_root};
 
 /// The version every package of this tree carries.
 fn version() -> String {
@@ -23,7 +23,7 @@ fn version() -> String {
 
 #[test]
 fn the_readmes_build_section_as_written() {
-    let block = sh_block("README.md", "## Build the packages");
+    let block = block("README.md", "## Build the packages", "sh");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let deb = root.join(format!("target/deb/fsfreeze-hook_{}_amd64.deb", version()));
     let rpm = root.join(format!(
@@ -81,7 +81,7 @@ fn the_readmes_build_section_as_written() {
 #[ignore = "needs root"]
 fn the_readmes_rhel_quick_start_in_a_rhel_root() {
     require_root("rhel_quick_start");
-    let block = sh_block("README.md", "## Quick start: the RHEL family");
+    let block = block("README.md", "## Quick start: the RHEL family", "sh");
     assert!(
         block.starts_with("rpm -i target/rpm/fsfreeze-hook-*.rpm\n"),
         "{block}"

@@ -258,12 +258,12 @@ fn each_commands_help_lists_only_the_global_options_it_uses() {
 
 /// The config example of docs/configuration.md, as written there.
 fn manual_config() -> String {
-    let page = crate::common::manual("docs/configuration.md");
-    let start = page
-        .find("```toml\n# /etc/qemu/fsfreeze-hook.conf\n")
-        .expect("the manual's config example");
-    let block = &page[start + "```toml\n".len()..];
-    block[..block.find("```").unwrap()].to_string()
+    let example = crate::common::block("docs/configuration.md", "## The file", "toml");
+    assert!(
+        example.starts_with("# /etc/qemu/fsfreeze-hook.conf\n"),
+        "the manual's config example: {example}"
+    );
+    example
 }
 
 #[test]

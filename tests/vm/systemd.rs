@@ -59,19 +59,12 @@ fn deb(out: &Path) -> PathBuf {
 
 /// The README's drop-in for the hooks' settings, as written there.
 fn quick_start_drop_in() -> String {
-    let readme = crate::common::manual("README.md");
-    let section = &readme[readme.find("## Quick start: Debian and Ubuntu").unwrap()..];
-    section
-        .split("```ini\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("the quick start's drop-in")
-        .to_string()
+    crate::common::block("README.md", "## Quick start: Debian and Ubuntu", "ini")
 }
 
 /// The README's Debian quick start block, as written there.
 fn quick_start() -> String {
-    let block = crate::common::sh_block("README.md", "## Quick start: Debian and Ubuntu");
+    let block = crate::common::block("README.md", "## Quick start: Debian and Ubuntu", "sh");
     assert!(
         block.starts_with("dpkg -i target/deb/fsfreeze-hook_*.deb\n"),
         "the quick start installs the package the build section makes: {block}"
