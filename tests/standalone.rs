@@ -796,3 +796,25 @@ fn command_freezes_refuses_a_mountpoint_that_is_not_on_device_mapper() {
     assert!(env.trace().is_empty(), "a hook ran: {:?}", env.trace());
     assert!(!ran.exists(), "COMMAND ran");
 }
+
+/// `thaw --fs --all`, the recovery `check` gives for a guest left frozen by
+/// anyone: a filesystem frozen by someone else (`fsfreeze -f`, nothing
+/// recorded in our journal) is thawed, and the command succeeds. (FITHAW of
+/// every other filesystem qemu-ga would freeze finds it not frozen.)
+#[test]
+#[ignore = "needs root"]
+fn thaw_fs_all_thaws_a_filesystem_someone_else_froze() {
+    let _exclusive = freezing_test("thaw_all");
+    let env = Env::new();
+    let fs = LoopFs::ext4(env.path());
+    let m = fs.mnt.display().to_string();
+    let frozen = std::process::Command::new("fsfreeze")
+        .args(["-f", &m])
+        .status()
+        .unwrap();
+    assert!(frozen.success() && fs.frozen());
+    let run = env.run(&["thaw", "--fs", "--all"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!fs.frozen(), "{m} still frozen: {run:?}");
+    assert_has(&run.log, &format!("thawed {m}"));
+}
